@@ -1,0 +1,1 @@
+"""Reinforcement learning: TD errors, tabular and linear Q-learning, DQN."""

@@ -1,0 +1,32 @@
+"""Global test settings: applied before any test module imports jax."""
+
+import os
+
+# Eight simulated host devices for the sharding tests. XLA reads this flag
+# once, when the backend starts, so it must be set before jax is imported.
+_DEVICE_FLAG = "--xla_force_host_platform_device_count=8"
+if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " " + _DEVICE_FLAG
+  ).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("MPLBACKEND", "Agg")
+# tfds must never reach for the network in tests.
+os.environ.setdefault(
+  "TFDS_DATA_DIR",
+  os.path.join(os.environ.get("TMPDIR", "/tmp"), "equivlab-tfds-test"),
+)
+
+import jax  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Implicit rank promotion hides shape bugs: make it an error everywhere.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Property tests compile a new XLA program per example: keep them few and
+# free of wall-clock deadlines (the CI machine has 2 cores).
+settings.register_profile(
+  "ci", max_examples=25, deadline=None, derandomize=True
+)
+settings.register_profile("dev", max_examples=10, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
