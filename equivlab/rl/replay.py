@@ -1,0 +1,169 @@
+"""A uniform experience-replay buffer as pure functions over a pytree.
+
+`init` allocates a fixed-size ring (every leaf `[capacity, ...]`), `add`
+writes a batch of items at the head, `can_sample` says whether a batch can be
+drawn and `sample` draws one uniformly (with replacement) among the items
+held. Every function is pure, so the buffer lives inside `jax.jit`,
+`lax.scan` and `jax.vmap` (one buffer per seed). Lin (1992); Mnih et al.
+(2015); the `(init, add, sample)` split follows dqn_zoo's `replay.py`.
+
+Sampling from a buffer that holds fewer items than a batch is never allowed
+to return padding: it raises `ValueError` when the size is known (outside
+jit), and raises at run time from inside jit (a host check), unless the
+caller proves it impossible and passes `check=False` (as `dqn.py` does by
+sampling only under `can_sample`).
+"""
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class ReplayState(NamedTuple):
+  """The buffer: storage, where to write next, and how many items it holds.
+
+  Attributes:
+    storage: a pytree whose leaves are `[capacity, ...]`.
+    position: the next row to write, int32 `[]`.
+    size: the number of items held, `min(items added, capacity)`, int32 `[]`.
+  """
+
+  storage: Any
+  position: jax.Array
+  size: jax.Array
+
+  @property
+  def capacity(self) -> int:
+    return jax.tree.leaves(self.storage)[0].shape[0]
+
+
+def init(capacity: int, example_item: Any) -> ReplayState:
+  """An empty buffer for items shaped like `example_item`.
+
+  Args:
+    capacity: the maximum number of items held, a positive Python int.
+    example_item: one item (a pytree of arrays without a batch axis); only
+      its shapes and dtypes are used.
+
+  Returns:
+    An empty `ReplayState`.
+
+  Raises:
+    ValueError: if `capacity` is not a positive integer.
+  """
+  if not isinstance(capacity, int | np.integer) or capacity < 1:
+    raise ValueError(
+      f"replay capacity must be a positive integer, got {capacity!r}."
+    )
+  storage = jax.tree.map(
+    lambda x: jnp.zeros((int(capacity),) + jnp.shape(x), jnp.asarray(x).dtype),
+    example_item,
+  )
+  return ReplayState(
+    storage=storage,
+    position=jnp.zeros((), jnp.int32),
+    size=jnp.zeros((), jnp.int32),
+  )
+
+
+def add(state: ReplayState, items: Any) -> ReplayState:
+  """Writes a batch of items at the head of the ring, oldest overwritten.
+
+  Args:
+    state: the buffer.
+    items: a pytree like the example item with a leading batch axis `[B,
+      ...]` on every leaf (B <= capacity).
+
+  Returns:
+    The updated buffer.
+
+  Raises:
+    ValueError: if the items do not match the storage's structure or shapes,
+      or B exceeds the capacity.
+  """
+  capacity = state.capacity
+  if jax.tree.structure(items) != jax.tree.structure(state.storage):
+    raise ValueError(
+      "replay.add expects items with the structure "
+      f"{jax.tree.structure(state.storage)}, got {jax.tree.structure(items)}."
+    )
+  leaves = jax.tree.leaves(items)
+  batch = jnp.shape(leaves[0])[0] if jnp.ndim(leaves[0]) else None
+  for item, stored in zip(leaves, jax.tree.leaves(state.storage), strict=True):
+    if (
+      jnp.shape(item)[:1] != (batch,) or jnp.shape(item)[1:] != stored.shape[1:]
+    ):
+      raise ValueError(
+        "replay.add expects every leaf shaped [B, *item_shape] with one B; "
+        f"got {jnp.shape(item)} for storage {stored.shape}."
+      )
+  if batch > capacity:
+    raise ValueError(
+      f"replay.add got a batch of {batch} items for capacity {capacity}."
+    )
+  rows = (state.position + jnp.arange(batch)) % capacity
+  storage = jax.tree.map(
+    lambda s, x: s.at[rows].set(x.astype(s.dtype)), state.storage, items
+  )
+  return ReplayState(
+    storage=storage,
+    position=(state.position + batch) % capacity,
+    size=jnp.minimum(state.size + batch, capacity),
+  )
+
+
+def can_sample(state: ReplayState, batch_size: int) -> jax.Array:
+  """Whether the buffer holds at least `batch_size` items, bool `[]`."""
+  return state.size >= batch_size
+
+
+def _raise_if_short(size, batch_size):
+  if int(np.min(np.asarray(size))) < batch_size:
+    raise ValueError(
+      f"replay.sample asked for a batch of {batch_size} but the buffer "
+      f"holds {np.asarray(size).tolist()} items; check can_sample first."
+    )
+
+
+def sample(
+  key: chex.PRNGKey, state: ReplayState, batch_size: int, *, check=True
+) -> Any:
+  """Draws `batch_size` items uniformly, with replacement, from those held.
+
+  Args:
+    key: a PRNG key.
+    state: the buffer.
+    batch_size: the number of items, a positive Python int <= capacity.
+    check: verify at run time that the buffer holds a batch. Only pass False
+      where the call is guarded by `can_sample` (inside `lax.cond`).
+
+  Returns:
+    A pytree of items with a leading axis `[batch_size, ...]`.
+
+  Raises:
+    ValueError: if `batch_size` exceeds the capacity, or the buffer holds
+      fewer than `batch_size` items (at once when the size is concrete; from
+      the jitted computation otherwise).
+  """
+  capacity = state.capacity
+  if not isinstance(batch_size, int | np.integer) or batch_size < 1:
+    raise ValueError(
+      "replay.sample expects a positive integer batch_size, got "
+      f"{batch_size!r}."
+    )
+  if batch_size > capacity:
+    raise ValueError(
+      f"replay.sample asked for a batch of {batch_size} from a buffer of "
+      f"capacity {capacity}: the buffer must be at least a batch."
+    )
+  if check:
+    if isinstance(state.size, jax.core.Tracer):
+      jax.debug.callback(_raise_if_short, state.size, batch_size)
+    else:
+      _raise_if_short(state.size, batch_size)
+  # Never index rows that were not written: draw from [0, size).
+  rows = jax.random.randint(key, (batch_size,), 0, jnp.maximum(state.size, 1))
+  return jax.tree.map(lambda s: s[rows], state.storage)

@@ -1,0 +1,255 @@
+"""Tests for equivlab.rl.dqn: schedules, target updates, probes, seeds."""
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+from equivlab.rl import dqn
+
+# Tiny settings shared by the learning tests (probe envs, 2k env steps).
+_PROBE = dqn.DQNConfig(
+  num_envs=4,
+  total_env_steps=2000,
+  eval_every=2000,
+  eval_episodes=2,
+  learning_starts=100,
+  train_every=4,
+  batch_size=32,
+  buffer_size=500,
+  hidden_sizes=(16,),
+  learning_rate=1e-2,
+  target_period=40,
+  gamma=0.5,
+  epsilon_decay_steps=1000,
+  epsilon_end=0.5,
+  double_dqn=False,
+)
+
+
+class EpsilonScheduleTest(chex.TestCase):
+  def test_every_step(self):
+    expected = [1.0, 0.8, 0.6, 0.4, 0.2, 0.2, 0.2, 0.2]
+    for t, eps in enumerate(expected):
+      np.testing.assert_allclose(
+        dqn.linear_epsilon(t, 1.0, 0.2, 4), eps, atol=1e-6, err_msg=f"t={t}"
+      )
+
+  def test_loop_uses_schedule_at_every_iteration(self):
+    config = dataclasses.replace(
+      _PROBE,
+      env_name="Probe-constant",
+      num_envs=3,
+      train_every=3,
+      batch_size=24,
+      total_env_steps=60,
+      eval_every=30,
+      learning_starts=30,
+      epsilon_start=0.9,
+      epsilon_end=0.1,
+      epsilon_decay_steps=40,
+    )
+    metrics = jax.jit(dqn.make_train(config))(jax.random.key(0))["metrics"]
+    # Iteration i acts after 3 i env steps.
+    steps = 3 * np.arange(20)
+    expected = 0.9 - 0.8 * np.minimum(steps / 40, 1.0)
+    np.testing.assert_allclose(metrics["epsilon"], expected, atol=1e-6)
+    # Gradient steps start once 30 env steps are in the buffer.
+    np.testing.assert_array_equal(metrics["updated"], steps + 3 >= 30)
+    # Target period 40 crossed at 42 (iteration 13) only.
+    np.testing.assert_array_equal(
+      np.nonzero(np.asarray(metrics["target_updated"]))[0], [13]
+    )
+
+  @parameterized.parameters((-0.1, 0.1), (1.1, 0.1), (1.0, -0.5), (1.0, 2.0))
+  def test_bad_epsilon(self, start, end):
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+      dqn.linear_epsilon(0, start, end, 10)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+      dqn.make_train(
+        dataclasses.replace(_PROBE, epsilon_start=start, epsilon_end=end)
+      )
+
+
+class TargetUpdateTest(chex.TestCase):
+  def _run(self, num_envs, period, mode, tau=1.0, iterations=8, start=None):
+    online = {"w": jnp.array([1.0, 2.0])}
+    target = {"w": jnp.array([0.0, 0.0])}
+    start = period - 2 * num_envs if start is None else start
+    update = jax.jit(
+      lambda b, a, tg: dqn.update_target(online, tg, b, a, period, mode, tau)
+    )
+    rows = []
+    for i in range(iterations):
+      before = start + i * num_envs
+      after = before + num_envs
+      rows.append((before, after, update(before, after, target)["w"]))
+    return rows
+
+  def test_hard_one_env_every_step_around_boundary(self):
+    # Steps 3..11 with period 5: copies on reaching 5 and 10 only.
+    for before, after, w in self._run(1, 5, "hard", start=3):
+      copied = after in (5, 10)
+      np.testing.assert_array_equal(
+        w, [1.0, 2.0] if copied else [0.0, 0.0], err_msg=f"{before}->{after}"
+      )
+
+  def test_hard_three_envs_every_step_around_boundary(self):
+    # 0->3, 3->6 (crosses 5), 6->9, 9->12 (10), 12->15 (15), 15->18,
+    # 18->21 (20), 21->24: a test of t % 5 == 0 would fire only at 15.
+    fired = []
+    for _before, after, w in self._run(3, 5, "hard", start=0):
+      if np.array_equal(w, [1.0, 2.0]):
+        fired.append(after)
+      else:
+        np.testing.assert_array_equal(w, [0.0, 0.0])
+    self.assertEqual(fired, [6, 12, 15, 21])
+
+  def test_polyak_three_envs(self):
+    for before, after, w in self._run(3, 5, "polyak", tau=0.25, start=0):
+      crossed = after // 5 > before // 5
+      np.testing.assert_allclose(
+        w,
+        [0.25, 0.5] if crossed else [0.0, 0.0],
+        atol=1e-7,
+        err_msg=f"{before}->{after}",
+      )
+
+  def test_polyak_every_step(self):
+    online = {"w": jnp.array([1.0])}
+    target = {"w": jnp.array([0.0])}
+    for t in range(4):
+      target = dqn.update_target(online, target, t, t + 1, 1, "polyak", 0.5)
+      np.testing.assert_allclose(target["w"], [1.0 - 0.5 ** (t + 1)])
+
+  def test_period_zero(self):
+    with pytest.raises(ValueError, match="target_period must be"):
+      dqn.update_target({}, {}, 0, 1, 0)
+    with pytest.raises(ValueError, match="target_period must be"):
+      dqn.make_train(dataclasses.replace(_PROBE, target_period=0))
+
+  def test_bad_mode_and_tau(self):
+    with pytest.raises(ValueError, match="'hard' or 'polyak'"):
+      dqn.update_target({}, {}, 0, 1, 1, "soft")
+    with pytest.raises(ValueError, match=r"tau must lie in \(0, 1\]"):
+      dqn.make_train(dataclasses.replace(_PROBE, tau=0.0))
+
+
+class TDErrorTest(chex.TestCase):
+  class _Table:
+    """Stands in for a network: params["q"][obs] are the action values."""
+
+    def apply(self, params, obs):
+      return params["q"][obs]
+
+  def test_double_dqn_decoy(self):
+    online = {"q": jnp.array([[0.0, 3.0], [1.0, 0.0]])}
+    target = {"q": jnp.array([[0.0, 0.0], [2.0, 10.0]])}
+    batch = dqn.Transition(
+      obs=jnp.array([0]),
+      action=jnp.array([1]),
+      reward=jnp.array([1.0]),
+      discount=jnp.array([0.5]),
+      next_obs=jnp.array([1]),
+    )
+    # Online picks action 0 at the next state, valued 2 by the target:
+    # 1 + 0.5 * 2 - 3 = -1. Plain DQN takes the target's max, 10: 3.
+    double = dqn.td_errors(self._Table(), online, target, batch, True)
+    single = dqn.td_errors(self._Table(), online, target, batch, False)
+    np.testing.assert_allclose(double, [-1.0], atol=1e-6)
+    np.testing.assert_allclose(single, [3.0], atol=1e-6)
+
+
+class ConfigTest(chex.TestCase):
+  @parameterized.named_parameters(
+    ("unknown_env", dict(env_name="NoSuchEnv-v0"), "Unknown environment"),
+    ("continuous", dict(env_name="Pendulum-v1"), "discrete"),
+    ("buffer_small", dict(buffer_size=16, batch_size=32), "at least batch"),
+    ("target_period", dict(target_period=0), "target_period must be"),
+    ("train_every", dict(train_every=2), "train_every"),
+    ("eval_every", dict(eval_every=1001), "multiple of num_envs"),
+    ("gamma", dict(gamma=1.5), "gamma"),
+    ("loss", dict(loss="l1"), "loss must be"),
+  )
+  def test_bad_config(self, change, message):
+    with pytest.raises(ValueError, match=message):
+      dqn.make_train(dataclasses.replace(_PROBE, **change))
+
+
+def _learned_q(config, obs, key=0):
+  out = jax.jit(dqn.make_train(config))(jax.random.key(key))
+  return np.asarray(dqn.q_values_at(config, out["state"].params, obs))
+
+
+class ProbeTest(chex.TestCase):
+  """Known action values learned within 0.1 (A. Jones's probe envs)."""
+
+  def test_constant_reward(self):
+    config = dataclasses.replace(_PROBE, env_name="Probe-constant")
+    np.testing.assert_allclose(
+      _learned_q(config, jnp.ones((1, 1))), [[1.0, 1.0]], atol=0.1
+    )
+
+  def test_two_step_double_polyak(self):
+    config = dataclasses.replace(
+      _PROBE,
+      env_name="Probe-two_step",
+      double_dqn=True,
+      target_update="polyak",
+      target_period=4,
+      tau=0.2,
+    )
+    q = _learned_q(config, jnp.eye(2))
+    np.testing.assert_allclose(q[0], [_PROBE.gamma] * 2, atol=0.1)
+    np.testing.assert_allclose(q[1], [1.0, 1.0], atol=0.1)
+
+  def test_action_dependent_reward_huber(self):
+    config = dataclasses.replace(
+      _PROBE, env_name="Probe-action_reward", loss="huber"
+    )
+    q = _learned_q(config, jnp.ones((1, 1)))
+    self.assertEqual(int(np.argmax(q[0])), 1)
+    np.testing.assert_allclose(q, [[-1.0, 1.0]], atol=0.1)
+
+  def test_truncation_bootstraps(self):
+    # Reward 1 forever, every episode cut by a time limit of 1 step. Cutting
+    # the bootstrap would learn Q = 1; bootstrapping learns 1 / (1 - gamma).
+    config = dataclasses.replace(
+      _PROBE, env_name="Probe-endless", max_steps_in_episode=1
+    )
+    np.testing.assert_allclose(
+      _learned_q(config, jnp.ones((1, 1))), [[2.0, 2.0]], atol=0.1
+    )
+
+
+class SeedTest(chex.TestCase):
+  def test_same_key_same_returns_different_keys_differ(self):
+    config = dataclasses.replace(
+      _PROBE,
+      env_name="ChainMDP",
+      env_kwargs=(("num_states", 5),),
+      max_steps_in_episode=20,
+      total_env_steps=800,
+      eval_every=400,
+      gamma=0.9,
+      epsilon_end=0.3,
+    )
+    key0, key1 = jax.random.key(0), jax.random.key(1)
+    keys = jnp.stack([key0, key0, key1])
+    train = jax.jit(jax.vmap(dqn.make_train(config)))
+    metrics = train(keys)["metrics"]
+    returns = np.asarray(metrics["episode_return_sum"])
+    for name in ("episode_return_sum", "loss", "eval_return", "epsilon"):
+      np.testing.assert_array_equal(metrics[name][0], metrics[name][1])
+    self.assertFalse(np.array_equal(returns[0], returns[2]))
+    self.assertFalse(np.array_equal(metrics["loss"][0], metrics["loss"][2]))
+    # The keys passed in are untouched and reusable.
+    np.testing.assert_array_equal(
+      jax.random.key_data(keys[0]), jax.random.key_data(key0)
+    )
+    # Greedy policy after training walks straight to the end: 4 steps.
+    np.testing.assert_allclose(metrics["eval_return"][:, -1], -4.0)
