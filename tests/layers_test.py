@@ -1,0 +1,272 @@
+"""Every flax layer is equivariant; P4CNN/P4MCNN logits are invariant.
+
+Cohen & Welling (ICML 2016); seed 000 part 1. Group actions are applied in
+NumPy on the host (`equivlab.groups`), so only the layers get compiled.
+"""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+from jax.flatten_util import ravel_pytree
+
+from equivlab import groups, layers
+
+_ORDERS = {"p4": 4, "p4m": 8}
+
+
+def _key(seed):
+  # XLA's RngBitGenerator: its inits compile ~10x faster than threefry's on
+  # CPU, which dominates these tests' run time.
+  return jax.random.key(seed, impl="rbg")
+
+
+def _normal(seed, shape):
+  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _nontrivial(group):
+  return groups.elements(group)[1:]
+
+
+def _assert_close(actual, expected, rtol=1e-5):
+  actual, expected = np.asarray(actual), np.asarray(expected)
+  assert actual.shape == expected.shape, (actual.shape, expected.shape)
+  atol = rtol * float(np.max(np.abs(expected)))
+  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+def _act(g, a):
+  a = np.asarray(a)
+  return groups.act_on_map(g, a) if a.ndim == 5 else groups.act_on_image(g, a)
+
+
+class LayerEquivarianceTest(chex.TestCase):
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.product(group=["p4", "p4m"], size=[7, 8])
+  def test_every_layer(self, group, size):
+    order = _ORDERS[group]
+    x = _normal(0, (2, size, size, 3))
+    f = _normal(1, (2, size, size, 3, order))
+    # An exact spatial pool for each parity: 2x2/2 on even, 3x3/2 on odd.
+    pool = (
+      layers.SpatialMaxPool(2)
+      if size % 2 == 0
+      else layers.SpatialMaxPool(3, strides=2)
+    )
+    cases = [
+      (layers.LiftingConv(4, group=group), x),
+      (layers.GroupConv(4, group=group), f),
+      (layers.GroupConv(4, kernel_size=2, padding="VALID", group=group), f),
+      (layers.GroupBatchNorm(use_running_average=False), f),
+      (layers.GroupPool("max"), f),
+      (layers.GroupPool("mean"), f),
+      (pool, f),
+    ]
+    for module, inp in cases:
+      variables = jax.jit(module.init)(_key(2), inp)
+      if "params" in variables:  # random biases and scales, not zeros/ones
+        variables = dict(variables)
+        variables["params"] = jax.tree.map(
+          lambda p: p + 0.1 * jnp.arange(p.size).reshape(p.shape),
+          variables["params"],
+        )
+      apply = self.variant(
+        lambda v, a, module=module: module.apply(v, a, mutable=["batch_stats"])[
+          0
+        ]
+      )
+      out = apply(variables, inp)
+      for g in _nontrivial(group):
+        _assert_close(apply(variables, _act(g, inp)), _act(g, out))
+
+
+def _deep_stack(group):
+  class Stack(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = layers.LiftingConv(4, group=group)(x)
+      for _ in range(6):
+        h = layers.GroupBatchNorm(use_running_average=False)(h)
+        h = nn.relu(h)
+        h = layers.GroupConv(4, group=group)(h)
+      return h
+
+  return Stack()
+
+
+@pytest.mark.parametrize("group", ["p4", "p4m"])
+def test_deep_stack_is_equivariant_to_1e_12_in_float64(group):
+  with jax.enable_x64(True):
+    x = np.random.default_rng(3).standard_normal((2, 9, 9, 2))
+    model = _deep_stack(group)
+    variables = jax.jit(model.init)(_key(4), x)
+    variables = jax.tree.map(lambda p: p.astype(jnp.float64), variables)
+    apply = jax.jit(lambda v, a: model.apply(v, a, mutable=["batch_stats"])[0])
+    out = apply(variables, x)
+    assert out.dtype == jnp.float64
+    for g in _nontrivial(group):
+      _assert_close(apply(variables, _act(g, x)), _act(g, out), rtol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def digits():
+  # Smooth random blobs stand in for digits: 28x28, one channel.
+  x = _normal(5, (2, 28, 28, 1))
+  return np.abs(x).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+  "model",
+  [
+    layers.P4CNN(),
+    layers.P4CNN(rotation_pooling=True),
+    layers.P4MCNN(features=6),
+  ],
+  ids=["p4cnn", "p4cnn_rotpool", "p4mcnn"],
+)
+def test_logits_are_invariant(model, digits):
+  variables = jax.jit(functools.partial(model.init, train=False))(
+    _key(6), digits
+  )
+
+  @jax.jit
+  def both_modes(v, a):
+    """Logits from batch statistics and from the running averages."""
+    train, updates = model.apply(v, a, train=True, mutable=["batch_stats"])
+    return train, model.apply(v, a, train=False), updates
+
+  # Move the running statistics off their initial values first.
+  variables = {**variables, **both_modes(variables, digits)[2]}
+  logits = both_modes(variables, digits)[:2]
+  assert logits[0].shape == (2, 10)
+  for g in _nontrivial(model.group):
+    moved = both_modes(variables, _act(g, digits))[:2]
+    for a, b in zip(moved, logits, strict=True):
+      _assert_close(a, b)
+
+
+def test_plain_cnn_logits_are_not_invariant(digits):
+  """Control: the same pipeline with p4 replaced by nothing is not."""
+
+  class Plain(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.relu(nn.Conv(8, (3, 3), padding="VALID")(x))
+      h = nn.Conv(10, (3, 3), padding="VALID")(h)
+      return jnp.mean(h, axis=(1, 2))
+
+  model = Plain()
+  variables = jax.jit(model.init)(_key(7), digits)
+  apply = jax.jit(model.apply)
+  logits = apply(variables, digits)
+  rotated = apply(variables, _act(groups.Element(1), digits))
+  assert np.max(np.abs(rotated - logits)) > 1e-3 * np.max(np.abs(logits))
+
+
+def test_p4cnn_has_about_25k_parameters(digits):
+  shapes = jax.eval_shape(layers.P4CNN().init, _key(8), digits)
+  count = sum(p.size for p in jax.tree.leaves(shapes["params"]))
+  assert 24_000 <= count <= 26_000, count
+
+
+def test_gradients_rotate_with_the_input(digits):
+  model = layers.P4CNN(features=6)
+  variables = jax.jit(model.init)(_key(9), digits)
+  labels = jnp.array([1, 7])
+
+  def loss(params, x):
+    logits, _ = model.apply(
+      {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+    )
+    picked = jnp.take_along_axis(
+      jax.nn.log_softmax(logits), labels[:, None], axis=1
+    )
+    return -jnp.mean(picked)
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  g_params, g_x = grad(variables["params"], digits)
+  for k in (1, 2, 3):
+    rot = groups.Element(k)
+    r_params, r_x = grad(variables["params"], _act(rot, digits))
+    # The input gradient rotates with the input ...
+    _assert_close(r_x, _act(rot, g_x), rtol=1e-4)
+    # ... and the parameter gradients do not move at all. (Some are zero in
+    # exact arithmetic, e.g. biases before batch norm: compare all together.)
+    _assert_close(ravel_pytree(r_params)[0], ravel_pytree(g_params)[0], 1e-4)
+
+
+def test_shapes_biases_and_he_init():
+  f = _normal(10, (1, 5, 5, 16, 4))
+  params = jax.jit(layers.GroupConv(64).init)(_key(11), f)
+  params = params["params"]
+  assert params["kernel"].shape == (3, 3, 16, 4, 64)
+  assert params["bias"].shape == (64,)  # one per G-channel
+  np.testing.assert_array_equal(params["bias"], 0.0)
+  fan_in = 3 * 3 * 16 * 4  # the input group axis counts
+  np.testing.assert_allclose(
+    np.std(params["kernel"]), np.sqrt(2.0 / fan_in), rtol=0.05
+  )
+  x = _normal(12, (1, 5, 5, 16))
+  lift = jax.jit(layers.LiftingConv(64, group="p4m").init)(_key(13), x)
+  assert lift["params"]["kernel"].shape == (3, 3, 16, 64)
+  np.testing.assert_allclose(
+    np.std(lift["params"]["kernel"]), np.sqrt(2.0 / (3 * 3 * 16)), rtol=0.05
+  )
+  out = layers.LiftingConv(2, group="p4m", use_bias=False).apply(
+    {"params": {"kernel": lift["params"]["kernel"][..., :2]}}, x
+  )
+  assert out.shape == (1, 5, 5, 2, 8)
+
+
+def test_group_batch_norm_shares_statistics_over_the_group():
+  f = 3.0 + 2.0 * _normal(14, (4, 5, 5, 3, 4))
+  f[..., 0] += 5.0  # a group-dependent offset must not be normalised away
+  bn = layers.GroupBatchNorm(momentum=0.9)
+  variables = bn.init(_key(15), f, use_running_average=True)
+  assert variables["params"]["scale"].shape == (3,)
+  assert variables["batch_stats"]["mean"].shape == (3,)
+  out, updates = bn.apply(
+    variables, f, use_running_average=False, mutable=["batch_stats"]
+  )
+  axes = (0, 1, 2, 4)
+  np.testing.assert_allclose(np.mean(out, axis=axes), 0.0, atol=1e-5)
+  np.testing.assert_allclose(np.var(out, axis=axes), 1.0, rtol=1e-3)
+  assert np.mean(out[..., 0]) > np.mean(out[..., 1:]) + 1.0
+  np.testing.assert_allclose(
+    updates["batch_stats"]["mean"], 0.1 * np.mean(f, axis=axes), rtol=1e-5
+  )
+  frozen = bn.apply(variables, f, use_running_average=True)
+  np.testing.assert_allclose(frozen, f / np.sqrt(1 + 1e-5), rtol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  x = _normal(16, (1, 6, 6, 2))
+  model = layers.LiftingConv(3, dtype=jnp.bfloat16)
+  variables = model.init(_key(17), x)
+  assert variables["params"]["kernel"].dtype == jnp.float32
+  assert model.apply(variables, x).dtype == jnp.bfloat16
+
+
+def test_error_unknown_group():
+  with pytest.raises(ValueError, match=r"\['p4', 'p4m'\], got 'p6'"):
+    layers.LiftingConv(2, group="p6").init(
+      _key(0), np.zeros((1, 5, 5, 1), np.float32)
+    )
+
+
+def test_error_group_axis_of_wrong_size():
+  with pytest.raises(ValueError, match=r"\[N, H, W, C, 8\], got shape"):
+    layers.GroupConv(2, group="p4m").init(
+      _key(0), np.zeros((1, 5, 5, 1, 4), np.float32)
+    )
+
+
+def test_error_images_of_wrong_rank():
+  with pytest.raises(ValueError, match=r"rank 4, got shape \(5, 5, 1\)"):
+    layers.P4CNN().init(_key(0), np.zeros((5, 5, 1), np.float32))
