@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import time
+import types
 
 import jax
 import numpy as np
@@ -26,74 +27,171 @@ from absl import app, flags, logging
 
 from equivlab.rl import dqn
 
-_WORKDIR = flags.DEFINE_string(
-  "workdir", "/tmp/equivlab_dqn", "Directory for results and checkpoints."
-)
-_ENV = flags.DEFINE_string(
-  "env", "CartPole-v1", "Environment: a gymnax id, 'ChainMDP' or 'Probe-*'."
-)
-_NUM_SEEDS = flags.DEFINE_integer(
-  "num_seeds", 4, "Independent agents trained together under vmap."
-)
-_SEED = flags.DEFINE_integer("seed", 0, "Root seed; agent i uses key i.")
-_TOTAL_ENV_STEPS = flags.DEFINE_integer(
-  "total_env_steps", 300_000, "Training budget per seed, in env steps."
-)
-_NUM_ENVS = flags.DEFINE_integer(
-  "num_envs", 8, "Parallel environments per seed."
-)
-_LEARNING_RATE = flags.DEFINE_float("learning_rate", 2.5e-4, "Adam step size.")
-_GAMMA = flags.DEFINE_float("gamma", 0.99, "Discount factor.")
-_BUFFER_SIZE = flags.DEFINE_integer("buffer_size", 10_000, "Replay capacity.")
-_BATCH_SIZE = flags.DEFINE_integer(
-  "batch_size", 128, "Transitions per gradient step."
-)
-_LEARNING_STARTS = flags.DEFINE_integer(
-  "learning_starts", 10_000, "Env steps before the first gradient step."
-)
-_TRAIN_EVERY = flags.DEFINE_integer(
-  "train_every", 8, "Env steps between gradient steps."
-)
-_TARGET_UPDATE = flags.DEFINE_enum(
-  "target_update",
-  "hard",
-  ["hard", "polyak"],
-  "Hard copy every target_period env steps, or Polyak averaging.",
-)
-_TARGET_PERIOD = flags.DEFINE_integer(
-  "target_period", 500, "Env steps between target-network updates."
-)
-_TAU = flags.DEFINE_float("tau", 1.0, "Polyak step size (polyak mode).")
-_DOUBLE_DQN = flags.DEFINE_boolean(
-  "double_dqn", True, "Use the double-DQN target."
-)
-_LOSS = flags.DEFINE_enum(
-  "loss", "l2", ["huber", "l2"], "Loss on the TD error."
-)
-_MAX_GRAD_NORM = flags.DEFINE_float(
-  "max_grad_norm", 0.0, "Global-norm gradient clipping; 0 disables it."
-)
-_EPSILON_START = flags.DEFINE_float(
-  "epsilon_start", 1.0, "Initial exploration probability."
-)
-_EPSILON_END = flags.DEFINE_float(
-  "epsilon_end", 0.05, "Final exploration probability."
-)
-_EPSILON_DECAY_STEPS = flags.DEFINE_integer(
-  "epsilon_decay_steps", 100_000, "Env steps of the linear epsilon decay."
-)
-_EVAL_EVERY = flags.DEFINE_integer(
-  "eval_every", 10_000, "Env steps between greedy evaluations."
-)
-_EVAL_EPISODES = flags.DEFINE_integer(
-  "eval_episodes", 10, "Greedy episodes per evaluation."
-)
-_HIDDEN = flags.DEFINE_list(
-  "hidden_sizes", ["120", "84"], "Hidden-layer widths of the Q-network."
-)
-_TARGET_RETURN = flags.DEFINE_float(
-  "target_return", 475.0, "Greedy return that counts as solved."
-)
+
+def define_flags(
+  flag_values: flags.FlagValues = flags.FLAGS,
+) -> types.SimpleNamespace:
+  """Registers this experiment's flags; returns their holders.
+
+  Called only when the module runs as a script (and by tests, with a fresh
+  `flags.FlagValues()`), so that importing several experiments into one
+  process never defines a flag such as --workdir twice.
+  """
+  workdir = flags.DEFINE_string(
+    "workdir",
+    "/tmp/equivlab_dqn",
+    "Directory for results and checkpoints.",
+    flag_values=flag_values,
+  )
+  env = flags.DEFINE_string(
+    "env",
+    "CartPole-v1",
+    "Environment: a gymnax id, 'ChainMDP' or 'Probe-*'.",
+    flag_values=flag_values,
+  )
+  num_seeds = flags.DEFINE_integer(
+    "num_seeds",
+    4,
+    "Independent agents trained together under vmap.",
+    flag_values=flag_values,
+  )
+  seed = flags.DEFINE_integer(
+    "seed", 0, "Root seed; agent i uses key i.", flag_values=flag_values
+  )
+  total_env_steps = flags.DEFINE_integer(
+    "total_env_steps",
+    300_000,
+    "Training budget per seed, in env steps.",
+    flag_values=flag_values,
+  )
+  num_envs = flags.DEFINE_integer(
+    "num_envs", 8, "Parallel environments per seed.", flag_values=flag_values
+  )
+  learning_rate = flags.DEFINE_float(
+    "learning_rate", 2.5e-4, "Adam step size.", flag_values=flag_values
+  )
+  gamma = flags.DEFINE_float(
+    "gamma", 0.99, "Discount factor.", flag_values=flag_values
+  )
+  buffer_size = flags.DEFINE_integer(
+    "buffer_size", 10_000, "Replay capacity.", flag_values=flag_values
+  )
+  batch_size = flags.DEFINE_integer(
+    "batch_size", 128, "Transitions per gradient step.", flag_values=flag_values
+  )
+  learning_starts = flags.DEFINE_integer(
+    "learning_starts",
+    10_000,
+    "Env steps before the first gradient step.",
+    flag_values=flag_values,
+  )
+  train_every = flags.DEFINE_integer(
+    "train_every",
+    8,
+    "Env steps between gradient steps.",
+    flag_values=flag_values,
+  )
+  target_update = flags.DEFINE_enum(
+    "target_update",
+    "hard",
+    ["hard", "polyak"],
+    "Hard copy every target_period env steps, or Polyak averaging.",
+    flag_values=flag_values,
+  )
+  target_period = flags.DEFINE_integer(
+    "target_period",
+    500,
+    "Env steps between target-network updates.",
+    flag_values=flag_values,
+  )
+  tau = flags.DEFINE_float(
+    "tau", 1.0, "Polyak step size (polyak mode).", flag_values=flag_values
+  )
+  double_dqn = flags.DEFINE_boolean(
+    "double_dqn", True, "Use the double-DQN target.", flag_values=flag_values
+  )
+  loss = flags.DEFINE_enum(
+    "loss",
+    "l2",
+    ["huber", "l2"],
+    "Loss on the TD error.",
+    flag_values=flag_values,
+  )
+  max_grad_norm = flags.DEFINE_float(
+    "max_grad_norm",
+    0.0,
+    "Global-norm gradient clipping; 0 disables it.",
+    flag_values=flag_values,
+  )
+  epsilon_start = flags.DEFINE_float(
+    "epsilon_start",
+    1.0,
+    "Initial exploration probability.",
+    flag_values=flag_values,
+  )
+  epsilon_end = flags.DEFINE_float(
+    "epsilon_end",
+    0.05,
+    "Final exploration probability.",
+    flag_values=flag_values,
+  )
+  epsilon_decay_steps = flags.DEFINE_integer(
+    "epsilon_decay_steps",
+    100_000,
+    "Env steps of the linear epsilon decay.",
+    flag_values=flag_values,
+  )
+  eval_every = flags.DEFINE_integer(
+    "eval_every",
+    10_000,
+    "Env steps between greedy evaluations.",
+    flag_values=flag_values,
+  )
+  eval_episodes = flags.DEFINE_integer(
+    "eval_episodes",
+    10,
+    "Greedy episodes per evaluation.",
+    flag_values=flag_values,
+  )
+  hidden = flags.DEFINE_list(
+    "hidden_sizes",
+    ["120", "84"],
+    "Hidden-layer widths of the Q-network.",
+    flag_values=flag_values,
+  )
+  target_return = flags.DEFINE_float(
+    "target_return",
+    475.0,
+    "Greedy return that counts as solved.",
+    flag_values=flag_values,
+  )
+  return types.SimpleNamespace(
+    workdir=workdir,
+    env=env,
+    num_seeds=num_seeds,
+    seed=seed,
+    total_env_steps=total_env_steps,
+    num_envs=num_envs,
+    learning_rate=learning_rate,
+    gamma=gamma,
+    buffer_size=buffer_size,
+    batch_size=batch_size,
+    learning_starts=learning_starts,
+    train_every=train_every,
+    target_update=target_update,
+    target_period=target_period,
+    tau=tau,
+    double_dqn=double_dqn,
+    loss=loss,
+    max_grad_norm=max_grad_norm,
+    epsilon_start=epsilon_start,
+    epsilon_end=epsilon_end,
+    epsilon_decay_steps=epsilon_decay_steps,
+    eval_every=eval_every,
+    eval_episodes=eval_episodes,
+    hidden=hidden,
+    target_return=target_return,
+  )
 
 
 def steps_to_reach(env_steps, returns, threshold):
@@ -243,39 +341,40 @@ def run(
   return results
 
 
-def main(argv):
+def main(argv, holders: types.SimpleNamespace):
   del argv
   config = dqn.DQNConfig(
-    env_name=_ENV.value,
-    num_envs=_NUM_ENVS.value,
-    total_env_steps=_TOTAL_ENV_STEPS.value,
-    hidden_sizes=tuple(int(h) for h in _HIDDEN.value),
-    learning_rate=_LEARNING_RATE.value,
-    gamma=_GAMMA.value,
-    loss=_LOSS.value,
-    max_grad_norm=_MAX_GRAD_NORM.value or None,
-    double_dqn=_DOUBLE_DQN.value,
-    buffer_size=_BUFFER_SIZE.value,
-    batch_size=_BATCH_SIZE.value,
-    learning_starts=_LEARNING_STARTS.value,
-    train_every=_TRAIN_EVERY.value,
-    target_update=_TARGET_UPDATE.value,
-    target_period=_TARGET_PERIOD.value,
-    tau=_TAU.value,
-    epsilon_start=_EPSILON_START.value,
-    epsilon_end=_EPSILON_END.value,
-    epsilon_decay_steps=_EPSILON_DECAY_STEPS.value,
-    eval_every=_EVAL_EVERY.value,
-    eval_episodes=_EVAL_EPISODES.value,
+    env_name=holders.env.value,
+    num_envs=holders.num_envs.value,
+    total_env_steps=holders.total_env_steps.value,
+    hidden_sizes=tuple(int(h) for h in holders.hidden.value),
+    learning_rate=holders.learning_rate.value,
+    gamma=holders.gamma.value,
+    loss=holders.loss.value,
+    max_grad_norm=holders.max_grad_norm.value or None,
+    double_dqn=holders.double_dqn.value,
+    buffer_size=holders.buffer_size.value,
+    batch_size=holders.batch_size.value,
+    learning_starts=holders.learning_starts.value,
+    train_every=holders.train_every.value,
+    target_update=holders.target_update.value,
+    target_period=holders.target_period.value,
+    tau=holders.tau.value,
+    epsilon_start=holders.epsilon_start.value,
+    epsilon_end=holders.epsilon_end.value,
+    epsilon_decay_steps=holders.epsilon_decay_steps.value,
+    eval_every=holders.eval_every.value,
+    eval_episodes=holders.eval_episodes.value,
   )
   run(
     config,
-    _WORKDIR.value,
-    num_seeds=_NUM_SEEDS.value,
-    seed=_SEED.value,
-    target_return=_TARGET_RETURN.value,
+    holders.workdir.value,
+    num_seeds=holders.num_seeds.value,
+    seed=holders.seed.value,
+    target_return=holders.target_return.value,
   )
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _HOLDERS = define_flags()
+  app.run(lambda argv: main(argv, _HOLDERS))

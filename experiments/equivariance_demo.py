@@ -21,6 +21,7 @@ import dataclasses
 import json
 import pathlib
 import time
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,20 +35,55 @@ from equivlab import data, gconv, groups, layers
 
 _LIFTING = {"p4": gconv.lifting_conv, "p4m": gconv.lifting_conv_p4m}
 
-_WORKDIR = flags.DEFINE_string(
-  "workdir", None, "Directory for results.json and the PNG."
-)
-_GROUP = flags.DEFINE_enum(
-  "group", "p4", ["p4", "p4m"], "Group of the equivariant network."
-)
-_FEATURES = flags.DEFINE_integer(
-  "features", 10, "G-channels per hidden layer of the P4CNN."
-)
-_DIGIT = flags.DEFINE_integer(
-  "digit_index", 0, "Which test digit of the embedded data set to rotate."
-)
-_CHANNEL = flags.DEFINE_integer("channel", 0, "Which lifted G-channel to draw.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random weights.")
+
+def define_flags(
+  flag_values: flags.FlagValues = flags.FLAGS,
+) -> types.SimpleNamespace:
+  """Registers this experiment's flags; returns their holders.
+
+  Called only when the module runs as a script (and by tests, with a fresh
+  `flags.FlagValues()`), so that importing several experiments into one
+  process never defines a flag such as --workdir twice.
+  """
+  workdir = flags.DEFINE_string(
+    "workdir",
+    None,
+    "Directory for results.json and the PNG.",
+    flag_values=flag_values,
+  )
+  group = flags.DEFINE_enum(
+    "group",
+    "p4",
+    ["p4", "p4m"],
+    "Group of the equivariant network.",
+    flag_values=flag_values,
+  )
+  features = flags.DEFINE_integer(
+    "features",
+    10,
+    "G-channels per hidden layer of the P4CNN.",
+    flag_values=flag_values,
+  )
+  digit = flags.DEFINE_integer(
+    "digit_index",
+    0,
+    "Which test digit of the embedded data set to rotate.",
+    flag_values=flag_values,
+  )
+  channel = flags.DEFINE_integer(
+    "channel", 0, "Which lifted G-channel to draw.", flag_values=flag_values
+  )
+  seed = flags.DEFINE_integer(
+    "seed", 0, "Seed of the random weights.", flag_values=flag_values
+  )
+  return types.SimpleNamespace(
+    workdir=workdir,
+    group=group,
+    features=features,
+    digit=digit,
+    channel=channel,
+    seed=seed,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,20 +249,20 @@ def run(config: DemoConfig, workdir: str | pathlib.Path) -> dict[str, Any]:
   return results
 
 
-def main(argv: Sequence[str]) -> None:
+def main(argv: Sequence[str], holders: types.SimpleNamespace) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not _WORKDIR.value:
+  if not holders.workdir.value:
     raise app.UsageError("--workdir is required.")
   config = DemoConfig(
-    group=_GROUP.value,
-    features=_FEATURES.value,
-    digit_index=_DIGIT.value,
-    channel=_CHANNEL.value,
-    seed=_SEED.value,
+    group=holders.group.value,
+    features=holders.features.value,
+    digit_index=holders.digit.value,
+    channel=holders.channel.value,
+    seed=holders.seed.value,
   )
   logging.info("Equivariance demo: %s", config)
-  results = run(config, _WORKDIR.value)
+  results = run(config, holders.workdir.value)
   name = "P4MCNN" if config.group == "p4m" else "P4CNN"
   what = "rotations and mirrors" if config.group == "p4m" else "rotations"
   print(
@@ -244,8 +280,11 @@ def main(argv: Sequence[str]) -> None:
   print(
     f"  lifting equivariance error {results['lifting_equivariance_error']:.2e}"
   )
-  print(f"Wrote results.json and lifted_feature_maps.png to {_WORKDIR.value}")
+  print(
+    f"Wrote results.json and lifted_feature_maps.png to {holders.workdir.value}"
+  )
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _HOLDERS = define_flags()
+  app.run(lambda argv: main(argv, _HOLDERS))

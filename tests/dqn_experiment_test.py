@@ -9,7 +9,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import flags
-from absl.testing import flagsaver
 
 from equivlab.rl import dqn
 from experiments import dqn as dqn_experiment
@@ -72,26 +71,29 @@ class DQNExperimentTest(chex.TestCase):
     self.assertIsNone(dqn_experiment.steps_to_reach(steps, [1.0, 2.0, 3.0], 5))
 
   def test_main_with_flags(self):
-    if not flags.FLAGS.is_parsed():
-      flags.FLAGS.mark_as_parsed()
     workdir = self._workdir()
-    with flagsaver.flagsaver(
-      workdir=workdir,
-      env="Probe-constant",
-      num_seeds=1,
-      total_env_steps=64,
-      num_envs=2,
-      eval_every=32,
-      eval_episodes=1,
-      learning_starts=16,
-      train_every=2,
-      batch_size=8,
-      buffer_size=32,
-      target_period=8,
-      epsilon_decay_steps=32,
-      hidden_sizes=["4"],
-    ):
-      dqn_experiment.main([])
+    flag_values = flags.FlagValues()
+    holders = dqn_experiment.define_flags(flag_values)
+    flag_values(
+      [
+        "dqn",
+        f"--workdir={workdir}",
+        "--env=Probe-constant",
+        "--num_seeds=1",
+        "--total_env_steps=64",
+        "--num_envs=2",
+        "--eval_every=32",
+        "--eval_episodes=1",
+        "--learning_starts=16",
+        "--train_every=2",
+        "--batch_size=8",
+        "--buffer_size=32",
+        "--target_period=8",
+        "--epsilon_decay_steps=32",
+        "--hidden_sizes=4",
+      ]
+    )
+    dqn_experiment.main(["dqn"], holders)
     with open(os.path.join(workdir, "results.json")) as f:
       saved = json.load(f)
     self.assertEqual(saved["config"]["env_name"], "Probe-constant")

@@ -5,6 +5,7 @@ import json
 import matplotlib.image
 import numpy as np
 import pytest
+from absl import flags
 
 from experiments import equivariance_demo
 
@@ -34,3 +35,12 @@ def test_invariance_error_by_hand():
   logits = [[1.0, -2.0], [1.0, -2.0], [1.5, -2.0]]
   error = equivariance_demo.invariance_error(np.array(logits))
   assert error == pytest.approx(0.25)
+
+
+def test_main_parses_its_own_flags(tmp_path, capsys):
+  flag_values = flags.FlagValues()
+  holders = equivariance_demo.define_flags(flag_values)
+  flag_values(["demo", f"--workdir={tmp_path}", "--features=2"])
+  equivariance_demo.main(["demo"], holders)
+  assert (tmp_path / "results.json").exists()
+  assert "invariance error" in capsys.readouterr().out
