@@ -1,0 +1,419 @@
+"""Pictures and tables: filters, feature maps, occlusion maps, curves.
+
+Every plotting function takes arrays and a path, draws on its own
+`matplotlib.figure.Figure` (the Agg canvas: no display and no pyplot state),
+writes a PNG and returns the path. `format_table` renders the tables the
+experiments print. Seed 002 problems 1-2 ask for most of these pictures.
+"""
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib import colors, ticker
+from matplotlib.figure import Figure
+
+PathLike = str | os.PathLike
+
+
+def _save(fig: Figure, path: PathLike) -> str:
+  path = os.fspath(path)
+  directory = os.path.dirname(path)
+  if directory:
+    os.makedirs(directory, exist_ok=True)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
+  return path
+
+
+def _grid(n: int, ncols: int | None) -> tuple[int, int]:
+  ncols = ncols or math.ceil(math.sqrt(n))
+  ncols = max(1, min(ncols, n))
+  return math.ceil(n / ncols), ncols
+
+
+def _no_ticks(ax) -> None:
+  ax.set_xticks([])
+  ax.set_yticks([])
+
+
+def plot_filters(
+  kernel: np.ndarray,
+  path: PathLike,
+  *,
+  max_in: int = 8,
+  max_out: int = 32,
+  title: str | None = None,
+) -> str:
+  """Draws a convolution kernel as a grid of small grey images.
+
+  Row `o`, column `i` shows `kernel[:, :, i, o]`, each on its own colour
+  scale (dark = negative, light = positive), so the shape of every filter
+  is visible whatever its norm.
+
+  Args:
+    kernel: `[kh, kw, C_in, C_out]` (flax's Conv layout).
+    path: where the PNG goes.
+    max_in: at most this many input channels (columns) are drawn.
+    max_out: at most this many output channels (rows) are drawn.
+    title: figure title.
+
+  Returns:
+    `path` as a string.
+
+  Raises:
+    ValueError: if `kernel` is not rank 4.
+  """
+  kernel = np.asarray(kernel, np.float32)
+  if kernel.ndim != 4:
+    raise ValueError(
+      f"kernel must be [kh, kw, C_in, C_out], got shape {kernel.shape}."
+    )
+  n_in = min(kernel.shape[2], max_in)
+  n_out = min(kernel.shape[3], max_out)
+  if n_in == 1:  # One input channel: lay the filters out in a square grid.
+    rows, cols = _grid(n_out, None)
+    cells = [(o // cols, o % cols, 0, o) for o in range(n_out)]
+  else:
+    rows, cols = n_out, n_in
+    cells = [(o, i, i, o) for o in range(n_out) for i in range(n_in)]
+  fig = Figure(
+    figsize=(0.8 * cols + 0.4, 0.8 * rows + 0.6), layout="constrained"
+  )
+  axes = np.atleast_2d(fig.subplots(rows, cols, squeeze=False))
+  for ax in axes.ravel():
+    ax.axis("off")
+  for r, c, i, o in cells:
+    ax = axes[r, c]
+    ax.imshow(kernel[:, :, i, o], cmap="gray", interpolation="nearest")
+    ax.axis("on")
+    _no_ticks(ax)
+  if n_in > 1:
+    for i in range(n_in):
+      axes[0, i].set_title(f"in {i}", fontsize=7)
+    for o in range(n_out):
+      axes[o, 0].set_ylabel(f"out {o}", fontsize=7)
+  shown = f"{n_out}/{kernel.shape[3]} out x {n_in}/{kernel.shape[2]} in"
+  fig.suptitle(f"{title or 'filters'} ({shown})", fontsize=10)
+  return _save(fig, path)
+
+
+def plot_feature_maps(
+  maps: np.ndarray,
+  path: PathLike,
+  *,
+  image: np.ndarray | None = None,
+  max_maps: int = 32,
+  ncols: int | None = 8,
+  title: str | None = None,
+) -> str:
+  """Draws the channels of one feature map, optionally after the input.
+
+  Args:
+    maps: `[H, W, C]` activations of one image.
+    path: where the PNG goes.
+    image: `[H0, W0]` or `[H0, W0, 1]` input drawn first, or None.
+    max_maps: at most this many channels are drawn.
+    ncols: panels per row.
+    title: figure title.
+
+  Returns:
+    `path` as a string.
+
+  Raises:
+    ValueError: if `maps` is not rank 3.
+  """
+  maps = np.asarray(maps, np.float32)
+  if maps.ndim != 3:
+    raise ValueError(f"maps must be [H, W, C], got shape {maps.shape}.")
+  panels = [maps[:, :, c] for c in range(min(maps.shape[-1], max_maps))]
+  names = [f"ch {c}" for c in range(len(panels))]
+  if image is not None:
+    panels.insert(0, np.asarray(image, np.float32).reshape(image.shape[:2]))
+    names.insert(0, "input")
+  rows, cols = _grid(len(panels), ncols)
+  fig = Figure(figsize=(1.3 * cols, 1.4 * rows + 0.5), layout="constrained")
+  axes = fig.subplots(rows, cols, squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for ax, panel, name in zip(axes.ravel(), panels, names, strict=False):
+    ax.imshow(panel, cmap="gray" if name == "input" else "viridis")
+    ax.set_title(name, fontsize=7)
+  fig.suptitle(title or "feature maps", fontsize=10)
+  return _save(fig, path)
+
+
+def plot_images(
+  images: np.ndarray,
+  path: PathLike,
+  *,
+  titles: Sequence[str] | None = None,
+  ncols: int | None = None,
+  title: str | None = None,
+) -> str:
+  """Draws a row (or grid) of grey images with a caption under each.
+
+  Args:
+    images: `[N, H, W]` or `[N, H, W, 1]`.
+    path: where the PNG goes.
+    titles: one caption per image, or None.
+    ncols: panels per row (all in one row by default).
+    title: figure title.
+
+  Returns:
+    `path` as a string.
+
+  Raises:
+    ValueError: if `images` is not rank 3 or 4, or `titles` has the wrong
+      length.
+  """
+  images = np.asarray(images, np.float32)
+  if images.ndim not in (3, 4):
+    raise ValueError(
+      f"images must be [N, H, W] or [N, H, W, 1], got shape {images.shape}."
+    )
+  if titles is not None and len(titles) != len(images):
+    raise ValueError(
+      f"need one title per image ({len(images)}), got {len(titles)}."
+    )
+  rows, cols = _grid(len(images), ncols or len(images))
+  fig = Figure(figsize=(2.6 * cols, 2.6 * rows + 0.4), layout="constrained")
+  axes = fig.subplots(rows, cols, squeeze=False)
+  for ax in axes.ravel():
+    ax.axis("off")
+  for n, ax in enumerate(axes.ravel()[: len(images)]):
+    ax.imshow(images[n].reshape(images.shape[1:3]), cmap="gray", vmin=0, vmax=1)
+    if titles is not None:
+      ax.set_title(titles[n], fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return _save(fig, path)
+
+
+def plot_occlusion(
+  image: np.ndarray,
+  maps: Mapping[str, np.ndarray],
+  path: PathLike,
+  *,
+  label: int | None = None,
+  patch_size: int | None = None,
+  title: str | None = None,
+) -> str:
+  """Draws an image and its occlusion maps (seed 002 problem 2 (a)-(c)).
+
+  Args:
+    image: `[H, W]` or `[H, W, 1]`.
+    maps: the dict of `equivlab.occlusion.occlusion_maps`: "true_prob",
+      "top_prob" and "label", each `[H', W']`.
+    path: where the PNG goes.
+    label: the true class, for the captions.
+    patch_size: the patch side, for the captions.
+    title: figure title.
+
+  Returns:
+    `path` as a string.
+
+  Raises:
+    ValueError: if a map is missing.
+  """
+  missing = {"true_prob", "top_prob", "label"} - set(maps)
+  if missing:
+    raise ValueError(f"maps lacks {sorted(missing)}; got keys {sorted(maps)}.")
+  image = np.asarray(image, np.float32)
+  image = image.reshape(image.shape[:2])
+  fig = Figure(figsize=(13.0, 3.6), layout="constrained")
+  axes = fig.subplots(1, 4)
+  axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
+  axes[0].set_title(f"input (label {label})" if label is not None else "input")
+  names = {
+    "true_prob": f"(a) p(true class{'' if label is None else f' {label}'})",
+    "top_prob": "(b) highest probability",
+  }
+  for ax, key in zip(axes[1:3], names, strict=True):
+    # Each map on its own scale: small changes must stay visible.
+    values = np.asarray(maps[key])
+    shown = ax.imshow(values, cmap="inferno")
+    ax.set_title(
+      f"{names[key]}\nrange {values.min():.3g} to {values.max():.3g}"
+    )
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+  labels = np.asarray(maps["label"])
+  cmap = colors.ListedColormap(
+    [colors.to_rgb(f"C{k}") for k in range(10)], name="digits"
+  )
+  norm = colors.BoundaryNorm(np.arange(-0.5, 10.5), cmap.N)
+  shown = axes[3].imshow(labels, cmap=cmap, norm=norm)
+  axes[3].set_title("(c) predicted label\n")
+  bar = fig.colorbar(shown, ax=axes[3], fraction=0.046, pad=0.04)
+  bar.set_ticks(range(10))
+  for ax in axes:
+    _no_ticks(ax)
+  caption = title or "occlusion sensitivity"
+  if patch_size is not None:
+    caption += f" (grey {patch_size}x{patch_size} patch centred at each pixel)"
+  fig.suptitle(caption, fontsize=10)
+  return _save(fig, path)
+
+
+def plot_learning_curves(
+  curves: Mapping[str, Sequence[float]],
+  path: PathLike,
+  *,
+  xlabel: str = "epoch",
+  ylabel: str = "value",
+  title: str | None = None,
+  log_y: bool = False,
+  x: Sequence[float] | None = None,
+) -> str:
+  """Draws named series against `x` (default: 1, 2, ...), one line each.
+
+  Args:
+    curves: name -> values, e.g. {"z2cnn train loss": [...], ...}.
+    path: where the PNG goes.
+    xlabel: x-axis label.
+    ylabel: y-axis label.
+    title: figure title.
+    log_y: logarithmic y axis.
+    x: the x values shared by all series; a series may be shorter.
+
+  Returns:
+    `path` as a string.
+
+  Raises:
+    ValueError: if `curves` is empty or a series is longer than `x`.
+  """
+  if not curves:
+    raise ValueError("curves must hold at least one series, got none.")
+  longest = max(len(v) for v in curves.values())
+  if x is not None and len(x) < longest:
+    raise ValueError(
+      f"x has {len(x)} values but a series has {longest}; need one x each."
+    )
+  fig = Figure(figsize=(6.4, 4.0))
+  ax = fig.subplots()
+  for name, values in curves.items():
+    values = np.asarray(values, np.float64)
+    xs = np.arange(1, len(values) + 1) if x is None else np.asarray(x)
+    ax.plot(xs[: len(values)], values, marker=".", label=name)
+  if x is None or all(float(v).is_integer() for v in x):
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+  if log_y:
+    ax.set_yscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
+
+
+def plot_bars(
+  names: Sequence[str],
+  series: Mapping[str, Sequence[float]],
+  path: PathLike,
+  *,
+  errors: Mapping[str, Sequence[float]] | None = None,
+  ylabel: str = "value",
+  title: str | None = None,
+  value_format: str = "{:.3g}",
+) -> str:
+  """Grouped bars: one group per name, one bar per series, values on top.
+
+  Args:
+    names: group labels (e.g. model names).
+    series: series name -> one value per group (e.g. {"test": [...],
+      "shifted test": [...]}).
+    path: where the PNG goes.
+    errors: series name -> half-heights of error bars (e.g. standard
+      deviations), for any subset of the series; or None.
+    ylabel: y-axis label.
+    title: figure title.
+    value_format: format of the value printed over each bar.
+
+  Returns:
+    `path` as a string.
+
+  Raises:
+    ValueError: if `series` is empty or a series (or its errors) does not
+      have one value per name.
+  """
+  if not series:
+    raise ValueError("series must hold at least one series, got none.")
+  errors = dict(errors or {})
+  for key, values in [*series.items(), *errors.items()]:
+    if len(values) != len(names):
+      raise ValueError(
+        f"series {key!r} needs one value per name ({len(names)}), got "
+        f"{len(values)}."
+      )
+  fig = Figure(figsize=(1.3 * len(names) * len(series) ** 0.5 + 2.5, 3.8))
+  ax = fig.subplots()
+  x = np.arange(len(names))
+  width = 0.8 / len(series)
+  for i, (key, values) in enumerate(series.items()):
+    bars = ax.bar(
+      x + (i - (len(series) - 1) / 2) * width,
+      values,
+      width,
+      yerr=errors.get(key),
+      capsize=3,
+      label=key,
+      color=f"C{i}",
+    )
+    ax.bar_label(
+      bars, labels=[value_format.format(v) for v in values], fontsize=7
+    )
+  ax.set_xticks(x, names)
+  ax.set_ylabel(ylabel)
+  ax.grid(axis="y", alpha=0.3)
+  ax.margins(y=0.12)
+  if len(series) > 1:
+    ax.legend(fontsize=8)
+  if title:
+    ax.set_title(title)
+  return _save(fig, path)
+
+
+def format_table(
+  rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
+) -> str:
+  """Renders rows of values as a GitHub-markdown table.
+
+  Floats print with 4 significant decimals; strings and ints as they are.
+
+  Args:
+    rows: one mapping per row, column name -> value.
+    columns: the columns in order; the keys of the first row by default.
+
+  Returns:
+    The table as one string (no trailing newline).
+
+  Raises:
+    ValueError: if `rows` is empty or a row lacks a column.
+  """
+  if not rows:
+    raise ValueError("rows must hold at least one row, got none.")
+  columns = list(columns or rows[0].keys())
+  cells = []
+  for n, row in enumerate(rows):
+    missing = [c for c in columns if c not in row]
+    if missing:
+      raise ValueError(f"row {n} lacks columns {missing}; it has {list(row)}.")
+    cells.append(
+      [
+        f"{v:.4f}" if isinstance(v, float) else str(v)
+        for v in map(row.get, columns)
+      ]
+    )
+  widths = [
+    max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)
+  ]
+  line = lambda vals: (
+    "| "
+    + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True))
+    + " |"
+  )
+  rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+  return "\n".join([line(columns), rule, *(line(r) for r in cells)])

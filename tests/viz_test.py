@@ -1,0 +1,123 @@
+"""Tests of equivlab.viz: every picture is a real PNG; bad input is named."""
+
+import numpy as np
+import pytest
+
+from equivlab import viz
+
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _is_png(path):
+  with open(path, "rb") as f:
+    return f.read(8) == _PNG
+
+
+def test_plot_filters_single_and_many_inputs(tmp_path):
+  rng = np.random.default_rng(0)
+  one = viz.plot_filters(rng.normal(size=(3, 3, 1, 6)), tmp_path / "a.png")
+  many = viz.plot_filters(
+    rng.normal(size=(3, 3, 4, 5)), tmp_path / "sub" / "b.png", max_in=2
+  )
+  assert _is_png(one) and _is_png(many)
+  assert one == str(tmp_path / "a.png")
+
+
+def test_plot_feature_maps(tmp_path):
+  maps = np.random.default_rng(0).uniform(size=(7, 7, 5))
+  path = viz.plot_feature_maps(
+    maps, tmp_path / "f.png", image=np.zeros((14, 14, 1)), max_maps=4
+  )
+  assert _is_png(path)
+
+
+def test_plot_images_and_occlusion(tmp_path):
+  images = np.random.default_rng(0).uniform(size=(3, 8, 8, 1))
+  assert _is_png(
+    viz.plot_images(images, tmp_path / "i.png", titles=["a", "b", "c"])
+  )
+  maps = {
+    "true_prob": np.linspace(0, 1, 64).reshape(8, 8),
+    "top_prob": np.ones((8, 8)),
+    "label": np.arange(64).reshape(8, 8) % 10,
+  }
+  assert _is_png(
+    viz.plot_occlusion(
+      images[0], maps, tmp_path / "o.png", label=6, patch_size=3
+    )
+  )
+
+
+def test_plot_curves_and_bars(tmp_path):
+  curves = {"a": [1.0, 0.5, 0.25], "b": [2.0, 1.0]}
+  assert _is_png(viz.plot_learning_curves(curves, tmp_path / "c.png"))
+  assert _is_png(
+    viz.plot_learning_curves(
+      curves, tmp_path / "d.png", x=[0, 2, 4], log_y=True
+    )
+  )
+  assert _is_png(
+    viz.plot_bars(
+      ["x", "y"],
+      {"s": [1.0, 2.0], "t": [0.5, 0.7]},
+      tmp_path / "b.png",
+      errors={"s": [0.1, 0.2]},
+    )
+  )
+
+
+def test_format_table_by_hand():
+  rows = [
+    {"model": "mlp", "acc": 0.94881, "n": 12},
+    {"model": "p4cnn", "acc": 1.0, "n": 3},
+  ]
+  assert viz.format_table(rows) == (
+    "| model | acc    | n  |\n"
+    "|-------|--------|----|\n"
+    "| mlp   | 0.9488 | 12 |\n"
+    "| p4cnn | 1.0000 | 3  |"
+  )
+  assert viz.format_table(rows, ["n"]).splitlines()[2] == "| 12 |"
+
+
+def test_bad_filters_rank(tmp_path):
+  with pytest.raises(ValueError, match=r"kernel must be \[kh, kw, C_in"):
+    viz.plot_filters(np.zeros((3, 3, 4)), tmp_path / "x.png")
+
+
+def test_bad_feature_maps_rank(tmp_path):
+  with pytest.raises(ValueError, match=r"maps must be \[H, W, C\]"):
+    viz.plot_feature_maps(np.zeros((1, 3, 3, 4)), tmp_path / "x.png")
+
+
+def test_bad_images(tmp_path):
+  with pytest.raises(ValueError, match="images must be"):
+    viz.plot_images(np.zeros((3, 3)), tmp_path / "x.png")
+  with pytest.raises(ValueError, match="one title per image"):
+    viz.plot_images(np.zeros((2, 3, 3)), tmp_path / "x.png", titles=["a"])
+
+
+def test_occlusion_maps_missing(tmp_path):
+  with pytest.raises(ValueError, match="maps lacks"):
+    viz.plot_occlusion(np.zeros((4, 4)), {"label": 0}, tmp_path / "x.png")
+
+
+def test_empty_curves_and_short_x(tmp_path):
+  with pytest.raises(ValueError, match="at least one series"):
+    viz.plot_learning_curves({}, tmp_path / "x.png")
+  with pytest.raises(ValueError, match="need one x each"):
+    viz.plot_learning_curves({"a": [1, 2, 3]}, tmp_path / "x.png", x=[0])
+
+
+def test_bars_lengths(tmp_path):
+  with pytest.raises(ValueError, match="one value per name"):
+    viz.plot_bars(["a", "b"], {"s": [1.0]}, tmp_path / "x.png")
+  with pytest.raises(ValueError, match="at least one series"):
+    viz.plot_bars(["a"], {}, tmp_path / "x.png")
+
+
+def test_table_errors():
+  with pytest.raises(ValueError, match="at least one row"):
+    viz.format_table([])
+  with pytest.raises(ValueError, match="row 1 lacks columns"):
+    viz.format_table([{"a": 1}, {"b": 2}])
