@@ -1,0 +1,54 @@
+"""Smoke test of experiments/shifted_digits.py on tiny settings."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments import shifted_digits
+
+
+def test_smoke_writes_results_and_pictures(tmp_path, capsys):
+  config = shifted_digits.ShiftedConfig(
+    models=("mlp",),
+    max_shift=2,
+    num_epochs=1,
+    batch_size=16,
+    train_limit=64,
+    test_limit=24,
+    num_examples=3,
+    num_devices=1,
+    progress=False,
+  )
+  results = shifted_digits.run(config, tmp_path)
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["table"] == results["table"]
+  assert [r["model"] for r in saved["rows"]] == ["mlp"]
+  for row in saved["rows"]:
+    assert 0.0 <= row["shifted test acc"] <= 1.0
+    assert float(row["drop (points)"]) == pytest.approx(
+      100 * (row["test acc"] - row["shifted test acc"]), abs=0.051
+    )
+  assert len(saved["sweep"]["mlp"]) == 3
+  # Shift 0 of the sweep is the plain test set.
+  assert saved["sweep"]["mlp"][0] == pytest.approx(saved["rows"][0]["test acc"])
+  for name in ("accuracy", "shift_sweep", "curves", "examples"):
+    assert (tmp_path / f"{name}.png").stat().st_size > 1000
+  assert "| mlp" in capsys.readouterr().out
+
+
+def test_accuracy_by_hand():
+  logits = np.array([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])
+  assert shifted_digits.accuracy(logits, np.array([1, 1, 1])) == 2 / 3
+
+
+def test_unknown_model(tmp_path):
+  config = shifted_digits.ShiftedConfig(models=("mlp", "vgg"))
+  with pytest.raises(ValueError, match=r"unknown models \['vgg'\]"):
+    shifted_digits.run(config, tmp_path)
+
+
+def test_negative_shift(tmp_path):
+  config = shifted_digits.ShiftedConfig(max_shift=-1)
+  with pytest.raises(ValueError, match="max_shift must be an int >= 0"):
+    shifted_digits.run(config, tmp_path)
