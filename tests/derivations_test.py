@@ -1,0 +1,399 @@
+"""Tests of the hand-derived backward passes (seeds 001, 003, 004)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from equivlab import derivations, gradcheck
+
+# ---------------------------------------------------------------------------
+# Convolution output shapes.
+# ---------------------------------------------------------------------------
+
+
+def _lax_conv_shape(in_shape, k_shape, strides, padding):
+  nd = len(in_shape) - 2
+  spatial = "DHW"[-nd:]
+  dn = ("N" + spatial + "C", spatial + "IO", "N" + spatial + "C")
+  out = jax.eval_shape(
+    lambda x, w: jax.lax.conv_general_dilated(
+      x, w, strides, [(p, p) for p in padding], dimension_numbers=dn
+    ),
+    jax.ShapeDtypeStruct(in_shape, jnp.float32),
+    jax.ShapeDtypeStruct(k_shape, jnp.float32),
+  )
+  return out.shape
+
+
+@st.composite
+def _conv_case(draw):
+  nd = draw(st.integers(1, 3))
+  n = [draw(st.integers(1, 12)) for _ in range(nd)]
+  p = [draw(st.integers(0, 3)) for _ in range(nd)]
+  k = [draw(st.integers(1, ni + 2 * pi)) for ni, pi in zip(n, p, strict=True)]
+  s = [draw(st.integers(1, 4)) for _ in range(nd)]
+  c_in, c_out = draw(st.integers(1, 3)), draw(st.integers(1, 5))
+  return (2, *n, c_in), (*k, c_in, c_out), tuple(s), tuple(p)
+
+
+@given(_conv_case())
+def test_conv_output_shape_matches_lax_in_1d_2d_3d(case):
+  in_shape, k_shape, strides, padding = case
+  ours = derivations.conv_output_shape(in_shape, k_shape, strides, padding)
+  assert ours == _lax_conv_shape(in_shape, k_shape, strides, padding)
+
+
+@given(_conv_case())
+def test_seed004_ceiling_is_wrong_whenever_stride_does_not_divide(case):
+  # Seed 004 5(a)/(d): ceil((n - k + 2P) / s + 1). It agrees with lax only
+  # when s divides n + 2P - k; otherwise it counts one window too many.
+  in_shape, k_shape, strides, padding = case
+  lax_shape = _lax_conv_shape(in_shape, k_shape, strides, padding)
+  for axis, (n, k, s, p) in enumerate(
+    zip(in_shape[1:-1], k_shape[:-2], strides, padding, strict=True)
+  ):
+    ceiling = math.ceil((n - k + 2 * p) / s + 1)
+    if (n + 2 * p - k) % s:
+      assert ceiling == lax_shape[1 + axis] + 1
+    else:
+      assert ceiling == lax_shape[1 + axis]
+
+
+def test_seed004_ceiling_counterexample_and_seed004_5d_example():
+  assert derivations.conv_output_size(6, 3, stride=2) == 2
+  assert math.ceil((6 - 3) / 2 + 1) == 3  # seed 004's formula.
+  assert _lax_conv_shape((1, 6, 1), (3, 1, 1), (2,), (0,)) == (1, 2, 1)
+  # Seed 004 5(d): a 30x30 input, 3x3 kernel, stride 1 -> 28x28xC.
+  shape = derivations.conv_output_shape((1, 30, 30, 3), (3, 3, 3, 7))
+  assert shape == (1, 28, 28, 7)
+
+
+def test_conv_output_shape_bad_input():
+  with pytest.raises(ValueError, match="kernel length 5 exceeds"):
+    derivations.conv_output_size(3, 5)
+  with pytest.raises(ValueError, match="stride must be an integer >= 1"):
+    derivations.conv_output_size(5, 3, stride=0)
+  with pytest.raises(ValueError, match="padding must be an integer >= 0"):
+    derivations.conv_output_size(5, 3, padding=-1)
+  with pytest.raises(ValueError, match="1 to 3 spatial axes"):
+    derivations.conv_output_shape((1, 2, 2, 2, 2, 1), (1, 1, 1, 1, 1, 1))
+  with pytest.raises(ValueError, match="kernel_shape must have rank 4"):
+    derivations.conv_output_shape((1, 5, 5, 1), (3, 1, 1))
+  with pytest.raises(ValueError, match="input channels 3"):
+    derivations.conv_output_shape((1, 5, 5, 3), (3, 3, 2, 4))
+  with pytest.raises(ValueError, match="strides must be an int or have 2"):
+    derivations.conv_output_shape((1, 5, 5, 1), (3, 3, 1, 1), (1, 1, 1))
+
+
+# ---------------------------------------------------------------------------
+# 1-D cross-correlation (seed 003).
+# ---------------------------------------------------------------------------
+
+
+def _seed003():
+  params = {"w": jnp.array([2.0, 1.0, 3.0]), "b": jnp.array(1.0)}
+  return params, jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([2.0, 4.0])
+
+
+def test_conv1d_seed003_fixture_forward_backward_and_step():
+  with jax.enable_x64(True):
+    params, x, y = _seed003()
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    y_hat = derivations.conv1d(x, params["w"], params["b"])
+    np.testing.assert_allclose(y_hat, [14.0, 20.0], rtol=0, atol=1e-12)
+    loss, grads = derivations.conv1d_backward(params, x, y)
+    np.testing.assert_allclose(loss, 200.0, atol=1e-12)
+    np.testing.assert_allclose(grads["w"], [44.0, 72.0, 100.0], atol=1e-12)
+    np.testing.assert_allclose(grads["b"], 28.0, atol=1e-12)
+    new = derivations.sgd_step(params, grads, 0.01)
+    np.testing.assert_allclose(new["w"], [1.56, 0.28, 2.0], atol=1e-12)
+    np.testing.assert_allclose(new["b"], 0.72, atol=1e-12)
+    new_y_hat = derivations.conv1d(x, new["w"], new["b"])
+    np.testing.assert_allclose(new_y_hat, [8.84, 12.68], atol=1e-12)
+    np.testing.assert_allclose(
+      derivations.conv1d_loss(new, x, y), 61.064, atol=1e-10
+    )
+
+
+def test_seed003_dl_dw2_is_72_not_42():
+  with jax.enable_x64(True):
+    params, x, y = _seed003()
+    _, grads = derivations.conv1d_backward(params, x, y)
+    assert float(grads["w"][1]) == 72.0
+    # The seed's update line subtracts 0.01 * 42 but writes 0.28: only 72
+    # gives the updated weight it reports.
+    np.testing.assert_allclose(1.0 - 0.01 * 72.0, 0.28, atol=1e-12)
+    assert abs((1.0 - 0.01 * 42.0) - 0.28) > 0.2
+
+
+def test_conv1d_backward_matches_autodiff_and_finite_differences():
+  with jax.enable_x64(True):
+    kx, kw, ky = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (9,), jnp.float64)
+    params = {
+      "w": jax.random.normal(kw, (4,), jnp.float64),
+      "b": jnp.array(0.3),
+    }
+    y = jax.random.normal(ky, (6,), jnp.float64)
+
+    @jax.jit
+    def hand(p, x, y):
+      return derivations.conv1d_backward(p, x, y)[1]
+
+    loss = jax.jit(derivations.conv1d_loss)
+    auto = jax.jit(jax.grad(derivations.conv1d_loss))(params, x, y)
+    assert gradcheck.max_relative_error(hand(params, x, y), auto) < 1e-12
+    err = gradcheck.check_gradients(loss, hand, params, x, y)
+    assert err < 1e-7
+
+
+def test_conv1d_bad_input():
+  params, x, _ = _seed003()
+  with pytest.raises(ValueError, match=r"y must have shape \(2,\)"):
+    derivations.conv1d_backward(params, x, jnp.ones(3))
+  with pytest.raises(ValueError, match="x must have rank 1"):
+    derivations.conv1d(jnp.ones((2, 4)), params["w"], params["b"])
+  with pytest.raises(ValueError, match="must not exceed input length 2"):
+    derivations.conv1d(jnp.ones(2), params["w"], params["b"])
+
+
+# ---------------------------------------------------------------------------
+# Batch normalisation (seed 001; seed 004 4(a)).
+# ---------------------------------------------------------------------------
+
+
+def _bn_setup():
+  kx, kg, kb, kt = jax.random.split(jax.random.key(1), 4)
+  x = 2.0 + 3.0 * jax.random.normal(kx, (6, 3), jnp.float64)
+  gamma = 1.0 + jax.random.normal(kg, (3,), jnp.float64)
+  beta = jax.random.normal(kb, (3,), jnp.float64)
+  target = jax.random.normal(kt, (6, 3), jnp.float64)
+  return x, gamma, beta, target
+
+
+def _head(y, target):
+  # A nonlinear scalar loss of the batch norm output; dl/dy by hand below.
+  return jnp.sum(jnp.sin(y) * target)
+
+
+def test_batch_norm_backward_matches_autodiff_step_by_step():
+  eps = 1e-5
+  with jax.enable_x64(True):
+    x, gamma, beta, target = _bn_setup()
+    y, cache = derivations.batch_norm_forward(x, gamma, beta, eps)
+    hand = derivations.batch_norm_backward(jnp.cos(y) * target, cache)
+    mu, var = cache["mu"], cache["var"]
+
+    # Each intermediate as a function of the variables the seed holds free.
+    def l_of_x_hat(x_hat):
+      return _head(gamma[None, :] * x_hat + beta[None, :], target)
+
+    def l_of_x_mu_var(x, mu, var):
+      return l_of_x_hat((x - mu[None, :]) / jnp.sqrt(var + eps)[None, :])
+
+    def l_of_x_mu(x, mu):
+      return l_of_x_mu_var(x, mu, jnp.mean((x - mu[None, :]) ** 2, axis=0))
+
+    def l_of_all(params, x):
+      out, _ = derivations.batch_norm_forward(
+        x, params["gamma"], params["beta"], eps
+      )
+      return _head(out, target)
+
+    def l_of_x(x, params):
+      return l_of_all(params, x)
+
+    params = {"gamma": gamma, "beta": beta}
+    auto = {
+      "dx_hat": jax.grad(l_of_x_hat)(cache["x_hat"]),
+      "dvar": jax.grad(l_of_x_mu_var, argnums=2)(x, mu, var),
+      "dmean": jax.grad(l_of_x_mu, argnums=1)(x, mu),
+      "dx": jax.grad(l_of_all, argnums=1)(params, x),
+      "dgamma": jax.grad(l_of_all)(params, x)["gamma"],
+      "dbeta": jax.grad(l_of_all)(params, x)["beta"],
+    }
+    for name, value in auto.items():
+      np.testing.assert_allclose(hand[name], value, rtol=1e-10, atol=1e-12)
+
+    # And against central finite differences, for every parameter.
+    fd_x = gradcheck.finite_difference_grad(jax.jit(l_of_x), x, params)
+    assert gradcheck.max_relative_error(hand["dx"], fd_x) < 1e-5
+    fd_p = gradcheck.finite_difference_grad(jax.jit(l_of_all), params, x)
+    got = {"gamma": hand["dgamma"], "beta": hand["dbeta"]}
+    assert gradcheck.max_relative_error(got, fd_p) < 1e-7
+    fd_mean = gradcheck.finite_difference_grad(
+      jax.jit(lambda m, x: l_of_x_mu(x, m)), mu, x
+    )
+    assert gradcheck.max_relative_error(hand["dmean"], fd_mean) < 1e-6
+    fd_var = gradcheck.finite_difference_grad(
+      jax.jit(lambda v, x: l_of_x_mu_var(x, mu, v)), var, x
+    )
+    assert gradcheck.max_relative_error(hand["dvar"], fd_var) < 1e-6
+
+
+def test_batch_norm_forward_normalises():
+  with jax.enable_x64(True):
+    x, gamma, beta, _ = _bn_setup()
+    _, cache = derivations.batch_norm_forward(x, gamma, beta, eps=0.0)
+    np.testing.assert_allclose(cache["x_hat"].mean(0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(cache["x_hat"].var(0), 1.0, rtol=1e-12)
+
+
+def test_seed004_4a_variance_needs_the_square():
+  z = jnp.array([[1.0, -2.0], [3.0, 0.0], [8.0, 5.0]])
+  mu, var = derivations.batch_statistics(z)
+  np.testing.assert_allclose(mu, np.mean(z, axis=0), rtol=1e-6)
+  np.testing.assert_allclose(var, np.var(np.asarray(z), axis=0), rtol=1e-6)
+  # Seed 004's formula, 1/M sum (z_i - mu): zero for every batch.
+  unsquared = jnp.mean(z - mu[None, :], axis=0)
+  np.testing.assert_allclose(unsquared, 0.0, atol=1e-6)
+  assert np.all(var > 1.0)
+
+
+def test_batch_norm_bad_input():
+  x = jnp.ones((4, 3))
+  with pytest.raises(ValueError, match="x must have rank 2"):
+    derivations.batch_norm_forward(jnp.ones(3), jnp.ones(3), jnp.ones(3))
+  with pytest.raises(ValueError, match=r"gamma and beta must have shape"):
+    derivations.batch_norm_forward(x, jnp.ones(2), jnp.ones(3))
+  _, cache = derivations.batch_norm_forward(x, jnp.ones(3), jnp.zeros(3))
+  with pytest.raises(ValueError, match=r"dy must have shape \(4, 3\)"):
+    derivations.batch_norm_backward(jnp.ones((4, 2)), cache)
+  with pytest.raises(ValueError, match="z must have rank 2"):
+    derivations.batch_statistics(jnp.ones(3))
+
+
+# ---------------------------------------------------------------------------
+# Softmax with cross-entropy (seed 001).
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["one_hot", "soft"])
+def test_softmax_ce_gradient_is_y_hat_minus_y(kind):
+  with jax.enable_x64(True):
+    kz, ky = jax.random.split(jax.random.key(2))
+    logits = jax.random.normal(kz, (5,), jnp.float64)
+    if kind == "one_hot":
+      labels = jax.nn.one_hot(3, 5, dtype=jnp.float64)
+    else:
+      labels = jax.nn.softmax(jax.random.normal(ky, (5,), jnp.float64))
+    hand = derivations.softmax_cross_entropy_grad(logits, labels)
+    np.testing.assert_allclose(
+      hand, jax.nn.softmax(logits) - labels, rtol=1e-12, atol=1e-15
+    )
+    auto = jax.grad(derivations.softmax_cross_entropy)(logits, labels)
+    np.testing.assert_allclose(hand, auto, rtol=1e-10, atol=1e-14)
+    err = gradcheck.check_gradients(
+      derivations.softmax_cross_entropy,
+      derivations.softmax_cross_entropy_grad,
+      logits,
+      labels,
+    )
+    assert err < 1e-6
+
+
+def test_softmax_ce_stable_for_logits_of_size_1e4():
+  logits = jnp.array([1e4, -1e4, 9990.0, 0.0], jnp.float32)
+  labels = jnp.array([0.0, 0.0, 1.0, 0.0], jnp.float32)
+  loss = derivations.softmax_cross_entropy(logits, labels)
+  grad = derivations.softmax_cross_entropy_grad(logits, labels)
+  assert np.isfinite(loss) and np.all(np.isfinite(grad))
+  # The exact values: loss = 10 + log(1 + e^-10); y_hat_0 = 1 / (1 + e^-10).
+  np.testing.assert_allclose(loss, 10.0 + np.log1p(np.exp(-10.0)), rtol=1e-6)
+  y0 = 1.0 / (1.0 + np.exp(-10.0))
+  np.testing.assert_allclose(grad, [y0, 0.0, 1 - y0 - 1.0, 0.0], atol=1e-6)
+  naive = -jnp.log(jnp.exp(logits[2]) / jnp.sum(jnp.exp(logits)))
+  assert not np.isfinite(naive)  # what the shift by the maximum avoids.
+
+
+def test_softmax_ce_batches_with_vmap_and_rejects_bad_shapes():
+  logits = jnp.zeros((4, 3))
+  labels = jax.nn.one_hot(jnp.arange(4) % 3, 3)
+  losses = jax.vmap(derivations.softmax_cross_entropy)(logits, labels)
+  np.testing.assert_allclose(losses, np.log(3.0) * np.ones(4), rtol=1e-6)
+  with pytest.raises(ValueError, match="logits must have rank 1"):
+    derivations.softmax_cross_entropy(logits, labels)
+  with pytest.raises(ValueError, match=r"labels must have the logits' shape"):
+    derivations.softmax_cross_entropy_grad(jnp.zeros(3), jnp.zeros(4))
+
+
+# ---------------------------------------------------------------------------
+# The seed 004 1(a) network.
+# ---------------------------------------------------------------------------
+
+
+def _mlp_setup():
+  kp, kx = jax.random.split(jax.random.key(3))
+  params = derivations.sigmoid_mlp_init(kp, d=4, d_h=5)
+  params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+  params["b1"] = params["b1"] + 0.1  # non-zero biases exercise every path.
+  params["b3"] = params["b3"] - 0.2
+  x = jax.random.normal(kx, (4,), jnp.float64)
+  return params, x, jnp.array(1.5)
+
+
+def test_seed004_1a_deltas_and_gradients_match_autodiff_and_fd():
+  with jax.enable_x64(True):
+    params, x, y = _mlp_setup()
+    loss, grads, deltas = derivations.sigmoid_mlp_backward(params, x, y)
+    np.testing.assert_allclose(
+      loss, derivations.sigmoid_mlp_loss(params, x, y), rtol=1e-14
+    )
+    auto = jax.jit(jax.grad(derivations.sigmoid_mlp_loss))(params, x, y)
+    assert gradcheck.max_relative_error(grads, auto) < 1e-12
+    err = gradcheck.check_gradients(
+      jax.jit(derivations.sigmoid_mlp_loss),
+      jax.jit(lambda p, x, y: derivations.sigmoid_mlp_backward(p, x, y)[1]),
+      params,
+      x,
+      y,
+    )
+    assert err < 1e-6
+
+    # The deltas are the gradients with respect to f, Z2 and Z1.
+    def from_f(f):
+      return (y - f) ** 2
+
+    def from_z2(z2):
+      return from_f((params["W3"] @ jax.nn.sigmoid(z2) + params["b3"])[0])
+
+    def from_z1(z1):
+      return from_z2(params["W2"] @ jax.nn.sigmoid(z1) + params["b2"])
+
+    acts = derivations.sigmoid_mlp_forward(params, x)
+    for delta, fn, name in (
+      ("delta4", from_f, "f"),
+      ("delta3", from_z2, "Z2"),
+      ("delta2", from_z1, "Z1"),
+    ):
+      want = jax.grad(fn)(acts[name])
+      np.testing.assert_allclose(deltas[delta], want, rtol=1e-12, atol=1e-15)
+    # The biases' gradients are the deltas (seed 004 1(a)(ii), (iv), (v)).
+    np.testing.assert_allclose(grads["b2"], deltas["delta3"], rtol=1e-15)
+    np.testing.assert_allclose(grads["b1"], deltas["delta2"], rtol=1e-15)
+
+
+def test_seed004_1b_one_sgd_step_lowers_the_loss():
+  with jax.enable_x64(True):
+    params, x, y = _mlp_setup()
+    loss, grads, _ = derivations.sigmoid_mlp_backward(params, x, y)
+    new = derivations.sgd_step(params, grads, 0.05)
+    assert derivations.sigmoid_mlp_loss(new, x, y) < loss
+    # First order: the decrease is about lr * ||grad||^2.
+    sq_norm = sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))
+    drop = loss - derivations.sigmoid_mlp_loss(new, x, y)
+    np.testing.assert_allclose(drop, 0.05 * sq_norm, rtol=0.2)
+    # The sign error of seed 002 (ascending) raises it.
+    up = derivations.sgd_step(params, grads, -0.05)
+    assert derivations.sigmoid_mlp_loss(up, x, y) > loss
+
+
+def test_sigmoid_mlp_bad_input():
+  params = derivations.sigmoid_mlp_init(jax.random.key(0), d=4, d_h=5)
+  with pytest.raises(ValueError, match="x must have rank 1"):
+    derivations.sigmoid_mlp_forward(params, jnp.ones((2, 4)))
