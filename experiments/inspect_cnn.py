@@ -369,7 +369,10 @@ def define_flags(
     flag_values=flag_values,
   )
   seed = flags.DEFINE_integer(
-    "seed", InspectConfig.seed, help="Run seed.", flag_values=flag_values
+    "seed",
+    InspectConfig.seed,
+    help="Seed of the run: weights, data order and augmentation.",
+    flag_values=flag_values,
   )
   num_devices = flags.DEFINE_integer(
     "num_devices",
