@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from equivlab import train
 from experiments import shifted_digits
 
 
@@ -52,3 +53,24 @@ def test_negative_shift(tmp_path):
   config = shifted_digits.ShiftedConfig(max_shift=-1)
   with pytest.raises(ValueError, match="max_shift must be an int >= 0"):
     shifted_digits.run(config, tmp_path)
+
+
+def test_mlp_variants_train_with_their_overrides(tmp_path):
+  config = shifted_digits.ShiftedConfig(
+    models=("mlp+shift_aug", "mlp_wide"),
+    max_shift=3,
+    num_epochs=1,
+    batch_size=16,
+    train_limit=32,
+    test_limit=16,
+    num_examples=2,
+    num_devices=1,
+    progress=False,
+  )
+  results = shifted_digits.run(config, tmp_path)
+  rows = {r["model"]: r for r in results["rows"]}
+  # 784-1024-1024-10 against the default 784-256-256-10.
+  assert rows["mlp_wide"]["params"] == 784 * 1024 + 1024 * 1024 + 10250 + 2048
+  aug_config, _ = train.load_variables(tmp_path / "runs" / "mlp+shift_aug")
+  assert aug_config.model == "mlp"
+  assert (aug_config.augment, aug_config.max_shift) == ("shift", 3)
