@@ -46,10 +46,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 
 from equivlab import data, parallel, probes, viz
 from equivlab import train as train_lib
+from experiments import _launch
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "sigmoid": nn.sigmoid,
@@ -706,5 +707,4 @@ def main(argv, holders: dict) -> None:
 
 
 if __name__ == "__main__":
-  _HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, _HOLDERS))
+  _launch.run(main, define_flags)

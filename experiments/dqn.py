@@ -23,9 +23,10 @@ import types
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from equivlab.rl import dqn
+from experiments import _launch
 
 
 def define_flags(
@@ -376,5 +377,4 @@ def main(argv, holders: types.SimpleNamespace):
 
 
 if __name__ == "__main__":
-  _HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, _HOLDERS))
+  _launch.run(main, define_flags)

@@ -32,6 +32,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from equivlab import data, gconv, groups, layers
+from experiments import _launch
 
 _LIFTING = {"p4": gconv.lifting_conv, "p4m": gconv.lifting_conv_p4m}
 
@@ -286,5 +287,4 @@ def main(argv: Sequence[str], holders: types.SimpleNamespace) -> None:
 
 
 if __name__ == "__main__":
-  _HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, _HOLDERS))
+  _launch.run(main, define_flags)

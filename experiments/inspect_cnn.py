@@ -28,9 +28,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from equivlab import data, models, occlusion, train, viz
+from experiments import _launch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,5 +408,4 @@ def main(argv: Sequence[str], holders: types.SimpleNamespace) -> None:
 
 
 if __name__ == "__main__":
-  _HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, _HOLDERS))
+  _launch.run(main, define_flags)

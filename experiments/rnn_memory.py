@@ -27,9 +27,10 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
-from absl import app, flags, logging
+from absl import flags, logging
 
 from equivlab import esn, rnn
+from experiments import _launch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -413,5 +414,4 @@ def main(argv: Sequence[str], holders: dict) -> None:
 
 
 if __name__ == "__main__":
-  _HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, _HOLDERS))
+  _launch.run(main, define_flags)

@@ -30,9 +30,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from equivlab import data, models, train, viz
+from experiments import _launch
 
 # Cohen & Welling 2016, Table 1 (rotated MNIST), test error in percent.
 PAPER_ERROR = {"z2cnn": 5.03, "p4cnn_rotpool": 3.21, "p4cnn": 2.28}
@@ -424,5 +425,4 @@ def main(argv: Sequence[str], holders: types.SimpleNamespace) -> None:
 
 
 if __name__ == "__main__":
-  _HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, _HOLDERS))
+  _launch.run(main, define_flags)

@@ -36,10 +36,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from equivlab import data, models, probes, viz
 from equivlab import train as train_lib
+from experiments import _launch
 
 STAGES = ("conv1", "pool1", "conv2", "pool2", "dense", "logits")
 DEFAULT_SHIFTS = ((0, 1), (0, 2), (0, 3), (0, 4), (1, 1), (2, 2))
@@ -403,5 +404,4 @@ def main(argv, holders: dict) -> None:
 
 
 if __name__ == "__main__":
-  _HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, _HOLDERS))
+  _launch.run(main, define_flags)

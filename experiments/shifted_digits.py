@@ -25,9 +25,10 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from equivlab import data, models, train, viz
+from experiments import _launch
 
 # Seed 003's measurements (MNIST, its own MLP and CNN): (test, shifted test).
 SEED_003 = {"mlp": (0.9488, 0.4037), "cnn": (0.9672, 0.594)}
@@ -342,5 +343,4 @@ def main(argv: Sequence[str], holders: types.SimpleNamespace) -> None:
 
 
 if __name__ == "__main__":
-  _HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, _HOLDERS))
+  _launch.run(main, define_flags)

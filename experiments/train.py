@@ -27,10 +27,11 @@ import os
 import time
 
 import jax
-from absl import app, flags, logging
+from absl import flags, logging
 
 from equivlab import parallel
 from equivlab import train as train_lib
+from experiments import _launch
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
@@ -261,5 +262,4 @@ def main(argv, holders: dict) -> None:
 
 
 if __name__ == "__main__":
-  _HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, _HOLDERS))
+  _launch.run(main, define_flags)

@@ -33,9 +33,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from equivlab import train, viz
+from experiments import _launch
 
 _BASE = {
   "loss": "softmax_ce",
@@ -438,5 +439,4 @@ def main(argv: Sequence[str], holders: types.SimpleNamespace) -> None:
 
 
 if __name__ == "__main__":
-  _HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, _HOLDERS))
+  _launch.run(main, define_flags)
