@@ -199,23 +199,25 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 
 def _table(rows: list[dict[str, Any]], num_seeds: int) -> str:
-  lines = [
-    "| variant | test accuracy (mean +- std over "
-    f"{num_seeds} seeds) | vs mse | vs +bn | epochs to 95% of final | "
-    "train loss | test loss |",
-    "|---|---|---|---|---|---|---|",
-  ]
-  for r in rows:
-    vs = [
-      f"{100 * r[k]:+.2f} pt" if k in r else "-" for k in ("vs_mse", "vs_+bn")
+  def vs(r, key):
+    return f"{100 * r[key]:+.2f} pt" if key in r else "-"
+
+  return viz.format_table(
+    [
+      {
+        "variant": r["variant"],
+        f"test accuracy (mean +- std over {num_seeds} seeds)": (
+          f"{100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} %"
+        ),
+        "vs mse": vs(r, "vs_mse"),
+        "vs +bn": vs(r, "vs_+bn"),
+        "epochs to 95% of final": f"{r['epochs_to_95pct']:.1f}",
+        "train loss": f"{r['final_train_loss']:.4f}",
+        "test loss": f"{r['final_test_loss']:.4f}",
+      }
+      for r in rows
     ]
-    lines.append(
-      f"| {r['variant']} | {100 * r['test_acc_mean']:.2f} +- "
-      f"{100 * r['test_acc_std']:.2f} % | {vs[0]} | {vs[1]} | "
-      f"{r['epochs_to_95pct']:.1f} | {r['final_train_loss']:.4f} | "
-      f"{r['final_test_loss']:.4f} |"
-    )
-  return "\n".join(lines)
+  )
 
 
 def _mean_curve(rs: list[dict[str, Any]], key: str) -> list[float]:
