@@ -405,6 +405,21 @@ _cached_model_and_optimizer = functools.lru_cache(maxsize=32)(
 )
 
 
+@functools.lru_cache(maxsize=32)
+def _jitted_init(model: Any, tx: optax.GradientTransformation):
+  """One compiled initialisation of the model and its optimizer state.
+
+  Cached per (model, optimizer) pair, which `_model_and_optimizer` already
+  reuses across runs that differ only in seed, so such runs compile it once.
+  """
+
+  def init(key, x):
+    variables = model.init({"params": key, "dropout": key}, x, train=False)
+    return variables, tx.init(variables["params"])
+
+  return jax.jit(init)
+
+
 def create_train_state(
   key: jax.Array,
   config: TrainConfig,
@@ -444,15 +459,12 @@ def create_train_state(
   model, tx = _model_and_optimizer(config, total_steps)
   init_key, state_key = jax.random.split(key)
   sample = jnp.asarray(sample_input[:2], jnp.float32)
-  variables = jax.jit(
-    lambda k, x: model.init({"params": k, "dropout": k}, x, train=False)
-  )(init_key, sample)
-  params = variables["params"]
+  variables, opt_state = _jitted_init(model, tx)(init_key, sample)
   return TrainState(
     step=jnp.zeros((), jnp.int32),
-    params=params,
+    params=variables["params"],
     batch_stats=variables.get("batch_stats", {}),
-    opt_state=tx.init(params),
+    opt_state=opt_state,
     key=state_key,
     apply_fn=model.apply,
     tx=tx,
