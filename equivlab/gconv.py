@@ -21,6 +21,10 @@ Exactness. `lifting_conv(rotate_z2(x, k), w) == rotate_p4(lifting_conv(x, w),
 k)` and the same for `group_conv` hold up to float rounding whenever
 `is_exactly_equivariant(size, kernel, stride, padding)` is True: the padding
 is symmetric and the strided windows tile the padded input exactly.
+Translations: a stride-1 convolution commutes with integer shifts of the
+input away from the borders, and with circular shifts everywhere when the
+padding is "CIRCULAR" (the image is then a torus); dilation keeps both
+properties, since a rotated dilated kernel is the dilated rotated kernel.
 """
 
 import functools
@@ -36,6 +40,7 @@ from equivlab import groups
 Padding = str | int | Sequence[int] | Sequence[Sequence[int]]
 
 _REDUCTIONS = ("max", "mean")
+_PADDING_NAMES = ("SAME", "VALID", "CIRCULAR")
 
 
 # --------------------------------------------------------------------------
@@ -75,24 +80,27 @@ def _check_stride(stride) -> int:
 
 
 def normalize_padding(padding: Padding) -> str | tuple[tuple[int, int], ...]:
-  """Canonical padding: "SAME", "VALID" or ((lo_h, hi_h), (lo_w, hi_w)).
+  """Canonical padding: a name or ((lo_h, hi_h), (lo_w, hi_w)).
 
   Args:
-    padding: "SAME" or "VALID" (any case); an int p (p on every side); a
-      pair (lo, hi) for both spatial axes; or two pairs, one per axis.
+    padding: "SAME", "VALID" or "CIRCULAR" (any case); an int p (p on every
+      side); a pair (lo, hi) for both spatial axes; or two pairs, one per
+      axis. "CIRCULAR" pads as much as "SAME" but with the pixels of the
+      opposite border (the image is a torus), so a stride-1 convolution
+      commutes with circular shifts.
 
   Returns:
-    "SAME", "VALID" or a tuple of two (lo, hi) int pairs.
+    "SAME", "VALID", "CIRCULAR" or a tuple of two (lo, hi) int pairs.
 
   Raises:
     ValueError: for an unknown name or a malformed or negative padding.
   """
   if isinstance(padding, str):
     name = padding.upper()
-    if name not in ("SAME", "VALID"):
+    if name not in _PADDING_NAMES:
       raise ValueError(
-        f"padding must be 'SAME', 'VALID', an int or (lo, hi) pairs, got "
-        f"{padding!r}."
+        f"padding must be one of {_PADDING_NAMES}, an int or (lo, hi) pairs, "
+        f"got {padding!r}."
       )
     return name
   if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
@@ -108,73 +116,116 @@ def normalize_padding(padding: Padding) -> str | tuple[tuple[int, int], ...]:
     pairs = None
   if pairs is None:
     raise ValueError(
-      f"padding must be 'SAME', 'VALID', an int, a pair (lo, hi) or two "
-      f"pairs ((lo_h, hi_h), (lo_w, hi_w)), got {padding!r}."
+      f"padding must be 'SAME', 'VALID', 'CIRCULAR', an int, a pair (lo, hi) "
+      f"or two pairs ((lo_h, hi_h), (lo_w, hi_w)), got {padding!r}."
     )
   if any(q < 0 for p in pairs for q in p):
     raise ValueError(f"padding must be non-negative, got {padding!r}.")
   return pairs
 
 
+def _check_dilation(dilation) -> int:
+  if isinstance(dilation, bool) or not isinstance(dilation, (int, np.integer)):
+    raise ValueError(f"dilation must be a positive integer, got {dilation!r}.")
+  if dilation < 1:
+    raise ValueError(f"dilation must be a positive integer, got {dilation}.")
+  return int(dilation)
+
+
+def effective_kernel(kernel: int, dilation: int = 1) -> int:
+  """The side `d * (k - 1) + 1` a k-tap kernel spans at dilation d."""
+  return _check_dilation(dilation) * (kernel - 1) + 1
+
+
 def padding_amounts(
-  size: int, kernel: int, stride: int, padding: Padding
+  size: int, kernel: int, stride: int, padding: Padding, dilation: int = 1
 ) -> tuple[tuple[int, int], tuple[int, int]]:
   """The explicit (lo, hi) padding of each spatial axis, as XLA applies it.
 
-  "SAME" pads `max((ceil(n / s) - 1) * s + k - n, 0)` in total, the odd
-  pixel (if any) on the high side, as `lax.conv_general_dilated` does.
+  "SAME" (and "CIRCULAR", which pads as much) pads
+  `max((ceil(n / s) - 1) * s + k' - n, 0)` in total, where
+  `k' = effective_kernel(k, dilation)`, the odd pixel (if any) on the high
+  side, as `lax.conv_general_dilated` does.
   """
   padding = normalize_padding(padding)
   if padding == "VALID":
     return ((0, 0), (0, 0))
-  if padding == "SAME":
+  if padding in ("SAME", "CIRCULAR"):
+    span = effective_kernel(kernel, dilation)
     out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
+    total = max((out - 1) * stride + span - size, 0)
     return ((total // 2, total - total // 2),) * 2
   return padding
 
 
-def output_size(size: int, kernel: int, stride: int, padding: Padding) -> int:
-  """`floor((n + lo + hi - k) / s) + 1` (the H axis; seed 001 has it right)."""
-  (lo, hi), _ = padding_amounts(size, kernel, stride, padding)
-  return (size + lo + hi - kernel) // stride + 1
+def output_size(
+  size: int, kernel: int, stride: int, padding: Padding, dilation: int = 1
+) -> int:
+  """`floor((n + lo + hi - k') / s) + 1` (the H axis; seed 001 has it right).
+
+  `k' = d * (k - 1) + 1` is the span of the kernel at dilation d.
+  """
+  (lo, hi), _ = padding_amounts(size, kernel, stride, padding, dilation)
+  return (size + lo + hi - effective_kernel(kernel, dilation)) // stride + 1
 
 
 def is_exactly_equivariant(
-  size: int, kernel: int, stride: int = 1, padding: Padding = "SAME"
+  size: int,
+  kernel: int,
+  stride: int = 1,
+  padding: Padding = "SAME",
+  dilation: int = 1,
 ) -> bool:
   """Whether rot90 (and mirror) equivariance is exact for these settings.
 
   A 90 degree rotation reverses one spatial axis. The correlation of the
   reversed input with the reversed kernel is the reversed output exactly
-  when the padding is the same on both sides of every axis (and the same on
-  both axes, so that they can swap) and the strided windows end flush with
-  the padded input, `(n + 2p - k) % s == 0`. Odd and even kernels alike.
-  The same holds for a spatial pooling window of size `kernel`.
+  when the positions the strided windows read, from the first window's
+  start to the last one's end, lie symmetrically about the input's centre
+  (and the same on both axes, so that they can swap): with the same padding
+  p on both sides that is `(n + 2p - k') % s == 0`, `k'` the dilated span;
+  padding that no window reads does not count. Odd and even kernels alike.
+  The same holds for a spatial pooling window of size `kernel`, and for
+  "CIRCULAR" padding, which pads as much as "SAME" (reversing a torus is a
+  symmetry of it too).
 
   Args:
     size: the square input's side n.
     kernel: the square kernel's side k.
     stride: the stride s.
     padding: as for `lifting_conv`.
+    dilation: the kernel dilation d.
 
   Returns:
     True where `conv(rot90(x)) == rot90(conv(x))` up to float rounding,
     False where it fails for generic inputs.
 
   Raises:
-    ValueError: for a malformed padding or stride, or a kernel larger than
-      the padded input.
+    ValueError: for a malformed padding, stride or dilation, or a kernel
+      larger than the padded input.
   """
   stride = _check_stride(stride)
-  (lo_h, hi_h), (lo_w, hi_w) = padding_amounts(size, kernel, stride, padding)
-  if size + lo_h + hi_h < kernel:
+  span = effective_kernel(kernel, dilation)
+  (lo_h, hi_h), (lo_w, hi_w) = padding_amounts(
+    size, kernel, stride, padding, dilation
+  )
+  if size + lo_h + hi_h < span:
     raise ValueError(
-      f"kernel {kernel} is larger than the padded input "
-      f"{size} + {lo_h} + {hi_h}."
+      f"kernel {kernel} (span {span} at dilation {dilation}) is larger than "
+      f"the padded input {size} + {lo_h} + {hi_h}."
     )
-  symmetric = lo_h == hi_h == lo_w == hi_w
-  return symmetric and (size + lo_h + hi_h - kernel) % stride == 0
+  windows = [
+    _window_span(size, span, stride, lo, hi)
+    for lo, hi in ((lo_h, hi_h), (lo_w, hi_w))
+  ]
+  first, last = windows[0]
+  return windows[0] == windows[1] and first == size - 1 - last
+
+
+def _window_span(size, span, stride, lo, hi) -> tuple[int, int]:
+  """The first and last input positions the strided windows read."""
+  out = (size + lo + hi - span) // stride + 1
+  return -lo, (out - 1) * stride - lo + span - 1
 
 
 # --------------------------------------------------------------------------
@@ -317,18 +368,26 @@ def _check_square_kernel(w) -> None:
 # Convolutions.
 
 
-def _conv(x, kernel, stride, padding, precision):
+def _conv(x, kernel, stride, padding, dilation, precision):
+  if padding == "CIRCULAR":
+    k = kernel.shape[0]
+    pads = [
+      padding_amounts(n, k, stride, "SAME", dilation)[0] for n in x.shape[1:3]
+    ]
+    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode="wrap")
+    padding = "VALID"
   return lax.conv_general_dilated(
     x,
     kernel,
     window_strides=(stride, stride),
     padding=padding,
+    rhs_dilation=(dilation, dilation),
     dimension_numbers=("NHWC", "HWIO", "NHWC"),
     precision=precision,
   )
 
 
-def _lifting(x, w, group, stride, padding, precision):
+def _lifting(x, w, group, stride, padding, dilation, precision):
   order = groups.group_order(group)
   _check_rank(x, 4, "an image batch [N, H, W, Cin]", "x")
   _check_rank(w, 4, "a lifting filter [kh, kw, Cin, Cout]", "w")
@@ -338,12 +397,14 @@ def _lifting(x, w, group, stride, padding, precision):
       f"{x.shape}) but w expects Cin={w.shape[2]} (shape {w.shape})."
     )
   stride, padding = _check_stride(stride), normalize_padding(padding)
+  dilation = _check_dilation(dilation)
   x = jnp.asarray(x)
-  out = _conv(x, lifting_filter_bank(w, group), stride, padding, precision)
+  bank = lifting_filter_bank(w, group)
+  out = _conv(x, bank, stride, padding, dilation, precision)
   return out.reshape(*out.shape[:3], w.shape[3], order)
 
 
-def _group(f, w, group, stride, padding, precision):
+def _group(f, w, group, stride, padding, dilation, precision):
   order = groups.group_order(group)
   _check_group_map(f, order, "f")
   _check_rank(w, 5, f"a group filter [kh, kw, Cin, {order}, Cout]", "w")
@@ -353,9 +414,10 @@ def _group(f, w, group, stride, padding, precision):
       f"{f.shape}) but w expects Cin={w.shape[2]} (shape {w.shape})."
     )
   stride, padding = _check_stride(stride), normalize_padding(padding)
+  dilation = _check_dilation(dilation)
   bank = group_filter_bank(w, group)
   x = jnp.reshape(f, (*f.shape[:3], f.shape[3] * order))
-  out = _conv(x, bank, stride, padding, precision)
+  out = _conv(x, bank, stride, padding, dilation, precision)
   return out.reshape(*out.shape[:3], w.shape[4], order)
 
 
@@ -365,6 +427,7 @@ def lifting_conv(
   *,
   stride: int = 1,
   padding: Padding = "SAME",
+  dilation: int = 1,
   precision=None,
 ) -> jax.Array:
   """Lifts images to p4 maps: correlates with the 4 rotated filters.
@@ -377,7 +440,9 @@ def lifting_conv(
     x: images `[N, H, W, Cin]`.
     w: filters `[kh, kw, Cin, Cout]`, kh == kw.
     stride: an int (the same on both axes).
-    padding: "SAME", "VALID", an int or explicit (lo, hi) pairs.
+    padding: "SAME", "VALID", "CIRCULAR" (wrap around), an int or explicit
+      (lo, hi) pairs.
+    dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
 
   Returns:
@@ -385,9 +450,9 @@ def lifting_conv(
 
   Raises:
     ValueError: wrong ranks, channel mismatch, non-square kernel, bad stride
-      or padding.
+      padding or dilation.
   """
-  return _lifting(x, w, "p4", stride, padding, precision)
+  return _lifting(x, w, "p4", stride, padding, dilation, precision)
 
 
 def group_conv(
@@ -396,6 +461,7 @@ def group_conv(
   *,
   stride: int = 1,
   padding: Padding = "SAME",
+  dilation: int = 1,
   precision=None,
 ) -> jax.Array:
   """p4 group correlation of p4 maps.
@@ -408,7 +474,9 @@ def group_conv(
     f: p4 maps `[N, H, W, Cin, 4]`.
     w: filters `[kh, kw, Cin, 4, Cout]`; axis 3 is the input rotation t.
     stride: an int (the same on both axes).
-    padding: "SAME", "VALID", an int or explicit (lo, hi) pairs.
+    padding: "SAME", "VALID", "CIRCULAR" (wrap around), an int or explicit
+      (lo, hi) pairs.
+    dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
 
   Returns:
@@ -416,9 +484,9 @@ def group_conv(
 
   Raises:
     ValueError: wrong ranks, group axis not 4, channel mismatch, non-square
-      kernel, bad stride or padding.
+      kernel, bad stride, padding or dilation.
   """
-  return _group(f, w, "p4", stride, padding, precision)
+  return _group(f, w, "p4", stride, padding, dilation, precision)
 
 
 def lifting_conv_p4m(
@@ -427,6 +495,7 @@ def lifting_conv_p4m(
   *,
   stride: int = 1,
   padding: Padding = "SAME",
+  dilation: int = 1,
   precision=None,
 ) -> jax.Array:
   """Lifts images to p4m maps: correlates with the 8 transformed filters.
@@ -440,7 +509,9 @@ def lifting_conv_p4m(
     x: images `[N, H, W, Cin]`.
     w: filters `[kh, kw, Cin, Cout]`, kh == kw.
     stride: an int (the same on both axes).
-    padding: "SAME", "VALID", an int or explicit (lo, hi) pairs.
+    padding: "SAME", "VALID", "CIRCULAR" (wrap around), an int or explicit
+      (lo, hi) pairs.
+    dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
 
   Returns:
@@ -449,7 +520,7 @@ def lifting_conv_p4m(
   Raises:
     ValueError: as `lifting_conv`.
   """
-  return _lifting(x, w, "p4m", stride, padding, precision)
+  return _lifting(x, w, "p4m", stride, padding, dilation, precision)
 
 
 def group_conv_p4m(
@@ -458,6 +529,7 @@ def group_conv_p4m(
   *,
   stride: int = 1,
   padding: Padding = "SAME",
+  dilation: int = 1,
   precision=None,
 ) -> jax.Array:
   """p4m group correlation of p4m maps.
@@ -470,7 +542,9 @@ def group_conv_p4m(
     f: p4m maps `[N, H, W, Cin, 8]`.
     w: filters `[kh, kw, Cin, 8, Cout]`; axis 3 is the input group index.
     stride: an int (the same on both axes).
-    padding: "SAME", "VALID", an int or explicit (lo, hi) pairs.
+    padding: "SAME", "VALID", "CIRCULAR" (wrap around), an int or explicit
+      (lo, hi) pairs.
+    dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
 
   Returns:
@@ -479,7 +553,7 @@ def group_conv_p4m(
   Raises:
     ValueError: as `group_conv`, with a group axis of 8.
   """
-  return _group(f, w, "p4m", stride, padding, precision)
+  return _group(f, w, "p4m", stride, padding, dilation, precision)
 
 
 # --------------------------------------------------------------------------
@@ -516,7 +590,8 @@ def spatial_max_pool(
     f: `[N, H, W, C, G]` group maps or `[N, H, W, C]` images.
     window: the square window's side.
     strides: the stride; `window` if None.
-    padding: "SAME", "VALID", an int or explicit (lo, hi) pairs.
+    padding: "SAME", "VALID", "CIRCULAR", an int or explicit (lo, hi)
+      pairs.
 
   Returns:
     The pooled array, same rank as `f`.
@@ -533,6 +608,12 @@ def spatial_max_pool(
   strides = window if strides is None else _check_stride(strides)
   padding = normalize_padding(padding)
   rest = (1,) * (np.ndim(f) - 3)
+  if padding == "CIRCULAR":
+    pads = [
+      padding_amounts(n, window, strides, "SAME")[0] for n in f.shape[1:3]
+    ]
+    f = jnp.pad(f, ((0, 0), *pads, *((0, 0),) * len(rest)), mode="wrap")
+    padding = "VALID"
   if not isinstance(padding, str):
     padding = ((0, 0), *padding, *((0, 0),) * len(rest))
   return lax.reduce_window(

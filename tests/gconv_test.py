@@ -240,6 +240,68 @@ def test_translation_equivariance_is_bitwise_with_circular_padding():
       )
 
 
+def test_circular_padding_commutes_with_circular_shifts_bitwise():
+  x, f = _normal(24, (2, 10, 10, 3)), _normal(25, (2, 10, 10, 3, 8))
+  wl, wg = _filters(26, (3, 3, 3, 4)), _filters(27, (3, 3, 3, 8, 4))
+  for dilation in (1, 2, 4):
+    ops = [
+      (functools.partial(gconv.lifting_conv, w=wl), x),
+      (functools.partial(gconv.group_conv_p4m, w=wg), f),
+    ]
+    for op, a in ops:
+      op = jax.jit(functools.partial(op, padding="CIRCULAR", dilation=dilation))
+      out = op(a)
+      assert out.shape[1:3] == (10, 10)
+      for shift in [(1, 0), (2, -3), (-4, 7)]:
+        np.testing.assert_array_equal(
+          op(np.roll(a, shift, axis=(1, 2))), np.roll(out, shift, axis=(1, 2))
+        )
+
+
+def test_circular_padding_is_zero_padding_of_the_wrapped_image():
+  x, w = _normal(28, (2, 9, 9, 3)), _filters(29, (3, 3, 3, 4))
+  # Dilation 2 spans 5 pixels: 2 wrapped pixels on each side.
+  wrapped = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="wrap")
+  np.testing.assert_allclose(
+    gconv.lifting_conv(x, w, padding="circular", dilation=2),
+    gconv.lifting_conv(wrapped, w, padding="VALID", dilation=2),
+    rtol=1e-6,
+    atol=1e-6,
+  )
+
+
+def test_dilation_equals_the_zero_stuffed_kernel():
+  f, w = (
+    _normal(30, (2, 11, 11, 3, 4), np.float64),
+    _normal(31, (3, 3, 3, 4, 2), np.float64),
+  )
+  with jax.enable_x64():
+    for dilation in (2, 3):
+      span = gconv.effective_kernel(3, dilation)
+      stuffed = np.zeros((span, span, 3, 4, 2))
+      stuffed[::dilation, ::dilation] = w
+      np.testing.assert_allclose(
+        gconv.group_conv(f, w, padding="SAME", dilation=dilation),
+        gconv.group_conv(f, stuffed, padding="SAME"),
+        rtol=1e-12,
+        atol=1e-12,
+      )
+
+
+def test_circular_max_pool_commutes_with_circular_shifts():
+  f = _normal(32, (2, 9, 9, 3, 4))
+  pool = jax.jit(
+    functools.partial(
+      gconv.spatial_max_pool, window=3, strides=1, padding="CIRCULAR"
+    )
+  )
+  out = pool(f)
+  assert out.shape == f.shape
+  np.testing.assert_array_equal(
+    pool(np.roll(f, (4, -2), axis=(1, 2))), np.roll(out, (4, -2), axis=(1, 2))
+  )
+
+
 def test_translation_equivariance_is_bitwise_on_the_interior():
   f, w = _normal(20, (2, 12, 12, 3, 4)), _filters(21, (3, 3, 3, 4, 4))
   conv = jax.jit(gconv.group_conv)
@@ -260,15 +322,22 @@ def test_predictor_on_hand_picked_cases():
   assert gconv.is_exactly_equivariant(8, 4, 1, "VALID")
   assert gconv.is_exactly_equivariant(9, 3, 2, "SAME")
   assert gconv.is_exactly_equivariant(8, 2, 2, 0)
+  assert gconv.is_exactly_equivariant(3, 1, 2, (0, 1))  # hi pad never read
   assert not gconv.is_exactly_equivariant(8, 4, 1, "SAME")  # pads (1, 2)
   assert not gconv.is_exactly_equivariant(8, 3, 2, "SAME")  # pads (0, 1)
   assert not gconv.is_exactly_equivariant(8, 3, 2, "VALID")  # 5 % 2 != 0
   assert not gconv.is_exactly_equivariant(8, 3, 1, (0, 1))
   assert not gconv.is_exactly_equivariant(8, 3, 1, ((1, 1), (0, 0)))
   assert gconv.output_size(28, 3, 2, "SAME") == 14
+  # Dilation d: a k-tap kernel spans d * (k - 1) + 1 pixels.
+  assert gconv.is_exactly_equivariant(8, 3, 1, "CIRCULAR", dilation=4)
+  assert not gconv.is_exactly_equivariant(8, 2, 1, "CIRCULAR", dilation=3)
+  assert gconv.output_size(28, 3, 1, "VALID", dilation=2) == 24
+  assert gconv.output_size(28, 3, 1, "CIRCULAR", dilation=8) == 28
+  assert gconv.padding_amounts(28, 3, 1, "SAME", dilation=8) == ((8, 8),) * 2
 
 
-_STATIC = ("stride", "padding")
+_STATIC = ("stride", "padding", "dilation")
 _OPS = {
   "lifting": (
     jax.jit(gconv.lifting_conv, static_argnames=_STATIC),
@@ -292,22 +361,25 @@ def _settings(draw):
   stride = draw(st.sampled_from([1, 1, 2, 3]))
   padding = draw(
     st.one_of(
-      st.sampled_from(["SAME", "VALID"]),
+      st.sampled_from(["SAME", "VALID", "CIRCULAR"]),
       st.integers(0, 2),
       st.tuples(st.integers(0, 2), st.integers(0, 2)),
     )
   )
+  dilation = draw(st.sampled_from([1, 1, 2]))
   op = draw(st.sampled_from(sorted(_OPS)))
-  (lo, hi), _ = gconv.padding_amounts(size, kernel, stride, padding)
-  hypothesis.assume(size + lo + hi >= kernel)
-  return size, kernel, stride, padding, op
+  (lo, hi), _ = gconv.padding_amounts(size, kernel, stride, padding, dilation)
+  hypothesis.assume(size + lo + hi >= gconv.effective_kernel(kernel, dilation))
+  return size, kernel, stride, padding, dilation, op
 
 
-def _equivariance_error(size, kernel, stride, padding, op):
+def _equivariance_error(size, kernel, stride, padding, dilation, op):
   conv, rotate, rank, wshape = _OPS[op]
   x = _normal(size * 100 + kernel, (1, size, size, 2) + (4,) * (rank - 4))
   w = _normal(kernel, (*wshape(kernel, 2), 3))
-  conv = functools.partial(conv, stride=stride, padding=padding)
+  conv = functools.partial(
+    conv, stride=stride, padding=padding, dilation=dilation
+  )
   out = conv(x, w)
   return _rel_error(conv(rotate(x, 1), w), _rot_map(out, 1))
 
@@ -315,14 +387,14 @@ def _equivariance_error(size, kernel, stride, padding, op):
 @hypothesis.settings(max_examples=12)
 @hypothesis.given(_settings())
 def test_exact_wherever_predicted(setting):
-  hypothesis.assume(gconv.is_exactly_equivariant(*setting[:4]))
+  hypothesis.assume(gconv.is_exactly_equivariant(*setting[:5]))
   assert _equivariance_error(*setting) < 1e-5
 
 
 @hypothesis.settings(max_examples=12)
 @hypothesis.given(_settings())
 def test_fails_wherever_not_predicted(setting):
-  hypothesis.assume(not gconv.is_exactly_equivariant(*setting[:4]))
+  hypothesis.assume(not gconv.is_exactly_equivariant(*setting[:5]))
   assert _equivariance_error(*setting) > 1e-2
 
 
@@ -481,10 +553,23 @@ def test_error_non_integer_rotation():
 
 
 def test_error_unknown_padding():
-  with pytest.raises(ValueError, match="'SAME', 'VALID'.* got 'FULL'"):
+  with pytest.raises(ValueError, match="'SAME', 'VALID', 'CIRCULAR'.* 'FULL'"):
     gconv.lifting_conv(
       jnp.zeros((1, 6, 6, 3)), jnp.zeros((3, 3, 3, 2)), padding="FULL"
     )
+
+
+def test_error_bad_dilation():
+  for bad in (0, 1.5, True):
+    with pytest.raises(ValueError, match="dilation must be a positive integer"):
+      gconv.lifting_conv(
+        jnp.zeros((1, 6, 6, 3)), jnp.zeros((3, 3, 3, 2)), dilation=bad
+      )
+
+
+def test_error_dilated_kernel_larger_than_the_input():
+  with pytest.raises(ValueError, match=r"span 9 at dilation 4"):
+    gconv.is_exactly_equivariant(6, 3, 1, "VALID", dilation=4)
 
 
 def test_error_unknown_pooling():
