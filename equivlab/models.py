@@ -9,7 +9,8 @@ dropout draw from a "dropout" rng when `train=True`.
 - "cnn": seed 003's convolutional model, conv blocks and a dense head.
 - "cnn_gap": a CNN with a global-average-pooling head and no striding:
   four 3x3 convolutions with circular padding and dilations 1, 2, 4, 8 (a
-  31-pixel receptive field), so every layer commutes with circular shifts
+  31-pixel receptive field) and batch norm, so every layer commutes with
+  circular shifts
   and the average over space is exactly invariant to them (zero-filled
   shifts of a digit that stays inside the frame are circular shifts).
 - "z2cnn": Cohen & Welling 2016 (section 8.1, Table 1): 7 layers of 3x3
@@ -18,6 +19,8 @@ dropout draw from a "dropout" rng when `train=True`.
 - "p4cnn", "p4cnn_rotpool", "p4mcnn": `equivlab.layers.P4CNN`, the same
   network with p4 (or p4m) group convolutions, with or without rotation
   pooling after every layer.
+- "p4cnn_gap": `equivlab.layers.P4GapCNN`, "cnn_gap" made of p4 group
+  convolutions: invariant to circular shifts and to rot90 at once.
 """
 
 import functools
@@ -37,6 +40,7 @@ MODEL_NAMES = (
   "p4cnn",
   "p4cnn_rotpool",
   "p4mcnn",
+  "p4cnn_gap",
 )
 NORMS = (None, "batch", "layer", "group", "instance")
 KERNEL_INITS = ("lecun", "he", "xavier", "normal")
@@ -262,6 +266,7 @@ def get_model(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
       "dilations": (1, 2, 4, 8),
       "pool": False,
       "padding": "CIRCULAR",
+      "norm": "batch",
       **kwargs,
     }
     return CNN(num_classes=num_classes, head="gap", **kwargs)
@@ -280,6 +285,10 @@ def get_model(name: str, *, num_classes: int = 10, **kwargs: Any) -> nn.Module:
       "p4mcnn": {"features": 7, "group": "p4m", "rotation_pooling": False},
     }[name]
     return layers.P4CNN(num_classes=num_classes, **{**defaults, **kwargs})
+  if name == "p4cnn_gap":
+    from equivlab import layers  # noqa: PLC0415 (engineer G's module)
+
+    return layers.P4GapCNN(num_classes=num_classes, **kwargs)
   raise ValueError(f"model must be one of {MODEL_NAMES}, got {name!r}.")
 
 

@@ -127,8 +127,9 @@ def digits():
     layers.P4CNN(),
     layers.P4CNN(rotation_pooling=True),
     layers.P4MCNN(features=6),
+    layers.P4GapCNN(features=(4, 6), dilations=(1, 4)),
   ],
-  ids=["p4cnn", "p4cnn_rotpool", "p4mcnn"],
+  ids=["p4cnn", "p4cnn_rotpool", "p4mcnn", "p4cnn_gap"],
 )
 def test_logits_are_invariant(model, digits):
   variables = jax.jit(functools.partial(model.init, train=False))(
@@ -167,6 +168,43 @@ def test_plain_cnn_logits_are_not_invariant(digits):
   logits = apply(variables, digits)
   rotated = apply(variables, _act(groups.Element(1), digits))
   assert np.max(np.abs(rotated - logits)) > 1e-3 * np.max(np.abs(logits))
+
+
+def _shift_errors(model, digits, seed):
+  """Logit changes under circular shifts, rotations and both, per sample."""
+  variables = jax.jit(functools.partial(model.init, train=False))(
+    _key(seed), digits
+  )
+  apply = jax.jit(functools.partial(model.apply, train=False))
+  logits = apply(variables, digits)
+  rolled = np.roll(digits, (5, -3), axis=(1, 2))
+  moved = [rolled, _act(groups.Element(1), rolled)]
+  scale = float(np.max(np.abs(logits)))
+  return [
+    float(np.max(np.abs(apply(variables, m) - logits))) / scale for m in moved
+  ]
+
+
+def test_p4_gap_cnn_is_invariant_to_circular_shifts_and_rotations(digits):
+  model = layers.P4GapCNN(features=(4, 6, 6), dilations=(1, 2, 4))
+  for error in _shift_errors(model, digits, seed=10):
+    assert error < 1e-5
+
+
+def test_valid_p4cnn_is_not_shift_invariant(digits):
+  """Control: Cohen & Welling's VALID P4CNN maps 28x28 to 1x1."""
+  for error in _shift_errors(layers.P4CNN(features=4), digits, seed=11):
+    assert error > 1e-2
+
+
+def test_p4_gap_cnn_parameters_and_errors(digits):
+  shapes = jax.eval_shape(layers.P4GapCNN().init, _key(8), digits)
+  count = sum(p.size for p in jax.tree.leaves(shapes["params"]))
+  # Lifting 9*8+8, group convs 9*8*4*16+16 and 2 x (9*16*4*16+16), group
+  # batch norm 2*(8+16+16+16), dense 16*10+10.
+  assert count == 80 + 4_624 + 2 * 9_232 + 112 + 170
+  with pytest.raises(ValueError, match="one length"):
+    layers.P4GapCNN(features=(4, 4), dilations=(1,)).init(_key(0), digits)
 
 
 def test_p4cnn_has_about_25k_parameters(digits):

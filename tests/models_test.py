@@ -13,11 +13,12 @@ from equivlab import models
 PARAM_COUNTS = {
   "mlp": 784 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10,
   "cnn": 320 + 18_496 + 64 * 7 * 7 * 128 + 128 + 1_290,
-  "cnn_gap": 160 + 4_640 + 2 * 9_248 + 330,
+  "cnn_gap": 160 + 4_640 + 2 * 9_248 + 330 + 2 * (16 + 32 + 32 + 32),
   "z2cnn": 21_750,
   "p4cnn": 24_680,
   "p4cnn_rotpool": 6_380,
   "p4mcnn": 26_799,
+  "p4cnn_gap": 23_450,
 }
 
 
@@ -56,7 +57,7 @@ def test_paper_sizes():
 
 
 @pytest.mark.parametrize(
-  "name", ["mlp", "cnn", "cnn_gap", "z2cnn", "p4cnn", "p4mcnn"]
+  "name", ["mlp", "cnn", "cnn_gap", "z2cnn", "p4cnn", "p4mcnn", "p4cnn_gap"]
 )
 def test_logit_shapes(name):
   model, shapes = _shapes(name, num_classes=7)
