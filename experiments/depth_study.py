@@ -31,7 +31,7 @@ Writes to `--workdir`:
                      dashed after 1 epoch.
 
   python -m experiments.depth_study --workdir=/tmp/depth_study
-  python -m experiments.depth_study --architecture=cnn --depths=2,8,16 \
+  python -m experiments.depth_study --architecture=cnn --epochs=5 \
     --workdir=/tmp/depth_study_cnn
 """
 
