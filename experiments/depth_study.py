@@ -58,6 +58,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
   "relu": nn.relu,
 }
 ARCHITECTURES = ("mlp", "cnn")
+# The --residual and --batch_norm flags: which of (False, True) to run.
+_SUBSETS = {"both": (False, True), "with": (True,), "without": (False,)}
 
 
 def _check(activation: str, depth: int) -> None:
@@ -661,6 +663,20 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
       "Activations to compare (sigmoid, tanh, relu).",
       flag_values=flag_values,
     ),
+    flags.DEFINE_enum(
+      "residual",
+      "both",
+      list(_SUBSETS),
+      "Run the variants with residual connections, without, or both.",
+      flag_values=flag_values,
+    ),
+    flags.DEFINE_enum(
+      "batch_norm",
+      "both",
+      list(_SUBSETS),
+      "Run the variants with batch norm, without, or both.",
+      flag_values=flag_values,
+    ),
     flags.DEFINE_integer(
       "epochs",
       3,
@@ -698,6 +714,8 @@ def main(argv, holders: dict) -> None:
     architecture=value["architecture"],
     depths=[int(d) for d in value["depths"]],
     activations=value["activations"],
+    residuals=_SUBSETS[value["residual"]],
+    batch_norms=_SUBSETS[value["batch_norm"]],
     epochs=value["epochs"],
     batch_size=value["batch_size"],
     learning_rate=value["learning_rate"],

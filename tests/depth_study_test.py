@@ -111,3 +111,34 @@ def test_smoke_writes_results(tmp_path):
   ]
   assert 0.0 <= entry["test_accuracy"] <= 1.0
   assert written == json.loads(json.dumps(results))
+
+
+def test_main_runs_the_flagged_subset(tmp_path):
+  flag_values = flags.FlagValues()
+  holders = depth_study.define_flags(flag_values)
+  flag_values(
+    [
+      "depth_study",
+      f"--workdir={tmp_path}",
+      "--architecture=cnn",
+      "--depths=2",
+      "--activations=tanh",
+      "--residual=without",
+      "--batch_norm=with",
+      "--epochs=1",
+      "--width=4",
+      "--batch_size=2000",
+    ]
+  )
+  depth_study.main([], holders)
+  with open(tmp_path / "results.json") as f:
+    written = json.load(f)
+  assert list(written["variants"]) == ["tanh+bn"]
+  assert written["settings"]["architecture"] == "cnn"
+
+
+def test_bad_subset_flag_is_a_flag_error():
+  flag_values = flags.FlagValues()
+  depth_study.define_flags(flag_values)
+  with pytest.raises(flags.IllegalFlagValueError, match="residual"):
+    flag_values(["depth_study", "--residual=sometimes"])
