@@ -333,11 +333,20 @@ class P4GapCNN(nn.Module):
   circular shifts, so such a digit gets the same logits wherever it is.
   About 23k parameters with the default widths (8, 16, 16, 16).
 
+  Invariance to rot90 has a price on upright digits: a 6 turned by 180
+  degrees is a 9. With `pool_group=False` the head reads the spatial means
+  of every orientation (`[C, G]` flattened) instead of their maximum: the
+  logits stay invariant to circular shifts, the features still rotate with
+  the input (cyclically along G), but the head may tell the orientations
+  apart.
+
   Attributes:
     num_classes: the number of logits.
     features: G-channels of each conv layer.
     dilations: the kernel dilation of each conv layer.
     group: "p4" or "p4m".
+    pool_group: max-pool the group axis before the head (logits invariant
+      to rot90); False: the head sees every orientation.
     dtype: the computation dtype (None: float32 from the parameters).
   """
 
@@ -345,6 +354,7 @@ class P4GapCNN(nn.Module):
   features: Sequence[int] = (8, 16, 16, 16)
   dilations: Sequence[int] = (1, 2, 4, 8)
   group: str = "p4"
+  pool_group: bool = True
   dtype: Any = None
 
   @nn.compact
@@ -374,5 +384,8 @@ class P4GapCNN(nn.Module):
       )(h)
       h = GroupBatchNorm(use_running_average=not train, dtype=self.dtype)(h)
       h = nn.relu(h)
-    h = jnp.mean(gconv.group_pool(h, "max"), axis=(1, 2))
+    if self.pool_group:
+      h = jnp.mean(gconv.group_pool(h, "max"), axis=(1, 2))
+    else:
+      h = jnp.mean(h, axis=(1, 2)).reshape(h.shape[0], -1)
     return nn.Dense(self.num_classes, dtype=self.dtype)(h).astype(jnp.float32)

@@ -191,6 +191,13 @@ def test_p4_gap_cnn_is_invariant_to_circular_shifts_and_rotations(digits):
     assert error < 1e-5
 
 
+def test_p4_gap_cnn_without_group_pooling_sees_orientation(digits):
+  model = layers.P4GapCNN(features=(4, 6), dilations=(1, 4), pool_group=False)
+  shifted, rotated = _shift_errors(model, digits, seed=12)
+  assert shifted < 1e-5
+  assert rotated > 1e-2
+
+
 def test_valid_p4cnn_is_not_shift_invariant(digits):
   """Control: Cohen & Welling's VALID P4CNN maps 28x28 to 1x1."""
   for error in _shift_errors(layers.P4CNN(features=4), digits, seed=11):
