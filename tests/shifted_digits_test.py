@@ -9,18 +9,24 @@ from equivlab import train
 from experiments import shifted_digits
 
 
-def test_smoke_writes_results_and_pictures(tmp_path, capsys):
-  config = shifted_digits.ShiftedConfig(
-    models=("mlp",),
-    max_shift=2,
+def _tiny(models, max_shift, **overrides):
+  """A config that trains for one epoch on a few dozen digits."""
+  settings = dict(
     num_epochs=1,
     batch_size=16,
-    train_limit=64,
-    test_limit=24,
-    num_examples=3,
+    train_limit=32,
+    test_limit=16,
+    num_examples=2,
     num_devices=1,
     progress=False,
   )
+  return shifted_digits.ShiftedConfig(
+    models=models, max_shift=max_shift, **{**settings, **overrides}
+  )
+
+
+def test_smoke_writes_results_and_pictures(tmp_path, capsys):
+  config = _tiny(("mlp",), 2, train_limit=64, test_limit=24, num_examples=3)
   results = shifted_digits.run(config, tmp_path)
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["table"] == results["table"]
@@ -56,17 +62,7 @@ def test_negative_shift(tmp_path):
 
 
 def test_mlp_variants_train_with_their_overrides(tmp_path):
-  config = shifted_digits.ShiftedConfig(
-    models=("mlp+shift_aug", "mlp_wide"),
-    max_shift=3,
-    num_epochs=1,
-    batch_size=16,
-    train_limit=32,
-    test_limit=16,
-    num_examples=2,
-    num_devices=1,
-    progress=False,
-  )
+  config = _tiny(("mlp+shift_aug", "mlp_wide"), 3)
   results = shifted_digits.run(config, tmp_path)
   rows = {r["model"]: r for r in results["rows"]}
   # 784-1024-1024-10 against the default 784-256-256-10.
@@ -74,3 +70,17 @@ def test_mlp_variants_train_with_their_overrides(tmp_path):
   aug_config, _ = train.load_variables(tmp_path / "runs" / "mlp+shift_aug")
   assert aug_config.model == "mlp"
   assert (aug_config.augment, aug_config.max_shift) == ("shift", 3)
+
+
+def test_circular_gap_models_ignore_shifts_of_digits_inside_the_frame(
+  tmp_path,
+):
+  # Exact invariance to circular shifts; the embedded digits have empty
+  # margins, so zero-filled shifts of up to 2 pixels are circular shifts
+  # and every point of the sweep is the same accuracy.
+  config = _tiny(("cnn_gap", "p4cnn_gap", "p4cnn_gap+orientation"), 2)
+  results = shifted_digits.run(config, tmp_path)
+  for name in config.models:
+    sweep = results["sweep"][name]
+    assert sweep == [sweep[0]] * 3, (name, sweep)
+  assert results["config"]["schedule"] == "cosine"
