@@ -368,14 +368,19 @@ def _check_square_kernel(w) -> None:
 # Convolutions.
 
 
+def _wrap_pad(x, kernel, stride, dilation=1):
+  """Pads (H, W) of `[N, H, W, ...]` as "SAME" would, with wrapped pixels."""
+  pads = [
+    padding_amounts(n, kernel, stride, "SAME", dilation)[0]
+    for n in x.shape[1:3]
+  ]
+  rest = ((0, 0),) * (x.ndim - 3)
+  return jnp.pad(x, ((0, 0), *pads, *rest), mode="wrap")
+
+
 def _conv(x, kernel, stride, padding, dilation, precision):
   if padding == "CIRCULAR":
-    k = kernel.shape[0]
-    pads = [
-      padding_amounts(n, k, stride, "SAME", dilation)[0] for n in x.shape[1:3]
-    ]
-    x = jnp.pad(x, ((0, 0), *pads, (0, 0)), mode="wrap")
-    padding = "VALID"
+    x, padding = _wrap_pad(x, kernel.shape[0], stride, dilation), "VALID"
   return lax.conv_general_dilated(
     x,
     kernel,
@@ -609,11 +614,7 @@ def spatial_max_pool(
   padding = normalize_padding(padding)
   rest = (1,) * (np.ndim(f) - 3)
   if padding == "CIRCULAR":
-    pads = [
-      padding_amounts(n, window, strides, "SAME")[0] for n in f.shape[1:3]
-    ]
-    f = jnp.pad(f, ((0, 0), *pads, *((0, 0),) * len(rest)), mode="wrap")
-    padding = "VALID"
+    f, padding = _wrap_pad(f, window, strides), "VALID"
   if not isinstance(padding, str):
     padding = ((0, 0), *padding, *((0, 0),) * len(rest))
   return lax.reduce_window(
