@@ -41,6 +41,31 @@ def he_init(in_axes: tuple[int, ...]) -> Callable:
   )
 
 
+def _conv_with_bias(module, conv, x, kernel_shape):
+  """`module`'s kernel and optional bias (shared over the group), applied.
+
+  For `LiftingConv` and `GroupConv`, which share these attributes; call it
+  from their compact `__call__`, where it creates the parameters.
+  """
+  kernel = module.param(
+    "kernel", module.kernel_init, kernel_shape, module.param_dtype
+  )
+  bias = None
+  if module.use_bias:
+    bias = module.param(
+      "bias", nn.initializers.zeros, (module.features,), module.param_dtype
+    )
+  x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=module.dtype)
+  y = conv(
+    x,
+    kernel,
+    stride=module.strides,
+    padding=module.padding,
+    dilation=module.kernel_dilation,
+  )
+  return y if bias is None else y + _per_channel(bias)
+
+
 class LiftingConv(nn.Module):
   """Lifting convolution: images `[N, H, W, C]` -> `[N, H', W', F, G]`.
 
@@ -79,29 +104,7 @@ class LiftingConv(nn.Module):
         f"{x.shape}."
       )
     k = self.kernel_size
-    kernel = self.param(
-      "kernel",
-      self.kernel_init,
-      (k, k, x.shape[-1], self.features),
-      self.param_dtype,
-    )
-    bias = self._bias()
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv(
-      x,
-      kernel,
-      stride=self.strides,
-      padding=self.padding,
-      dilation=self.kernel_dilation,
-    )
-    return y if bias is None else y + _per_channel(bias)
-
-  def _bias(self):
-    if not self.use_bias:
-      return None
-    return self.param(
-      "bias", nn.initializers.zeros, (self.features,), self.param_dtype
-    )
+    return _conv_with_bias(self, conv, x, (k, k, x.shape[-1], self.features))
 
 
 class GroupConv(nn.Module):
@@ -141,27 +144,8 @@ class GroupConv(nn.Module):
         f", got shape {f.shape}."
       )
     k = self.kernel_size
-    kernel = self.param(
-      "kernel",
-      self.kernel_init,
-      (k, k, f.shape[-2], order, self.features),
-      self.param_dtype,
-    )
-    bias = None
-    if self.use_bias:
-      bias = self.param(
-        "bias", nn.initializers.zeros, (self.features,), self.param_dtype
-      )
-    f, kernel, bias = nn.dtypes.promote_dtype(f, kernel, bias, dtype=self.dtype)
-    conv = _GROUP[self.group]
-    y = conv(
-      f,
-      kernel,
-      stride=self.strides,
-      padding=self.padding,
-      dilation=self.kernel_dilation,
-    )
-    return y if bias is None else y + _per_channel(bias)
+    shape = (k, k, f.shape[-2], order, self.features)
+    return _conv_with_bias(self, _GROUP[self.group], f, shape)
 
 
 class GroupBatchNorm(nn.Module):
