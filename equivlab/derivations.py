@@ -8,6 +8,9 @@ each one with `jax.grad` and with central finite differences
 - Convolution output shapes (seed 001; seed 004 5(a), 5(d), 5(e)):
   `floor((n + 2p - k) / s) + 1` per spatial axis, and the channel change.
   Seed 004 writes a ceiling; it is a floor.
+- The 3-D cross-correlation of seed 004 5(e), `conv3d_forward`, and its
+  backward pass `conv3d_backward` (these two and the shapes live in
+  `equivlab.conv_derivations` and are re-exported here).
 - 1-D cross-correlation, forward, backward and one SGD step (seed 003).
   Seed 003 copies `dL/dw_2` as 42 in its update line; it is 72.
 - Batch normalisation forward and backward (seed 001), and the batch
@@ -17,107 +20,40 @@ each one with `jax.grad` and with central finite differences
   and gradients, and the SGD step of 1(b).
 """
 
-from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from equivlab.conv_derivations import (
+  conv3d_backward,
+  conv3d_forward,
+  conv_output_shape,
+  conv_output_size,
+)
+
+__all__ = [
+  "batch_norm_backward",
+  "batch_norm_forward",
+  "batch_statistics",
+  "conv1d",
+  "conv1d_backward",
+  "conv1d_loss",
+  "conv3d_backward",
+  "conv3d_forward",
+  "conv_output_shape",
+  "conv_output_size",
+  "log_softmax",
+  "sgd_step",
+  "sigmoid_mlp_backward",
+  "sigmoid_mlp_forward",
+  "sigmoid_mlp_init",
+  "sigmoid_mlp_loss",
+  "softmax_cross_entropy",
+  "softmax_cross_entropy_grad",
+]
+
 PyTree = Any
-
-
-# ---------------------------------------------------------------------------
-# Convolution output shapes (seed 001, seed 004 5).
-# ---------------------------------------------------------------------------
-
-
-def conv_output_size(n: int, k: int, stride: int = 1, padding: int = 0) -> int:
-  """The length of one spatial axis after a convolution (cross-correlation).
-
-  `floor((n + 2p - k) / s) + 1` (seed 001). Seed 004 5(a)/(d) writes a
-  ceiling, which overcounts whenever `s` does not divide `n + 2p - k`: the
-  last window would run past the padded input.
-
-  Args:
-    n: the input length.
-    k: the kernel length.
-    stride: the step between windows, `s >= 1`.
-    padding: zeros added on each side, `p >= 0`.
-
-  Returns:
-    The output length, at least 1.
-
-  Raises:
-    ValueError: if an argument is out of range or the kernel is longer than
-      the padded input.
-  """
-  for name, value, low in (
-    ("n", n, 1),
-    ("k", k, 1),
-    ("stride", stride, 1),
-    ("padding", padding, 0),
-  ):
-    if int(value) != value or value < low:
-      raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
-  if k > n + 2 * padding:
-    raise ValueError(
-      f"kernel length {k} exceeds the padded input length "
-      f"n + 2p = {n + 2 * padding}."
-    )
-  return (n + 2 * padding - k) // stride + 1
-
-
-def conv_output_shape(
-  input_shape: Sequence[int],
-  kernel_shape: Sequence[int],
-  strides: int | Sequence[int] = 1,
-  padding: int | Sequence[int] = 0,
-) -> tuple[int, ...]:
-  """The output shape of an N-D convolution in NHWC / HWIO layout.
-
-  Works for 1-D `[B, W, C]`, 2-D `[B, H, W, C]` and 3-D `[B, D, H, W, C]`
-  inputs (seed 004 5(e) is the 3-D case). Each spatial axis follows
-  `conv_output_size`; the channel axis becomes the kernel's output channels.
-
-  Args:
-    input_shape: `[B, *spatial, C_in]`.
-    kernel_shape: `[*k, C_in, C_out]` with as many `k` as spatial axes.
-    strides: one stride for all spatial axes or one per axis.
-    padding: symmetric zero padding, one for all axes or one per axis.
-
-  Returns:
-    `(B, *spatial_out, C_out)`.
-
-  Raises:
-    ValueError: if the ranks or channel counts do not match, or an axis does
-      not fit (see `conv_output_size`).
-  """
-  input_shape, kernel_shape = tuple(input_shape), tuple(kernel_shape)
-  nd = len(input_shape) - 2
-  if nd not in (1, 2, 3):
-    raise ValueError(
-      "input_shape must be [B, *spatial, C] with 1 to 3 spatial axes, got "
-      f"{input_shape}."
-    )
-  if len(kernel_shape) != nd + 2:
-    raise ValueError(
-      f"kernel_shape must have rank {nd + 2} ([*k, C_in, C_out]) for a "
-      f"{nd}-D input, got {kernel_shape}."
-    )
-  if kernel_shape[-2] != input_shape[-1]:
-    raise ValueError(
-      f"kernel input channels {kernel_shape[-2]} must equal the input "
-      f"channels {input_shape[-1]}."
-    )
-  strides = _per_axis("strides", strides, nd)
-  padding = _per_axis("padding", padding, nd)
-  spatial = tuple(
-    conv_output_size(n, k, s, p)
-    for n, k, s, p in zip(
-      input_shape[1:-1], kernel_shape[:-2], strides, padding, strict=True
-    )
-  )
-  return (input_shape[0], *spatial, kernel_shape[-1])
 
 
 def _check_rank(**arrays: tuple[jax.Array, int]) -> None:
@@ -126,17 +62,6 @@ def _check_rank(**arrays: tuple[jax.Array, int]) -> None:
       raise ValueError(
         f"{name} must have rank {rank}, got shape {jnp.shape(array)}."
       )
-
-
-def _per_axis(name: str, value: int | Sequence[int], nd: int) -> tuple:
-  if isinstance(value, int):
-    return (value,) * nd
-  value = tuple(value)
-  if len(value) != nd:
-    raise ValueError(
-      f"{name} must be an int or have {nd} entries, got {value}."
-    )
-  return value
 
 
 # ---------------------------------------------------------------------------

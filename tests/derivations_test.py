@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from equivlab import derivations, gradcheck
@@ -397,3 +397,233 @@ def test_sigmoid_mlp_bad_input():
   params = derivations.sigmoid_mlp_init(jax.random.key(0), d=4, d_h=5)
   with pytest.raises(ValueError, match="x must have rank 1"):
     derivations.sigmoid_mlp_forward(params, jnp.ones((2, 4)))
+
+
+# ---------------------------------------------------------------------------
+# 3-D cross-correlation (seed 004 5(e)).
+# ---------------------------------------------------------------------------
+
+_DN3 = ("NCDHW", "OIDHW", "NCDHW")
+
+
+def _lax_conv3d(x, k, strides, pads):
+  """The oracle: lax's 3-D convolution in the seed's layout, float64."""
+  return jax.lax.conv_general_dilated(
+    x[None],
+    k,
+    strides,
+    [(p, p) for p in pads],
+    dimension_numbers=_DN3,
+    precision=jax.lax.Precision.HIGHEST,
+  )[0]
+
+
+@st.composite
+def _conv3d_case(draw):
+  spatial = [draw(st.integers(1, 6)) for _ in range(3)]
+  pads = [draw(st.integers(0, 2)) for _ in range(3)]
+  kernel = [
+    draw(st.integers(1, min(3, n + 2 * p)))
+    for n, p in zip(spatial, pads, strict=True)
+  ]
+  strides = [draw(st.integers(1, 3)) for _ in range(3)]
+  c_in, c_out = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+  seed = draw(st.integers(0, 2**16))
+  # Per-axis tuples, or one int for all axes when the draws agree.
+  as_arg = lambda v: v[0] if len(set(v)) == 1 else tuple(v)  # noqa: E731
+  return (
+    (c_in, *spatial),
+    (c_out, c_in, *kernel),
+    as_arg(strides),
+    as_arg(pads),
+    seed,
+  )
+
+
+def _triple(v):
+  return (v,) * 3 if isinstance(v, int) else v
+
+
+def _conv3d_against_lax(x, k, dy, stride, padding):
+  """Ours and lax's forward and input/kernel gradients, in one program."""
+  strides, pads = _triple(stride), _triple(padding)
+  z = derivations.conv3d_forward(x, k, stride=stride, padding=padding)
+  grads = derivations.conv3d_backward(x, k, dy, stride=stride, padding=padding)
+  want, vjp = jax.vjp(lambda x, k: _lax_conv3d(x, k, strides, pads), x, k)
+  return z, grads, want, vjp(dy)
+
+
+# Each example compiles a fresh program (~1 s on 2 busy cores): 12 of them.
+@settings(max_examples=12)
+@given(_conv3d_case())
+def test_conv3d_forward_and_backward_match_lax_conv(case):
+  x_shape, k_shape, stride, padding, seed = case
+  strides, pads = _triple(stride), _triple(padding)
+  # The output shape is the floor formula's (seed 004 5(e) with s, p).
+  nhwc = derivations.conv_output_shape(
+    (1, *x_shape[1:], x_shape[0]),
+    (*k_shape[2:], k_shape[1], k_shape[0]),
+    strides,
+    pads,
+  )
+  z_shape = (nhwc[-1], *nhwc[1:-1])
+  with jax.enable_x64(True):
+    kx, kk, kg = jax.random.split(jax.random.key(seed), 3)
+    x = jax.random.normal(kx, x_shape, jnp.float64)
+    k = jax.random.normal(kk, k_shape, jnp.float64)
+    dy = jax.random.normal(kg, z_shape, jnp.float64)
+    # One compiled program per example: eager ops would compile each op.
+    run = jax.jit(_conv3d_against_lax, static_argnums=(3, 4))
+    z, (dx, dk), want, (want_dx, want_dk) = run(x, k, dy, stride, padding)
+    assert z.dtype == jnp.float64 and z.shape == want.shape == z_shape
+    np.testing.assert_allclose(z, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dk, want_dk, rtol=1e-12, atol=1e-12)
+
+
+def test_conv3d_forward_is_seed004_5e_formula_written_as_loops():
+  # Z[p, i, j, q] = sum_{p', m, n, r} K[p, p', m, n, r] I[p', i+m, j+n, q+r].
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 4, 3, 5))
+  k = rng.standard_normal((3, 2, 2, 2, 3))
+  want = np.zeros((3, 3, 2, 3))
+  for p, i, j, q in np.ndindex(*want.shape):
+    for p_, m, n, r in np.ndindex(2, 2, 2, 3):
+      want[p, i, j, q] += k[p, p_, m, n, r] * x[p_, i + m, j + n, q + r]
+  with jax.enable_x64(True):
+    got = derivations.conv3d_forward(jnp.asarray(x), jnp.asarray(k))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def _conv3d_head(params, target, stride, padding):
+  z = derivations.conv3d_forward(
+    params["x"], params["k"], stride=stride, padding=padding
+  )
+  return jnp.sum(jnp.sin(z) * target)
+
+
+@pytest.mark.parametrize("stride, padding", [(1, 0), (2, 1), ((1, 3, 2), 2)])
+def test_conv3d_backward_matches_autodiff_and_finite_differences(
+  stride, padding
+):
+  with jax.enable_x64(True):
+    kx, kk, kt = jax.random.split(jax.random.key(4), 3)
+    params = {
+      "x": jax.random.normal(kx, (2, 4, 5, 3), jnp.float64),
+      "k": jax.random.normal(kk, (2, 2, 2, 3, 2), jnp.float64),
+    }
+    z = derivations.conv3d_forward(
+      params["x"], params["k"], stride=stride, padding=padding
+    )
+    target = jax.random.normal(kt, z.shape, jnp.float64)
+
+    def loss(p, target):
+      return _conv3d_head(p, target, stride, padding)
+
+    def hand(p, target):
+      # dL/dZ of the head by hand, then the hand-derived conv backward.
+      z = derivations.conv3d_forward(
+        p["x"], p["k"], stride=stride, padding=padding
+      )
+      dx, dk = derivations.conv3d_backward(
+        p["x"], p["k"], jnp.cos(z) * target, stride=stride, padding=padding
+      )
+      return {"x": dx, "k": dk}
+
+    got = jax.jit(hand)(params, target)
+    auto = jax.jit(jax.grad(loss))(params, target)
+    assert gradcheck.max_relative_error(got, auto) < 1e-12
+    err = gradcheck.check_gradients(jax.jit(loss), hand, params, target)
+    assert err < 1e-6
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_conv3d_input_gradient_is_full_correlation_with_flipped_kernel(
+  stride,
+):
+  # The textbook form: dL/dx is the stride-dilated dL/dZ, padded by k - 1
+  # (plus the rows the windows never reached), correlated with the kernel
+  # flipped in space and with its channel axes swapped; then the padding
+  # is cropped. Along D, 6 + 2 * 1 - 3 = 5: stride 2 leaves the last
+  # (padding) row unread, stride 3 the last two, one of them in x.
+  with jax.enable_x64(True):
+    kx, kk, kg = jax.random.split(jax.random.key(5), 3)
+    x = jax.random.normal(kx, (2, 6, 7, 5), jnp.float64)
+    k = jax.random.normal(kk, (3, 2, 3, 2, 3), jnp.float64)
+    pad = 1
+    z = derivations.conv3d_forward(x, k, stride=stride, padding=pad)
+    dy = jax.random.normal(kg, z.shape, jnp.float64)
+    dx, _ = derivations.conv3d_backward(x, k, dy, stride=stride, padding=pad)
+    flipped = jnp.flip(k, axis=(2, 3, 4)).transpose(1, 0, 2, 3, 4)
+    edges = []
+    for n, kk_, o in zip(x.shape[1:], k.shape[2:], z.shape[1:], strict=True):
+      unread = n + 2 * pad - kk_ - (o - 1) * stride
+      edges.append((kk_ - 1, kk_ - 1 + unread))
+    full = jax.lax.conv_general_dilated(
+      dy[None],
+      flipped,
+      (1, 1, 1),
+      edges,
+      lhs_dilation=(stride,) * 3,
+      dimension_numbers=_DN3,
+      precision=jax.lax.Precision.HIGHEST,
+    )[0]
+    want = full[:, pad:-pad, pad:-pad, pad:-pad]
+    np.testing.assert_allclose(dx, want, rtol=1e-12, atol=1e-12)
+    if stride == 3:  # No window reads x's last depth row: zero gradient.
+      np.testing.assert_array_equal(dx[:, -1], 0.0)
+      assert np.abs(np.asarray(dx[:, -2])).max() > 0.1
+
+
+def test_conv3d_jits_batches_with_vmap_and_promotes_dtypes():
+  kx, kk = jax.random.split(jax.random.key(6))
+  xs = jax.random.normal(kx, (3, 2, 5, 5, 5))
+  k = jax.random.normal(kk, (4, 2, 3, 3, 3))
+  fwd = jax.jit(lambda x, k: derivations.conv3d_forward(x, k, stride=2))
+  batched = jax.vmap(fwd, in_axes=(0, None))(xs, k)
+  for x, z in zip(xs, batched, strict=True):
+    np.testing.assert_allclose(
+      z, derivations.conv3d_forward(x, k, stride=2), rtol=1e-5, atol=1e-5
+    )
+  assert batched.shape == (3, 4, 2, 2, 2) and batched.dtype == jnp.float32
+  with jax.enable_x64(True):
+    z = derivations.conv3d_forward(xs[0], k.astype(jnp.float64))
+    dx, dk = derivations.conv3d_backward(
+      xs[0], k, jnp.ones(z.shape, jnp.float64)
+    )
+    assert z.dtype == dx.dtype == dk.dtype == jnp.float64
+    assert dx.shape == xs[0].shape and dk.shape == k.shape
+
+
+def test_conv3d_bad_input():
+  x, k = jnp.ones((2, 4, 4, 4)), jnp.ones((3, 2, 3, 3, 3))
+  fwd, bwd = derivations.conv3d_forward, derivations.conv3d_backward
+  with pytest.raises(ValueError, match=r"x must be \[C_in, D, H, W\]"):
+    fwd(jnp.ones((1, 2, 4, 4, 4)), k)
+  with pytest.raises(ValueError, match=r"k must be \[C_out, C_in, kd"):
+    fwd(x, jnp.ones((3, 2, 3, 3)))
+  with pytest.raises(ValueError, match=r"input channels .* C_in = 2"):
+    fwd(x, jnp.ones((3, 1, 3, 3, 3)))
+  with pytest.raises(ValueError, match="no empty axis"):
+    fwd(jnp.ones((2, 0, 4, 4)), k)
+  with pytest.raises(ValueError, match="stride must be an int >= 1, got 0"):
+    fwd(x, k, stride=0)
+  with pytest.raises(ValueError, match=r"stride\[2\] must be an int >= 1"):
+    fwd(x, k, stride=(1, 1, -2))
+  with pytest.raises(ValueError, match=r"stride must be an int or 3 ints"):
+    fwd(x, k, stride=(1, 2))
+  with pytest.raises(TypeError, match="stride must be an int"):
+    fwd(x, k, stride=1.5)
+  with pytest.raises(ValueError, match="padding must be an int >= 0, got -1"):
+    fwd(x, k, padding=-1)
+  with pytest.raises(ValueError, match=r"kernel's height 5 exceeds .* = 4"):
+    fwd(x, jnp.ones((3, 2, 3, 5, 3)))
+  assert fwd(x, jnp.ones((3, 2, 3, 5, 3)), padding=1).shape == (3, 4, 2, 4)
+  with pytest.raises(TypeError, match="x must have a floating-point dtype"):
+    fwd(jnp.ones((2, 4, 4, 4), jnp.int32), k)
+  with pytest.raises(ValueError, match=r"dy must be shaped .* \(3, 2, 2, 2\)"):
+    bwd(x, k, jnp.ones((3, 2, 2, 3)))
+  with pytest.raises(TypeError, match="dy must have a floating-point dtype"):
+    bwd(x, k, jnp.ones((3, 2, 2, 2), jnp.int32))
+  with pytest.raises(ValueError, match="padding must be an int >= 0"):
+    bwd(x, k, jnp.ones((3, 2, 2, 2)), padding=-1)
