@@ -31,6 +31,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from equivlab import checks
 
 MODEL_NAMES = (
   "mlp",
@@ -334,8 +337,12 @@ def apply_in_batches(
 ) -> jax.Array:
   """Evaluation-mode logits of `model` on many images, a batch at a time.
 
+  Every call sees a batch of the same size (the last one is padded with
+  zeros and its padding dropped), so the model compiles once per image
+  size however many images there are.
+
   Args:
-    model: a module from `get_model`.
+    model: a flax module taking `(x, train=False)`.
     variables: its variables ({"params": ..., "batch_stats": ...}).
     images: `[N, H, W, C]`.
     batch_size: images per call.
@@ -344,19 +351,21 @@ def apply_in_batches(
     Logits `[N, num_classes]`.
 
   Raises:
-    ValueError: if `images` is not rank 4 or `batch_size` < 1.
+    ValueError: if `images` is not rank 4 or is empty.
+    TypeError / ValueError: if `batch_size` is not an int >= 1.
   """
-  shape = getattr(images, "shape", None)
-  if shape is None or len(shape) != 4:
-    raise ValueError(f"images must be [N, H, W, C], got shape {shape}.")
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-  return jnp.concatenate(
-    [
-      _apply_eval(
-        model, variables, jnp.asarray(images[i : i + batch_size], jnp.float32)
-      )
-      for i in range(0, images.shape[0], batch_size)
-    ],
-    axis=0,
-  )
+  checks.check_rank("images", images, 4, "[N, H, W, C]")
+  checks.check_int("batch_size", batch_size, minimum=1)
+  n = images.shape[0]
+  if n == 0:
+    raise ValueError(f"images must hold at least one image, got {n}.")
+  size = min(batch_size, n)
+  outputs = []
+  for start in range(0, n, size):
+    chunk = np.asarray(images[start : start + size], np.float32)
+    rows = len(chunk)
+    if rows < size:
+      pad = np.zeros((size - rows, *chunk.shape[1:]), np.float32)
+      chunk = np.concatenate([chunk, pad])
+    outputs.append(_apply_eval(model, variables, jnp.asarray(chunk))[:rows])
+  return jnp.concatenate(outputs, axis=0)

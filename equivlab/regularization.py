@@ -3,10 +3,10 @@
 - Inverted dropout (Srivastava et al. 2014; seed 004 2(f)(i)): keep a unit
   with probability `1 - rate` and divide by `1 - rate`, so the expected
   activation is unchanged and evaluation needs no rescaling.
-- The L2 penalty `lambda ||theta||^2` (seed 004 2(f)(ii)) against decoupled
-  weight decay (Loshchilov & Hutter 2019): the same under SGD with
-  `weight_decay = 2 lambda`, different under Adam, whose preconditioner also
-  rescales the penalty's gradient.
+- The L2 penalty `l2 / 2 * sum w^2` over the weights (seed 004 2(f)(ii))
+  against decoupled weight decay (Loshchilov & Hutter 2019): the same under
+  SGD with `weight_decay = l2`, different under Adam, whose preconditioner
+  also rescales the penalty's gradient.
 - Ensembles average predictions, not parameters (seed 004 4(e)).
 - Batch, layer, instance and group normalisation on NHWC maps (seed 000
   4(c), 4(d); seed 004 4(a), 4(b)).
@@ -47,9 +47,27 @@ def dropout(
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
+def weight_mask(params: PyTree) -> PyTree:
+  """True for weight matrices and kernels (ndim >= 2), False elsewhere.
+
+  equivlab's one convention for what the L2 penalty and weight decay act
+  on (here, in `equivlab.training` and in the experiments): weights, not
+  biases or normalisation scales and shifts.
+  """
+  return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
 def l2_penalty(params: PyTree, l2: float) -> jax.Array:
-  """`l2 * sum ||theta||^2` over every leaf (seed 004 2(f)(ii))."""
-  return l2 * sum(jnp.sum(p**2) for p in jax.tree.leaves(params))
+  """`l2 / 2 * sum w^2` over the weights (`weight_mask`) of `params`.
+
+  Seed 004 2(f)(ii)'s penalty `lambda ||theta||^2` is this with
+  `l2 = 2 lambda`; the factor 1/2 makes the penalty's gradient `l2 * w`, so
+  under SGD the penalty and decoupled weight decay with `weight_decay = l2`
+  are the same update.
+  """
+  mask = jax.tree.leaves(weight_mask(params))
+  leaves = [p for p, m in zip(jax.tree.leaves(params), mask, strict=True) if m]
+  return 0.5 * l2 * sum(jnp.sum(jnp.square(p)) for p in leaves)
 
 
 def with_l2_penalty(
@@ -59,7 +77,7 @@ def with_l2_penalty(
 
   Args:
     loss_fn: a scalar loss of `(params, *args)`.
-    l2: the penalty coefficient `lambda >= 0`.
+    l2: the penalty coefficient, `>= 0`.
 
   Returns:
     The penalised loss, with the same signature.
@@ -81,10 +99,11 @@ def decoupled_weight_decay(
   learning_rate: float,
   weight_decay: float,
 ) -> optax.GradientTransformation:
-  """Adds `-learning_rate * weight_decay * theta` to another optimizer's step.
+  """Adds `-learning_rate * weight_decay * w` to another optimizer's step.
 
   The decay bypasses the optimizer's preconditioning (Loshchilov & Hutter
-  2019): with `optax.adam(lr)` this is `optax.adamw(lr, weight_decay)`.
+  2019) and acts on the weights of `weight_mask`: with `optax.adam(lr)`
+  this is `optax.adamw(lr, weight_decay, mask=weight_mask)`.
 
   Args:
     optimizer: a complete optimizer (its updates already carry `-lr`).
@@ -100,7 +119,8 @@ def decoupled_weight_decay(
   if weight_decay < 0:
     raise ValueError(f"weight_decay must be >= 0, got {weight_decay}.")
   return optax.chain(
-    optimizer, optax.add_decayed_weights(-learning_rate * weight_decay)
+    optimizer,
+    optax.add_decayed_weights(-learning_rate * weight_decay, weight_mask),
   )
 
 

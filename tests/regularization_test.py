@@ -48,7 +48,7 @@ def test_dropout_bad_rate():
 
 
 def _loss(params, x, y):
-  pred = jnp.tanh(x @ params["w"]) @ params["v"]
+  pred = (jnp.tanh(x @ params["w"]) @ params["v"])[:, 0]
   return jnp.mean((pred - y) ** 2)
 
 
@@ -58,7 +58,7 @@ def _problem():
   y = jnp.sin(x[:, 0]) - x[:, 1]
   params = {
     "w": jax.random.normal(kw, (3, 8)),
-    "v": 0.3 * jax.random.normal(kv, (8,)),
+    "v": 0.3 * jax.random.normal(kv, (8, 1)),
   }
   return params, x, y
 
@@ -88,7 +88,7 @@ def _assert_trees_close(a, b):
 def test_l2_penalty_and_decoupled_decay_coincide_under_sgd():
   lr, l2 = 0.1, 0.01
   coupled = _run(optax.sgd(lr), reg.with_l2_penalty(_loss, l2))
-  decoupled = _run(reg.decoupled_weight_decay(optax.sgd(lr), lr, 2 * l2), _loss)
+  decoupled = _run(reg.decoupled_weight_decay(optax.sgd(lr), lr, l2), _loss)
   _assert_trees_close(coupled, decoupled)
 
 
@@ -96,9 +96,9 @@ def test_l2_penalty_and_decoupled_decay_differ_under_adam():
   lr, l2 = 0.05, 0.05
   coupled = _run(optax.adam(lr), reg.with_l2_penalty(_loss, l2))
   decoupled = _run(
-    reg.decoupled_weight_decay(optax.adam(lr), lr, 2 * l2), _loss
+    reg.decoupled_weight_decay(optax.adam(lr), lr, l2), _loss
   )
-  adamw = _run(optax.adamw(lr, weight_decay=2 * l2), _loss)
+  adamw = _run(optax.adamw(lr, weight_decay=l2, mask=reg.weight_mask), _loss)
   _assert_trees_close(decoupled, adamw)
   gaps = jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), coupled, decoupled)
   gap = max(float(g) for g in jax.tree.leaves(gaps))
@@ -106,8 +106,12 @@ def test_l2_penalty_and_decoupled_decay_differ_under_adam():
 
 
 def test_l2_penalty_value_and_bad_input():
-  params = {"a": jnp.array([1.0, 2.0]), "b": jnp.array(3.0)}
-  np.testing.assert_allclose(reg.l2_penalty(params, 0.5), 7.0)
+  # Only weights (ndim >= 2) count: 0.5 * 0.5 * (1 + 4), not the bias.
+  params = {"kernel": jnp.array([[1.0, 2.0]]), "bias": jnp.array([3.0])}
+  np.testing.assert_allclose(reg.l2_penalty(params, 0.5), 1.25)
+  grads = jax.grad(reg.l2_penalty)(params, 0.5)
+  np.testing.assert_allclose(grads["kernel"], 0.5 * params["kernel"])
+  np.testing.assert_allclose(grads["bias"], 0.0)
   with pytest.raises(ValueError, match="l2 must be >= 0"):
     reg.with_l2_penalty(_loss, -1.0)
   with pytest.raises(ValueError, match="weight_decay must be >= 0"):

@@ -4,13 +4,15 @@ import dataclasses
 import json
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from equivlab import train
+from equivlab import models, train
+from equivlab.training import steps as steps_lib
 
 # 256 training examples, 8 steps of 32 per epoch, over 2 simulated devices.
 TINY = train.TrainConfig(
@@ -29,18 +31,47 @@ TINY = train.TrainConfig(
 )
 
 
+class _CountingSteps:
+  """Wraps the step builders: counts builds, and traces per built step."""
+
+  def __init__(self, monkeypatch):
+    self.builds = 0
+    original_train, original_eval = (
+      steps_lib.train_step_fn,
+      steps_lib.eval_step_fn,
+    )
+
+    def train_step_fn(*args):
+      self.builds += 1
+      chex.clear_trace_counter()
+      return chex.assert_max_traces(original_train(*args), n=1)
+
+    def eval_step_fn(*args):
+      return chex.assert_max_traces(original_eval(*args), n=1)
+
+    monkeypatch.setattr(steps_lib, "train_step_fn", train_step_fn)
+    monkeypatch.setattr(steps_lib, "eval_step_fn", eval_step_fn)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-  """One tiny run, jitting each step at most once (else assert_max_traces)."""
+  """One tiny run, each step traced once (else assert_max_traces fails)."""
   workdir = tmp_path_factory.mktemp("tiny")
-  original = train.train_step, train.eval_step
-  train.train_step = jax.jit(chex.assert_max_traces(train._train_step, n=1))
-  train.eval_step = jax.jit(chex.assert_max_traces(train._eval_step, n=1))
-  try:
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    counter = _CountingSteps(monkeypatch)
     metrics = train.train_and_evaluate(TINY, workdir)
-  finally:
-    train.train_step, train.eval_step = original
+  assert counter.builds == 1
   return workdir, metrics
+
+
+def test_each_run_builds_and_traces_its_steps_once(monkeypatch, tmp_path):
+  counter = _CountingSteps(monkeypatch)
+  # Two runs of 2 epochs in one process: one build and one trace per run
+  # (none per epoch), and no cache shared between the runs.
+  for seed in (0, 1):
+    config = dataclasses.replace(TINY, seed=seed, num_devices=1)
+    train.train_and_evaluate(config, tmp_path / str(seed))
+  assert counter.builds == 2
 
 
 def test_train_and_evaluate_learns_and_writes_its_files(tiny_run):
@@ -146,9 +177,8 @@ def test_unknown_dataset_is_a_clear_error(tmp_path):
   ],
 )
 def test_invalid_config_fields_are_clear_errors(field, value):
-  config = dataclasses.replace(TINY, **{field: value})
   with pytest.raises(ValueError, match=field):
-    train.validate_config(config)
+    dataclasses.replace(TINY, **{field: value})
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_a_checkpoint(
@@ -169,11 +199,15 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_a_checkpoint(
 
 
 def _state(config, num_classes=10):
+  """A fresh state of `config`'s model and the run's step functions."""
   config = dataclasses.replace(config, num_classes=num_classes)
+  model = train.build_model(config)
+  tx, _ = train.make_optimizer(config, total_steps=20)
   sample = jnp.zeros((2, 28, 28, 1))
-  return train.create_train_state(
-    jax.random.PRNGKey(0), config, sample, total_steps=20
+  state = train.create_train_state(
+    jax.random.PRNGKey(0), config, sample, model=model, tx=tx
   )
+  return state, train.make_steps(model, tx, train.StepSpec.from_config(config))
 
 
 def _batch(n=8):
@@ -204,13 +238,13 @@ def test_every_optimizer_schedule_and_loss_lowers_the_loss(
     loss=loss,
     learning_rate=1e-3 if optimizer in ("adam", "rmsprop") else 0.05,
   )
-  state = _state(config)
+  state, steps = _state(config)
   batch = _batch()
-  first = train.eval_step(state, batch)["loss"]
+  first = steps.eval_step(state, batch)["loss"]
   for _ in range(5):
-    state, metrics = train.train_step(state, batch)
+    state, metrics = steps.train_step(state, batch)
   assert np.isfinite(metrics["grad_norm"])
-  assert train.eval_step(state, batch)["loss"] < first
+  assert steps.eval_step(state, batch)["loss"] < first
   assert int(state.step) == 5
 
 
@@ -218,7 +252,7 @@ def test_every_optimizer_schedule_and_loss_lowers_the_loss(
 def test_augmentations_keep_shapes_and_change_images(augment):
   spec = train.StepSpec(augment=augment, max_shift=3, crop_padding=3)
   images = _batch()["image"]
-  out = jax.jit(train._augment, static_argnums=0)(
+  out = jax.jit(train.augment, static_argnums=0)(
     spec, jax.random.PRNGKey(3), images
   )
   assert out.shape == images.shape and out.dtype == images.dtype
@@ -239,8 +273,8 @@ def test_decoupled_weight_decay_shrinks_kernels_only():
 
 def test_l2_penalty_is_added_to_the_loss():
   l2 = 0.01
-  state = _state(dataclasses.replace(TINY, l2=l2))
-  _, metrics = train.train_step(state, _batch())
+  state, steps = _state(dataclasses.replace(TINY, l2=l2))
+  _, metrics = steps.train_step(state, _batch())
   kernels = [p for p in jax.tree_util.tree_leaves(state.params) if p.ndim > 1]
   penalty = 0.5 * l2 * sum(float(jnp.sum(k**2)) for k in kernels)
   np.testing.assert_allclose(
@@ -265,8 +299,8 @@ def test_bfloat16_compute_keeps_float32_params_and_batch_stats():
     model_kwargs={"features": (4,), "dense_features": 8, "norm": "batch"},
     compute_dtype="bfloat16",
   )
-  state = _state(config)
-  new_state, metrics = train.train_step(state, _batch())
+  state, steps = _state(config)
+  new_state, metrics = steps.train_step(state, _batch())
   for tree in (new_state.params, new_state.batch_stats, new_state.opt_state):
     for leaf in jax.tree_util.tree_leaves(tree):
       if jnp.issubdtype(leaf.dtype, jnp.floating):
@@ -276,15 +310,15 @@ def test_bfloat16_compute_keeps_float32_params_and_batch_stats():
 
 
 def test_eval_step_ignores_masked_padding():
-  state = _state(TINY)
+  state, steps = _state(TINY)
   batch = _batch(6)
-  exact = train.eval_step(state, {**batch, "mask": jnp.ones(6, bool)})
+  exact = steps.eval_step(state, {**batch, "mask": jnp.ones(6, bool)})
   padded = {
     "image": jnp.concatenate([batch["image"], batch["image"][:2]]),
     "label": jnp.concatenate([batch["label"], (batch["label"][:2] + 1) % 10]),
     "mask": jnp.arange(8) < 6,
   }
-  result = train.eval_step(state, padded)
+  result = steps.eval_step(state, padded)
   np.testing.assert_allclose(result["loss"], exact["loss"], rtol=1e-6)
   np.testing.assert_allclose(result["accuracy"], exact["accuracy"])
   assert float(result["count"]) == 6.0
@@ -292,11 +326,12 @@ def test_eval_step_ignores_masked_padding():
 
 def test_train_step_matches_a_hand_written_sgd_step():
   config = dataclasses.replace(TINY, optimizer="sgd", learning_rate=0.1)
-  state = _state(config)
+  state, steps = _state(config)
+  model = train.build_model(dataclasses.replace(config, num_classes=10))
   batch = _batch()
 
   def loss_fn(params):
-    logits = state.apply_fn({"params": params}, batch["image"])
+    logits = model.apply({"params": params}, batch["image"])
     return optax.softmax_cross_entropy_with_integer_labels(
       logits, batch["label"]
     ).mean()
@@ -305,7 +340,7 @@ def test_train_step_matches_a_hand_written_sgd_step():
   expected = jax.tree_util.tree_map(
     lambda p, g: p - 0.1 * g, state.params, grads
   )
-  new_state, _ = train.train_step(state, batch)
+  new_state, _ = steps.train_step(state, batch)
   chex.assert_trees_all_close(new_state.params, expected, atol=1e-6)
 
 

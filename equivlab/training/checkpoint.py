@@ -1,0 +1,411 @@
+"""Checkpoints that survive damage, a lock per workdir, clear write errors.
+
+- `Checkpointer` wraps an orbax `CheckpointManager` on
+  `<workdir>/checkpoints`. `restore_latest` restores the newest checkpoint
+  that can be read; one that cannot (truncated data, an emptied metadata
+  file) is reported in one log line naming its step and why, moved to
+  `<workdir>/damaged_checkpoints/`, and the next older one is tried; with
+  none left the run starts over and says so. Saving turns any failure to
+  write (disk full, read-only, the workdir a file) into one
+  `CheckpointWriteError` naming the path, and leaves no temporary
+  directory behind.
+- `WorkdirLock` keeps two live runs out of one workdir. It is an OS file
+  lock (`fcntl.flock`) on `<workdir>/.lock`, which the kernel releases when
+  its process dies, even by SIGKILL; the file names the holder (pid, host,
+  start time), so a second run is refused with a message naming the first,
+  and a lock left behind by a killed run is recognised and taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import errno
+import fcntl
+import gc
+import json
+import logging
+import os
+import pathlib
+import shutil
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from equivlab import parallel
+
+_TMP_MARKER = ".orbax-checkpoint-tmp"
+
+
+class WorkdirInUseError(RuntimeError):
+  """Another live run holds the workdir's lock."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint or metrics file could not be written."""
+
+
+def _reason(error: BaseException) -> str:
+  """`error` as one short line: its type and the start of its message."""
+  text = " ".join(str(error).split())
+  if len(text) > 200:
+    text = text[:197] + "..."
+  return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+_ADVICE = (
+  ". Free space or fix the permissions, then run the same command again to "
+  "resume from the last checkpoint"
+)
+
+
+@contextlib.contextmanager
+def write_errors(
+  what: str,
+  *,
+  kinds: tuple[type[BaseException], ...] = (OSError,),
+  advice: str = "",
+):
+  """Turns a failure of `kinds` inside into one `CheckpointWriteError`.
+
+  The error names `what` could not be written and why, in one line, with
+  the original traceback left out (it is noise to the user: the cause is
+  the disk or the path, not the code).
+  """
+  try:
+    yield
+  except CheckpointWriteError:
+    raise
+  except kinds as error:
+    code = getattr(error, "errno", None) or errno.EIO
+    raise CheckpointWriteError(
+      code, f"cannot write {what}: {_reason(error)}{advice}"
+    ) from None
+
+
+def ensure_directory(path: pathlib.Path, what: str = "workdir") -> None:
+  """Creates `path`; a clear `CheckpointWriteError` if that cannot be done."""
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except (FileExistsError, NotADirectoryError) as error:
+    raise CheckpointWriteError(
+      errno.ENOTDIR,
+      f"{what} {path} cannot be used: it (or a parent) is a file, not a "
+      "directory; pass a directory path",
+    ) from error
+  except OSError as error:
+    raise CheckpointWriteError(
+      error.errno, f"cannot create {what} {path}: {_reason(error)}"
+    ) from error
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise CheckpointWriteError(
+      errno.EACCES, f"{what} {path} is not writable by this user"
+    )
+
+
+class WorkdirLock:
+  """An exclusive, crash-safe lock on a workdir (see the module docstring).
+
+  Use as a context manager. Only process 0 of a multi-process run takes it
+  (the others share process 0's workdir).
+  """
+
+  def __init__(self, workdir: str | os.PathLike):
+    self.path = pathlib.Path(workdir).absolute() / ".lock"
+    self._file = None
+
+  def __enter__(self) -> WorkdirLock:
+    ensure_directory(self.path.parent)
+    try:
+      handle = open(self.path, "a+")  # noqa: SIM115 (held until __exit__)
+    except OSError as error:
+      raise CheckpointWriteError(
+        error.errno, f"cannot open the lock file {self.path}: {_reason(error)}"
+      ) from error
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _read_holder(handle)
+      handle.close()
+      raise WorkdirInUseError(
+        f"workdir {self.path.parent} is in use by another run ({holder}); "
+        "wait for it to finish, or pass another --workdir."
+      ) from None
+    previous = _read_holder(handle, default=None)
+    if previous is not None:
+      logging.warning(
+        "Taking over the lock of %s: that run ended without releasing "
+        "it (killed?) and holds it no longer.",
+        previous,
+      )
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(_this_process()) + "\n")
+    handle.flush()
+    self._file = handle
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._file is None:
+      return
+    with contextlib.suppress(OSError):
+      self._file.seek(0)
+      self._file.truncate()
+    fcntl.flock(self._file, fcntl.LOCK_UN)
+    self._file.close()
+    self._file = None
+
+
+def _this_process() -> dict[str, Any]:
+  return {
+    "pid": os.getpid(),
+    "host": socket.gethostname(),
+    "started": datetime.datetime.now().isoformat(timespec="seconds"),
+    "command": " ".join(sys.argv)[:200],
+  }
+
+
+def _read_holder(handle, default: str | None = "pid unknown") -> str | None:
+  handle.seek(0)
+  text = handle.read().strip()
+  if not text:
+    return default
+  try:
+    info = json.loads(text)
+    return (
+      f"pid {info['pid']} on host {info['host']}, started "
+      f"{info['started']}: {info.get('command', '')}"
+    )
+  except (ValueError, KeyError, TypeError):
+    return default if default is None else f"unreadable lock file: {text!r}"
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+  """Drops the asyncio noise of a failed tensorstore read.
+
+  When one read of a damaged checkpoint fails, tensorstore's other pending
+  reads finish on an event loop orbax has already closed; Python prints
+  each as an "Exception ignored ... Event loop is closed" traceback through
+  `sys.unraisablehook`. Only those are dropped, only while reading.
+  """
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and "Event loop is closed" in str(
+      error
+    ):
+      return
+    previous(unraisable)
+
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()  # Finalise the failed reads while the filter is on.
+    sys.unraisablehook = previous
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A checkpoint that was read back: its step, arrays and JSON metadata."""
+
+  step: int
+  state: Any
+  meta: dict[str, Any]
+
+
+class Checkpointer:
+  """orbax checkpoints of `<workdir>/checkpoints` (see the module docstring).
+
+  Args:
+    workdir: the run's directory.
+    max_to_keep: how many checkpoints to keep.
+    read_only: only read (no directory is created, nothing is moved).
+  """
+
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    max_to_keep: int = 2,
+    *,
+    read_only: bool = False,
+  ):
+    self.workdir = pathlib.Path(workdir).absolute()
+    self.directory = self.workdir / "checkpoints"
+    if parallel.is_primary() and not read_only:
+      ensure_directory(self.workdir)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep,
+      create=not read_only,
+      read_only=read_only,
+      cleanup_tmp_directories=not read_only,
+    )
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except OSError as error:
+      raise CheckpointWriteError(
+        error.errno,
+        f"cannot use {self.directory} for checkpoints: {_reason(error)}",
+      ) from error
+
+  def latest_step(self) -> int | None:
+    """The newest checkpoint's step (intact or not), None if there is none."""
+    return self._manager.latest_step()
+
+  def restore_latest(
+    self,
+    target: Any = None,
+    *,
+    check_meta: Callable[[dict[str, Any]], None] | None = None,
+    set_aside: bool = True,
+  ) -> Restored | None:
+    """The newest checkpoint that restores, or None (see the module doc).
+
+    Args:
+      target: the state's structure (`jax.ShapeDtypeStruct`s with their
+        shardings), or None to restore the arrays as saved.
+      check_meta: called with the metadata of the newest readable
+        checkpoint before its arrays are read; what it raises (e.g. "this
+        workdir holds another run") propagates and is not taken for damage.
+      set_aside: move damaged checkpoints to `damaged_checkpoints/` (False:
+        leave the workdir as it is, e.g. for reading only).
+
+    Returns:
+      The restored checkpoint, or None when there is none intact (the run
+      starts over; a log line says so).
+    """
+    damaged, restored = [], None
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        with _quiet_failed_reads():
+          meta = self._restore_meta(step)
+      except Exception as error:  # noqa: BLE001 (any failure: try older)
+        self._report(step, error)
+        damaged.append(step)
+        continue
+      if check_meta is not None:
+        check_meta(meta)
+      try:
+        with _quiet_failed_reads():
+          state = self._manager.restore(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardRestore(target)),
+          ).state
+      except Exception as error:  # noqa: BLE001
+        self._report(step, error)
+        damaged.append(step)
+        continue
+      restored = Restored(step=step, state=state, meta=meta)
+      break
+    if damaged and set_aside:
+      self._set_aside(damaged)
+    if restored is None and damaged:
+      logging.warning(
+        "No intact checkpoint in %s: %s.",
+        self.directory,
+        "starting over from step 0" if set_aside else "none can be read",
+      )
+    return restored
+
+  def restore(self, step: int, target: Any = None) -> Restored:
+    """The checkpoint at `step`; raises what orbax raises if it is damaged."""
+    meta = self._restore_meta(step)
+    state = self._manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    ).state
+    return Restored(step=step, state=state, meta=meta)
+
+  def _report(self, step: int, error: BaseException) -> None:
+    logging.warning(
+      "Checkpoint at step %d in %s cannot be restored (%s); trying an older "
+      "one.",
+      step,
+      self.directory,
+      _reason(error),
+    )
+
+  def _restore_meta(self, step: int) -> dict[str, Any]:
+    meta = self._manager.restore(
+      step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    ).meta
+    if not isinstance(meta, dict):
+      raise ValueError(f"its metadata is not a JSON object: {meta!r}")
+    return meta
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves damaged step folders out of orbax's sight, keeping them."""
+    if parallel.is_primary():
+      aside = self.workdir / "damaged_checkpoints"
+      aside.mkdir(exist_ok=True)
+      stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+      for step in steps:
+        target = aside / f"{step}-{stamp}"
+        shutil.move(str(self.directory / str(step)), target)
+        logging.warning("Moved the damaged checkpoint %d to %s.", step, target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # noqa: PLC0415
+
+      multihost_utils.sync_global_devices("equivlab_damaged_checkpoints")
+    self._manager.reload()
+
+  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+    """Starts writing a checkpoint (asynchronously).
+
+    Raises:
+      CheckpointWriteError: if this or an earlier asynchronous save failed.
+    """
+    with self._write_errors(step):
+      self._manager.save(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+        ),
+      )
+
+  def wait(self) -> None:
+    """Waits for pending saves; raises `CheckpointWriteError` on failure."""
+    with self._write_errors(self._manager.latest_step()):
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _write_errors(self, step: int | None):
+    try:
+      with write_errors(
+        f"the checkpoint of step {step} to {self.directory}",
+        kinds=(Exception,),
+        advice=_ADVICE,
+      ):
+        yield
+    except CheckpointWriteError:
+      self._remove_temporaries()
+      raise
+
+  def _remove_temporaries(self) -> None:
+    if not self.directory.is_dir():
+      return
+    for path in self.directory.iterdir():
+      if _TMP_MARKER in path.name:
+        shutil.rmtree(path, ignore_errors=True)
+
+  def close(self) -> None:
+    """Waits for pending saves and stops orbax's threads; never raises."""
+    try:
+      self._manager.wait_until_finished()
+    except Exception:  # noqa: BLE001 (reported by save / wait already)
+      self._remove_temporaries()
+    with contextlib.suppress(Exception):
+      self._manager.close()
+    self._remove_temporaries()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()

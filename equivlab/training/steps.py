@@ -1,0 +1,207 @@
+"""The jitted train and eval steps, closed over a model and an optimizer.
+
+`make_steps(model, tx, spec)` builds both once per run: the model's apply
+function, the optimizer and the step settings are closed over before
+`jax.jit`, so a run traces each step once and nothing is cached between
+runs. Randomness inside a step (augmentation, dropout) is
+`fold_in(state.key, state.step)`, so a step depends on nothing but its
+inputs, which is what makes resuming exact.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from equivlab import data, regularization
+from equivlab.training.config import TrainConfig
+from equivlab.training.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """The non-array settings of a step: loss, penalty, dtype, augmentation."""
+
+  loss: str = "softmax_ce"
+  l2: float = 0.0
+  compute_dtype: str = "float32"
+  augment: str = "none"
+  max_shift: int = 4
+  crop_padding: int = 4
+  max_angle: float = math.pi
+
+  @classmethod
+  def from_config(cls, config: TrainConfig) -> "StepSpec":
+    """The step settings of a `TrainConfig`."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{name: getattr(config, name) for name in names})
+
+
+class Steps(NamedTuple):
+  """A run's jitted step functions.
+
+  Attributes:
+    train_step: `(state, batch) -> (state, metrics)`.
+    eval_step: `(state, batch) -> metrics`.
+  """
+
+  train_step: Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+  eval_step: Callable[[TrainState, Batch], Metrics]
+
+
+def augment(spec: StepSpec, key: jax.Array, images: jax.Array) -> jax.Array:
+  """`images` under the spec's random augmentation (identity for "none")."""
+  if spec.augment == "shift":
+    return data.random_shift(key, images, spec.max_shift)
+  if spec.augment == "crop_flip":
+    crop_key, flip_key = jax.random.split(key)
+    images = data.random_crop(crop_key, images, spec.crop_padding)
+    return data.random_flip(flip_key, images)
+  if spec.augment == "rotate":
+    return data.random_rotate(key, images, spec.max_angle)
+  return images
+
+
+def example_losses(loss: str, logits: jax.Array, labels: jax.Array):
+  """Per-example loss `[N]` from float32 logits `[N, K]` and labels `[N]`."""
+  if loss == "mse":
+    one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return jnp.mean(jnp.square(logits - one_hot), axis=-1)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def _cast(tree: Any, dtype: str) -> Any:
+  if dtype == "float32":
+    return tree
+  return jax.tree_util.tree_map(
+    lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+    tree,
+  )
+
+
+def _global_norm(tree: Any) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves))
+
+
+def train_step_fn(
+  model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """The (unjitted) train step of `model` under `tx` and `spec`.
+
+  The step augments `batch["image"]`, runs the model with `train=True`
+  (dropout from `fold_in(state.key, state.step)`, batch statistics
+  updated) in `spec.compute_dtype`, adds the L2 penalty, and applies `tx`.
+  Metrics are scalars "loss" (data loss plus penalty), "data_loss",
+  "accuracy" and "grad_norm".
+  """
+
+  def loss_fn(params, state, images, labels, dropout_key):
+    variables = {"params": _cast(params, spec.compute_dtype)}
+    mutable = []
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+      mutable = ["batch_stats"]
+    logits, updates = model.apply(
+      variables,
+      _cast(images, spec.compute_dtype),
+      train=True,
+      rngs={"dropout": dropout_key},
+      mutable=mutable,
+    )
+    logits = logits.astype(jnp.float32)
+    data_loss = jnp.mean(example_losses(spec.loss, logits, labels))
+    total = data_loss
+    if spec.l2:
+      total = total + regularization.l2_penalty(params, spec.l2)
+    return total, (data_loss, logits, updates.get("batch_stats", {}))
+
+  def train_step(state: TrainState, batch: Batch):
+    step_key = jax.random.fold_in(state.key, state.step)
+    augment_key, dropout_key = jax.random.split(step_key)
+    images = augment(spec, augment_key, batch["image"])
+    labels = batch["label"]
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (total, (data_loss, logits, batch_stats)), grads = grad_fn(
+      state.params, state, images, labels, dropout_key
+    )
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    # Keep the stored statistics' dtypes (bfloat16 compute must not change
+    # the state's structure, or the step would compile again).
+    batch_stats = jax.tree_util.tree_map(
+      lambda new, old: new.astype(old.dtype), batch_stats, state.batch_stats
+    )
+    new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+    )
+    return new_state, {
+      "loss": total,
+      "data_loss": data_loss,
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+      "grad_norm": _global_norm(grads),
+    }
+
+  return train_step
+
+
+def eval_step_fn(
+  model: nn.Module, spec: StepSpec
+) -> Callable[[TrainState, Batch], Metrics]:
+  """The (unjitted) eval step: loss and accuracy over unmasked rows.
+
+  The batch may carry a "mask" `[N]` bool (False rows are padding and do
+  not count). Metrics are scalars "loss" and "accuracy" (means over the
+  unmasked rows) and "count" (the number of unmasked rows).
+  """
+
+  def eval_step(state: TrainState, batch: Batch) -> Metrics:
+    variables = _cast(state.variables(), spec.compute_dtype)
+    logits = model.apply(
+      variables, _cast(batch["image"], spec.compute_dtype), train=False
+    ).astype(jnp.float32)
+    labels = batch["label"]
+    mask = batch.get("mask")
+    if mask is None:
+      mask = jnp.ones(labels.shape, bool)
+    weights = mask.astype(jnp.float32)
+    count = jnp.sum(weights)
+    losses = example_losses(spec.loss, logits, labels)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    denominator = jnp.maximum(count, 1.0)
+    return {
+      "loss": jnp.sum(losses * weights) / denominator,
+      "accuracy": jnp.sum(correct * weights) / denominator,
+      "count": count,
+    }
+
+  return eval_step
+
+
+def make_steps(
+  model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec
+) -> Steps:
+  """Both steps of a run, jitted once (see `train_step_fn`, `eval_step_fn`).
+
+  Args:
+    model: any flax linen module taking `(x, train=...)`.
+    tx: the optimizer.
+    spec: the step settings.
+
+  Returns:
+    `Steps(train_step, eval_step)`.
+  """
+  return Steps(
+    train_step=jax.jit(train_step_fn(model, tx, spec)),
+    eval_step=jax.jit(eval_step_fn(model, spec)),
+  )
