@@ -10,9 +10,10 @@ from experiments import rotated_digits
 
 
 def test_smoke_writes_results_and_pictures(tmp_path, capsys):
-  config = rotated_digits.RotatedConfig(
+  config = rotated_digits.Config(
     models=("p4cnn_rotpool",),
-    seeds=(3,),
+    num_seeds=1,
+    seed=3,
     num_epochs=1,
     batch_size=16,
     train_limit=32,
@@ -30,7 +31,7 @@ def test_smoke_writes_results_and_pictures(tmp_path, capsys):
   (row,) = saved["rows"]
   errors = [r["test_error"] for r in saved["runs"]]
   assert row["error_mean"] == pytest.approx(np.mean(errors))
-  assert row["error_std"] == pytest.approx(np.std(errors))
+  assert row["error_std"] == 0.0  # One seed: no spread.
   assert row["params"] == 6_380
   # Invariant by construction, trained or not: float error only.
   for r in saved["runs"]:
@@ -63,10 +64,9 @@ def test_rot90_invariance_by_hand():
   np.testing.assert_allclose(result["max_rel_error"], 8.0, rtol=1e-6)
 
 
-def test_error_percent_and_mean_std():
+def test_error_percent():
   logits = np.array([[0.0, 1.0], [2.0, 1.0]])
   assert rotated_digits.error_percent(logits, np.array([1, 1])) == 50.0
-  assert rotated_digits.mean_std([1.0, 3.0]) == (2.0, 1.0)
 
 
 def test_rejects_non_square_images():
@@ -74,19 +74,45 @@ def test_rejects_non_square_images():
     rotated_digits.rot90_invariance(lambda x: x, np.zeros((1, 3, 4, 1)))
 
 
-def test_unknown_model(tmp_path):
-  config = rotated_digits.RotatedConfig(models=("z2cnn", "vit"))
+def test_unknown_model():
   with pytest.raises(ValueError, match=r"unknown models \['vit'\]"):
-    rotated_digits.run(config, tmp_path)
+    rotated_digits.Config(models=("z2cnn", "vit"))
 
 
-def test_no_seeds(tmp_path):
-  with pytest.raises(ValueError, match="at least one seed"):
-    rotated_digits.run(rotated_digits.RotatedConfig(seeds=()), tmp_path)
+def test_same_command_writes_the_same_results_json(tmp_path):
+  config = rotated_digits.Config(
+    models=("p4cnn_rotpool",),
+    num_seeds=1,
+    num_epochs=1,
+    batch_size=16,
+    train_limit=32,
+    test_limit=16,
+    num_invariance=4,
+    num_devices=1,
+    progress=False,
+  )
+  for name in ("a", "b"):
+    rotated_digits.run(config, tmp_path / name)
+  first, second = ((tmp_path / n / "results.json").read_bytes() for n in "ab")
+  assert first == second
+
+
+@pytest.mark.parametrize(
+  ("field", "value", "message"),
+  [
+    ("num_seeds", 0, "num_seeds must be an int >= 1, got 0"),
+    ("models", (), "models must be names from"),
+    ("num_invariance", 0, "num_invariance must be an int >= 1"),
+    ("learning_rate", float("nan"), "learning_rate must be a finite number"),
+  ],
+)
+def test_bad_settings_are_clear_errors(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    rotated_digits.Config(**{field: value})
 
 
 def test_missing_tfds_dataset_fails_at_once(tmp_path):
-  config = rotated_digits.RotatedConfig(
+  config = rotated_digits.Config(
     dataset="mnist", data_dir=str(tmp_path / "tfds")
   )
   with pytest.raises(FileNotFoundError):

@@ -20,7 +20,7 @@ _TIMEOUT_S = 240
 _FLAGS = {
   "model": "mlp",
   "model_kwargs": '{"hidden_sizes": [16]}',
-  "epochs": 1,
+  "num_epochs": 1,
   "batch_size": 32,
   "optimizer": "momentum",
   "learning_rate": 0.05,
@@ -116,33 +116,39 @@ def test_main_one_process_then_two_processes(tmp_path):
   assert sum(json.loads(r)["kind"] == "epoch" for r in records) == 1
 
 
-def test_run_rejects_several_processes_without_coordinator(tmp_path):
-  from equivlab import train  # noqa: PLC0415
-
-  with pytest.raises(ValueError, match="needs coordinator_address"):
-    train_experiment.run(train.TrainConfig(), str(tmp_path), num_processes=2)
+def test_config_rejects_several_processes_without_coordinator():
+  with pytest.raises(ValueError, match="coordinator_address must be"):
+    train_experiment.LaunchConfig(num_processes=2)
 
 
-def test_run_rejects_process_id_out_of_range(tmp_path):
-  from equivlab import train  # noqa: PLC0415
-
+def test_config_rejects_process_id_out_of_range():
   with pytest.raises(
-    ValueError, match=r"process_id must be an int in \[0, 2\)"
+    ValueError, match=r"process_id must be an int in \[0, 1\]"
   ):
-    train_experiment.run(
-      train.TrainConfig(),
-      str(tmp_path),
-      coordinator_address="127.0.0.1:1234",
-      num_processes=2,
-      process_id=2,
+    train_experiment.LaunchConfig(
+      coordinator_address="127.0.0.1:1234", num_processes=2, process_id=2
     )
 
 
-def test_parse_model_kwargs():
-  assert train_experiment.parse_model_kwargs('{"features": [4, 8]}') == (
-    ("features", (4, 8)),
-  )
-  with pytest.raises(ValueError, match="must be a JSON object"):
-    train_experiment.parse_model_kwargs("[1, 2]")
-  with pytest.raises(ValueError, match="must be a JSON object"):
-    train_experiment.parse_model_kwargs("{norm: batch}")
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (["--learning_rate=nan"], "flag --learning_rate=nan: learning_rate must"),
+    (["--num_epochs=0"], "flag --num_epochs=0: num_epochs must be an int >= 1"),
+    (["--model_kwargs={norm: batch}"], "--model_kwargs must be JSON"),
+    (["--momentum=1"], "momentum must be a finite number >= 0 and < 1"),
+    (["--num_processes=2"], "coordinator_address must be host:port"),
+  ],
+)
+def test_bad_flags_are_flag_errors_naming_the_flag(argv, message):
+  flag_values = flags.FlagValues()
+  train_experiment.define_flags(flag_values)
+  with pytest.raises(flags.IllegalFlagValueError, match=message):
+    flag_values(["train", *argv])
+
+
+def test_model_kwargs_flag_is_a_json_object():
+  flag_values = flags.FlagValues()
+  holders = train_experiment.define_flags(flag_values)
+  flag_values(["train", '--model_kwargs={"features": [4, 8]}'])
+  assert holders.config().model_kwargs == (("features", (4, 8)),)

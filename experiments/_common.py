@@ -1,0 +1,579 @@
+"""What every experiment shares: flags from its config, results files, runs.
+
+An experiment module reads as the study it runs. Its shape is always:
+
+    @dataclasses.dataclass(frozen=True)
+    class Config(_common.TrainingOptions):   # or a plain frozen dataclass
+      '''Settings of the study.
+
+      Attributes:
+        num_epochs: training epochs per run.
+      '''
+      num_epochs: int = 3
+
+    def run(config: Config, workdir) -> dict: ...   # returns the results
+
+    define_flags, main = _common.entry_points(Config, run, "my_study")
+
+    if __name__ == "__main__":
+      _common.launch(main, define_flags)
+
+`define_flags` registers one absl flag per config field, named as the field,
+typed from its annotation, with the help text of its line under
+"Attributes:" in the docstring, plus `--workdir`. The flags are checked
+together by constructing the config at parse time, so a bad value is an
+absl flag error naming the flag before anything trains. The same names mean
+the same thing everywhere: `--num_epochs`, `--num_seeds`, `--seed`,
+`--dataset`, `--data_dir`, `--download`, `--workdir`, ...
+
+Results: `write_results(workdir, results, table=...)` writes
+`results.json` (deterministic: the same command gives the same bytes; wall
+times go to `timings.json`) and `results.md`, and prints the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging as std_logging
+import math
+import pathlib
+import re
+import sys
+import time
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from absl import app, flags, logging
+
+from equivlab import checks
+
+# Default workdirs live under ./runs (git-ignored), so no folder named
+# after the package appears in a directory Python may start from.
+RUNS_DIR = pathlib.Path("runs")
+_QUIET_PACKAGES = ("orbax",)
+
+
+# ---------------------------------------------------------------------------
+# Settings every experiment that trains shares.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingOptions:
+  """Settings of where data come from and how runs are kept.
+
+  Attributes:
+    dataset: "embedded" (the 5,000 embedded MNIST digits, no network) or a
+      tensorflow-datasets name such as "mnist" (prepared beforehand: see
+      --download and --data_dir).
+    data_dir: the tfds data directory where the data set is prepared
+      (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    download: let tfds download and prepare a missing data set (needs
+      internet and the tf extra).
+    num_devices: devices of the data-parallel mesh (default: all).
+    checkpoint_every_steps: also checkpoint every this many steps (runs
+      always checkpoint at every epoch end).
+    checkpoint_every_secs: also checkpoint when this many seconds have
+      passed since the last checkpoint.
+    progress: show progress bars.
+  """
+
+  dataset: str = "embedded"
+  data_dir: str | None = None
+  download: bool = False
+  num_devices: int | None = None
+  checkpoint_every_steps: int | None = None
+  checkpoint_every_secs: float | None = 300.0
+  progress: bool = True
+
+  def train_options(self) -> dict[str, Any]:
+    """These settings as `equivlab.train.TrainConfig` keyword arguments."""
+    names = [f.name for f in dataclasses.fields(TrainingOptions)]
+    return {name: getattr(self, name) for name in names}
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedOptions:
+  """The seeds of a study that repeats every run over several seeds.
+
+  Attributes:
+    num_seeds: how many seeds each run is repeated with.
+    seed: the first seed; the runs use seed, seed + 1, ...
+  """
+
+  num_seeds: int = 3
+  seed: int = 0
+
+  @property
+  def seeds(self) -> tuple[int, ...]:
+    """`(seed, seed + 1, ..., seed + num_seeds - 1)`."""
+    return tuple(range(self.seed, self.seed + self.num_seeds))
+
+
+def check_config(config: Any) -> None:
+  """Checks the shared fields of an experiment config (see the mixins)."""
+  if isinstance(config, SeedOptions):
+    checks.check_int("num_seeds", config.num_seeds, minimum=1)
+    checks.check_int("seed", config.seed, minimum=0)
+  if isinstance(config, TrainingOptions):
+    if not isinstance(config.dataset, str) or not config.dataset:
+      raise ValueError(
+        f"dataset must be a non-empty name, got {config.dataset!r}."
+      )
+    checks.check_int(
+      "num_devices", config.num_devices, minimum=1, allow_none=True
+    )
+    checks.check_int(
+      "checkpoint_every_steps",
+      config.checkpoint_every_steps,
+      minimum=1,
+      allow_none=True,
+    )
+    checks.check_number(
+      "checkpoint_every_secs",
+      config.checkpoint_every_secs,
+      minimum=0,
+      strict_minimum=True,
+      allow_none=True,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Flags from a config dataclass.
+# ---------------------------------------------------------------------------
+
+
+def field_help(config_cls: type) -> dict[str, str]:
+  """Field name -> its text under "Attributes:" in the class docstrings."""
+  found: dict[str, str] = {}
+  for cls in reversed(config_cls.__mro__):
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    if "Attributes:" not in doc:
+      continue
+    section = doc.split("Attributes:", 1)[1]
+    name = None
+    for line in section.splitlines():
+      entry = re.match(r"^  (\w+): (.*)$", line)
+      if entry:
+        name = entry.group(1)
+        found[name] = entry.group(2).strip()
+      elif line.startswith("    ") and name:
+        found[name] += " " + line.strip()
+      elif line.strip():
+        name = None
+  return found
+
+
+def _flag_kind(hint: Any) -> tuple[str, type | None]:
+  """("int"|"float"|"bool"|"str"|"list", element type) of a field's type."""
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  if typing.get_origin(hint) in (typing.Union, types.UnionType):
+    hint = args[0] if len(args) == 1 else str
+  if typing.get_origin(hint) in (tuple, Sequence, list):
+    element = typing.get_args(hint)[0] if typing.get_args(hint) else str
+    return "list", element
+  for kind in (bool, int, float, str):
+    if hint is kind:
+      return kind.__name__, None
+  return "json", None
+
+
+class Flags:
+  """An experiment's flag holders, with the config they describe.
+
+  Attributes:
+    holders: flag name -> absl `FlagHolder`.
+    config_cls: the experiment's config dataclass.
+  """
+
+  def __init__(self, config_cls: type, holders: dict[str, Any]):
+    self.config_cls = config_cls
+    self.holders = holders
+
+  def config(self) -> Any:
+    """The config the parsed flags describe."""
+    values = {name: h.value for name, h in self.holders.items()}
+    return _make_config(self.config_cls, values)
+
+  @property
+  def workdir(self) -> str:
+    """The value of --workdir."""
+    return self.holders["workdir"].value
+
+
+def _convert(name: str, value: Any, kind: str, element: type | None) -> Any:
+  """A parsed flag value as the config field wants it."""
+  if value is None:
+    return None
+  if kind == "list":
+    try:
+      return tuple(element(v) if element else v for v in value)
+    except (TypeError, ValueError):
+      raise ValueError(
+        f"--{name} must be a comma-separated list of "
+        f"{getattr(element, '__name__', 'values')}s, got "
+        f"{','.join(map(str, value))!r}."
+      ) from None
+  if kind == "json":
+    try:
+      return json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError as error:
+      raise ValueError(
+        f'--{name} must be JSON, e.g. \'{{"norm": "batch"}}\', got '
+        f"{value!r} ({error.msg})."
+      ) from None
+  return value
+
+
+def _make_config(config_cls: type, values: Mapping[str, Any]) -> Any:
+  hints = typing.get_type_hints(config_cls)
+  fields = {}
+  for field in dataclasses.fields(config_cls):
+    if field.name in values:
+      kind, element = _flag_kind(hints[field.name])
+      fields[field.name] = _convert(
+        field.name, values[field.name], kind, element
+      )
+  return config_cls(**fields)
+
+
+def define_flags(
+  config_cls: type,
+  flag_values: flags.FlagValues = flags.FLAGS,
+  *,
+  workdir: str,
+) -> Flags:
+  """Registers one flag per field of `config_cls`, and --workdir.
+
+  Called only when an experiment runs as a script (and by tests, with a
+  fresh `flags.FlagValues()`), so that importing several experiments into
+  one process never defines a flag twice.
+
+  Args:
+    config_cls: a frozen dataclass whose fields all have defaults and
+      whose docstring documents each under "Attributes:".
+    flag_values: where to register them.
+    workdir: the default of --workdir.
+
+  Returns:
+    The holders, with `.config()` and `.workdir`.
+  """
+  helps = field_help(config_cls)
+  hints = typing.get_type_hints(config_cls)
+  holders = {
+    "workdir": flags.DEFINE_string(
+      "workdir",
+      workdir,
+      "Directory for results.json, the tables, figures and per-run "
+      "checkpoints (created if missing; a rerun resumes there).",
+      flag_values=flag_values,
+    )
+  }
+  defaults = config_cls()
+  for field in dataclasses.fields(config_cls):
+    kind, _ = _flag_kind(hints[field.name])
+    default = getattr(defaults, field.name)
+    help_text = helps.get(field.name) or field.name.replace("_", " ")
+    holders[field.name] = _define(
+      kind, field.name, default, help_text, flag_values
+    )
+
+  names = [f.name for f in dataclasses.fields(config_cls)]
+  for name in names:
+    flags.register_validator(
+      name,
+      _field_validator(config_cls, name, names, flag_values),
+      flag_values=flag_values,
+    )
+
+  def whole(values: dict[str, Any]) -> bool:
+    # What no single flag is to blame for (e.g. two that disagree).
+    try:
+      _make_config(config_cls, values)
+    except (TypeError, ValueError) as error:
+      raise flags.ValidationError(str(error)) from None
+    return True
+
+  flags.register_multi_flags_validator(names, whole, flag_values=flag_values)
+  return Flags(config_cls, holders)
+
+
+def _field_validator(config_cls, name, names, flag_values):
+  """A validator of --name: the config of all the flags, blamed on `name`.
+
+  The config is built from every flag's value; if that fails with a
+  message about `name` (every check's message starts with the field's
+  name), the error is this flag's: absl reports it as
+  "flag --name=value: <message>".
+  """
+
+  def valid(value: Any) -> bool:
+    values = {n: flag_values[n].value for n in names}
+    values[name] = value
+    try:
+      _make_config(config_cls, values)
+    except (TypeError, ValueError) as error:
+      message = str(error)
+      if re.match(rf"(--)?{name}\b", message):
+        raise flags.ValidationError(message) from None
+    return True
+
+  return valid
+
+
+def _define(kind, name, default, help_text, flag_values):
+  if kind == "list":
+    default = None if default is None else [str(v) for v in default]
+    return flags.DEFINE_list(name, default, help_text, flag_values=flag_values)
+  if kind == "json":
+    text = json.dumps(default if not isinstance(default, tuple) else {})
+    return flags.DEFINE_string(name, text, help_text, flag_values=flag_values)
+  define = {
+    "bool": flags.DEFINE_boolean,
+    "int": flags.DEFINE_integer,
+    "float": flags.DEFINE_float,
+    "str": flags.DEFINE_string,
+  }[kind]
+  return define(name, default, help_text, flag_values=flag_values)
+
+
+def entry_points(
+  config_cls: type,
+  run: Callable[[Any, str], Any],
+  name: str,
+) -> tuple[Callable[..., Flags], Callable[[Sequence[str], Flags], None]]:
+  """An experiment's `define_flags(flag_values)` and `main(argv, flags)`.
+
+  Args:
+    config_cls: the experiment's config dataclass.
+    run: its `run(config, workdir)`.
+    name: its name; the default workdir is `runs/<name>`.
+  """
+
+  def define(flag_values: flags.FlagValues = flags.FLAGS) -> Flags:
+    return define_flags(config_cls, flag_values, workdir=str(RUNS_DIR / name))
+
+  def main(argv: Sequence[str], holders: Flags) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    run(holders.config(), holders.workdir)
+
+  define.__doc__ = f"Registers the flags of {name}; returns their holders."
+  main.__doc__ = f"Runs {name} with the parsed flags."
+  return define, main
+
+
+# ---------------------------------------------------------------------------
+# The launcher.
+# ---------------------------------------------------------------------------
+
+
+class _BelowWarningFrom(std_logging.Filter):
+  """Drops records below WARNING that were logged from one package's files."""
+
+  def __init__(self, package: str):
+    super().__init__()
+    self._fragment = f"/{package}/"
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return (
+      record.levelno >= std_logging.WARNING
+      or self._fragment not in record.pathname.replace("\\", "/")
+    )
+
+
+def quiet_library_logs(
+  handler: std_logging.Handler | None = None,
+  packages: Sequence[str] = _QUIET_PACKAGES,
+) -> None:
+  """Filters INFO and DEBUG records of `packages` out of a log handler.
+
+  orbax logs hundreds of INFO records per run; its warnings still show.
+
+  Args:
+    handler: the handler to filter; absl's handler if None.
+    packages: top-level package names whose chatter to drop.
+  """
+  handler = handler or logging.get_absl_handler()
+  present = {type(f) for f in handler.filters}
+  if _BelowWarningFrom in present:
+    return
+  for package in packages:
+    handler.addFilter(_BelowWarningFrom(package))
+
+
+# Errors whose message is the whole story for a command-line user: they say
+# what to change. Anything else keeps its traceback (it is a bug).
+USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
+
+
+def launch(
+  main: Callable[[Sequence[str], Flags], None],
+  define_flags: Callable[[], Flags],
+) -> None:
+  """Registers the experiment's flags and runs `main(argv, flags)`.
+
+  A user error (bad input, a file that cannot be written, a diverged run, a
+  workdir in use) ends the command with its one-line message and exit
+  status 1, not a traceback.
+  """
+  holders = define_flags()
+
+  def _main(argv: Sequence[str]) -> None:
+    quiet_library_logs()
+    try:
+      main(argv, holders)
+    except USER_ERRORS as error:
+      _exit_with(error)
+    except RuntimeError as error:
+      if type(error).__name__ != "WorkdirInUseError":
+        raise
+      _exit_with(error)
+
+  app.run(_main)
+
+
+def _exit_with(error: BaseException) -> None:
+  logging.flush()
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(1)
+
+
+# ---------------------------------------------------------------------------
+# Results.
+# ---------------------------------------------------------------------------
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+  """Mean and SAMPLE standard deviation (ddof=1; 0 for a single value).
+
+  The one convention of every "mean +- std over seeds" in equivlab's
+  tables.
+  """
+  values = np.asarray(values, np.float64)
+  if values.size == 0:
+    raise ValueError("mean_std needs at least one value, got none.")
+  std = float(values.std(ddof=1)) if values.size > 1 else 0.0
+  return float(values.mean()), std
+
+
+def to_json(value: Any) -> Any:
+  """`value` with NumPy/JAX scalars and arrays, tuples and NaN made JSON."""
+  if isinstance(value, Mapping):
+    return {str(k): to_json(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [to_json(v) for v in value]
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return to_json(dataclasses.asdict(value))
+  if hasattr(value, "tolist") and hasattr(value, "dtype"):
+    return to_json(value.tolist())
+  if isinstance(value, float) and not math.isfinite(value):
+    return repr(value)  # "nan", "inf": JSON has no such numbers.
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def write_results(
+  workdir: str | pathlib.Path,
+  results: Mapping[str, Any],
+  *,
+  table: str | None = None,
+  timings: Mapping[str, Any] | None = None,
+) -> pathlib.Path:
+  """Writes `results.json`, `results.md` (the table) and `timings.json`.
+
+  `results` must not hold wall times: two runs of the same command write
+  the same `results.json`, byte for byte. Times go to `timings`.
+
+  Args:
+    workdir: the experiment's directory (created if missing).
+    results: JSON-able results (see `to_json`).
+    table: a Markdown table (or tables) to write and print.
+    timings: seconds per run or phase.
+
+  Returns:
+    The path of results.json.
+  """
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  path = workdir / "results.json"
+  text = json.dumps(to_json(results), indent=2, sort_keys=True) + "\n"
+  path.write_text(text)
+  if table is not None:
+    (workdir / "results.md").write_text(table + "\n")
+    print(table)
+  if timings is not None:
+    (workdir / "timings.json").write_text(
+      json.dumps(to_json(timings), indent=2) + "\n"
+    )
+  return path
+
+
+# ---------------------------------------------------------------------------
+# Grids of training runs.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One row of a study: `TrainConfig` overrides and, optionally, a module.
+
+  Attributes:
+    overrides: fields of `equivlab.train.TrainConfig` to change.
+    model: a flax module to train instead of the config's named model.
+  """
+
+  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  model: Any = None
+
+
+def train_grid(
+  base: Any,
+  variants: Mapping[str, Variant | Mapping[str, Any]],
+  seeds: Sequence[int],
+  workdir: str | pathlib.Path,
+) -> tuple[dict[str, list[Any]], dict[str, list[float]]]:
+  """Trains every variant with every seed through `train_and_evaluate`.
+
+  Each run keeps its own workdir, `<workdir>/runs/<variant>/seed<seed>`,
+  so an interrupted study resumes where it stopped: finished runs return
+  from their last checkpoint at once, the interrupted one resumes.
+
+  Args:
+    base: the `TrainConfig` every run starts from.
+    variants: name -> a `Variant` (or a mapping of overrides).
+    seeds: the seeds of every variant.
+    workdir: the study's directory.
+
+  Returns:
+    `(results, seconds)`: name -> one `TrainResult` per seed, and name ->
+    the wall time of each run.
+  """
+  from equivlab import train  # noqa: PLC0415 (jax and flax are slow)
+
+  results: dict[str, list[Any]] = {}
+  seconds: dict[str, list[float]] = {}
+  for name, variant in variants.items():
+    if not isinstance(variant, Variant):
+      variant = Variant(overrides=dict(variant))
+    for seed in seeds:
+      config = dataclasses.replace(base, seed=seed, **variant.overrides)
+      run_dir = pathlib.Path(workdir) / "runs" / name / f"seed{seed}"
+      start = time.perf_counter()
+      result = train.train_and_evaluate(config, run_dir, model=variant.model)
+      results.setdefault(name, []).append(result)
+      seconds.setdefault(name, []).append(time.perf_counter() - start)
+      logging.info(
+        "%s seed %d: test accuracy %.4f (%.0f s)",
+        name,
+        seed,
+        result["test_accuracy"],
+        seconds[name][-1],
+      )
+  return results, seconds
