@@ -29,7 +29,8 @@ import numpy as np
 import optax
 from absl import flags, logging
 
-from equivlab import esn, rnn
+from equivlab import rnn
+from equivlab.rnn import esn
 from experiments import _launch
 
 matplotlib.use("Agg")

@@ -1,11 +1,12 @@
-"""Tests of equivlab.esn: reservoir scaling and the two readouts."""
+"""Tests of equivlab.rnn.esn: reservoir scaling and the two readouts."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivlab import esn
+from equivlab import rnn
+from equivlab.rnn import esn
 
 
 def test_reservoir_has_the_requested_spectral_radius():
@@ -75,3 +76,32 @@ def test_rejects_mismatched_readout_data():
 def test_rejects_float_labels_for_the_gradient_readout():
   with pytest.raises(ValueError, match=r"labels must be integers"):
     esn.gradient_readout(jax.random.key(0), jnp.zeros((4, 2)), jnp.zeros(4), 2)
+
+
+def test_rejects_labels_outside_the_classes_for_the_gradient_readout():
+  key, feats = jax.random.key(0), jnp.zeros((4, 2))
+  with pytest.raises(
+    ValueError, match=r"labels must lie in \[0, 2\), got 2 at"
+  ):
+    esn.gradient_readout(key, feats, jnp.array([0, 1, 2, 0]), 2)
+  with pytest.raises(ValueError, match=r"labels must be \[M\] = \(4,\)"):
+    esn.gradient_readout(key, feats, jnp.array([0, 1]), 2)
+  with pytest.raises(ValueError, match=r"num_steps must be an int >= 1"):
+    esn.gradient_readout(key, feats, jnp.zeros(4, jnp.int32), 2, num_steps=0)
+
+
+def test_rejects_reservoir_sizes_and_penalties_of_the_wrong_kind():
+  with pytest.raises(ValueError, match=r"reservoir_size must be an int >= 1"):
+    esn.init_esn(jax.random.key(0), 2, 0)
+  with pytest.raises(TypeError, match=r"input_size must be an int >= 1"):
+    esn.init_esn(jax.random.key(0), 2.0, 5)
+  with pytest.raises(ValueError, match=r"spectral_radius must be a finite"):
+    esn.init_esn(jax.random.key(0), 2, 5, spectral_radius=float("nan"))
+  with pytest.raises(TypeError, match=r"l2 must be a finite number"):
+    esn.ridge_readout(jnp.zeros((4, 2)), jnp.zeros((4, 1)), l2="big")
+
+
+def test_the_rnn_package_reexports_the_esn_functions():
+  assert rnn.init_esn is esn.init_esn
+  assert rnn.ridge_readout is esn.ridge_readout
+  assert rnn.esn is esn

@@ -1,11 +1,14 @@
 """Tests of equivlab.rnn: cells, the scanned unroll, BPTT and TBPTT."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.experimental import checkify
 
 from equivlab import gradcheck, rnn
 
@@ -511,3 +514,291 @@ def test_rejects_tau_not_dividing_t():
 def test_rejects_unknown_cell():
   with pytest.raises(ValueError, match=r"cell must be one of"):
     rnn.get_cell("transformer")
+
+
+# ---------------------------------------------------------------------------
+# Labels outside [0, K): eager errors, padding, the traced contract and the
+# checkify path.
+
+
+@pytest.mark.parametrize("label", [-1, 3, 7])
+def test_rejects_out_of_range_labels_naming_label_and_index(label):
+  params, xs, ys, h0 = _good()  # K = 3, T = 4
+  ys = ys.at[2].set(label)
+  pattern = rf"ys must lie in \[0, 3\), got {label} at index 2"
+  with pytest.raises(ValueError, match=pattern):
+    rnn.elman_loss(params, xs, ys, h0)
+  with pytest.raises(ValueError, match=pattern):
+    rnn.elman_bptt(params, xs, ys, h0)
+  with pytest.raises(ValueError, match=pattern):
+    rnn.elman_tbptt(params, xs, ys, h0, 2)
+  with pytest.raises(ValueError, match=pattern):
+    rnn.elman_segment_loss(params, xs, ys, h0)
+
+
+def test_batched_forms_reject_out_of_range_labels_with_their_index():
+  params, xs, ys, h0 = _problem(20, 4, 3, 2, 3, batch=2)
+  ys = ys.at[1, 2].set(-1)
+  pattern = r"ys must lie in \[0, 3\), got -1 at index \(1, 2\)"
+  for fn in (rnn.elman_loss_batch, rnn.elman_bptt_batch):
+    with pytest.raises(ValueError, match=pattern):
+      fn(params, xs, ys, h0)
+    # Within the valid length the label still counts.
+    with pytest.raises(ValueError, match=pattern):
+      fn(params, xs, ys, h0, jnp.array([4, 3]))
+
+
+def test_labels_at_padded_steps_are_ignored_concrete_and_traced():
+  params, xs, ys, h0 = _problem(21, 5, 3, 2, 3, batch=3)
+  lengths = jnp.array([5, 2, 3])
+  # Padding labels of any value, -1 and 99 included, add nothing.
+  padded = ys.at[1, 2:].set(-1).at[2, 3:].set(99)
+  alone = [
+    _bptt(params, xs[b, :n], ys[b, :n], h0[b])
+    for b, n in enumerate(lengths.tolist())
+  ]
+  ref_loss = sum(a[0] for a in alone)
+  ref_grads = jax.tree.map(lambda *g: sum(g), *[a[1] for a in alone])
+  # Labels and lengths closed over stay concrete inside jit: the eager
+  # check runs (and passes); as arguments they are traced.
+  concrete = jax.jit(
+    lambda p, x, h: rnn.elman_bptt_batch(p, x, padded, h, lengths)
+  )
+  for loss, grads in (
+    concrete(params, xs, h0),
+    _bptt_batch(params, xs, padded, h0, lengths),
+  ):
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    _assert_tree_allclose(grads, ref_grads, rtol=1e-5, atol=1e-6)
+  loss, grads = _value_and_grad_batch(params, xs, padded, h0, lengths)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  _assert_tree_allclose(grads, ref_grads, rtol=1e-5, atol=1e-6)
+  one = jax.jit(lambda p: rnn.elman_loss(p, xs[1], padded[1], h0[1], length=2))
+  np.testing.assert_allclose(one(params), alone[1][0], rtol=1e-5)
+
+
+def test_traced_out_of_range_labels_give_nan_not_a_wrong_loss():
+  # Inside the caller's jit the labels are tracers: no eager check can run.
+  # A -1 used to wrap around to class K-1 and give a finite, wrong loss.
+  params, xs, ys, h0 = _good()
+  for label in (-1, 3):
+    bad = ys.at[1].set(label)
+    assert np.isnan(_loss(params, xs, bad, h0))
+    loss, grads = _bptt(params, xs, bad, h0)
+    assert np.isnan(loss)
+    assert all(np.isnan(g).all() for g in jax.tree.leaves(grads))
+    ref_loss, ref = _value_and_grad(params, xs, bad, h0)
+    assert np.isnan(ref_loss)
+    assert all(np.isnan(g).all() for g in jax.tree.leaves(ref))
+  params, xs, ys, h0 = _problem(22, 4, 3, 2, 3, batch=2)
+  bad = ys.at[0, 3].set(-1)
+  assert np.isnan(_bptt_batch(params, xs, bad, h0)[0])
+  assert np.isnan(_value_and_grad_batch(params, xs, bad, h0)[0])
+
+
+def _checked(fn, **kwargs):
+  """`fn(..., checked=True)` jitted under checkify; raises on a failed check."""
+  run = jax.jit(
+    checkify.checkify(functools.partial(fn, checked=True, **kwargs))
+  )
+
+  def call(*args):
+    err, out = run(*args)
+    err.throw()
+    return out
+
+  return call
+
+
+def test_checked_path_raises_at_run_time_for_traced_labels():
+  params, xs, ys, h0 = _good()
+  bad = ys.at[2].set(-1)
+  pattern = r"ys must lie in \[0, 3\), got -1 at index 2"
+  for fn in (
+    _checked(rnn.elman_loss),
+    _checked(rnn.elman_bptt),
+    _checked(rnn.elman_tbptt, tau=2),
+  ):
+    with pytest.raises(ValueError, match=pattern):
+      fn(params, xs, bad, h0)
+  # Good labels: no error and the unchecked value.
+  np.testing.assert_allclose(
+    _checked(rnn.elman_loss)(params, xs, ys, h0),
+    _loss(params, xs, ys, h0),
+    rtol=1e-6,
+  )
+  # The user's own vmap over the one-sequence function.
+  params, xs, ys, h0 = _problem(23, 4, 3, 2, 3, batch=2)
+  bad = ys.at[1, 3].set(5)
+  vmapped = jax.vmap(
+    functools.partial(rnn.elman_loss, checked=True), (None, 0, 0, 0)
+  )
+  err, _ = jax.jit(checkify.checkify(vmapped))(params, xs, bad, h0)
+  with pytest.raises(ValueError, match=r"got 5 at index 3"):
+    err.throw()
+  with pytest.raises(ValueError, match=r"got 5 at index \(1, 3\)"):
+    _checked(rnn.elman_bptt_batch)(params, xs, bad, h0)
+
+
+def test_checked_path_checks_traced_lengths_and_ignores_padding():
+  params, xs, ys, h0 = _problem(24, 4, 3, 2, 3, batch=2)
+  loss_fn = _checked(rnn.elman_loss_batch)
+  with pytest.raises(ValueError, match=r"lengths must lie in \[0, T = 4\], "):
+    loss_fn(params, xs, ys, h0, jnp.array([4, 9]))
+  padded = ys.at[1, 2:].set(-1)
+  np.testing.assert_allclose(
+    loss_fn(params, xs, padded, h0, jnp.array([4, 2])),
+    rnn.elman_loss_batch(params, xs, ys, h0, jnp.array([4, 2])),
+    rtol=1e-5,
+  )
+
+
+def test_checked_must_be_a_static_bool():
+  params, xs, ys, h0 = _good()
+  with pytest.raises(TypeError, match=r"checked must be a Python bool"):
+    jax.jit(rnn.elman_loss)(params, xs, ys, h0, checked=True)
+  with pytest.raises(TypeError, match=r"checked must be a Python bool"):
+    rnn.elman_bptt(params, xs, ys, h0, checked=1)
+
+
+def test_value_checks_let_tracers_through_vmap_and_grad():
+  params, xs, ys, h0 = _problem(25, 4, 3, 2, 3, batch=3)
+  # Under vmap the concrete labels become batch tracers; under grad the
+  # parameters are tracers and the labels stay concrete (checked).
+  vmapped = jax.jit(
+    lambda x, h: jax.vmap(rnn.elman_loss, (None, 0, 0, 0))(params, x, ys, h)
+  )
+  losses = vmapped(xs, h0)
+  grads = jax.jit(lambda p: jax.grad(rnn.elman_loss)(p, xs[0], ys[0], h0[0]))(
+    params
+  )
+  for b in range(3):
+    np.testing.assert_allclose(
+      losses[b], _loss(params, xs[b], ys[b], h0[b]), rtol=1e-5
+    )
+  _assert_tree_allclose(
+    grads, _bptt(params, xs[0], ys[0], h0[0])[1], rtol=1e-5, atol=1e-6
+  )
+
+
+# ---------------------------------------------------------------------------
+# Other bad input, one test per class.
+
+
+def test_rejects_params_of_the_wrong_kind_keys_or_shapes():
+  params, xs, ys, h0 = _good()
+  with pytest.raises(TypeError, match=r"params must be a dict.*got list"):
+    rnn.elman_loss(list(params.values()), xs, ys, h0)
+  missing = {k: v for k, v in params.items() if k != "b_z"}
+  with pytest.raises(ValueError, match=r"keys \['W_hh'.*got \['W_hh'"):
+    rnn.elman_bptt(missing, xs, ys, h0)
+  with pytest.raises(ValueError, match=r"W_hh must be square.*\(2, 3\)"):
+    rnn.elman_loss(dict(params, W_hh=jnp.zeros((2, 3))), xs, ys, h0)
+  with pytest.raises(ValueError, match=r"params\['b_h'\] must have shape"):
+    rnn.elman_loss_batch(
+      dict(params, b_h=jnp.zeros(5)), xs[None], ys[None], h0[None]
+    )
+  with pytest.raises(ValueError, match=r"K >= 1 classes, got \(0, 2\)"):
+    rnn.elman_loss(
+      dict(params, W_hz=jnp.zeros((0, 2)), b_z=jnp.zeros(0)), xs, ys, h0
+    )
+  with pytest.raises(ValueError, match=r"keys \['W_hh', 'W_xh', 'b_h'\]"):
+    rnn.elman_unroll({"W_xh": params["W_xh"]}, xs, h0)
+
+
+def test_rejects_h0_of_the_wrong_size_in_every_form():
+  params, xs, ys, h0 = _problem(26, 4, 3, 2, 3, batch=2)
+  with pytest.raises(ValueError, match=r"h0 must have shape \(2,\), got"):
+    rnn.elman_bptt(params, xs[0], ys[0], jnp.zeros(5))
+  with pytest.raises(ValueError, match=r"h0 must have shape \(2, 2\), got"):
+    rnn.elman_bptt_batch(params, xs, ys, jnp.zeros((2, 5)))
+  with pytest.raises(ValueError, match=r"h0 must end in the hidden size H"):
+    rnn.elman_unroll(params, xs, jnp.zeros((2, 5)), time_major=False)
+  with pytest.raises(ValueError, match=r"h0 must end in H = 2"):
+    rnn.elman_segment_loss(params, xs[0], ys[0], jnp.zeros(5))
+
+
+def test_batched_forms_reject_shapes_that_disagree():
+  params, xs, ys, h0 = _problem(27, 4, 3, 2, 3, batch=2)
+  with pytest.raises(ValueError, match=r"share the batch size 2, got 1"):
+    rnn.elman_loss_batch(params, xs, ys[:1], h0)
+  with pytest.raises(ValueError, match=r"ys must be \[B, T\] = \(2, 4\)"):
+    rnn.elman_bptt_batch(params, xs, ys[:, :3], h0)
+  with pytest.raises(ValueError, match=r"xs \[B, T, D\], ys \[B, T\]"):
+    rnn.elman_bptt_batch(params, xs[0], ys, h0)
+  with pytest.raises(ValueError, match=r"D = 3 \(from W_xh\)"):
+    rnn.elman_loss_batch(params, xs[..., :2], ys, h0)
+
+
+def test_batched_forms_reject_float_labels():
+  params, xs, ys, h0 = _problem(28, 4, 3, 2, 3, batch=2)
+  with pytest.raises(ValueError, match=r"integer class labels.*float32"):
+    rnn.elman_bptt_batch(params, xs, ys.astype(jnp.float32), h0)
+  with pytest.raises(ValueError, match=r"integer class labels.*float32"):
+    _elman_tbptt(params, xs[0], ys[0].astype(jnp.float32), h0[0], 2)
+
+
+def test_rejects_lengths_out_of_range_in_every_form():
+  params, xs, ys, h0 = _problem(29, 4, 3, 2, 3, batch=2)
+  with pytest.raises(ValueError, match=r"length must be non-negative, got -1"):
+    rnn.elman_loss(params, xs[0], ys[0], h0[0], length=-1)
+  with pytest.raises(ValueError, match=r"length must be <= .* T = 4.*5"):
+    rnn.elman_bptt(params, xs[0], ys[0], h0[0], length=5)
+  with pytest.raises(ValueError, match=r"lengths must be non-negative"):
+    rnn.elman_bptt_batch(params, xs, ys, h0, jnp.array([-2, 1]))
+  with pytest.raises(ValueError, match=r"length must have shape \(\)"):
+    rnn.elman_loss(params, xs[0], ys[0], h0[0], length=jnp.array([2]))
+
+
+@pytest.mark.parametrize(
+  "tau,error",
+  [(0, ValueError), (-2, ValueError), (2.0, TypeError), (True, TypeError)],
+)
+def test_rejects_tau_that_is_not_a_positive_int(tau, error):
+  params, xs, ys, h0 = _good()
+  match = r"tau must be an int >= 1, got"
+  with pytest.raises(error, match=match):
+    rnn.tbptt_grads(rnn.elman_segment_loss, params, xs, ys, h0, tau)
+  with pytest.raises(error, match=match):
+    rnn.tbptt_train(
+      rnn.elman_segment_loss, optax.sgd(0.1), params, None, xs, ys, h0, tau
+    )
+  with pytest.raises(error, match=match):
+    rnn.elman_tbptt(params, xs, ys, h0, tau)
+
+
+def test_tbptt_rejects_targets_callables_and_optimizers_of_the_wrong_kind():
+  params, xs, ys, h0 = _good()
+  with pytest.raises(ValueError, match=r"leading T = 4 of xs, got .*\(3,\)"):
+    rnn.tbptt_grads(rnn.elman_segment_loss, params, xs, ys[:3], h0, 2)
+  with pytest.raises(TypeError, match=r"segment_loss must be a callable"):
+    rnn.tbptt_grads("elman", params, xs, ys, h0, 2)
+  with pytest.raises(TypeError, match=r"optimizer must be an optax"):
+    rnn.tbptt_train(rnn.elman_segment_loss, 0.1, params, None, xs, ys, h0, 2)
+
+
+def test_unroll_and_probe_reject_arguments_of_the_wrong_kind():
+  params, xs, _, h0 = _good()
+  with pytest.raises(TypeError, match=r"cell_fn must be a callable"):
+    rnn.unroll("elman", params, xs, h0)
+  with pytest.raises(ValueError, match=r"unroll must be an int >= 1, got 0"):
+    rnn.unroll(rnn.elman_cell, params, xs, h0, unroll=0)
+  with pytest.raises(TypeError, match=r"final_loss must be callable"):
+    rnn.carry_gradient_norms(rnn.elman_cell, params, xs, h0, None)
+  with pytest.raises(ValueError, match=r"xs must be \[T, D\] with T > 0"):
+    rnn.carry_gradient_norms(rnn.elman_cell, params, xs[0, 0], h0, jnp.sum)
+  with pytest.raises(TypeError, match=r"num_steps must be an int >= 0"):
+    rnn.sequence_mask(jnp.array([1, 2]), 3.0)
+
+
+@pytest.mark.parametrize("name", ["elman", "lstm", "gru"])
+def test_initialisers_reject_bad_sizes(name):
+  init = rnn.get_cell(name).init
+  with pytest.raises(ValueError, match=r"hidden_size must be an int >= 1"):
+    init(jax.random.key(0), 3, 0)
+  with pytest.raises(TypeError, match=r"input_size must be an int >= 1"):
+    init(jax.random.key(0), "3", 4)
+  with pytest.raises(ValueError, match=r"hidden_size must be an int >= 1"):
+    rnn.Recurrent(cell=name, hidden_size=0).init(
+      jax.random.key(0), jnp.zeros((2, 3))
+    )

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from equivlab import rnn
+from equivlab import checks
+from equivlab.rnn.scan import unroll
 
 Params = dict[str, jax.Array]
 
@@ -54,8 +55,19 @@ def init_esn(
     A dict with `W_in (N, D)`, `W (N, N)`, `b (N,)` and the scalar `leak`.
 
   Raises:
-    ValueError: for a non-positive radius, density or leak out of range.
+    TypeError: for sizes that are not ints or rates that are not numbers.
+    ValueError: for sizes below 1, a non-positive radius, density or leak
+      out of range.
   """
+  checks.check_int("input_size", input_size, minimum=1)
+  checks.check_int("reservoir_size", reservoir_size, minimum=1)
+  for name, value in (
+    ("spectral_radius", spectral_radius),
+    ("input_scale", input_scale),
+    ("density", density),
+    ("leak", leak),
+  ):
+    checks.check_number(name, value)
   if not spectral_radius > 0:
     raise ValueError(
       f"spectral_radius must be positive, got {spectral_radius}."
@@ -111,7 +123,7 @@ def esn_states(
     time_major: layout of a batched `xs`.
 
   Returns:
-    `(last_state, states)` as `rnn.unroll`.
+    `(last_state, states)` as `equivlab.rnn.unroll`.
   """
   size = params["W"].shape[0]
   if jnp.ndim(xs) == 2:
@@ -119,7 +131,7 @@ def esn_states(
   else:
     batch_shape = (jnp.shape(xs)[1 if time_major else 0],)
   h0 = jnp.zeros((*batch_shape, size), params["W"].dtype)
-  return rnn.unroll(
+  return unroll(
     esn_cell, params, xs, h0, lengths=lengths, time_major=time_major
   )
 
@@ -143,8 +155,10 @@ def ridge_readout(
     The readout `V` [K, N + 1]; predict with `readout_apply`.
 
   Raises:
+    TypeError: if `l2` is not a number.
     ValueError: for mismatched shapes or a negative penalty.
   """
+  checks.check_number("l2", l2)
   if jnp.ndim(features) != 2 or jnp.ndim(targets) != 2:
     raise ValueError(
       f"features and targets must be [M, N] and [M, K], got "
@@ -193,11 +207,29 @@ def gradient_readout(
 
   Returns:
     `(readout [K, N + 1], losses [num_steps])`.
+
+  Raises:
+    TypeError: for a non-int `num_classes` / `num_steps` or a non-number
+      learning rate.
+    ValueError: for float labels, a label outside [0, num_classes), shapes
+      that disagree, or a non-positive class count, step count or rate.
   """
   if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
     raise ValueError(
       f"labels must be integers, got dtype {jnp.result_type(labels)}."
     )
+  checks.check_int("num_classes", num_classes, minimum=1)
+  checks.check_int("num_steps", num_steps, minimum=1)
+  checks.check_number(
+    "learning_rate", learning_rate, minimum=0.0, strict_minimum=True
+  )
+  checks.check_rank("features", features, 2, "[M, N]")
+  if jnp.shape(labels) != jnp.shape(features)[:1]:
+    raise ValueError(
+      f"labels must be [M] = {jnp.shape(features)[:1]} to match features, "
+      f"got {jnp.shape(labels)}."
+    )
+  checks.check_labels("labels", labels, num_classes)
   return _fit_readout(
     key, features, labels, num_classes, num_steps, learning_rate
   )
