@@ -11,6 +11,7 @@ transforms the output the same way (exactly when
 `gconv.is_exactly_equivariant` holds for each layer's settings).
 """
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,27 +19,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from equivlab import gconv, groups
+from equivlab import checks, gconv, groups, initialization, regularization
 
 _LIFTING = {"p4": gconv.lifting_conv, "p4m": gconv.lifting_conv_p4m}
 _GROUP = {"p4": gconv.group_conv, "p4m": gconv.group_conv_p4m}
 
 
-def _per_channel(v: jax.Array, dtype=None) -> jax.Array:
-  """`[C]` -> `[1, 1, 1, C, 1]`: broadcasts over N, H, W and the group."""
-  v = v.reshape(1, 1, 1, -1, 1)
-  return v if dtype is None else v.astype(dtype)
-
-
 def he_init(in_axes: tuple[int, ...]) -> Callable:
-  """He-normal (truncated) init whose fan-in is the product of `in_axes`.
+  """He's initialiser (`initialization.kernel_initializer("he")`) whose
+  fan-in is the product of `in_axes`.
 
   For a group conv kernel `[k, k, Cin, G, Cout]` the fan-in is
   `k * k * Cin * G`: every input group channel feeds each output.
   """
-  return nn.initializers.variance_scaling(
-    2.0, "fan_in", "truncated_normal", in_axis=in_axes, out_axis=-1
-  )
+  return initialization.kernel_initializer("he", in_axis=in_axes, out_axis=-1)
 
 
 def _conv_with_bias(module, conv, x, kernel_shape):
@@ -63,7 +57,7 @@ def _conv_with_bias(module, conv, x, kernel_shape):
     padding=module.padding,
     dilation=module.kernel_dilation,
   )
-  return y if bias is None else y + _per_channel(bias)
+  return y if bias is None else y + regularization.per_channel(bias, 5)
 
 
 class LiftingConv(nn.Module):
@@ -148,66 +142,97 @@ class GroupConv(nn.Module):
     return _conv_with_bias(self, _GROUP[self.group], f, shape)
 
 
-class GroupBatchNorm(nn.Module):
-  """Batch norm of group maps `[N, H, W, C, G]`, statistics shared over G.
+class Normalization(nn.Module):
+  """Batch, layer, instance or group norm, the one normalisation of equivlab.
 
-  Mean and variance are taken over N, H, W and the group axis, and there is
-  one scale and one shift per G-channel, so normalisation commutes with the
-  group action. Running averages live in the "batch_stats" collection.
-  Under `jax.jit` with a sharded batch the statistics are global (GSPMD).
+  The statistics are `regularization.norm_statistics` of the input, which
+  may be features `[N, C]`, maps `[N, H, W, C]` or group maps
+  `[N, H, W, C, G]` (statistics shared over the group axis, so the layer
+  commutes with the group action); there is one scale and one shift per
+  channel C. "batch" keeps running averages in the "batch_stats"
+  collection ("mean", "var") and uses them when `use_running_average`;
+  under `jax.jit` with a sharded batch its statistics are global (GSPMD).
 
   Attributes:
+    kind: "batch", "layer", "instance" or "group".
+    num_groups: groups of "group" (None: gcd(C, 8)).
     use_running_average: use the running statistics instead of the batch's
-      (may also be given to `__call__`).
+      (may also be given to `__call__`); only "batch" has them.
     momentum: decay of the running averages.
     epsilon: added to the variance.
     dtype: the computation dtype (None: the input's).
     param_dtype: dtype of scale, bias and statistics.
   """
 
+  kind: str = "batch"
+  num_groups: int | None = None
   use_running_average: bool | None = None
   momentum: float = 0.9
   epsilon: float = 1e-5
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    checks.check_choice("kind", self.kind, regularization.NORM_KINDS)
+    checks.check_int("num_groups", self.num_groups, minimum=1, allow_none=True)
+    checks.check_number(
+      "momentum", self.momentum, minimum=0, maximum=1, strict_maximum=True
+    )
+    checks.check_number("epsilon", self.epsilon, minimum=0, strict_minimum=True)
+    super().__post_init__()
+
   @nn.compact
   def __call__(
-    self, f: jax.Array, use_running_average: bool | None = None
+    self, x: jax.Array, use_running_average: bool | None = None
   ) -> jax.Array:
+    checks.check_rank(
+      "x", x, (2, 4, 5), "[N, C], [N, H, W, C] or [N, H, W, C, G]"
+    )
+    channels = x.shape[-2] if x.ndim == 5 else x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (channels,))
+    bias = self.param("bias", nn.initializers.zeros, (channels,))
+    stats = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    if self.kind == "batch":
+      mean, var = self._batch_statistics(stats, channels, use_running_average)
+    else:
+      groups_ = self.num_groups or math.gcd(channels, 8)
+      mean, var = regularization.norm_statistics(stats, self.kind, groups_)
+    dtype = self.dtype or x.dtype
+    mul = (jax.lax.rsqrt(var + self.epsilon) * _channel(scale, x)).astype(dtype)
+    y = (x - mean.astype(dtype)) * mul
+    return (y + _channel(bias, x).astype(dtype)).astype(dtype)
+
+  def _batch_statistics(self, x, channels, use_running_average):
     use_running_average = nn.merge_param(
       "use_running_average", self.use_running_average, use_running_average
     )
-    if f.ndim != 5:
-      raise ValueError(
-        f"GroupBatchNorm expects group maps [N, H, W, C, G] of rank 5, got "
-        f"shape {f.shape}."
-      )
-    channels = f.shape[-2]
-    initializing = self.is_initializing()
     ra_mean = self.variable(
       "batch_stats", "mean", jnp.zeros, (channels,), self.param_dtype
     )
     ra_var = self.variable(
       "batch_stats", "var", jnp.ones, (channels,), self.param_dtype
     )
-    scale = self.param("scale", nn.initializers.ones, (channels,))
-    bias = self.param("bias", nn.initializers.zeros, (channels,))
-    axes = (0, 1, 2, 4)
     if use_running_average:
-      mean, var = ra_mean.value, ra_var.value
-    else:
-      stats = f.astype(jnp.promote_types(f.dtype, jnp.float32))
-      mean = jnp.mean(stats, axis=axes)
-      var = jnp.mean(jnp.square(stats - _per_channel(mean)), axis=axes)
-      if not initializing:
-        m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1 - m) * mean
-        ra_var.value = m * ra_var.value + (1 - m) * var
-    mul = scale * jax.lax.rsqrt(var + self.epsilon)
-    dtype = self.dtype or f.dtype
-    y = (f - _per_channel(mean, dtype)) * _per_channel(mul, dtype)
-    return (y + _per_channel(bias, dtype)).astype(dtype)
+      return _channel(ra_mean.value, x), _channel(ra_var.value, x)
+    mean, var = regularization.norm_statistics(x, "batch")
+    if not self.is_initializing():
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(channels)
+      ra_var.value = m * ra_var.value + (1 - m) * var.reshape(channels)
+    return mean, var
+
+
+def _channel(v: jax.Array, x: jax.Array) -> jax.Array:
+  return regularization.per_channel(v, x.ndim)
+
+
+class GroupBatchNorm(Normalization):
+  """Batch norm of group maps `[N, H, W, C, G]`, statistics shared over G.
+
+  `Normalization(kind="batch")`, kept by this name for the G-CNNs.
+  """
+
+  kind: str = "batch"
 
 
 class GroupPool(nn.Module):
@@ -240,6 +265,20 @@ class SpatialMaxPool(nn.Module):
     return gconv.spatial_max_pool(f, self.window, self.strides, self.padding)
 
 
+def _check_square_images(x: jax.Array, name: str, min_size: int) -> None:
+  """Raises unless `x` is square images `[N, H, H, C]` with H >= min_size.
+
+  Rotations map H to W, so a network meant to be invariant to them takes
+  square images only.
+  """
+  shape = x.shape
+  if x.ndim != 4 or shape[1] != shape[2] or shape[1] < min_size:
+    raise ValueError(
+      f"{name} expects square images [N, H, H, C] with H >= {min_size}, "
+      f"got shape {shape}."
+    )
+
+
 class P4CNN(nn.Module):
   """Cohen & Welling's P4CNN (and P4MCNN) for rotated MNIST.
 
@@ -267,13 +306,23 @@ class P4CNN(nn.Module):
   rotation_pooling: bool = False
   dtype: Any = None
 
+  # 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 6 -> 4 -> 1: the smallest input.
+  MIN_SIZE = 28
+
+  def __post_init__(self):
+    checks.check_int("num_classes", self.num_classes, minimum=1)
+    checks.check_int("features", self.features, minimum=1)
+    groups.group_order(self.group)  # The ValueError for an unknown group.
+    if not isinstance(self.rotation_pooling, bool):
+      raise TypeError(
+        f"rotation_pooling must be a bool, got {self.rotation_pooling!r}."
+      )
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if x.ndim != 4:
-      raise ValueError(
-        f"{type(self).__name__} expects images [N, H, W, C] of rank 4, got "
-        f"shape {x.shape}."
-      )
+    """Maps square images `[N, H, H, C]` (H >= 28) to logits `[N, K]`."""
+    _check_square_images(x, type(self).__name__, self.MIN_SIZE)
     opts = dict(padding="VALID", group=self.group, dtype=self.dtype)
     h = x
     for layer in range(7):
@@ -341,18 +390,22 @@ class P4GapCNN(nn.Module):
   pool_group: bool = True
   dtype: Any = None
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    if x.ndim != 4:
+  def __post_init__(self):
+    checks.check_int("num_classes", self.num_classes, minimum=1)
+    checks.check_ints("features", self.features, minimum=1)
+    checks.check_ints("dilations", self.dilations, minimum=1)
+    groups.group_order(self.group)  # The ValueError for an unknown group.
+    if len(self.features) != len(self.dilations):
       raise ValueError(
-        f"{type(self).__name__} expects images [N, H, W, C] of rank 4, got "
-        f"shape {x.shape}."
-      )
-    if len(self.features) != len(self.dilations) or not self.features:
-      raise ValueError(
-        f"features and dilations must be non-empty and of one length, got "
+        f"features and dilations must be of one length, got "
         f"{tuple(self.features)} and {tuple(self.dilations)}."
       )
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Maps square images `[N, H, H, C]` to logits `[N, num_classes]`."""
+    _check_square_images(x, type(self).__name__, 1)
     h = x
     for layer, (width, dilation) in enumerate(
       zip(self.features, self.dilations, strict=True)

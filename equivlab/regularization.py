@@ -8,8 +8,9 @@
   SGD with `weight_decay = l2`, different under Adam, whose preconditioner
   also rescales the penalty's gradient.
 - Ensembles average predictions, not parameters (seed 004 4(e)).
-- Batch, layer, instance and group normalisation on NHWC maps (seed 000
-  4(c), 4(d); seed 004 4(a), 4(b)).
+- Batch, layer, instance and group normalisation of features, NHWC maps
+  and group maps (seed 000 4(c), 4(d); seed 004 4(a), 4(b)): the one
+  implementation behind every normalisation layer of equivlab.
 """
 
 from collections.abc import Callable, Sequence
@@ -175,6 +176,18 @@ def average_parameters(params_list: Sequence[PyTree]) -> PyTree:
 # ---------------------------------------------------------------------------
 
 NORM_KINDS = ("batch", "layer", "instance", "group")
+_LAYOUTS = "[N, C], [N, H, W, C] or group maps [N, H, W, C, G]"
+
+
+def _as_maps(x: jax.Array) -> jax.Array:
+  """`x` as `[N, *space, C]`: a group map's G axis joins the space axes."""
+  if jnp.ndim(x) not in (2, 4, 5):
+    raise ValueError(f"x must be {_LAYOUTS}, got shape {jnp.shape(x)}.")
+  return jnp.moveaxis(x, -1, 1) if jnp.ndim(x) == 5 else x
+
+
+def _from_maps(stat: jax.Array, rank: int) -> jax.Array:
+  return jnp.moveaxis(stat, 1, -1) if rank == 5 else stat
 
 
 def norm_statistics(
@@ -182,47 +195,69 @@ def norm_statistics(
 ) -> tuple[jax.Array, jax.Array]:
   """The mean and biased variance each normalisation divides by.
 
-  - batch: over `N, H, W`, one pair per channel (Ioffe & Szegedy 2015).
-  - layer: over `H, W, C`, one pair per example (Ba et al. 2016).
-  - instance: over `H, W`, per example and channel (Ulyanov et al. 2016).
-  - group: over `H, W` and the channels of a group (Wu & He 2018); one
+  Space is H, W for maps `[N, H, W, C]`; none for features `[N, C]`; and
+  H, W and the group axis for group maps `[N, H, W, C, G]`, so statistics
+  are shared over the group and the normalisation commutes with it.
+
+  - batch: over N and space, one pair per channel (Ioffe & Szegedy 2015).
+  - layer: over space and C, one pair per example (Ba et al. 2016).
+  - instance: over space, per example and channel (Ulyanov et al. 2016).
+  - group: over space and the channels of a group (Wu & He 2018); one
     group is layer norm and `C` groups are instance norm.
 
   Args:
-    x: `[N, H, W, C]`.
+    x: `[N, C]`, `[N, H, W, C]` or `[N, H, W, C, G]`.
     kind: one of "batch", "layer", "instance", "group".
     num_groups: for "group": divides `C`.
 
   Returns:
-    `(mean, var)`, broadcastable against `x`: `[1, 1, 1, C]` (batch),
-    `[N, 1, 1, 1]` (layer), `[N, 1, 1, C]` (instance; and group, each
-    group's statistic repeated over its channels).
+    `(mean, var)`, broadcastable against `x` (kept axes of size 1; for
+    "group" each group's statistic repeated over its channels).
 
   Raises:
-    ValueError: for a rank other than 4, an unknown kind, or a group count
-      that does not divide `C`.
+    ValueError: for another layout, an unknown kind, a group count that
+      does not divide `C`, or "instance" on features (no space to pool).
   """
-  if jnp.ndim(x) != 4:
-    raise ValueError(f"x must be [N, H, W, C], got shape {jnp.shape(x)}.")
+  maps = _as_maps(x)
   if kind not in NORM_KINDS:
     raise ValueError(f"kind must be one of {NORM_KINDS}, got {kind!r}.")
-  n, h, w, c = x.shape
-  if kind == "group":
-    if num_groups < 1 or c % num_groups:
-      raise ValueError(
-        f"num_groups must divide the {c} channels, got {num_groups}."
-      )
-    grouped = x.reshape(n, h, w, num_groups, c // num_groups)
-    mean = jnp.mean(grouped, axis=(1, 2, 4), keepdims=True)
-    var = jnp.mean((grouped - mean) ** 2, axis=(1, 2, 4), keepdims=True)
-    size = c // num_groups
-    return (
-      jnp.repeat(mean[..., 0], size, axis=-1),
-      jnp.repeat(var[..., 0], size, axis=-1),
+  space = tuple(range(1, maps.ndim - 1))
+  if kind == "instance" and not space:
+    raise ValueError(
+      f"instance norm needs spatial axes ([N, H, W, C]), got shape {x.shape}."
     )
-  axes = {"batch": (0, 1, 2), "layer": (1, 2, 3), "instance": (1, 2)}[kind]
-  mean = jnp.mean(x, axis=axes, keepdims=True)
-  return mean, jnp.mean((x - mean) ** 2, axis=axes, keepdims=True)
+  if kind == "group":
+    c = maps.shape[-1]
+    if not isinstance(num_groups, int) or num_groups < 1 or c % num_groups:
+      raise ValueError(
+        f"num_groups must divide the {c} channels, got {num_groups!r}."
+      )
+    grouped = maps.reshape(*maps.shape[:-1], num_groups, c // num_groups)
+    axes = (*space, grouped.ndim - 1)
+    mean = jnp.mean(grouped, axis=axes, keepdims=True)
+    var = jnp.mean((grouped - mean) ** 2, axis=axes, keepdims=True)
+    size = c // num_groups
+    mean, var = (jnp.repeat(v[..., 0], size, axis=-1) for v in (mean, var))
+  else:
+    axes = {
+      "batch": (0, *space),
+      "layer": (*space, maps.ndim - 1),
+      "instance": space,
+    }[kind]
+    mean = jnp.mean(maps, axis=axes, keepdims=True)
+    var = jnp.mean((maps - mean) ** 2, axis=axes, keepdims=True)
+  return _from_maps(mean, x.ndim), _from_maps(var, x.ndim)
+
+
+def per_channel(v: jax.Array, rank: int) -> jax.Array:
+  """A per-channel `[C]` vector shaped to broadcast against rank-`rank` x.
+
+  The channel axis is the last of `[N, C]` and `[N, H, W, C]` and the one
+  before the group axis of `[N, H, W, C, G]`.
+  """
+  if rank == 5:
+    return v.reshape(1, 1, 1, -1, 1)
+  return v.reshape((1,) * (rank - 1) + (-1,))
 
 
 def normalize(
@@ -237,7 +272,7 @@ def normalize(
   """`scale * (x - mean) / sqrt(var + eps) + bias` with `norm_statistics`.
 
   Args:
-    x: `[N, H, W, C]`.
+    x: `[N, C]`, `[N, H, W, C]` or `[N, H, W, C, G]`.
     kind: "batch", "layer", "instance" or "group".
     num_groups: for "group".
     scale: per-channel `[C]` (gamma), or None for 1.
@@ -245,19 +280,19 @@ def normalize(
     eps: added to the variance.
 
   Returns:
-    `[N, H, W, C]`.
+    An array shaped like `x`.
 
   Raises:
     ValueError: as `norm_statistics`, or for scale/bias not shaped `[C]`.
   """
   mean, var = norm_statistics(x, kind, num_groups)
-  c = x.shape[-1]
-  y = (x - mean) / jnp.sqrt(var + eps)
+  c = x.shape[-2] if x.ndim == 5 else x.shape[-1]
   for name, p in (("scale", scale), ("bias", bias)):
     if p is not None and jnp.shape(p) != (c,):
       raise ValueError(f"{name} must have shape ({c},), got {jnp.shape(p)}.")
+  y = (x - mean) / jnp.sqrt(var + eps)
   if scale is not None:
-    y = y * scale[None, None, None, :]
+    y = y * per_channel(scale, x.ndim)
   if bias is not None:
-    y = y + bias[None, None, None, :]
+    y = y + per_channel(bias, x.ndim)
   return y

@@ -126,3 +126,27 @@ def test_seed004_4d_zero_init_weight_gradients_are_zero_forever():
   he = train(init.relu_regression_init(jax.random.key(3), 3, 16, "he"))
   zero_loss = init.relu_regression_loss(trained, x, y)
   assert init.relu_regression_loss(he, x, y) < 0.5 * zero_loss
+
+
+@pytest.mark.parametrize("scheme", init.SCHEMES)
+def test_kernel_initializer_draws_with_weight_std(scheme):
+  # The one registry: what every model draws has the std weight_std says,
+  # with flax's default fans (all axes but the last are fan-in).
+  shape = (3, 3, 32, 48)
+  kernel = init.kernel_initializer(scheme)(jax.random.key(0), shape)
+  expected = init.weight_std(scheme, 3 * 3 * 32, 48 * 1)
+  if scheme == "xavier":  # fan_avg over receptive field too, as Glorot.
+    expected = init.weight_std(scheme, 3 * 3 * 32, 3 * 3 * 48)
+  np.testing.assert_allclose(float(jnp.std(kernel)), expected, rtol=0.03)
+
+
+def test_kernel_initializer_counts_the_given_fan_in_axes():
+  shape = (3, 3, 8, 4, 16)  # A group conv kernel: the group axis feeds in.
+  kernel = init.kernel_initializer("he", in_axis=(0, 1, 2, 3))(
+    jax.random.key(1), shape
+  )
+  np.testing.assert_allclose(
+    float(jnp.std(kernel)), np.sqrt(2 / (3 * 3 * 8 * 4)), rtol=0.03
+  )
+  with pytest.raises(ValueError, match="scheme must be one of"):
+    init.kernel_initializer("orthogonal")

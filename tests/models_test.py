@@ -19,6 +19,10 @@ PARAM_COUNTS = {
   "p4cnn_rotpool": 6_380,
   "p4mcnn": 26_799,
   "p4cnn_gap": 23_450,
+  # 4 hidden layers of 128: 784*128+128 + 3*(128*128+128) + 128*10+10.
+  "deep_mlp": 100_480 + 3 * 16_512 + 1_290,
+  # A 3x3 stem of 16 and 3 more: 3*3*1*16+16 + 3*(3*3*16*16+16) + 16*10+10.
+  "deep_cnn": 160 + 3 * 2_320 + 170,
 }
 
 
@@ -162,27 +166,54 @@ def test_unknown_model_name():
     models.get_model("resnet")
 
 
-def test_unknown_norm():
-  model = models.CNN(norm="weight")
-  with pytest.raises(ValueError, match="norm must be one of"):
-    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+@pytest.mark.parametrize(
+  ("name", "kwargs", "error", "message"),
+  [
+    ("cnn", {"norm": "weight"}, ValueError, "norm must be one of"),
+    ("cnn", {"kernel_init": "orthogonal"}, ValueError, "kernel_init must be"),
+    ("cnn", {"head": "attention"}, ValueError, "head must be one of"),
+    ("cnn", {"features": (4, 4), "dilations": (1,)}, ValueError, "per block"),
+    ("cnn", {"features": "x"}, TypeError, "features must be a sequence"),
+    ("cnn", {"features": (0,)}, ValueError, r"features\[0\] must be"),
+    ("mlp", {"num_classes": 0}, ValueError, "num_classes must be an int >= 1"),
+    ("mlp", {"num_classes": -3}, ValueError, "num_classes must be"),
+    ("mlp", {"hidden_sizes": (16, 0)}, ValueError, "hidden_sizes"),
+    ("mlp", {"dropout_rate": 1.0}, ValueError, "dropout_rate must be"),
+    ("mlp", {"widths": (4,)}, ValueError, "unknown keyword arguments"),
+    ("z2cnn", {"features": 0}, ValueError, "features must be an int >= 1"),
+    ("p4cnn", {"features": 0}, ValueError, "features must be an int >= 1"),
+    ("p4cnn", {"group": "p6"}, ValueError, "group must be one of"),
+    ("p4cnn_gap", {"dilations": (1, 2)}, ValueError, "of one length"),
+    ("deep_mlp", {"depth": 0}, ValueError, "depth must be an int >= 1"),
+    ("deep_cnn", {"activation": "gelu"}, ValueError, "activation must be"),
+  ],
+)
+def test_bad_model_settings_fail_when_the_model_is_made(
+  name, kwargs, error, message
+):
+  with pytest.raises(error, match=message):
+    models.get_model(name, **kwargs)
 
 
-def test_unknown_kernel_init():
-  with pytest.raises(ValueError, match="kernel_init must be one of"):
-    models.kernel_initializer("orthogonal")
+def test_unknown_keyword_lists_the_accepted_ones():
+  with pytest.raises(ValueError, match=r"accepts \['dropout_rate', 'hidden"):
+    models.get_model("mlp", widths=(4,))
 
 
-def test_unknown_head():
-  model = models.CNN(head="attention")
-  with pytest.raises(ValueError, match="head must be"):
-    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
-
-
-def test_dilations_must_match_blocks():
-  model = models.CNN(features=(4, 4), dilations=(1,))
-  with pytest.raises(ValueError, match="one entry per block"):
-    model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+@pytest.mark.parametrize(
+  ("name", "shape", "message"),
+  [
+    ("p4cnn", (2, 20, 20, 1), r"square images \[N, H, H, C\] with H >= 28"),
+    ("p4cnn", (2, 28, 30, 1), "square images"),
+    ("p4mcnn", (2, 27, 27, 1), "H >= 28"),
+    ("mlp", (2, 784), r"rank 4\), got shape \(2, 784\)"),
+    ("cnn", (2, 784), "rank 4"),
+  ],
+)
+def test_images_a_model_cannot_take_fail_at_init(name, shape, message):
+  model = models.get_model(name)
+  with pytest.raises(ValueError, match=message):
+    model.init(jax.random.key(0), jnp.zeros(shape))
 
 
 def test_z2cnn_rejects_small_images():
@@ -208,7 +239,20 @@ def test_apply_in_batches_rejects_bad_input():
   variables = models.init_model(jax.random.key(0), model, (4, 4, 1))
   with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
     models.apply_in_batches(model, variables, np.zeros((4, 4, 1)))
-  with pytest.raises(ValueError, match="batch_size must be >= 1"):
+  with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
     models.apply_in_batches(
       model, variables, np.zeros((1, 4, 4, 1)), batch_size=0
     )
+
+
+def test_apply_in_batches_pads_the_last_batch_and_compiles_once():
+  model = models.get_model("mlp", hidden_sizes=(4,))
+  variables = models.init_model(jax.random.key(0), model, (4, 4, 1))
+  images = jax.random.uniform(jax.random.key(1), (7, 4, 4, 1))
+  whole = model.apply(variables, images, train=False)
+  before = models._apply_eval._cache_size()
+  out = models.apply_in_batches(model, variables, images, batch_size=3)
+  # 3 + 3 + 1 rows: one shape, so one compilation, and the same logits.
+  assert models._apply_eval._cache_size() == before + 1
+  np.testing.assert_allclose(out, whole, rtol=1e-6, atol=1e-6)
+  assert out.shape == (7, 10)

@@ -95,9 +95,7 @@ def test_l2_penalty_and_decoupled_decay_coincide_under_sgd():
 def test_l2_penalty_and_decoupled_decay_differ_under_adam():
   lr, l2 = 0.05, 0.05
   coupled = _run(optax.adam(lr), reg.with_l2_penalty(_loss, l2))
-  decoupled = _run(
-    reg.decoupled_weight_decay(optax.adam(lr), lr, l2), _loss
-  )
+  decoupled = _run(reg.decoupled_weight_decay(optax.adam(lr), lr, l2), _loss)
   adamw = _run(optax.adamw(lr, weight_decay=l2, mask=reg.weight_mask), _loss)
   _assert_trees_close(decoupled, adamw)
   gaps = jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), coupled, decoupled)
@@ -284,7 +282,7 @@ def test_batch_norm_couples_examples_and_layer_norm_does_not():
 
 def test_normalize_bad_input():
   x = _maps()
-  with pytest.raises(ValueError, match=r"x must be \[N, H, W, C\]"):
+  with pytest.raises(ValueError, match=r"x must be \[N, C\], \[N, H, W, C\]"):
     reg.norm_statistics(x[0], "batch")
   with pytest.raises(ValueError, match="kind must be one of"):
     reg.norm_statistics(x, "weight")
@@ -292,3 +290,32 @@ def test_normalize_bad_input():
     reg.norm_statistics(x, "group", num_groups=4)
   with pytest.raises(ValueError, match=r"scale must have shape \(6,\)"):
     reg.normalize(x, "batch", scale=jnp.ones(3))
+
+
+def test_group_maps_share_statistics_over_the_group_axis():
+  f = jax.random.normal(jax.random.key(5), (3, 4, 4, 6, 4)) + 2.0
+  mean, var = reg.norm_statistics(f, "batch")
+  # Independently: channels last, every other axis pooled.
+  flat = np.moveaxis(np.asarray(f), 3, -1).reshape(-1, 6)
+  np.testing.assert_allclose(mean.reshape(6), flat.mean(0), rtol=1e-5)
+  np.testing.assert_allclose(var.reshape(6), flat.var(0), rtol=1e-4)
+  assert mean.shape == (1, 1, 1, 6, 1)
+  # Layer norm of a group map: one pair per example over H, W, C and G.
+  mean, _ = reg.norm_statistics(f, "layer")
+  np.testing.assert_allclose(
+    mean.reshape(3), np.asarray(f).reshape(3, -1).mean(1), rtol=1e-5
+  )
+  y = reg.normalize(f, "batch", scale=jnp.full(6, 2.0), bias=jnp.ones(6))
+  np.testing.assert_allclose(
+    np.moveaxis(np.asarray(y), 3, -1).reshape(-1, 6).mean(0), 1.0, atol=1e-5
+  )
+
+
+def test_features_batch_and_layer_statistics():
+  x = jax.random.normal(jax.random.key(6), (8, 5))
+  mean, var = reg.norm_statistics(x, "batch")
+  np.testing.assert_allclose(mean[0], np.asarray(x).mean(0), rtol=1e-5)
+  mean, var = reg.norm_statistics(x, "layer")
+  np.testing.assert_allclose(var[:, 0], np.asarray(x).var(1), rtol=1e-5)
+  with pytest.raises(ValueError, match="instance norm needs spatial axes"):
+    reg.norm_statistics(x, "instance")
