@@ -29,11 +29,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from equivlab.checks import is_int
+
 DATA_AXIS = "data"
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
 def _mesh_devices(num_devices: int) -> list[jax.Device]:
@@ -81,7 +79,7 @@ def make_mesh(
   available = jax.device_count()
   if num_devices is None:
     num_devices = available
-  if not _is_int(num_devices) or num_devices < 1:
+  if not is_int(num_devices) or num_devices < 1:
     raise ValueError(
       f"num_devices must be a positive int or None, got {num_devices!r}."
     )
@@ -346,11 +344,11 @@ def initialize_distributed(
       f"{num_processes!r}, {process_id!r}."
     )
   host, port = _parse_address(coordinator_address)
-  if not _is_int(num_processes) or num_processes < 1:
+  if not is_int(num_processes) or num_processes < 1:
     raise ValueError(
       f"num_processes must be an int >= 1, got {num_processes!r}."
     )
-  if not _is_int(process_id) or not 0 <= process_id < num_processes:
+  if not is_int(process_id) or not 0 <= process_id < num_processes:
     raise ValueError(
       f"process_id must be an int in [0, {num_processes}) for "
       f"num_processes={num_processes}, got {process_id!r}."
@@ -403,16 +401,16 @@ def process_slice(
     process_count = jax.process_count()
   if process_index is None:
     process_index = jax.process_index()
-  if not _is_int(process_count) or process_count < 1:
+  if not is_int(process_count) or process_count < 1:
     raise ValueError(
       f"process_count must be an int >= 1, got {process_count!r}."
     )
-  if not _is_int(process_index) or not 0 <= process_index < process_count:
+  if not is_int(process_index) or not 0 <= process_index < process_count:
     raise ValueError(
       f"process_index must be an int in [0, {process_count}), got "
       f"{process_index!r}."
     )
-  if not _is_int(num_examples) or num_examples < process_count:
+  if not is_int(num_examples) or num_examples < process_count:
     raise ValueError(
       f"num_examples must be an int >= process_count ({process_count}), "
       f"got {num_examples!r}."
@@ -442,7 +440,7 @@ def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
       devices in the mesh.
   """
   devices = mesh.devices.size
-  if not _is_int(global_batch_size) or global_batch_size % devices:
+  if not is_int(global_batch_size) or global_batch_size % devices:
     raise ValueError(
       f"global batch size {global_batch_size!r} is not divisible by the "
       f"device count {devices}."
