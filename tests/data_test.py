@@ -1,10 +1,13 @@
 """Tests of equivlab.data."""
 
+import math
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivlab import data
+from equivlab import data, gconv
 
 
 def test_embedded_digits_shapes_split_and_cache(tmp_path):
@@ -78,7 +81,7 @@ def test_rotate_by_quarter_turns_matches_rot90():
     np.testing.assert_allclose(
       out, np.rot90(x, k, axes=(1, 2)), atol=1e-5, rtol=0
     )
-    np.testing.assert_array_equal(data.rot90(x, k), np.rot90(x, k, (1, 2)))
+    np.testing.assert_array_equal(gconv.rotate_z2(x, k), np.rot90(x, k, (1, 2)))
 
 
 def test_rotate_interpolates_bilinearly():
@@ -118,7 +121,7 @@ def test_transforms_reject_bad_input():
     data.random_shift(key, np.zeros((3, 3, 1)), 1)
   with pytest.raises(ValueError, match="max_shift"):
     data.random_shift(key, np.zeros((1, 3, 3, 1)), -1)
-  with pytest.raises(ValueError, match="padding"):
+  with pytest.raises(TypeError, match="padding"):
     data.random_crop(key, np.zeros((1, 3, 3, 1)), 1.5)
   with pytest.raises(ValueError, match="angles must be"):
     data.rotate(np.zeros((2, 3, 3, 1)), np.zeros(3))
@@ -241,3 +244,226 @@ def test_iterate_batches_rejects_bad_input():
     next(data.iterate_batches(x, y[:4], 2))
   with pytest.raises(ValueError, match="batch_size"):
     next(data.iterate_batches(x, y, 0))
+
+
+# --- bad inputs, by class (issue 13) ----------------------------------------
+
+
+def test_largest_random_shift_keeps_the_centre_in_the_frame():
+  assert data.largest_random_shift(28, 28) == 13
+  assert data.largest_random_shift(32, 32) == 15
+  assert data.largest_random_shift(9, 12) == 4
+  assert data.largest_random_shift(1, 1) == 0
+  # At the bound the centre pixel of an odd image lands on the border.
+  x = np.zeros((2, 9, 9, 1), np.float32)
+  x[:, 4, 4] = 1.0
+  out = data.translate(x, np.array([[4, -4], [-4, 4]]))
+  assert out[0, 8, 0, 0] == 1.0 and out[1, 0, 8, 0] == 1.0
+  with pytest.raises(ValueError, match="height must be an int >= 1"):
+    data.largest_random_shift(0, 5)
+
+
+def test_random_shifts_and_crops_refuse_shifts_that_can_blank_images():
+  key = jax.random.PRNGKey(0)
+  digits = np.ones((2, 28, 28, 1), np.float32)
+  with pytest.raises(
+    ValueError, match=r"max_shift must be an int in \[0, 13\]"
+  ):
+    data.random_shift(key, digits, 14)
+  with pytest.raises(ValueError, match=r"padding must be an int in \[0, 4\]"):
+    data.random_crop(key, np.ones((2, 9, 9, 1), np.float32), 5)
+  with pytest.raises(TypeError, match="max_shift must be an int"):
+    data.random_shift(key, digits, 2.0)
+  # The bound itself is accepted and never blanks an image whose centre
+  # pixel is lit.
+  centre = np.zeros((64, 28, 28, 1), np.float32)
+  centre[:, 13:15, 13:15] = 1.0
+  out = np.asarray(data.random_shift(key, centre, 13))
+  assert out.reshape(64, -1).max(axis=1).min() == 1.0
+
+
+def test_translate_checks_dtype_and_concrete_range_but_jits_traced_shifts():
+  x = np.arange(1, 10, dtype=np.float32).reshape(1, 3, 3, 1)
+  with pytest.raises(TypeError, match="shifts must be integers"):
+    data.translate(x, np.array([[0.5, 0.0]]))
+  with pytest.raises(ValueError, match=r"\[-2, 2\] x \[-2, 2\].*\(0, 3\)"):
+    data.translate(x, np.array([[0, 3]]))
+  # The largest shift keeps one row: the top-left pixel at the far corner.
+  corner = data.translate(x, np.array([[2, 2]]))
+  assert float(corner.sum()) == 1.0 and corner[0, 2, 2, 0] == 1.0
+  jitted = jax.jit(data.translate)(x, jnp.array([[1, -1]]))
+  np.testing.assert_array_equal(jitted, data.translate(x, np.array([[1, -1]])))
+
+
+def test_transforms_refuse_wrong_keys_empty_axes_and_bad_numbers():
+  key = jax.random.PRNGKey(0)
+  x = np.zeros((2, 5, 5, 1), np.float32)
+  with pytest.raises(TypeError, match="key must be a jax PRNG key"):
+    data.random_shift(0, x, 1)
+  with pytest.raises(TypeError, match="key must be a jax PRNG key"):
+    data.random_flip(np.zeros(2, np.float32), x)
+  with pytest.raises(ValueError, match="H, W, C >= 1"):
+    data.random_shift(key, np.zeros((2, 0, 5, 1)), 0)
+  with pytest.raises(ValueError, match="probability must be a finite"):
+    data.random_flip(key, x, float("nan"))
+  with pytest.raises(TypeError, match="probability must be a finite"):
+    data.random_flip(key, x, "half")
+  # Degrees by mistake: a range beyond pi only wraps around.
+  with pytest.raises(ValueError, match="max_angle must be a finite number"):
+    data.random_rotate(key, x, 90.0)
+  with pytest.raises(ValueError, match="max_angle"):
+    data.random_rotate(key, x, float("nan"))
+  with pytest.raises(ValueError, match=r"angles must be finite .* index 1"):
+    data.rotate(x, np.array([0.0, np.nan], np.float32))
+  with pytest.raises(TypeError, match="images must have a floating-point"):
+    data.rotate(x.astype(np.uint8), np.zeros(2, np.float32))
+  assert data.random_rotate(key, x, math.pi).shape == x.shape
+
+
+def test_random_rot90_turns_by_gconv_rotate_z2():
+  key = jax.random.PRNGKey(3)
+  x = np.random.default_rng(2).random((6, 5, 5, 2)).astype(np.float32)
+  ks = np.asarray(jax.random.randint(key, (6,), 0, 4))
+  out = np.asarray(data.random_rot90(key, x))
+  for image, original, k in zip(out, x, ks, strict=True):
+    want = gconv.rotate_z2(original[None], int(k))[0]
+    np.testing.assert_array_equal(image, want)
+  assert not hasattr(data, "rot90")  # The duplicate of rotate_z2 is gone.
+
+
+def test_embedded_shift_is_bounded_by_the_image_size(tmp_path):
+  with pytest.raises(ValueError, match=r"at most 13 .*'embedded_shift99'"):
+    data.load_dataset("embedded_shift99", "test")
+  with pytest.raises(ValueError, match="at most 13"):
+    data.load_dataset("embedded_shift14", "test")
+  x, _ = data.load_dataset("embedded", "test")
+  shifted, _ = data.load_dataset("embedded_shift13", "test")
+  # At the bound no digit goes blank (at 99, over 80% did).
+  assert (shifted.reshape(len(x), -1).max(axis=1) > 0).all()
+  assert not np.array_equal(shifted, x)
+
+
+def test_load_dataset_refuses_wrong_kinds_of_arguments(tmp_path):
+  with pytest.raises(TypeError, match="dataset name must be a str"):
+    data.load_dataset(3, "train")
+  with pytest.raises(ValueError, match="non-empty"):
+    data.load_dataset("", "train")
+  with pytest.raises(TypeError, match="split must be a str, got None"):
+    data.load_dataset("embedded", None)
+  with pytest.raises(ValueError, match="split must be a non-empty str"):
+    data.load_dataset("mnist", "")
+  with pytest.raises(TypeError, match="data_dir must be a path or None"):
+    data.load_dataset("embedded", "train", data_dir=3)
+  # "no" is truthy: it would have downloaded.
+  with pytest.raises(TypeError, match="download must be a bool, got 'no'"):
+    data.load_dataset("mnist", "train", data_dir=tmp_path, download="no")
+  with pytest.raises(ValueError, match="split must be one of"):
+    data.load_dataset("embedded_rot", "validation")
+
+
+def test_not_prepared_message_names_flags_that_exist(tmp_path):
+  with pytest.raises(FileNotFoundError) as error:
+    data.load_dataset("mnist", "train", data_dir=tmp_path)
+  where = tmp_path / "mnist" / "3.0.1"
+  assert str(error.value) == (
+    f"tfds data set 'mnist' is not prepared in {where}: pass --download "
+    "(needs internet) or --data_dir=DIR where it is prepared (in Python: "
+    "download=True or data_dir=DIR; the default DIR is $TFDS_DATA_DIR, "
+    "else ~/tensorflow_datasets)."
+  )
+
+
+def test_iterate_batches_checks_eagerly_before_the_first_batch():
+  x = np.zeros((5, 1, 1, 1), np.float32)
+  y = np.zeros(5, np.int32)
+  with pytest.raises(ValueError, match=r"start must be an int in \[0, 2\]"):
+    data.iterate_batches(x, y, 2, start=3)  # No next(): raised at the call.
+  with pytest.raises(ValueError, match="start must be an int"):
+    data.iterate_batches(x, y, 2, start=-1)
+  with pytest.raises(ValueError, match="epoch must be an int >= 0"):
+    data.iterate_batches(x, y, 2, key=jax.random.PRNGKey(0), epoch=-1)
+  with pytest.raises(TypeError, match="key must be a jax PRNG key"):
+    data.iterate_batches(x, y, 2, key=7)
+  with pytest.raises(TypeError, match="batch_size must be an int"):
+    data.iterate_batches(x, y, 2.0)
+  with pytest.raises(ValueError, match="N >= 1"):
+    data.iterate_batches(x[:0], y[:0], 2, last_batch="pad")
+  with pytest.raises(ValueError, match="num_examples must be an int >= 0"):
+    data.num_batches(-1, 2, "drop")
+  assert list(data.iterate_batches(x, y, 2, start=2)) == []
+  typed = data.epoch_order(jax.random.key(0), 5, 1)
+  raw = data.epoch_order(jax.random.PRNGKey(0), 5, 1)
+  np.testing.assert_array_equal(typed, raw)
+
+
+# --- real tfds files, written offline by tfds itself -------------------------
+
+
+def test_own_tfds_builder_writes_array_record_read_back_exactly(tmp_path):
+  # The project's builder, through load_dataset: not prepared -> a clear
+  # error; download=True prepares it offline (no network, no TensorFlow).
+  with pytest.raises(FileNotFoundError, match="--download"):
+    data.load_dataset("equivlab_digits", "test", data_dir=tmp_path)
+  test_x, test_y = data.load_dataset(
+    "equivlab_digits", "test", data_dir=tmp_path, download=True
+  )
+  folder = tmp_path / "equivlab_digits" / "1.0.0"
+  names = sorted(p.name for p in folder.iterdir())
+  assert "dataset_info.json" in names
+  assert any(n.startswith("equivlab_digits-test.array_record") for n in names)
+  want_x, want_y = data.embedded_digits("test")
+  np.testing.assert_array_equal(test_x, want_x)
+  np.testing.assert_array_equal(test_y, want_y)
+  part_x, part_y = data.load_dataset(
+    "equivlab_digits", "train[10:20]", data_dir=tmp_path
+  )
+  train_x, train_y = data.embedded_digits("train")
+  np.testing.assert_array_equal(part_x, train_x[10:20])
+  np.testing.assert_array_equal(part_y, train_y[10:20])
+
+
+def _prepare_as_mnist(data_dir, num_train, num_test):
+  """Embedded digits written by tfds as a prepared "mnist" 3.0.1 folder."""
+  import tensorflow_datasets as tfds
+
+  from equivlab import tfds_data
+
+  class AsMnist(tfds_data.EquivlabDigits, skip_registration=True):
+    name = "mnist"
+    VERSION = tfds.core.Version("3.0.1")
+    NUM_EXAMPLES = {"train": num_train, "test": num_test}
+
+  return tfds_data.prepare_offline(AsMnist(data_dir=str(data_dir)))
+
+
+def test_dataset_mnist_path_reads_real_array_record_files(tmp_path):
+  # What a user of --dataset=mnist --data_dir=DIR runs, on real files:
+  # tfds's registered mnist builder finds the prepared folder and
+  # tfds.data_source reads the array_record shards. No mock anywhere.
+  import tensorflow_datasets as tfds
+
+  folder = _prepare_as_mnist(tmp_path, num_train=48, num_test=16)
+  assert folder == tmp_path / "mnist" / "3.0.1"
+  builder = tfds.builder("mnist", data_dir=str(tmp_path))
+  assert type(builder).__name__ == "MNIST" and builder.is_prepared()
+  images, labels = data.load_dataset("mnist", "train", data_dir=tmp_path)
+  want_x, want_y = data.embedded_digits("train")
+  np.testing.assert_array_equal(images, want_x[:48])
+  np.testing.assert_array_equal(labels, want_y[:48])
+  test_x, _ = data.load_dataset("mnist", "test[:25%]", data_dir=tmp_path)
+  np.testing.assert_array_equal(test_x, data.embedded_digits("test")[0][:4])
+  with pytest.raises(ValueError, match=r"split must be one of \['test', "):
+    data.load_dataset("mnist", "validation", data_dir=tmp_path)
+
+
+def test_tfds_names_with_a_bad_config_or_version_are_clear_errors(tmp_path):
+  with pytest.raises(ValueError, match=r"no tfds config or version .*99"):
+    data.load_dataset("mnist:99.0.0", "train", data_dir=tmp_path)
+  with pytest.raises(ValueError, match="no tfds config or version"):
+    data.load_dataset("mnist/no_such_config", "train", data_dir=tmp_path)
+  with pytest.raises(ValueError, match="no tfds config or version"):
+    data.load_dataset("a/b/c", "train", data_dir=tmp_path)
+  a_file = tmp_path / "file"
+  a_file.write_text("")
+  with pytest.raises(ValueError, match="cache_dir must be a directory"):
+    data.load_dataset("embedded", "train", data_dir=a_file)
