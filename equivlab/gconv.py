@@ -25,6 +25,13 @@ Translations: a stride-1 convolution commutes with integer shifts of the
 input away from the borders, and with circular shifts everywhere when the
 padding is "CIRCULAR" (the image is then a torus); dilation keeps both
 properties, since a rotated dilated kernel is the dilated rotated kernel.
+
+Inputs. Mixed dtypes are promoted as `jnp` promotes them
+(`jnp.result_type(x, w)`: float32 with int32 gives float32, bfloat16 with
+float32 gives float32); a convolution whose promoted dtype is not floating
+point (int with int) is a TypeError. A kernel (or pooling window) that does
+not fit the padded input is a ValueError naming the smallest accepted input
+size, never an empty output. Max pooling takes integer inputs too.
 """
 
 import functools
@@ -35,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from equivlab import groups
+from equivlab import checks, groups
 
 Padding = str | int | Sequence[int] | Sequence[Sequence[int]]
 
@@ -65,17 +72,15 @@ def _check_rotation(k) -> int:
   return int(k) % 4
 
 
-def _check_stride(stride) -> int:
+def _check_stride(stride, name: str = "stride") -> int:
   if isinstance(stride, (tuple, list)):
     if len(stride) != 2 or stride[0] != stride[1]:
       raise ValueError(
-        f"stride must be an int or an equal pair (s, s), got {stride!r}."
+        f"{name} must be an int or an equal pair (s, s), got {stride!r}."
       )
     stride = stride[0]
-  if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)):
-    raise ValueError(f"stride must be a positive integer, got {stride!r}.")
-  if stride < 1:
-    raise ValueError(f"stride must be a positive integer, got {stride}.")
+  if not checks.is_int(stride) or stride < 1:
+    raise ValueError(f"{name} must be a positive integer, got {stride!r}.")
   return int(stride)
 
 
@@ -103,17 +108,19 @@ def normalize_padding(padding: Padding) -> str | tuple[tuple[int, int], ...]:
         f"got {padding!r}."
       )
     return name
-  if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
+  pairs = None
+  if checks.is_int(padding):
     pairs = ((int(padding),) * 2,) * 2
   elif isinstance(padding, (tuple, list)) and len(padding) == 2:
-    if all(isinstance(p, (int, np.integer)) for p in padding):
+    if all(checks.is_int(p) for p in padding):
       pairs = (tuple(int(p) for p in padding),) * 2
-    elif all(isinstance(p, (tuple, list)) and len(p) == 2 for p in padding):
+    elif all(
+      isinstance(p, (tuple, list))
+      and len(p) == 2
+      and all(map(checks.is_int, p))
+      for p in padding
+    ):  # bools and floats are no pixel counts: never truncate them
       pairs = tuple(tuple(int(q) for q in p) for p in padding)
-    else:
-      pairs = None
-  else:
-    pairs = None
   if pairs is None:
     raise ValueError(
       f"padding must be 'SAME', 'VALID', 'CIRCULAR', an int, a pair (lo, hi) "
@@ -133,8 +140,14 @@ def _check_dilation(dilation) -> int:
 
 
 def effective_kernel(kernel: int, dilation: int = 1) -> int:
-  """The side `d * (k - 1) + 1` a k-tap kernel spans at dilation d."""
-  return _check_dilation(dilation) * (kernel - 1) + 1
+  """The side `d * (k - 1) + 1` a k-tap kernel spans at dilation d.
+
+  Raises:
+    TypeError / ValueError: if `kernel` is not an int >= 1, or `dilation`
+      not a positive integer.
+  """
+  checks.check_int("kernel", kernel, minimum=1)
+  return _check_dilation(dilation) * (int(kernel) - 1) + 1
 
 
 def padding_amounts(
@@ -146,12 +159,18 @@ def padding_amounts(
   `max((ceil(n / s) - 1) * s + k' - n, 0)` in total, where
   `k' = effective_kernel(k, dilation)`, the odd pixel (if any) on the high
   side, as `lax.conv_general_dilated` does.
+
+  Raises:
+    TypeError / ValueError: if `size` or `kernel` is not an int >= 1, or
+      for a bad stride, padding or dilation.
   """
+  checks.check_int("size", size, minimum=1)
+  stride = _check_stride(stride)
+  span = effective_kernel(kernel, dilation)
   padding = normalize_padding(padding)
   if padding == "VALID":
     return ((0, 0), (0, 0))
   if padding in ("SAME", "CIRCULAR"):
-    span = effective_kernel(kernel, dilation)
     out = -(-size // stride)
     total = max((out - 1) * stride + span - size, 0)
     return ((total // 2, total - total // 2),) * 2
@@ -201,14 +220,14 @@ def is_exactly_equivariant(
     False where it fails for generic inputs.
 
   Raises:
-    ValueError: for a malformed padding, stride or dilation, or a kernel
-      larger than the padded input.
+    TypeError: if `size` or `kernel` is not an int (a tuple, a float).
+    ValueError: if `size` or `kernel` is below 1, for a malformed padding,
+      stride or dilation, or a kernel larger than the padded input.
   """
-  stride = _check_stride(stride)
-  span = effective_kernel(kernel, dilation)
   (lo_h, hi_h), (lo_w, hi_w) = padding_amounts(
     size, kernel, stride, padding, dilation
   )
+  stride, span = _check_stride(stride), effective_kernel(kernel, dilation)
   if size + lo_h + hi_h < span:
     raise ValueError(
       f"kernel {kernel} (span {span} at dilation {dilation}) is larger than "
@@ -236,20 +255,20 @@ def rotate_z2(x: jax.Array, k: int) -> jax.Array:
   """Rotates images `[N, H, W, C]` by `k * 90` degrees: `rot90` on (1, 2)."""
   k = _check_rotation(k)
   _check_rank(x, 4, "an image batch [N, H, W, C]", "x")
-  return jnp.rot90(x, k, axes=(1, 2))
+  return jnp.rot90(jnp.asarray(x), k, axes=(1, 2))
 
 
 def rotate_p4(f: jax.Array, k: int) -> jax.Array:
   """Rotates p4 maps `[N, H, W, C, 4]`: `roll(rot90(f, k), k, axis=-1)`."""
   k = _check_rotation(k)
   _check_group_map(f, 4, "f")
-  return jnp.roll(jnp.rot90(f, k, axes=(1, 2)), k, axis=-1)
+  return jnp.roll(jnp.rot90(jnp.asarray(f), k, axes=(1, 2)), k, axis=-1)
 
 
 def mirror_z2(x: jax.Array) -> jax.Array:
   """Mirrors images `[N, H, W, C]` left-right (flips the W axis)."""
   _check_rank(x, 4, "an image batch [N, H, W, C]", "x")
-  return jnp.flip(x, axis=2)
+  return jnp.flip(jnp.asarray(x), axis=2)
 
 
 def rotate_p4m(f: jax.Array, k: int) -> jax.Array:
@@ -259,21 +278,22 @@ def rotate_p4m(f: jax.Array, k: int) -> jax.Array:
   """
   k = _check_rotation(k)
   _check_group_map(f, 8, "f")
-  return groups.act_on_map(groups.Element(k, 0), f)
+  return groups.act_on_map(groups.Element(k, 0), jnp.asarray(f))
 
 
 def mirror_p4m(f: jax.Array) -> jax.Array:
   """Mirrors p4m maps `[N, H, W, C, 8]`: flips W, `(m, r) -> (1 - m, -r)`."""
   _check_group_map(f, 8, "f")
-  return groups.act_on_map(groups.Element(0, 1), f)
+  return groups.act_on_map(groups.Element(0, 1), jnp.asarray(f))
 
 
 def _check_group_map(f, order: int, name: str) -> None:
   _check_rank(f, 5, f"a group feature map [N, H, W, C, {order}]", name)
-  if f.shape[-1] != order:
+  shape = np.shape(f)
+  if shape[-1] != order:
     raise ValueError(
       f"{name} must have a group axis (last) of size {order}, got shape "
-      f"{f.shape} with group axis {f.shape[-1]}."
+      f"{shape} with group axis {shape[-1]}."
     )
 
 
@@ -357,11 +377,50 @@ def group_filter_bank(w: jax.Array, group: str = "p4") -> jax.Array:
 
 
 def _check_square_kernel(w) -> None:
-  if w.shape[0] != w.shape[1]:
+  if w.shape[0] != w.shape[1] or w.shape[0] < 1:
     raise ValueError(
-      f"the kernel must be square (kh == kw) to be rotated, got "
+      f"the kernel must be square (kh == kw >= 1) to be rotated, got "
       f"{w.shape[0]}x{w.shape[1]} (w shape {w.shape})."
     )
+
+
+def _check_fits(x, name, side, stride, padding, dilation=1, what="kernel"):
+  """Raises unless a `side` window fits the padded (H, W) of `x`.
+
+  An output with no pixels is never what the caller meant: name the
+  smallest input that gives one.
+  """
+  h, w = np.shape(x)[1:3]
+  if min(h, w) < 1:
+    raise ValueError(
+      f"{name} must have at least one pixel along H and W, got shape "
+      f"{np.shape(x)}."
+    )
+  span = effective_kernel(side, dilation)
+  pads = (
+    padding_amounts(h, side, stride, padding, dilation)[0],
+    padding_amounts(w, side, stride, padding, dilation)[1],
+  )
+  need = [max(span - lo - hi, 1) for lo, hi in pads]
+  if h < need[0] or w < need[1]:
+    raise ValueError(
+      f"{name} is {h}x{w} (shape {np.shape(x)}) but the {side}x{side} "
+      f"{what} (span {span} at dilation {dilation}) with padding "
+      f"{padding!r} needs an input of at least {need[0]}x{need[1]}."
+    )
+
+
+def _promote(x, w, name):
+  """Both operands in `jnp.result_type(x, w)`, which must be floating."""
+  x, w = jnp.asarray(x), jnp.asarray(w)
+  dtype = jnp.result_type(x, w)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+      f"{name} and w must promote to a floating-point dtype to be "
+      f"convolved, got {name} {x.dtype} and w {w.dtype} (promoted: "
+      f"{dtype}); cast one of them, e.g. {name}.astype(jnp.float32)."
+    )
+  return x.astype(dtype), w.astype(dtype)
 
 
 # --------------------------------------------------------------------------
@@ -392,18 +451,28 @@ def _conv(x, kernel, stride, padding, dilation, precision):
   )
 
 
+def _prepare(x, w, name, stride, padding, dilation):
+  """The checks the four convolutions share, after their rank checks."""
+  x, w = _promote(x, w, name)
+  if x.shape[3] != w.shape[2]:
+    raise ValueError(
+      f"input channels must match: {name} has Cin={x.shape[3]} (shape "
+      f"{x.shape}) but w expects Cin={w.shape[2]} (shape {w.shape})."
+    )
+  _check_square_kernel(w)
+  stride, padding = _check_stride(stride), normalize_padding(padding)
+  dilation = _check_dilation(dilation)
+  _check_fits(x, name, w.shape[0], stride, padding, dilation)
+  return x, w, stride, padding, dilation
+
+
 def _lifting(x, w, group, stride, padding, dilation, precision):
   order = groups.group_order(group)
   _check_rank(x, 4, "an image batch [N, H, W, Cin]", "x")
   _check_rank(w, 4, "a lifting filter [kh, kw, Cin, Cout]", "w")
-  if x.shape[3] != w.shape[2]:
-    raise ValueError(
-      f"input channels must match: x has Cin={x.shape[3]} (shape "
-      f"{x.shape}) but w expects Cin={w.shape[2]} (shape {w.shape})."
-    )
-  stride, padding = _check_stride(stride), normalize_padding(padding)
-  dilation = _check_dilation(dilation)
-  x = jnp.asarray(x)
+  x, w, stride, padding, dilation = _prepare(
+    x, w, "x", stride, padding, dilation
+  )
   bank = lifting_filter_bank(w, group)
   out = _conv(x, bank, stride, padding, dilation, precision)
   return out.reshape(*out.shape[:3], w.shape[3], order)
@@ -413,13 +482,9 @@ def _group(f, w, group, stride, padding, dilation, precision):
   order = groups.group_order(group)
   _check_group_map(f, order, "f")
   _check_rank(w, 5, f"a group filter [kh, kw, Cin, {order}, Cout]", "w")
-  if f.shape[3] != w.shape[2]:
-    raise ValueError(
-      f"input channels must match: f has Cin={f.shape[3]} (shape "
-      f"{f.shape}) but w expects Cin={w.shape[2]} (shape {w.shape})."
-    )
-  stride, padding = _check_stride(stride), normalize_padding(padding)
-  dilation = _check_dilation(dilation)
+  f, w, stride, padding, dilation = _prepare(
+    f, w, "f", stride, padding, dilation
+  )
   bank = group_filter_bank(w, group)
   x = jnp.reshape(f, (*f.shape[:3], f.shape[3] * order))
   out = _conv(x, bank, stride, padding, dilation, precision)
@@ -455,7 +520,10 @@ def lifting_conv(
 
   Raises:
     ValueError: wrong ranks, channel mismatch, non-square kernel, bad stride
-      padding or dilation.
+      padding or dilation, or a kernel that does not fit the padded input
+      (the message names the smallest accepted input size).
+    TypeError: if `x` and `w` do not promote to a floating-point dtype
+      (mixed dtypes promote as `jnp.result_type` does).
   """
   return _lifting(x, w, "p4", stride, padding, dilation, precision)
 
@@ -489,7 +557,9 @@ def group_conv(
 
   Raises:
     ValueError: wrong ranks, group axis not 4, channel mismatch, non-square
-      kernel, bad stride, padding or dilation.
+      kernel, bad stride, padding or dilation, or a kernel that does not fit
+      the padded input (the message names the smallest accepted size).
+    TypeError: if `f` and `w` do not promote to a floating-point dtype.
   """
   return _group(f, w, "p4", stride, padding, dilation, precision)
 
@@ -524,6 +594,7 @@ def lifting_conv_p4m(
 
   Raises:
     ValueError: as `lifting_conv`.
+    TypeError: as `lifting_conv`.
   """
   return _lifting(x, w, "p4m", stride, padding, dilation, precision)
 
@@ -557,6 +628,7 @@ def group_conv_p4m(
 
   Raises:
     ValueError: as `group_conv`, with a group axis of 8.
+    TypeError: as `group_conv`.
   """
   return _group(f, w, "p4m", stride, padding, dilation, precision)
 
@@ -574,9 +646,9 @@ def group_pool(f: jax.Array, reduce: str = "max") -> jax.Array:
   Raises:
     ValueError: if `f` is not of rank 5 or `reduce` is unknown.
   """
-  if reduce not in _REDUCTIONS:
-    raise ValueError(f"reduce must be one of {_REDUCTIONS}, got {reduce!r}.")
+  checks.check_choice("reduce", reduce, _REDUCTIONS)
   _check_rank(f, 5, "a group feature map [N, H, W, C, G]", "f")
+  f = jnp.asarray(f)
   return jnp.max(f, axis=-1) if reduce == "max" else jnp.mean(f, axis=-1)
 
 
@@ -592,7 +664,8 @@ def spatial_max_pool(
   padding)` holds: e.g. a 2x2 window with stride 2 on an even size.
 
   Args:
-    f: `[N, H, W, C, G]` group maps or `[N, H, W, C]` images.
+    f: `[N, H, W, C, G]` group maps or `[N, H, W, C]` images, of a float,
+      int or bool dtype (the result keeps it).
     window: the square window's side.
     strides: the stride; `window` if None.
     padding: "SAME", "VALID", "CIRCULAR", an int or explicit (lo, hi)
@@ -602,26 +675,43 @@ def spatial_max_pool(
     The pooled array, same rank as `f`.
 
   Raises:
-    ValueError: wrong rank, bad window, stride or padding.
+    ValueError: wrong rank, bad window, stride or padding, or a window that
+      does not fit the padded input (naming the smallest accepted size).
+    TypeError: for a complex (or other non-real) dtype.
   """
   if np.ndim(f) not in (4, 5):
     raise ValueError(
       f"f must be a group feature map [N, H, W, C, G] (rank 5) or images "
       f"[N, H, W, C] (rank 4), got shape {np.shape(f)}."
     )
-  window = _check_stride(window)
-  strides = window if strides is None else _check_stride(strides)
+  window = _check_stride(window, "window")
+  strides = window if strides is None else _check_stride(strides, "strides")
   padding = normalize_padding(padding)
-  rest = (1,) * (np.ndim(f) - 3)
+  _check_fits(f, "f", window, strides, padding, what="window")
+  f = jnp.asarray(f)
+  rest = (1,) * (f.ndim - 3)
   if padding == "CIRCULAR":
     f, padding = _wrap_pad(f, window, strides), "VALID"
   if not isinstance(padding, str):
     padding = ((0, 0), *padding, *((0, 0),) * len(rest))
   return lax.reduce_window(
     f,
-    np.array(-np.inf, dtype=f.dtype),  # concrete: keeps reduce_window_max
+    _max_identity(f.dtype),  # concrete: keeps reduce_window_max
     lax.max,
     (1, window, window, *rest),
     (1, strides, strides, *rest),
     padding,
+  )
+
+
+def _max_identity(dtype) -> np.ndarray:
+  """The smallest value of `dtype`: the start of a running maximum."""
+  if jnp.issubdtype(dtype, jnp.floating):
+    return np.array(-np.inf, dtype=dtype)
+  if jnp.issubdtype(dtype, jnp.integer):
+    return np.array(np.iinfo(dtype).min, dtype=dtype)
+  if dtype == np.bool_:
+    return np.array(False)
+  raise TypeError(
+    f"f must have a real (float, int or bool) dtype, got {dtype}."
   )

@@ -40,10 +40,14 @@ spatial axes move as for an image and the group axis is permuted. For p4
 this is `roll(rot90(f, r, axes=(1, 2)), r, axis=-1)` (DESIGN.md).
 """
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+from equivlab import checks
 
 GROUP_ORDERS = {"p4": 4, "p4m": 8}
 
@@ -73,7 +77,11 @@ def group_order(group: str) -> int:
   Raises:
     ValueError: if `group` is neither "p4" nor "p4m".
   """
-  if group not in GROUP_ORDERS:
+  try:
+    known = group in GROUP_ORDERS
+  except TypeError:  # unhashable, e.g. a list
+    known = False
+  if not known:
     raise ValueError(
       f"group must be one of {sorted(GROUP_ORDERS)}, got {group!r}."
     )
@@ -97,7 +105,10 @@ def _canonical(g: Element) -> Element:
   m = _check_int(g.mirror, "mirror")
   if m not in (0, 1):
     raise ValueError(f"mirror must be 0 or 1, got {m}.")
-  if len(g.translation) != 2:
+  t = g.translation
+  if isinstance(t, str) or not isinstance(t, Sequence | np.ndarray):
+    t = None
+  if t is None or len(t) != 2:
     raise ValueError(
       f"translation must be a pair (ty, tx), got {g.translation!r}."
     )
@@ -219,8 +230,25 @@ def transform_spatial(x, g: Element, axes: tuple[int, int] = (1, 2)):
 
   Returns:
     The transformed array.
+
+  Raises:
+    ValueError: for a malformed element or `axes` that are not two distinct
+      axes of `x`.
   """
   g = _canonical(g)
+  if not isinstance(x, jax.Array):
+    x = np.asarray(x)
+  ndim = x.ndim
+  if (
+    not isinstance(axes, tuple | list)
+    or len(axes) != 2
+    or not all(checks.is_int(a) and -ndim <= a < ndim for a in axes)
+    or axes[0] % ndim == axes[1] % ndim
+  ):
+    raise ValueError(
+      f"axes must be two distinct axes of the array (rank {ndim}), got "
+      f"{axes!r}."
+    )
   xp = np if isinstance(x, np.ndarray) else jnp
   if g.mirror:
     x = xp.flip(x, axis=axes[1])
@@ -261,5 +289,7 @@ def act_on_map(g: Element, f):
       f"{np.shape(f)}."
     )
   perm = group_permutation(g, np.shape(f)[-1])
+  if not isinstance(f, jax.Array):
+    f = np.asarray(f)
   xp = np if isinstance(f, np.ndarray) else jnp
   return transform_spatial(xp.take(f, perm, axis=-1), g, axes=(1, 2))

@@ -1,9 +1,11 @@
 """Numerical proofs that the p4/p4m convolutions are equivariant.
 
 Seed 000 part 1: `[[L_u f] * w](g) = [L_u [f * w]](g)`. Each test states an
-equivariance `op(g x) == g op(x)` with fixed keys and an explicit tolerance:
-rtol 1e-5 with an absolute floor of 1e-5 times the output's largest value
-(float32 sums in a different order after a rotation).
+equivariance `op(g x) == g op(x)` with fixed keys through `equivlab.testing`
+(the same checks users run on their own models) and an explicit tolerance:
+a relative error (max |difference| / max |expected|) of at most 1e-5 in
+float32, which sums in a different order after a rotation, and 0 (bitwise)
+where nothing is summed or only moved.
 """
 
 import functools
@@ -17,9 +19,11 @@ import pytest
 from absl.testing import parameterized
 from hypothesis import strategies as st
 
-from equivlab import gconv, groups
+from equivlab import gconv, groups, testing
+from equivlab.testing import strategies
 
 _DN = ("NHWC", "HWIO", "NHWC")
+_RTOL = 1e-5
 
 
 def _normal(seed, shape, dtype=np.float32):
@@ -33,39 +37,6 @@ def _filters(seed, shape, dtype=np.float32):
   return _normal(seed, shape, dtype) / np.sqrt(fan_in).astype(dtype)
 
 
-def _rot_image(x, k):
-  return groups.act_on_image(groups.Element(k), np.asarray(x))
-
-
-def _rot_map(f, k):
-  return groups.act_on_map(groups.Element(k), np.asarray(f))
-
-
-def _act_image(g, x):
-  return groups.act_on_image(g, np.asarray(x))
-
-
-def _act_map(g, f):
-  return groups.act_on_map(g, np.asarray(f))
-
-
-def _assert_equivariant(actual, expected, rtol=1e-5):
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  assert actual.shape == expected.shape, (actual.shape, expected.shape)
-  atol = rtol * float(np.max(np.abs(expected)))
-  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
-
-
-def _rel_error(actual, expected):
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  if actual.shape != expected.shape:
-    return np.inf
-  return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
-
-
-_NONTRIVIAL_P4M = groups.elements("p4m")[1:]
-
-
 class RotationEquivarianceTest(chex.TestCase):
   """Exact rot90 (and mirror) equivariance, odd and even sizes, jit or not."""
 
@@ -74,39 +45,44 @@ class RotationEquivarianceTest(chex.TestCase):
   def test_lifting_conv(self, size):
     x, w = _normal(0, (2, size, size, 3)), _filters(1, (3, 3, 3, 5))
     conv = self.variant(gconv.lifting_conv)
-    out = conv(x, w)
-    self.assertEqual(out.shape, (2, size, size, 5, 4))
-    for k in (1, 2, 3):
-      _assert_equivariant(conv(_rot_image(x, k), w), _rot_map(out, k))
+    self.assertEqual(conv(x, w).shape, (2, size, size, 5, 4))
+    errors = testing.assert_equivariant(lambda a: conv(a, w), x, rtol=_RTOL)
+    self.assertEqual(list(errors), ["rot 90", "rot 180", "rot 270"])
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(("odd", 7), ("even", 8))
   def test_group_conv(self, size):
     f, w = _normal(2, (2, size, size, 3, 4)), _filters(3, (3, 3, 3, 4, 5))
     conv = self.variant(gconv.group_conv)
-    out = conv(f, w)
-    self.assertEqual(out.shape, (2, size, size, 5, 4))
-    for k in (1, 2, 3):
-      _assert_equivariant(conv(_rot_map(f, k), w), _rot_map(out, k))
+    self.assertEqual(conv(f, w).shape, (2, size, size, 5, 4))
+    testing.assert_equivariant(
+      lambda a: conv(a, w), f, input="p4", output="p4", rtol=_RTOL
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(("odd", 7), ("even", 8))
   def test_lifting_conv_p4m(self, size):
     x, w = _normal(4, (2, size, size, 3)), _filters(5, (3, 3, 3, 5))
     conv = self.variant(gconv.lifting_conv_p4m)
-    out = conv(x, w)
-    self.assertEqual(out.shape, (2, size, size, 5, 8))
-    for g in _NONTRIVIAL_P4M:
-      _assert_equivariant(conv(_act_image(g, x), w), _act_map(g, out))
+    self.assertEqual(conv(x, w).shape, (2, size, size, 5, 8))
+    errors = testing.assert_equivariant(
+      lambda a: conv(a, w), x, group="p4m", output="p4m", rtol=_RTOL
+    )
+    self.assertLen(errors, 7)
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(("odd", 7), ("even", 8))
   def test_group_conv_p4m(self, size):
     f, w = _normal(6, (2, size, size, 3, 8)), _filters(7, (3, 3, 3, 8, 5))
     conv = self.variant(gconv.group_conv_p4m)
-    out = conv(f, w)
-    for g in _NONTRIVIAL_P4M:
-      _assert_equivariant(conv(_act_map(g, f), w), _act_map(g, out))
+    testing.assert_equivariant(
+      lambda a: conv(a, w),
+      f,
+      group="p4m",
+      input="p4m",
+      output="p4m",
+      rtol=_RTOL,
+    )
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(("odd", 7), ("even", 8))
@@ -114,10 +90,10 @@ class RotationEquivarianceTest(chex.TestCase):
     f = _normal(8, (2, size, size, 3, 8))
     for reduce in ("max", "mean"):
       pool = self.variant(functools.partial(gconv.group_pool, reduce=reduce))
-      out = pool(f)
-      self.assertEqual(out.shape, (2, size, size, 3))
-      for g in _NONTRIVIAL_P4M:
-        _assert_equivariant(pool(_act_map(g, f)), _act_image(g, out))
+      self.assertEqual(pool(f).shape, (2, size, size, 3))
+      testing.assert_equivariant(
+        pool, f, group="p4m", input="p4m", output="image", rtol=_RTOL
+      )
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(("window2", 8, 2), ("window3", 9, 3))
@@ -126,10 +102,11 @@ class RotationEquivarianceTest(chex.TestCase):
     pool = self.variant(
       functools.partial(gconv.spatial_max_pool, window=window)
     )
-    out = pool(f)
-    self.assertEqual(out.shape, (2, size // window, size // window, 3, 8))
-    for g in _NONTRIVIAL_P4M:
-      np.testing.assert_array_equal(pool(_act_map(g, f)), _act_map(g, out))
+    self.assertEqual(pool(f).shape, (2, size // window, size // window, 3, 8))
+    # A maximum moves values without summing them: bitwise.
+    testing.assert_equivariant(
+      pool, f, group="p4m", input="p4m", output="p4m", rtol=0.0
+    )
 
   def test_strided_and_even_kernel_where_predicted(self):
     # Stride 2 on an odd size with SAME; an even kernel with VALID padding.
@@ -140,10 +117,10 @@ class RotationEquivarianceTest(chex.TestCase):
       )
       f = _normal(10, (1, size, size, 2, 4))
       w = _filters(11, (kernel, kernel, 2, 4, 3))
-      conv = functools.partial(gconv.group_conv, stride=stride, padding=padding)
-      out = conv(f, w)
-      for k in (1, 2, 3):
-        _assert_equivariant(conv(_rot_map(f, k), w), _rot_map(out, k))
+      conv = functools.partial(
+        gconv.group_conv, w=w, stride=stride, padding=padding
+      )
+      testing.assert_equivariant(conv, f, input="p4", output="p4", rtol=_RTOL)
 
 
 def test_rotate_p4_matches_design_and_groups():
@@ -219,6 +196,9 @@ def test_one_conv_and_one_gather_per_call(fn, args):
 # Translations.
 
 
+_SHIFTS = [(1, 0), (2, -3), (-4, 7)]
+
+
 def test_translation_equivariance_is_bitwise_with_circular_padding():
   x, f = _normal(16, (2, 10, 10, 3)), _normal(17, (2, 10, 10, 3, 8))
   wl, wg = _filters(18, (3, 3, 3, 4)), _filters(19, (3, 3, 3, 8, 4))
@@ -227,35 +207,29 @@ def test_translation_equivariance_is_bitwise_with_circular_padding():
     pad = ((0, 0), (1, 1), (1, 1)) + ((0, 0),) * (a.ndim - 3)
     return jnp.pad(a, pad, mode="wrap")
 
-  ops = [
-    (lambda a: gconv.lifting_conv(wrap(a), wl, padding="VALID"), x),
-    (lambda a: gconv.group_conv_p4m(wrap(a), wg, padding="VALID"), f),
-  ]
-  for op, a in ops:
-    op = jax.jit(op)
-    out = op(a)
-    for shift in [(1, 0), (2, -3), (-4, 7)]:
-      np.testing.assert_array_equal(
-        op(np.roll(a, shift, axis=(1, 2))), np.roll(out, shift, axis=(1, 2))
-      )
+  lift = jax.jit(lambda a: gconv.lifting_conv(wrap(a), wl, padding="VALID"))
+  conv = jax.jit(lambda a: gconv.group_conv_p4m(wrap(a), wg, padding="VALID"))
+  shifts = dict(elements=(), shifts=_SHIFTS, rtol=0.0)
+  errors = testing.assert_equivariant(lift, x, **shifts)
+  assert list(errors) == ["shift (1, 0)", "shift (2, -3)", "shift (-4, 7)"]
+  testing.assert_equivariant(
+    conv, f, group="p4m", input="p4m", output="p4m", **shifts
+  )
 
 
 def test_circular_padding_commutes_with_circular_shifts_bitwise():
   x, f = _normal(24, (2, 10, 10, 3)), _normal(25, (2, 10, 10, 3, 8))
   wl, wg = _filters(26, (3, 3, 3, 4)), _filters(27, (3, 3, 3, 8, 4))
+  shifts = dict(elements=(), shifts=_SHIFTS, rtol=0.0)
   for dilation in (1, 2, 4):
-    ops = [
-      (functools.partial(gconv.lifting_conv, w=wl), x),
-      (functools.partial(gconv.group_conv_p4m, w=wg), f),
-    ]
-    for op, a in ops:
-      op = jax.jit(functools.partial(op, padding="CIRCULAR", dilation=dilation))
-      out = op(a)
-      assert out.shape[1:3] == (10, 10)
-      for shift in [(1, 0), (2, -3), (-4, 7)]:
-        np.testing.assert_array_equal(
-          op(np.roll(a, shift, axis=(1, 2))), np.roll(out, shift, axis=(1, 2))
-        )
+    opts = dict(padding="CIRCULAR", dilation=dilation)
+    lift = jax.jit(functools.partial(gconv.lifting_conv, w=wl, **opts))
+    conv = jax.jit(functools.partial(gconv.group_conv_p4m, w=wg, **opts))
+    assert lift(x).shape[1:3] == (10, 10)
+    testing.assert_equivariant(lift, x, **shifts)
+    testing.assert_equivariant(
+      conv, f, group="p4m", input="p4m", output="p4m", **shifts
+    )
 
 
 def test_circular_padding_is_zero_padding_of_the_wrapped_image():
@@ -295,11 +269,12 @@ def test_circular_max_pool_commutes_with_circular_shifts():
       gconv.spatial_max_pool, window=3, strides=1, padding="CIRCULAR"
     )
   )
-  out = pool(f)
-  assert out.shape == f.shape
-  np.testing.assert_array_equal(
-    pool(np.roll(f, (4, -2), axis=(1, 2))), np.roll(out, (4, -2), axis=(1, 2))
+  assert pool(f).shape == f.shape
+  # Bitwise, under circular shifts, rotations and both at once.
+  errors = testing.assert_equivariant(
+    pool, f, input="p4", output="p4", shifts=[(4, -2)], rtol=0.0
   )
+  assert "rot 90 then shift (4, -2)" in errors
 
 
 def test_translation_equivariance_is_bitwise_on_the_interior():
@@ -341,61 +316,50 @@ _STATIC = ("stride", "padding", "dilation")
 _OPS = {
   "lifting": (
     jax.jit(gconv.lifting_conv, static_argnames=_STATIC),
-    _rot_image,
-    4,
+    "image",
     lambda k, c: (k, k, c),
   ),
   "group": (
     jax.jit(gconv.group_conv, static_argnames=_STATIC),
-    _rot_map,
-    5,
+    "p4",
     lambda k, c: (k, k, c, 4),
   ),
 }
 
 
-@st.composite
-def _settings(draw):
-  size = draw(st.integers(3, 9))
-  kernel = draw(st.integers(1, 4))
-  stride = draw(st.sampled_from([1, 1, 2, 3]))
-  padding = draw(
-    st.one_of(
-      st.sampled_from(["SAME", "VALID", "CIRCULAR"]),
-      st.integers(0, 2),
-      st.tuples(st.integers(0, 2), st.integers(0, 2)),
-    )
+def _conv_check(shape, op):
+  """The conv `op` with `shape`'s settings, an input, and its action."""
+  conv, action, wshape = _OPS[op]
+  extra = () if action == "image" else (4,)
+  seed = shape.size * 100 + shape.kernel
+  x = _normal(seed, (1, shape.size, shape.size, 2, *extra))
+  w = _normal(shape.kernel, (*wshape(shape.kernel, 2), 3))
+  fn = functools.partial(
+    conv,
+    w=w,
+    stride=shape.stride,
+    padding=shape.padding,
+    dilation=shape.dilation,
   )
-  dilation = draw(st.sampled_from([1, 1, 2]))
-  op = draw(st.sampled_from(sorted(_OPS)))
-  (lo, hi), _ = gconv.padding_amounts(size, kernel, stride, padding, dilation)
-  hypothesis.assume(size + lo + hi >= gconv.effective_kernel(kernel, dilation))
-  return size, kernel, stride, padding, dilation, op
-
-
-def _equivariance_error(size, kernel, stride, padding, dilation, op):
-  conv, rotate, rank, wshape = _OPS[op]
-  x = _normal(size * 100 + kernel, (1, size, size, 2) + (4,) * (rank - 4))
-  w = _normal(kernel, (*wshape(kernel, 2), 3))
-  conv = functools.partial(
-    conv, stride=stride, padding=padding, dilation=dilation
-  )
-  out = conv(x, w)
-  return _rel_error(conv(rotate(x, 1), w), _rot_map(out, 1))
+  return fn, x, dict(input=action, output="p4", elements=["rot 90"])
 
 
 @hypothesis.settings(max_examples=12)
-@hypothesis.given(_settings())
-def test_exact_wherever_predicted(setting):
-  hypothesis.assume(gconv.is_exactly_equivariant(*setting[:5]))
-  assert _equivariance_error(*setting) < 1e-5
+@hypothesis.given(
+  strategies.conv_shapes(exact=True), st.sampled_from(sorted(_OPS))
+)
+def test_exact_wherever_predicted(shape, op):
+  fn, x, kwargs = _conv_check(shape, op)
+  testing.assert_equivariant(fn, x, rtol=_RTOL, **kwargs)
 
 
 @hypothesis.settings(max_examples=12)
-@hypothesis.given(_settings())
-def test_fails_wherever_not_predicted(setting):
-  hypothesis.assume(not gconv.is_exactly_equivariant(*setting[:5]))
-  assert _equivariance_error(*setting) > 1e-2
+@hypothesis.given(
+  strategies.conv_shapes(exact=False), st.sampled_from(sorted(_OPS))
+)
+def test_fails_wherever_not_predicted(shape, op):
+  fn, x, kwargs = _conv_check(shape, op)
+  testing.assert_not_equivariant(fn, x, min_error=1e-2, **kwargs)
 
 
 # --------------------------------------------------------------------------
@@ -406,40 +370,60 @@ def test_control_plain_conv_is_not_rotation_equivariant():
   x, w = _normal(22, (2, 7, 7, 3)), _filters(23, (3, 3, 3, 4))
   conv = functools.partial(
     jax.lax.conv_general_dilated,
+    rhs=w,
     window_strides=(1, 1),
     padding="SAME",
     dimension_numbers=_DN,
   )
-  err = _rel_error(conv(_rot_image(x, 1), w), _rot_image(conv(x, w), 1))
-  assert err > 1e-1
+  testing.assert_not_equivariant(
+    conv, x, output="image", min_error=1e-1, every=True
+  )
 
 
 def test_control_wrong_roll_direction_fails():
   f, w = _normal(24, (2, 7, 7, 3, 4)), _filters(25, (3, 3, 3, 4, 4))
+  conv = jax.jit(functools.partial(gconv.group_conv, w=w))
 
-  def wrong(a, k):
-    return np.roll(np.rot90(np.asarray(a), k, axes=(1, 2)), -k, axis=-1)
+  # Rolling the group axis by -k instead of k is the right action
+  # conjugated by the reversal P: f[..., t] -> f[..., -t]. So the wrong
+  # convention fails for conv exactly when the right one fails for P conv P.
+  def reverse(a):
+    return jnp.take(a, np.array([0, 3, 2, 1]), axis=-1)
 
-  out = gconv.group_conv(f, w)
+  def conjugated(a):
+    return reverse(conv(reverse(a)))
+
+  rotations = dict(input="p4", output="p4", elements=["rot 90", "rot 270"])
+  testing.assert_not_equivariant(
+    conjugated, f, min_error=1e-1, every=True, **rotations
+  )
+  testing.assert_equivariant(conv, f, rtol=_RTOL, **rotations)
+
+
+def test_wrong_roll_is_the_conjugated_action():
+  # The identity the control above rests on, checked on an array.
+  f = _normal(30, (1, 5, 5, 2, 4))
+  p = np.array([0, 3, 2, 1])
   for k in (1, 3):
-    assert _rel_error(gconv.group_conv(wrong(f, k), w), wrong(out, k)) > 1e-1
-    _assert_equivariant(gconv.group_conv(_rot_map(f, k), w), _rot_map(out, k))
+    wrong = np.roll(np.rot90(f, k, axes=(1, 2)), -k, axis=-1)
+    right = groups.act_on_map(groups.Element(k), f[..., p])[..., p]
+    np.testing.assert_array_equal(wrong, right)
 
 
 def test_control_even_kernel_with_same_padding_fails():
   x, w = _normal(26, (2, 8, 8, 3)), _filters(27, (2, 2, 3, 4))
   assert not gconv.is_exactly_equivariant(8, 2, 1, "SAME")
-  out = gconv.lifting_conv(x, w, padding="SAME")
-  got = gconv.lifting_conv(_rot_image(x, 1), w, padding="SAME")
-  assert _rel_error(got, _rot_map(out, 1)) > 1e-1
+  conv = functools.partial(gconv.lifting_conv, w=w, padding="SAME")
+  testing.assert_not_equivariant(conv, x, elements=[1], min_error=1e-1)
 
 
 def test_control_stride_two_on_even_input_fails():
   f, w = _normal(28, (2, 8, 8, 3, 4)), _filters(29, (3, 3, 3, 4, 4))
   assert not gconv.is_exactly_equivariant(8, 3, 2, "SAME")
-  out = gconv.group_conv(f, w, stride=2)
-  got = gconv.group_conv(_rot_map(f, 1), w, stride=2)
-  assert _rel_error(got, _rot_map(out, 1)) > 1e-1
+  conv = functools.partial(gconv.group_conv, w=w, stride=2)
+  testing.assert_not_equivariant(
+    conv, f, input="p4", elements=[1], min_error=1e-1
+  )
 
 
 # --------------------------------------------------------------------------
@@ -587,3 +571,124 @@ def test_error_bad_stride():
     gconv.group_conv(
       jnp.zeros((1, 6, 6, 3, 4)), jnp.zeros((3, 3, 3, 4, 2)), stride=0
     )
+
+
+def test_error_nested_padding_of_floats_or_bools():
+  for bad in (((1.5, 1), (1, 1)), ((True, 0), (0, 0)), (1, 0.5)):
+    with pytest.raises(ValueError, match="padding must be 'SAME'"):
+      gconv.normalize_padding(bad)
+
+
+# --------------------------------------------------------------------------
+# Bad input, one test per class (issue 13): mixed dtypes, integer pooling,
+# malformed predictor arguments, kernels that do not fit the input.
+
+_CONVS = [
+  (gconv.lifting_conv, (1, 6, 6, 2), (3, 3, 2, 3)),
+  (gconv.group_conv, (1, 6, 6, 2, 4), (3, 3, 2, 4, 3)),
+  (gconv.lifting_conv_p4m, (1, 6, 6, 2), (3, 3, 2, 3)),
+  (gconv.group_conv_p4m, (1, 6, 6, 2, 8), (3, 3, 2, 8, 3)),
+]
+
+
+@pytest.mark.parametrize("conv, xshape, wshape", _CONVS)
+def test_mixed_dtypes_promote_as_jnp_does(conv, xshape, wshape):
+  x = _normal(40, xshape)
+  w_int = np.random.default_rng(41).integers(-3, 4, wshape).astype(np.int32)
+  w = _filters(42, wshape)
+  cases = [
+    ((x, w_int), (x, w_int.astype(np.float32))),  # float32 with int32
+    ((x.astype(jnp.bfloat16), w), (x.astype(jnp.bfloat16), w)),  # bf16, f32
+    ((x.astype(np.int8), w), (x.astype(np.int8), w)),  # int8 with f32
+  ]
+  for (a, b), (ref_a, ref_b) in cases:
+    got = conv(a, b)
+    assert got.dtype == jnp.result_type(a, b)
+    ref = conv(jnp.asarray(ref_a, got.dtype), jnp.asarray(ref_b, got.dtype))
+    np.testing.assert_array_equal(got, ref)
+  with pytest.raises(TypeError, match="int32 and w int32 .* cast one"):
+    conv(x.astype(np.int32), w_int)
+
+
+def test_mixed_dtypes_keep_one_convolution():
+  shapes = [
+    jax.ShapeDtypeStruct((2, 6, 6, 3), jnp.bfloat16),
+    jax.ShapeDtypeStruct((3, 3, 3, 4), jnp.int32),
+  ]
+  jaxpr = jax.make_jaxpr(gconv.lifting_conv)(*shapes)
+  names = [eqn.primitive.name for eqn in jaxpr.jaxpr.eqns]
+  assert names.count("conv_general_dilated") == 1
+  assert jaxpr.out_avals[0].dtype == jnp.bfloat16  # bf16 with int32: bf16
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME", "CIRCULAR"])
+def test_spatial_max_pool_takes_integer_and_bool_inputs(padding):
+  values = np.random.default_rng(43).integers(-100, 100, (2, 7, 7, 3, 4))
+  for dtype in (np.int8, np.int32, np.uint8, np.int64):
+    a = (values + 100 * (dtype == np.uint8)).astype(dtype)
+    got = gconv.spatial_max_pool(a, 3, 2, padding=padding)
+    assert got.dtype == jnp.asarray(a).dtype
+    ref = gconv.spatial_max_pool(a.astype(np.float32), 3, 2, padding=padding)
+    np.testing.assert_array_equal(got, np.asarray(ref).astype(dtype))
+  ref = gconv.spatial_max_pool(values.astype(np.float32), 3, 2, padding=padding)
+  mask = gconv.spatial_max_pool(values > 50, 3, 2, padding=padding)
+  np.testing.assert_array_equal(mask, np.asarray(ref) > 50)
+  with pytest.raises(TypeError, match="real .* dtype, got complex64"):
+    gconv.spatial_max_pool(values.astype(np.complex64), 2)
+
+
+def test_error_predictor_arguments():
+  calls = [
+    (lambda: gconv.is_exactly_equivariant((8, 8), 3), TypeError, "size"),
+    (lambda: gconv.is_exactly_equivariant(8, (3, 3)), TypeError, "kernel"),
+    (lambda: gconv.is_exactly_equivariant(8, 0), ValueError, "kernel"),
+    (lambda: gconv.is_exactly_equivariant(0, 3), ValueError, "size"),
+    (lambda: gconv.is_exactly_equivariant(8, 3.0), TypeError, "kernel"),
+    (lambda: gconv.output_size(8, -1, 1, "SAME"), ValueError, "kernel"),
+    (lambda: gconv.padding_amounts(8, 3, 0, "SAME"), ValueError, "stride"),
+    (lambda: gconv.effective_kernel(True), TypeError, "kernel"),
+  ]
+  for call, error, name in calls:
+    with pytest.raises(error, match=rf"^{name} must be .*, got "):
+      call()
+
+
+@pytest.mark.parametrize("conv, xshape, wshape", _CONVS)
+def test_error_kernel_larger_than_the_padded_input(conv, xshape, wshape):
+  x = _normal(44, xshape)
+  big = (7, 7, *wshape[2:])
+  with pytest.raises(ValueError, match=r"6x6 .* at least 7x7\.$"):
+    conv(x, _filters(45, big), padding="VALID")
+  with pytest.raises(ValueError, match=r"span 9 .* at least 7x8\.$"):
+    conv(x, _filters(45, wshape), padding=((1, 1), (0, 1)), dilation=4)
+  # The smallest accepted size gives one pixel; SAME pads any kernel in.
+  assert conv(x, _filters(46, (6, 6, *wshape[2:])), padding=0).shape[1:3] == (
+    1,
+    1,
+  )
+  assert conv(x, _filters(45, big)).shape[1:3] == (6, 6)
+  with pytest.raises(ValueError, match="at least one pixel along H and W"):
+    conv(x[:, :0], _filters(45, wshape))
+
+
+def test_error_pool_window_larger_than_the_input():
+  f = _normal(47, (1, 4, 4, 2, 4))
+  with pytest.raises(ValueError, match=r"5x5 window .* at least 5x5\."):
+    gconv.spatial_max_pool(f, 5)
+  assert gconv.spatial_max_pool(f, 5, padding="SAME").shape[1:3] == (1, 1)
+  with pytest.raises(ValueError, match="window must be a positive integer"):
+    gconv.spatial_max_pool(f, 0)
+
+
+def test_array_likes_are_accepted():
+  x = _normal(48, (1, 3, 3, 1))
+  np.testing.assert_array_equal(
+    gconv.rotate_z2(x.tolist(), 1), np.rot90(x, 1, axes=(1, 2))
+  )
+  f = _normal(49, (1, 3, 3, 1, 4))
+  np.testing.assert_array_equal(
+    gconv.rotate_p4(f.tolist(), 2), groups.act_on_map(groups.Element(2), f)
+  )
+  np.testing.assert_array_equal(
+    gconv.group_pool(f.tolist()), np.max(f, axis=-1)
+  )

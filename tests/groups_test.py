@@ -6,11 +6,13 @@ g", so `act(g, act(h, x)) == act(compose(g, h), x)`.
 
 import itertools
 
+import hypothesis
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from equivlab import groups
+from equivlab.testing import strategies
 
 _E = groups.Element
 
@@ -92,6 +94,26 @@ def test_action_on_maps_is_a_homomorphism(group, size):
     )
 
 
+@hypothesis.settings(max_examples=20)
+@hypothesis.given(
+  strategies.group_elements("p4m", max_shift=9),
+  strategies.group_elements("p4m", max_shift=9),
+  strategies.images(size=(1, 6)),
+  strategies.group_maps("p4m", size=(1, 6)),
+)
+def test_actions_are_homomorphisms_for_drawn_elements(g, h, x, f):
+  # The same law as above, over drawn sizes (odd, even, 1) and shifts.
+  gh = groups.compose(g, h)
+  np.testing.assert_array_equal(
+    groups.act_on_image(g, groups.act_on_image(h, x)),
+    groups.act_on_image(gh, x),
+  )
+  np.testing.assert_array_equal(
+    groups.act_on_map(g, groups.act_on_map(h, f)), groups.act_on_map(gh, f)
+  )
+  assert groups.compose(gh, groups.inverse(gh)) == groups.identity()
+
+
 def test_action_on_a_pixel_follows_the_affine_map():
   # A single bright pixel moves to t + L (p - c) + c (c = the centre).
   size, centre = 7, np.array([3, 3])
@@ -135,3 +157,28 @@ def test_error_wrong_rank_map():
 def test_error_index_out_of_range():
   with pytest.raises(ValueError, match="0..3 for p4, got 5"):
     groups.element("p4", 5)
+
+
+def test_error_malformed_translation():
+  for bad in (5, None, "ab", (1, 2, 3)):
+    with pytest.raises(ValueError, match=r"translation must be a pair"):
+      groups.index(_E(0, 0, bad))
+
+
+def test_error_unhashable_group():
+  with pytest.raises(ValueError, match=r"\['p4', 'p4m'\], got \['p4'\]"):
+    groups.group_order(["p4"])
+
+
+def test_error_bad_axes():
+  x = np.zeros((2, 3, 3))
+  for axes in ((0, 5), (1, 1), (1, -2), 1, (0.5, 1)):
+    with pytest.raises(ValueError, match="axes must be two distinct axes"):
+      groups.transform_spatial(x, _E(1), axes=axes)
+
+
+def test_array_likes_are_accepted():
+  x = np.arange(8.0).reshape(1, 2, 2, 2)
+  np.testing.assert_array_equal(
+    groups.act_on_image(_E(1), x.tolist()), groups.act_on_image(_E(1), x)
+  )
