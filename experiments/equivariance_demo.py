@@ -1,103 +1,67 @@
 r"""Equivariance demo: a random P4CNN is rotation invariant, a plain CNN is not.
 
 Cohen & Welling, "Group Equivariant Convolutional Networks" (ICML 2016);
-seed 000 part 1. Takes a real digit from the embedded MNIST subset, rotates
-it by 0, 90, 180 and 270 degrees (and mirrors it, for `--group=p4m`), and
-feeds every copy to an untrained P4CNN and to an untrained plain CNN of the
-same layout. It prints the invariance error of both networks' logits,
+seed 000 part 1. Takes a real digit from the embedded MNIST subset and
+feeds it, rotated by 0, 90, 180 and 270 degrees (and mirrored, for
+`--group=p4m`), to an untrained P4CNN and to an untrained plain CNN of the
+same layout. It measures with `equivlab.testing.equivariance_error` how far
+each network's logits move,
 
     max_g max |logits(g x) - logits(x)| / max |logits(x)|,
 
-and draws the P4CNN's lifted feature maps for each rotated input: as the
-digit turns, every map turns with it AND moves one step along the group axis
-(the columns cycle).
+and how far the P4CNN's lifted feature maps are from the rotated (and
+cycled) maps of the unrotated digit, and draws those maps for each rotated
+input: as the digit turns, every map turns with it AND moves one step along
+the group axis (the columns cycle).
 
-    python -m experiments.equivariance_demo --workdir=/tmp/equivlab/demo
+The P4CNN's errors are float32 rounding alone (about 1e-6): their digits
+change with the CPU and XLA's choice of kernels, so the table prints them
+as a bound ("< 1e-5") that holds across machines; results.json keeps the
+measured values.
 
-Writes into --workdir: results.json and lifted_feature_maps.png.
+    python -m experiments.equivariance_demo
+
+Writes into --workdir (default runs/equivariance_demo): results.json,
+results.md (the table), timings.json and lifted_feature_maps.png.
 """
 
 import dataclasses
-import json
+import functools
 import pathlib
 import time
-import types
-from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
 
-from equivlab import data, gconv, groups, layers
-from experiments import _launch
+from equivlab import checks, data, gconv, groups, layers, testing, viz
+from experiments import _common
 
 _LIFTING = {"p4": gconv.lifting_conv, "p4m": gconv.lifting_conv_p4m}
-
-
-def define_flags(
-  flag_values: flags.FlagValues = flags.FLAGS,
-) -> types.SimpleNamespace:
-  """Registers this experiment's flags; returns their holders.
-
-  Called only when the module runs as a script (and by tests, with a fresh
-  `flags.FlagValues()`), so that importing several experiments into one
-  process never defines a flag such as --workdir twice.
-  """
-  workdir = flags.DEFINE_string(
-    "workdir",
-    None,
-    "Directory for results.json and the PNG.",
-    flag_values=flag_values,
-  )
-  group = flags.DEFINE_enum(
-    "group",
-    "p4",
-    ["p4", "p4m"],
-    "Group of the equivariant network.",
-    flag_values=flag_values,
-  )
-  features = flags.DEFINE_integer(
-    "features",
-    10,
-    "G-channels per hidden layer of the P4CNN.",
-    flag_values=flag_values,
-  )
-  digit = flags.DEFINE_integer(
-    "digit_index",
-    0,
-    "Which test digit of the embedded data set to rotate.",
-    flag_values=flag_values,
-  )
-  channel = flags.DEFINE_integer(
-    "channel", 0, "Which lifted G-channel to draw.", flag_values=flag_values
-  )
-  seed = flags.DEFINE_integer(
-    "seed", 0, "Seed of the random weights.", flag_values=flag_values
-  )
-  return types.SimpleNamespace(
-    workdir=workdir,
-    group=group,
-    features=features,
-    digit=digit,
-    channel=channel,
-    seed=seed,
-  )
+_NAMES = {"p4": "P4CNN", "p4m": "P4MCNN"}
+# Float32 rounding errors print as "< FLOAT_ERROR_BOUND": their exact value
+# moves across machines (7.05e-7 on one, 1.03e-6 on another), the bound
+# does not.
+FLOAT_ERROR_BOUND = 1e-5
+_BOUND = "1e-5"
 
 
 @dataclasses.dataclass(frozen=True)
-class DemoConfig:
-  """Settings of the equivariance demo.
+class Config:
+  """Settings of the equivariance demo (seconds on one CPU core).
 
   Attributes:
-    group: "p4" or "p4m".
-    features: G-channels per hidden layer of the P4CNN.
-    digit_index: the test digit to transform.
-    channel: the lifted G-channel drawn in the picture.
+    group: "p4" (rotations by 90 degrees) or "p4m" (and mirrors).
+    features: G-channels per hidden layer of the P4CNN (the plain CNN has
+      features * |G| channels, the same layout).
+    digit_index: which test digit of the embedded data set to transform,
+      in [0, 1000).
+    channel: which lifted G-channel to draw, in [0, features).
     seed: seed of both networks' random weights.
-    cache_dir: the embedded data set's cache (None: the default).
+    cache_dir: the embedded data set's cache directory (default: the
+      user's cache directory).
   """
 
   group: str = "p4"
@@ -107,15 +71,43 @@ class DemoConfig:
   seed: int = 0
   cache_dir: str | None = None
 
+  def __post_init__(self):
+    _common.check_config(self)
+    checks.check_choice("group", self.group, tuple(_LIFTING))
+    checks.check_int("features", self.features, minimum=1)
+    checks.check_int(
+      "digit_index",
+      self.digit_index,
+      minimum=0,
+      maximum=data.EMBEDDED_NUM_TEST - 1,
+    )
+    if checks.is_int(self.channel) and self.channel >= self.features:
+      raise ValueError(
+        f"channel must be an int in [0, {self.features - 1}] (a lifted "
+        f"G-channel; features is {self.features}), got {self.channel}."
+      )
+    checks.check_int("channel", self.channel, minimum=0)
+    checks.check_int("seed", self.seed, minimum=0)
+    if self.cache_dir is not None and not isinstance(self.cache_dir, str):
+      raise TypeError(
+        f"cache_dir must be a directory path or None, got {self.cache_dir!r}."
+      )
+
 
 class PlainCNN(nn.Module):
-  """The P4CNN's layout with ordinary convolutions (the Z2CNN)."""
+  """The P4CNN's layout with ordinary convolutions (the Z2CNN).
+
+  Attributes:
+    num_classes: the number of logits.
+    features: channels per hidden layer.
+  """
 
   num_classes: int = 10
   features: int = 20
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    """Images `[N, 28, 28, C]` -> logits `[N, num_classes]`."""
     h = x
     for layer in range(6):
       h = nn.relu(nn.Conv(self.features, (3, 3), padding="VALID")(h))
@@ -125,166 +117,184 @@ class PlainCNN(nn.Module):
     return jnp.mean(h, axis=(1, 2))
 
 
-def invariance_error(logits: np.ndarray) -> float:
-  """`max_g max |logits[g] - logits[0]| / max |logits[0]|`, logits `[G, K]`."""
-  base = logits[0]
-  return float(np.max(np.abs(logits[1:] - base)) / np.max(np.abs(base)))
+def reported_error(error: float) -> str:
+  """An invariance error as the table prints it, the same on every machine.
 
-
-def _plot(path, images, lifted, channel, group):
-  import matplotlib  # noqa: PLC0415 (only the demo draws)
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
-  order = lifted.shape[-1]
-  rows, cols = len(images), order + 1
-  fig, axes = plt.subplots(
-    rows, cols, figsize=(1.3 * cols, 1.3 * rows), squeeze=False
-  )
-  vmax = float(np.max(np.abs(lifted[..., channel, :])))
-  for i, g in enumerate(groups.elements(group)[:rows]):
-    axes[i, 0].imshow(images[i, ..., 0], cmap="gray")
-    name = f"rot {90 * g.rotation}" + (" + mirror" if g.mirror else "")
-    axes[i, 0].set_ylabel(name, fontsize=7)
-    for s in range(order):
-      axes[i, s + 1].imshow(
-        lifted[i, ..., channel, s], cmap="RdBu_r", vmin=-vmax, vmax=vmax
-      )
-      if i == 0:
-        axes[0, s + 1].set_title(f"group index {s}", fontsize=7)
-  for ax in axes.flat:
-    ax.set_xticks([])
-    ax.set_yticks([])
-  axes[0, 0].set_title("input", fontsize=7)
-  fig.suptitle(
-    f"Lifted feature maps (channel {channel}, {group}): each row's maps are "
-    "the first row's, rotated and cycled along the group axis",
-    fontsize=8,
-  )
-  fig.tight_layout()
-  fig.savefig(path, dpi=90)
-  plt.close(fig)
-
-
-def run(config: DemoConfig, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Runs the demo and writes results.json and lifted_feature_maps.png.
-
-  Args:
-    config: the settings.
-    workdir: the output directory (created if missing).
-
-  Returns:
-    The dictionary written to results.json.
-
-  Raises:
-    ValueError: for an unknown group, a digit index out of range or a
-      channel index of the lifted maps out of range.
+  Errors below `FLOAT_ERROR_BOUND` are float rounding and print as that
+  bound ("< 1e-5"); larger ones, which are properties of the network and
+  not of the machine, with three significant digits.
   """
-  start = time.time()
-  order = groups.group_order(config.group)
-  if not 0 <= config.channel < config.features:
-    raise ValueError(
-      f"channel must be in 0..{config.features - 1}, got {config.channel}."
-    )
-  images, labels = data.embedded_digits("test", cache_dir=config.cache_dir)
-  if not 0 <= config.digit_index < len(images):
-    raise ValueError(
-      f"digit_index must be in 0..{len(images) - 1}, got {config.digit_index}."
-    )
-  digit = images[config.digit_index : config.digit_index + 1]
-  elems = groups.elements(config.group)
-  batch = np.concatenate([groups.act_on_image(g, digit) for g in elems])
+  if error < FLOAT_ERROR_BOUND:
+    return f"< {_BOUND}"
+  return f"{error:.3g}"
 
+
+def _networks(config: Config, digit: np.ndarray):
+  """The two untrained networks as `(name, jitted logits fn, #params)`."""
+  order = groups.group_order(config.group)
   # The "rbg" generator (XLA's RngBitGenerator) compiles the two inits ~10x
   # faster than threefry on CPU; the weights only need to be random.
-  key = jax.random.key(config.seed, impl="rbg")
-  key_eq, key_plain = jax.random.split(key)
+  key_eq, key_plain = jax.random.split(jax.random.key(config.seed, impl="rbg"))
   equivariant = layers.P4CNN(features=config.features, group=config.group)
   plain = PlainCNN(features=config.features * order)
-  eq_vars = jax.jit(equivariant.init)(key_eq, batch)
-  plain_vars = jax.jit(plain.init)(key_plain, batch)
+  eq_vars = jax.jit(equivariant.init)(key_eq, digit)
+  plain_vars = jax.jit(plain.init)(key_plain, digit)
+  count = lambda v: int(sum(p.size for p in jax.tree.leaves(v["params"])))
+  return eq_vars, (
+    (
+      _NAMES[config.group],
+      jax.jit(functools.partial(equivariant.apply, eq_vars)),
+      count(eq_vars),
+    ),
+    (
+      "plain CNN of the same layout",
+      jax.jit(functools.partial(plain.apply, plain_vars)),
+      count(plain_vars),
+    ),
+  )
+
+
+def _lifting_fn(config: Config, eq_vars):
+  """The P4CNN's first layer (lifting conv + bias) as a jitted function."""
+  lift = eq_vars["params"]["LiftingConv_0"]
+  lifting = _LIFTING[config.group]
 
   @jax.jit
-  def forward(eq_vars, plain_vars, x):
-    lift = eq_vars["params"]["LiftingConv_0"]
-    lifting = _LIFTING[config.group]
-    lifted = lifting(x, lift["kernel"], padding="VALID")
-    lifted = lifted + lift["bias"].reshape(1, 1, 1, -1, 1)
-    return equivariant.apply(eq_vars, x), plain.apply(plain_vars, x), lifted
+  def lifted(x):
+    out = lifting(x, lift["kernel"], padding="VALID")
+    return out + lift["bias"].reshape(1, 1, 1, -1, 1)
 
-  eq_logits, plain_logits, lifted = map(
-    np.asarray, forward(eq_vars, plain_vars, batch)
+  return lifted
+
+
+def _measure(config: Config, digit: np.ndarray) -> dict[str, Any]:
+  """Invariance of both networks' logits, equivariance of the lifting."""
+  eq_vars, networks = _networks(config, digit)
+  lifted = _lifting_fn(config, eq_vars)
+  rows = []
+  for name, logits_fn, num_params in networks:
+    errors = testing.equivariance_error(
+      logits_fn, digit, group=config.group, input="image", output="invariant"
+    )
+    rows.append({"network": name, "parameters": num_params, "errors": errors})
+  lifting_errors = testing.equivariance_error(
+    lifted, digit, group=config.group, input="image", output=config.group
   )
-  # Lifting equivariance, checked on the drawn maps themselves.
-  lifted_error = max(
-    float(np.max(np.abs(lifted[i] - groups.act_on_map(g, lifted[:1])[0])))
-    for i, g in enumerate(elems)
-  ) / float(np.max(np.abs(lifted[0])))
+  return {"rows": rows, "lifting_errors": lifting_errors, "lifted": lifted}
 
+
+def _table(config: Config, rows, lifting_error: float) -> str:
+  order = groups.group_order(config.group)
+  what = "rotations and mirrors" if config.group == "p4m" else "rotations"
+  column = f"logit change under the {order} {what}"
+  table = viz.format_table(
+    [
+      {
+        "network": r["network"],
+        "parameters": f"{r['parameters']:,}",
+        column: reported_error(r["invariance_error"]),
+      }
+      for r in rows
+    ]
+  )
+  return (
+    f"{table}\nLifting-layer equivariance error: "
+    f"{reported_error(lifting_error)}. (Untrained networks, test digit "
+    f"{config.digit_index}, seed {config.seed}; errors are relative, "
+    f"max_g max |f(g x) - g f(x)| / max |f(x)|, float32 rounding printed "
+    f"as < {_BOUND}.)"
+  )
+
+
+def _plot(path, images, lifted, channel, group) -> None:
+  """Each transformed digit beside its lifted maps, one column per index.
+
+  The maps share one grey scale, mid-grey at 0, so a map and its rotated
+  copy in another row look the same.
+  """
+  order = lifted.shape[-1]
+  maps = np.asarray(lifted[..., channel, :], np.float64)
+  scale = 2 * float(np.max(np.abs(maps))) or 1.0
+  panels, titles = [], []
+  for i, g in enumerate(groups.elements(group)):
+    name = f"rot {90 * g.rotation}" + (" + mirror" if g.mirror else "")
+    # The 28x28 digit cropped to the 26x26 of the VALID lifted maps (the
+    # embedded digits' border is blank).
+    panels.append(images[i, 1:-1, 1:-1, 0])
+    titles.append(f"input, {name}")
+    for s in range(order):
+      panels.append(0.5 + maps[i, ..., s] / scale)
+      titles.append(f"group index {s}")
+  viz.plot_images(
+    np.stack(panels),
+    path,
+    titles=titles,
+    ncols=order + 1,
+    title=(
+      f"Lifted feature maps (channel {channel}, {group}): each row's maps "
+      "are the first row's, rotated and cycled along the group axis"
+    ),
+  )
+
+
+def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Measures both untrained networks on one digit; writes the table.
+
+  Args:
+    config: the demo's settings.
+    workdir: where results.json, results.md, timings.json and
+      lifted_feature_maps.png go (created if missing).
+
+  Returns:
+    The contents of results.json: "config", "digit_label",
+    "group_elements" (`[rotation, mirror]` of each element, in the order
+    of the picture's rows), "rows" (per network: parameters, the
+    relative logit change per element and its maximum
+    "invariance_error"), "lifting_errors" and "lifting_equivariance_error"
+    (the lifting layer's relative equivariance error per element and its
+    maximum), "float_error_bound" and "table".
+  """
+  start = time.perf_counter()
+  images, labels = data.embedded_digits("test", cache_dir=config.cache_dir)
+  digit = images[config.digit_index : config.digit_index + 1]
+  measured = _measure(config, digit)
+  rows = [
+    {**r, "invariance_error": max(r["errors"].values())}
+    for r in measured["rows"]
+  ]
+  lifting_error = max(measured["lifting_errors"].values())
+  elements = groups.elements(config.group)
+  batch = np.concatenate([groups.act_on_image(g, digit) for g in elements])
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   _plot(
     workdir / "lifted_feature_maps.png",
     batch,
-    lifted,
+    np.asarray(measured["lifted"](batch)),
     config.channel,
     config.group,
   )
+  table = _table(config, rows, lifting_error)
   results = {
     "config": dataclasses.asdict(config),
     "digit_label": int(labels[config.digit_index]),
-    "group_elements": [list(g[:2]) for g in elems],
-    "p4cnn_invariance_error": invariance_error(eq_logits),
-    "plain_cnn_invariance_error": invariance_error(plain_logits),
-    "lifting_equivariance_error": lifted_error,
-    "p4cnn_num_params": int(
-      sum(p.size for p in jax.tree.leaves(eq_vars["params"]))
-    ),
-    "plain_cnn_num_params": int(
-      sum(p.size for p in jax.tree.leaves(plain_vars["params"]))
-    ),
-    "seconds": time.time() - start,
+    "group_elements": [[g.rotation, g.mirror] for g in elements],
+    "rows": rows,
+    "lifting_errors": measured["lifting_errors"],
+    "lifting_equivariance_error": lifting_error,
+    "float_error_bound": FLOAT_ERROR_BOUND,
+    "table": table,
   }
-  (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+  _common.write_results(
+    workdir,
+    results,
+    table=table,
+    timings={"seconds": time.perf_counter() - start},
+  )
   return results
 
 
-def main(argv: Sequence[str], holders: types.SimpleNamespace) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if not holders.workdir.value:
-    raise app.UsageError("--workdir is required.")
-  config = DemoConfig(
-    group=holders.group.value,
-    features=holders.features.value,
-    digit_index=holders.digit.value,
-    channel=holders.channel.value,
-    seed=holders.seed.value,
-  )
-  logging.info("Equivariance demo: %s", config)
-  results = run(config, holders.workdir.value)
-  name = "P4MCNN" if config.group == "p4m" else "P4CNN"
-  what = "rotations and mirrors" if config.group == "p4m" else "rotations"
-  print(
-    f"Digit {results['digit_label']} under the {len(results['group_elements'])}"
-    f" {what} of {config.group} (random weights):"
-  )
-  print(
-    f"  {name:9s} invariance error {results['p4cnn_invariance_error']:.2e}"
-    f"  ({results['p4cnn_num_params']} parameters)"
-  )
-  print(
-    f"  plain CNN invariance error {results['plain_cnn_invariance_error']:.2e}"
-    f"  ({results['plain_cnn_num_params']} parameters)"
-  )
-  print(
-    f"  lifting equivariance error {results['lifting_equivariance_error']:.2e}"
-  )
-  print(
-    f"Wrote results.json and lifted_feature_maps.png to {holders.workdir.value}"
-  )
-
+define_flags, main = _common.entry_points(Config, run, "equivariance_demo")
 
 if __name__ == "__main__":
-  _launch.run(main, define_flags)
+  _common.launch(main, define_flags)
