@@ -19,11 +19,17 @@ PathLike = str | os.PathLike
 
 
 def _save(fig: Figure, path: PathLike) -> str:
+  """Writes `fig` to `path`; an OSError names the path and the reason."""
   path = os.fspath(path)
   directory = os.path.dirname(path)
-  if directory:
-    os.makedirs(directory, exist_ok=True)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
+  try:
+    if directory:
+      os.makedirs(directory, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+  except OSError as error:
+    raise OSError(
+      error.errno, f"cannot write the figure {path}: {error.strerror}"
+    ) from None
   return path
 
 

@@ -51,6 +51,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from equivlab import checks
+from equivlab.training import checkpoint
 
 # Default workdirs live under ./runs (git-ignored), so no folder named
 # after the package appears in a directory Python may start from.
@@ -374,17 +375,23 @@ def entry_points(
 
 
 class _BelowWarningFrom(std_logging.Filter):
-  """Drops records below WARNING that were logged from one package's files."""
+  """Quiets one package: only its warnings pass, without tracebacks.
+
+  orbax logs hundreds of INFO records per run. A failure inside its
+  threads (a full disk) it logs as several ERROR records with tracebacks
+  and then raises to equivlab, which reports it in one line naming the
+  path; so its errors are left to that line.
+  """
 
   def __init__(self, package: str):
     super().__init__()
     self._fragment = f"/{package}/"
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return (
-      record.levelno >= std_logging.WARNING
-      or self._fragment not in record.pathname.replace("\\", "/")
-    )
+    if self._fragment not in record.pathname.replace("\\", "/"):
+      return True
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return std_logging.WARNING <= record.levelno < std_logging.ERROR
 
 
 def quiet_library_logs(
@@ -426,6 +433,11 @@ def launch(
 
   def _main(argv: Sequence[str]) -> None:
     quiet_library_logs()
+    # For the process's whole life: a failed checkpoint write may finish
+    # its pending operations after equivlab has reported it.
+    sys.unraisablehook = checkpoint.without_closed_loop_noise(
+      sys.unraisablehook
+    )
     try:
       main(argv, holders)
     except USER_ERRORS as error:
@@ -501,17 +513,18 @@ def write_results(
     The path of results.json.
   """
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  checkpoint.ensure_directory(workdir)
   path = workdir / "results.json"
-  text = json.dumps(to_json(results), indent=2, sort_keys=True) + "\n"
-  path.write_text(text)
+  files = {path: json.dumps(to_json(results), indent=2, sort_keys=True)}
   if table is not None:
-    (workdir / "results.md").write_text(table + "\n")
-    print(table)
+    files[workdir / "results.md"] = table
   if timings is not None:
-    (workdir / "timings.json").write_text(
-      json.dumps(to_json(timings), indent=2) + "\n"
-    )
+    files[workdir / "timings.json"] = json.dumps(to_json(timings), indent=2)
+  for name, text in files.items():
+    with checkpoint.write_errors(str(name)):
+      name.write_text(text + "\n")
+  if table is not None:
+    print(table)
   return path
 
 

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import socket
 import sys
@@ -51,8 +52,21 @@ class CheckpointWriteError(OSError):
 
 
 def _reason(error: BaseException) -> str:
-  """`error` as one short line: its type and the start of its message."""
+  """`error` as one short line: its type and the start of its message.
+
+  tensorstore's errors end with the OS error code (`[os_error_code='28']`)
+  after a long path; that code's name ("No space left on device") is the
+  whole story, so it is what the line says.
+  """
+  if isinstance(error, OSError) and error.strerror:
+    name = errno.errorcode.get(error.errno, error.errno)
+    where = f" ({error.filename})" if error.filename else ""
+    return f"{error.strerror} ({name}){where}"
   text = " ".join(str(error).split())
+  code = re.search(r"os_error_code='?(\d+)", text)
+  if code:
+    number = int(code.group(1))
+    return f"{os.strerror(number)} ({errno.errorcode.get(number, number)})"
   if len(text) > 200:
     text = text[:197] + "..."
   return f"{type(error).__name__}: {text}" if text else type(error).__name__
@@ -82,7 +96,9 @@ def write_errors(
   except CheckpointWriteError:
     raise
   except kinds as error:
-    code = getattr(error, "errno", None) or errno.EIO
+    code = getattr(error, "errno", None)
+    found = re.search(r"os_error_code='?(\d+)", str(error))
+    code = code or (int(found.group(1)) if found else errno.EIO)
     raise CheckpointWriteError(
       code, f"cannot write {what}: {_reason(error)}{advice}"
     ) from None
@@ -185,30 +201,34 @@ def _read_holder(handle, default: str | None = "pid unknown") -> str | None:
     return default if default is None else f"unreadable lock file: {text!r}"
 
 
-@contextlib.contextmanager
-def _quiet_failed_reads():
-  """Drops the asyncio noise of a failed tensorstore read.
+def without_closed_loop_noise(hook: Callable[[Any], None]):
+  """`hook` (a `sys.unraisablehook`) minus tensorstore's closed-loop noise.
 
-  When one read of a damaged checkpoint fails, tensorstore's other pending
-  reads finish on an event loop orbax has already closed; Python prints
-  each as an "Exception ignored ... Event loop is closed" traceback through
-  `sys.unraisablehook`. Only those are dropped, only while reading.
+  When one read of a damaged checkpoint (or one write to a full disk)
+  fails, tensorstore's other pending operations finish on an event loop
+  orbax has already closed; Python prints each as an "Exception ignored
+  ... Event loop is closed" traceback through `sys.unraisablehook`. The
+  returned hook drops exactly those and passes everything else to `hook`.
   """
-  previous = sys.unraisablehook
 
-  def hook(unraisable):
+  def filtered(unraisable):
     error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and "Event loop is closed" in str(
-      error
-    ):
+    if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
       return
-    previous(unraisable)
+    hook(unraisable)
 
-  sys.unraisablehook = hook
+  return filtered
+
+
+@contextlib.contextmanager
+def _quiet_failed_io():
+  """`without_closed_loop_noise` while inside; pending failures finalised."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = without_closed_loop_noise(previous)
   try:
     yield
   finally:
-    gc.collect()  # Finalise the failed reads while the filter is on.
+    gc.collect()  # Finalise the failed operations while the filter is on.
     sys.unraisablehook = previous
 
 
@@ -284,7 +304,7 @@ class Checkpointer:
     damaged, restored = [], None
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        with _quiet_failed_reads():
+        with _quiet_failed_io():
           meta = self._restore_meta(step)
       except Exception as error:  # noqa: BLE001 (any failure: try older)
         self._report(step, error)
@@ -293,7 +313,7 @@ class Checkpointer:
       if check_meta is not None:
         check_meta(meta)
       try:
-        with _quiet_failed_reads():
+        with _quiet_failed_io():
           state = self._manager.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(target)),
@@ -361,6 +381,8 @@ class Checkpointer:
     Raises:
       CheckpointWriteError: if this or an earlier asynchronous save failed.
     """
+    # A failure of the previous (asynchronous) save is that save's failure.
+    self.wait()
     with self._write_errors(step):
       self._manager.save(
         step,
@@ -377,10 +399,13 @@ class Checkpointer:
   @contextlib.contextmanager
   def _write_errors(self, step: int | None):
     try:
-      with write_errors(
-        f"the checkpoint of step {step} to {self.directory}",
-        kinds=(Exception,),
-        advice=_ADVICE,
+      with (
+        _quiet_failed_io(),
+        write_errors(
+          f"the checkpoint of step {step} to {self.directory}",
+          kinds=(Exception,),
+          advice=_ADVICE,
+        ),
       ):
         yield
     except CheckpointWriteError:
@@ -396,12 +421,13 @@ class Checkpointer:
 
   def close(self) -> None:
     """Waits for pending saves and stops orbax's threads; never raises."""
-    try:
-      self._manager.wait_until_finished()
-    except Exception:  # noqa: BLE001 (reported by save / wait already)
-      self._remove_temporaries()
-    with contextlib.suppress(Exception):
-      self._manager.close()
+    with _quiet_failed_io():
+      try:
+        self._manager.wait_until_finished()
+      except Exception:  # noqa: BLE001 (reported by save / wait already)
+        self._remove_temporaries()
+      with contextlib.suppress(Exception):
+        self._manager.close()
     self._remove_temporaries()
 
   def __enter__(self) -> Checkpointer:

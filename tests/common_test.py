@@ -1,0 +1,185 @@
+"""Tests of experiments/_common.py, what every experiment shares."""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from absl import flags
+
+from equivlab import checks
+from experiments import _common
+
+_REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config(_common.TrainingOptions, _common.SeedOptions):
+  """A study.
+
+  Attributes:
+    depths: the depths to try, comma-separated.
+    rate: a learning rate, > 0; its help goes on
+      over two lines.
+    name: a label.
+    limit: an optional limit.
+    kwargs: keyword arguments as JSON.
+  """
+
+  depths: tuple[int, ...] = (2, 4)
+  rate: float = 0.1
+  name: str = "x"
+  limit: int | None = None
+  kwargs: dict = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    _common.check_config(self)
+    checks.check_ints("depths", self.depths, minimum=1)
+    checks.check_number("rate", self.rate, minimum=0, strict_minimum=True)
+
+
+def _parse(*argv):
+  flag_values = flags.FlagValues()
+  holders = _common.define_flags(_Config, flag_values, workdir="runs/x")
+  flag_values(["study", *argv])
+  holders.flag_values = flag_values
+  return holders
+
+
+def test_flags_are_the_config_fields_with_their_help():
+  holders = _parse()
+  names = {f.name for f in dataclasses.fields(_Config)} | {"workdir"}
+  assert set(holders.holders) == names
+  helps = holders.flag_values
+  assert helps["rate"].help == (
+    "a learning rate, > 0; its help goes on over two lines."
+  )
+  assert "tensorflow-datasets" in helps["dataset"].help
+  assert holders.config() == _Config()
+  assert holders.workdir == "runs/x"
+
+
+def test_flag_values_become_the_config():
+  holders = _parse(
+    "--depths=8,16",
+    "--rate=0.5",
+    "--limit=3",
+    '--kwargs={"a": [1, 2]}',
+    "--num_seeds=2",
+    "--seed=4",
+    "--nodownload",
+    "--workdir=w",
+  )
+  config = holders.config()
+  assert config.depths == (8, 16) and config.rate == 0.5
+  assert config.limit == 3 and config.kwargs == {"a": [1, 2]}
+  assert config.seeds == (4, 5) and holders.workdir == "w"
+
+
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (["--rate=0"], "flag --rate=0.0: rate must be a finite number > 0"),
+    (["--depths=2,x"], "--depths must be a comma-separated list of ints"),
+    (["--depths=0"], r"depths\[0\] must be an int >= 1, got 0"),
+    (["--num_seeds=0"], "num_seeds must be an int >= 1, got 0"),
+    (["--kwargs={a}"], "--kwargs must be JSON"),
+    (["--checkpoint_every_secs=-1"], "checkpoint_every_secs must be"),
+  ],
+)
+def test_bad_flags_are_flag_errors_naming_the_flag(argv, message):
+  with pytest.raises(flags.IllegalFlagValueError, match=message):
+    _parse(*argv)
+
+
+def test_mean_std_is_the_sample_std():
+  mean, std = _common.mean_std([1.0, 2.0, 3.0, 4.0])
+  assert mean == 2.5
+  assert std == pytest.approx(math.sqrt(5 / 3))  # ddof = 1, not sqrt(5/4).
+  assert _common.mean_std([7.0]) == (7.0, 0.0)
+  with pytest.raises(ValueError, match="at least one value"):
+    _common.mean_std([])
+
+
+def test_write_results_is_deterministic_json(tmp_path, capsys):
+  import numpy as np  # noqa: PLC0415
+
+  results = {"b": np.float32(0.5), "a": (1, np.arange(2)), "c": math.nan}
+  _common.write_results(
+    tmp_path / "one", results, table="| t |", timings={"run": 1.5}
+  )
+  _common.write_results(tmp_path / "two", dict(reversed(results.items())))
+  one, two = (
+    (tmp_path / n / "results.json").read_text() for n in ("one", "two")
+  )
+  assert one == two
+  assert json.loads(one) == {"a": [1, [0, 1]], "b": 0.5, "c": "nan"}
+  assert (tmp_path / "one" / "results.md").read_text() == "| t |\n"
+  assert json.loads((tmp_path / "one" / "timings.json").read_text()) == {
+    "run": 1.5
+  }
+  assert "| t |" in capsys.readouterr().out
+
+
+def _record(path: str, level: int, exc_info=None) -> logging.LogRecord:
+  return logging.LogRecord("absl", level, path, 1, "message", None, exc_info)
+
+
+def test_orbax_chatter_and_tracebacks_are_dropped_but_warnings_pass():
+  handler = logging.Handler()
+  _common.quiet_library_logs(handler)
+  _common.quiet_library_logs(handler)  # idempotent: one filter, not two.
+  assert len(handler.filters) == 1
+  orbax = "/venv/lib/python3.11/site-packages/orbax/checkpoint/manager.py"
+  ours = "/repo/equivlab/training/loop.py"
+  assert not handler.filter(_record(orbax, logging.INFO))
+  assert not handler.filter(_record(orbax, logging.ERROR))
+  warning = _record(orbax, logging.WARNING, (ValueError, ValueError(), None))
+  assert handler.filter(warning) and warning.exc_info is None
+  assert handler.filter(_record(ours, logging.INFO))
+  assert handler.filter(_record(ours, logging.ERROR))
+
+
+def test_launch_ends_a_user_error_in_one_line_with_status_1(tmp_path):
+  script = tmp_path / "study.py"
+  script.write_text(
+    textwrap.dedent(
+      """
+      import dataclasses
+      from experiments import _common
+
+      @dataclasses.dataclass(frozen=True)
+      class Config:
+        '''S.
+
+        Attributes:
+          size: a size.
+        '''
+        size: int = 1
+
+      def run(config, workdir):
+        raise OSError(28, f"cannot write {workdir}: No space left on device")
+
+      define_flags, main = _common.entry_points(Config, run, "study")
+      _common.launch(main, define_flags)
+      """
+    )
+  )
+  done = subprocess.run(
+    [sys.executable, str(script), "--workdir=w"],
+    capture_output=True,
+    text=True,
+    timeout=120,
+    env={**os.environ, "PYTHONPATH": str(_REPO)},
+  )
+  assert done.returncode == 1
+  assert "Traceback" not in done.stderr
+  assert done.stderr.strip().splitlines()[-1] == (
+    "error: [Errno 28] cannot write w: No space left on device"
+  )
