@@ -1,64 +1,59 @@
-"""Two real JAX processes on localhost train data-parallel (issue 7).
+"""Two real JAX processes train through the library loop (issue 16 item 6).
 
-Each test starts two Python interpreters that meet through
-`jax.distributed` at 127.0.0.1 (CPU collectives: gloo), each with two
-simulated CPU devices, so the mesh spans 4 devices in 2 processes. Every
-subprocess runs under a hard timeout and is killed if it hangs.
+Each test starts Python interpreters that meet through `jax.distributed` at
+127.0.0.1 (CPU collectives: gloo), each with two simulated CPU devices, so
+the mesh spans 4 devices in 2 processes, and each calls
+`train.train_and_evaluate` itself on one shared workdir. Every subprocess
+runs under a hard timeout and is killed if it hangs.
 """
 
 import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 
-from equivlab import data, parallel
+from equivlab import train
 
 _REPO = pathlib.Path(__file__).resolve().parent.parent
 _TIMEOUT_S = 240
 _NUM_PROCESSES = 2
 _LOCAL_DEVICES = 2
-_STEPS = 4
-_GLOBAL_BATCH = 16
+
+# 64 digits / 16 = 4 steps per epoch, 2 epochs; checkpoints at 2, 4, 6, 8.
+# Batch norm and dropout: the statistics must be those of the global batch.
+CONFIG = train.TrainConfig(
+  model="cnn",
+  model_kwargs={
+    "features": (4, 8),
+    "dense_features": 16,
+    "norm": "batch",
+    "dropout_rate": 0.1,
+  },
+  train_limit=64,
+  test_limit=32,
+  num_epochs=2,
+  batch_size=16,
+  eval_batch_size=16,
+  optimizer="momentum",
+  learning_rate=0.05,
+  checkpoint_every_steps=2,
+  max_checkpoints=10,
+  log_every_steps=1,
+  progress=False,
+)
 
 
 def _free_port() -> int:
   with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
     sock.bind(("127.0.0.1", 0))
     return sock.getsockname()[1]
-
-
-def _run_processes(argvs, env, workdir):
-  """Starts one process per argv; kills them all if any hangs."""
-  procs = []
-  logs = []
-  for i, argv in enumerate(argvs):
-    log = open(workdir / f"log_{i}.txt", "w")  # noqa: SIM115
-    logs.append(log)
-    procs.append(
-      subprocess.Popen(
-        argv, cwd=_REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-      )
-    )
-  try:
-    for proc in procs:
-      proc.wait(timeout=_TIMEOUT_S)
-  except subprocess.TimeoutExpired:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-  finally:
-    for log in logs:
-      log.close()
-  outputs = [(workdir / f"log_{i}.txt").read_text() for i in range(len(argvs))]
-  for proc, output in zip(procs, outputs, strict=True):
-    assert proc.returncode == 0, f"rc={proc.returncode}\n{output[-3000:]}"
-  return outputs
 
 
 def _worker_env():
@@ -71,118 +66,150 @@ def _worker_env():
   return env
 
 
-# --- Training through equivlab.train's state and step ---------------------
+def _start(workdir, logdir, stall=None):
+  """Starts the two workers; `stall` = (process id, step) to stall at."""
+  address = f"127.0.0.1:{_free_port()}"
+  procs = []
+  for pid in range(_NUM_PROCESSES):
+    code = (
+      "from tests.multiprocess_test import _worker; "
+      f"_worker({address!r}, {pid}, {str(workdir)!r}, {stall!r})"
+    )
+    with (logdir / f"log_{pid}.txt").open("w") as log:
+      procs.append(
+        subprocess.Popen(
+          [sys.executable, "-c", code],
+          cwd=_REPO,
+          env=_worker_env(),
+          stdout=log,
+          stderr=subprocess.STDOUT,
+        )
+      )
+  return procs
 
 
-def _config():
-  from equivlab import train  # noqa: PLC0415 (engineer T's module)
-
-  return train.TrainConfig(
-    model="cnn",
-    model_kwargs=(
-      ("features", (4, 8)),
-      ("dense_features", 16),
-      ("norm", "batch"),
-    ),
-    batch_size=_GLOBAL_BATCH,
-    optimizer="momentum",
-    learning_rate=0.05,
-  )
+def _finish(procs, logdir):
+  try:
+    for proc in procs:
+      proc.wait(timeout=_TIMEOUT_S)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:  # Hung: never let it outlive the test.
+        proc.kill()
+        proc.wait()
+  for pid, proc in enumerate(procs):
+    output = (logdir / f"log_{pid}.txt").read_text()
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{output[-3000:]}"
 
 
-def _global_batches(process_count):
-  """Global batch i = process 0's i-th local batch, then process 1's, ....
+def _worker(address, process_id, workdir, stall=None):
+  """One process of the run: joins, trains, saves what it ended with."""
+  from equivlab import parallel  # noqa: PLC0415
+  from equivlab.training import steps as steps_lib  # noqa: PLC0415
 
-  Each process reads only its own contiguous shard of the embedded digits
-  (`parallel.process_slice`), as a multi-host input pipeline would.
-  """
-  images, labels = data.embedded_digits("train")
-  local = _GLOBAL_BATCH // process_count
-  shards = []
-  for p in range(process_count):
-    rows = parallel.process_slice(len(labels), p, process_count)
-    shards.append((images[rows], labels[rows]))
-  for step in range(_STEPS):
-    rows = slice(step * local, (step + 1) * local)
-    yield [(im[rows], lb[rows]) for im, lb in shards]
-
-
-def _train(mesh, local_batches):
-  """`_STEPS` steps of `train.train_step`; returns (losses, params)."""
-  from equivlab import train  # noqa: PLC0415
-
-  state = train.create_train_state(
-    jax.random.PRNGKey(0), _config(), np.zeros((2, 28, 28, 1), np.float32)
-  )
-  state = parallel.replicate(state, mesh)
-  losses = []
-  for image, label in local_batches:
-    batch = parallel.shard_batch({"image": image, "label": label}, mesh)
-    state, metrics = train.train_step(state, batch)
-    losses.append(float(metrics["loss"].addressable_data(0)))
-  params = jax.tree_util.tree_map(
-    lambda a: np.asarray(a.addressable_data(0)),
-    {"params": state.params, "batch_stats": state.batch_stats},
-  )
-  return losses, params
-
-
-def _flat(params):
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  return {jax.tree_util.keystr(path): leaf for path, leaf in leaves}
-
-
-def _worker(address, process_id, workdir):
-  """Entry point of one subprocess (see test_two_processes_*)."""
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   parallel.initialize_distributed(
     address, _NUM_PROCESSES, process_id, timeout_s=120
   )
-  mesh = parallel.make_mesh()
-  assert mesh.devices.size == _NUM_PROCESSES * _LOCAL_DEVICES
-  mine = (parts[process_id] for parts in _global_batches(jax.process_count()))
-  losses, params = _train(mesh, mine)
   workdir = pathlib.Path(workdir)
-  np.savez(workdir / f"params_{process_id}.npz", **_flat(params))
-  if parallel.is_primary():
-    (workdir / "metrics.json").write_text(json.dumps({"loss": losses}))
-  print("WORKER_DONE", process_id, jax.process_count(), jax.device_count())
-
-
-def test_two_processes_train_to_identical_params(tmp_path):
-  address = f"127.0.0.1:{_free_port()}"
-  argvs = [
-    [
-      sys.executable,
-      "-c",
-      "from tests.multiprocess_test import _worker; "
-      f"_worker({address!r}, {pid}, {str(tmp_path)!r})",
-    ]
-    for pid in range(_NUM_PROCESSES)
-  ]
-  outputs = _run_processes(argvs, _worker_env(), tmp_path)
-  for pid, output in enumerate(outputs):
-    assert f"WORKER_DONE {pid} 2 4" in output, output[-3000:]
-
-  # Only process 0 wrote metrics; both wrote their final parameters.
-  assert (tmp_path / "metrics.json").exists()
-  assert sorted(p.name for p in tmp_path.glob("*.json")) == ["metrics.json"]
-  params = [np.load(tmp_path / f"params_{p}.npz") for p in range(2)]
-  assert params[0].files == params[1].files and params[0].files
-  for name in params[0].files:
-    np.testing.assert_array_equal(params[0][name], params[1][name])
-
-  # The same global batches on 4 devices of ONE process give the same run.
-  mesh = parallel.make_mesh(4)
-  whole = (
-    (
-      np.concatenate([p[0] for p in parts]),
-      np.concatenate([p[1] for p in parts]),
-    )
-    for parts in _global_batches(_NUM_PROCESSES)
+  if stall is not None and stall[0] == process_id:
+    _stall_at(steps_lib, stall[1], workdir / f"stalled_{process_id}")
+  result = train.train_and_evaluate(CONFIG, workdir)
+  flat = jax.tree_util.tree_flatten_with_path(result.variables)[0]
+  np.savez(
+    workdir / f"variables_{process_id}.npz",
+    **{jax.tree_util.keystr(path): leaf for path, leaf in flat},
   )
-  ref_losses, ref_params = _train(mesh, whole)
-  losses = json.loads((tmp_path / "metrics.json").read_text())["loss"]
-  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
-  for name, value in _flat(ref_params).items():
-    np.testing.assert_allclose(params[0][name], value, rtol=1e-4, atol=1e-5)
+  (workdir / f"metrics_{process_id}.json").write_text(
+    json.dumps(result.metrics)
+  )
+
+
+def _stall_at(steps_lib, step, flag):
+  make_steps = steps_lib.make_steps
+
+  def stalling(*args):
+    steps = make_steps(*args)
+    calls = []
+
+    def train_step(state, batch):
+      calls.append(1)
+      if len(calls) == step:
+        flag.touch()
+        time.sleep(3600)  # Until the test kills this process.
+      return steps.train_step(state, batch)
+
+    return steps._replace(train_step=train_step)
+
+  steps_lib.make_steps = stalling
+
+
+def _variables(workdir, pid):
+  return dict(np.load(workdir / f"variables_{pid}.npz"))
+
+
+def _records(workdir):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line) for line in lines]
+
+
+def test_two_processes_train_through_the_loop_like_one(tmp_path):
+  two = tmp_path / "two"
+  _finish(_start(two, tmp_path), tmp_path)
+  ours = [_variables(two, pid) for pid in range(_NUM_PROCESSES)]
+  assert ours[0].keys() == ours[1].keys() and any(
+    "batch_stats" in k for k in ours[0]
+  )
+  for name in ours[0]:  # Both processes end with bitwise the same state.
+    np.testing.assert_array_equal(ours[0][name], ours[1][name])
+  # Only process 0 wrote metrics: every step and epoch once.
+  records = _records(two)
+  assert [r["step"] for r in records if r["kind"] == "step"] == list(
+    range(1, 9)
+  )
+  assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
+  assert len(list((two / "tensorboard").iterdir())) == 1
+
+  # The same global batches on 4 devices of ONE process: the same run, up
+  # to the order of the cross-process sums (gloo vs one XLA reduction).
+  one = train.train_and_evaluate(
+    CONFIG.__class__(**{**CONFIG.to_json(), "num_devices": 4}),
+    tmp_path / "one",
+  )
+  flat = jax.tree_util.tree_flatten_with_path(one.variables)[0]
+  for path, leaf in flat:
+    np.testing.assert_allclose(
+      ours[0][jax.tree_util.keystr(path)], leaf, rtol=1e-5, atol=1e-6
+    )
+  metrics = json.loads((two / "metrics_0.json").read_text())
+  np.testing.assert_allclose(metrics["test_loss"], one["test_loss"], rtol=1e-5)
+
+  # Killed mid-run (one process stalls after the checkpoint at 4, is killed,
+  # the other with it), the same two commands resume to bitwise the end of
+  # the uninterrupted two-process run.
+  killed = tmp_path / "killed"
+  procs = _start(killed, tmp_path, stall=(1, 6))
+  try:
+    deadline = time.monotonic() + _TIMEOUT_S
+    while not (
+      (killed / "stalled_1").exists()
+      and (killed / "checkpoints" / "4").is_dir()
+    ):
+      assert all(p.poll() is None for p in procs), "a worker ended early"
+      assert time.monotonic() < deadline, "the run never reached step 6"
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[0].send_signal(signal.SIGKILL)
+  finally:
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+      proc.wait()
+  _finish(_start(killed, tmp_path), tmp_path)
+  resumed = _variables(killed, 0)
+  for name in ours[0]:
+    np.testing.assert_array_equal(resumed[name], ours[0][name])
+  resumes = [r["step"] for r in _records(killed) if r["kind"] == "resume"]
+  assert resumes and resumes[0] >= 4
+  steps = [r["step"] for r in _records(killed) if r["kind"] == "step"]
+  assert steps == list(range(1, 9))  # Replayed steps not written twice.
