@@ -11,37 +11,80 @@ in the Elman net it decays geometrically, which is why W_hh and W_xh are
 hard to train over long lags; the additive memory cell of the LSTM and the
 update gate of the GRU keep it from vanishing.
 
-  python -m experiments.rnn_memory --workdir=/tmp/rnn_memory
+    python -m experiments.rnn_memory
 
-Writes results.json, accuracy_vs_lag.png and grad_norm_vs_distance.png.
+Each (lag, network) run is one jitted scan of `num_steps` Adam steps
+(seconds): as it finishes, its measurements are written to
+`<workdir>/runs/lag<L>/<network>.json`, so a killed sweep loses at most
+the run in progress, and the same command again skips every finished run
+(a workdir holding runs of other settings is refused, naming them).
+
+Writes into --workdir (default runs/rnn_memory): results.json, results.md
+(the table), timings.json, accuracy_vs_lag.png, grad_norm_vs_distance.png
+and the per-run records under runs/.
 """
 
 import dataclasses
 import functools
 import json
 import os
-from collections.abc import Sequence
+import pathlib
+import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 import optax
-from absl import flags, logging
+from absl import logging
 
-from equivlab import rnn
+from equivlab import checks, rnn, viz
 from equivlab.rnn import esn
-from experiments import _launch
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from experiments import _common
 
 RNN_MODELS = ("elman", "lstm", "gru")
+ESN_READOUTS = ("esn_ridge", "esn_gradient")
+_DISPLAY = {
+  "elman": "Elman",
+  "lstm": "LSTM",
+  "gru": "GRU",
+  "esn_ridge": "ESN (ridge)",
+  "esn_gradient": "ESN (gradient)",
+}
+# Fields that do not change what one (lag, network) run measures: a workdir
+# with runs of other lags, networks or plotted lag is resumed, not refused.
+_SWEEP_FIELDS = ("lags", "models", "grad_lag")
 
 
 @dataclasses.dataclass(frozen=True)
-class MemoryConfig:
-  """Settings of the lag sweep (defaults: a few minutes on 2 CPU cores)."""
+class Config:
+  """Settings of the lag sweep (defaults: a few minutes on 2 CPU cores).
+
+  Attributes:
+    lags: the lags L to sweep (distractor steps between the signal and
+      the answer), distinct ints >= 1.
+    models: the recurrent networks trained by BPTT, among elman, lstm,
+      gru (the echo-state net always runs).
+    num_symbols: signal symbols, the classes (chance is 1 / num_symbols).
+    num_distractors: distractor symbols.
+    hidden_size: hidden units of the Elman, LSTM and GRU nets.
+    batch_size: sequences per Adam step.
+    num_steps: Adam steps per network and lag.
+    learning_rate: Adam's step size.
+    clip_norm: gradients are clipped to this global norm.
+    esn_size: reservoir units of the echo-state net.
+    esn_radius: spectral radius of the reservoir matrix.
+    esn_input_scale: input weights are uniform in [-scale, scale]; small
+      keeps the reservoir near its linear regime, where its memory is
+      longest.
+    esn_train_size: sequences the echo-state readouts are fitted on.
+    esn_readout_steps: full-batch Adam steps of the gradient readout.
+    ridge_l2: the ridge penalty of the closed-form readout.
+    eval_size: held-out sequences every accuracy is measured on.
+    grad_lag: lag (the nearest swept one) of the gradient-norm plot.
+    grad_probe_size: sequences the gradient norms are averaged over.
+    seed: seed of the data, the weights and the reservoirs.
+  """
 
   lags: tuple[int, ...] = (2, 5, 10, 20, 40, 80)
   models: tuple[str, ...] = RNN_MODELS
@@ -56,11 +99,60 @@ class MemoryConfig:
   esn_radius: float = 0.95
   esn_input_scale: float = 0.1
   esn_train_size: int = 2048
+  esn_readout_steps: int = 500
   ridge_l2: float = 1e-4
   eval_size: int = 1024
   grad_lag: int = 40
   grad_probe_size: int = 64
   seed: int = 0
+
+  def __post_init__(self):
+    _common.check_config(self)
+    checks.check_ints("lags", self.lags, minimum=1)
+    if len(set(self.lags)) != len(self.lags):
+      raise ValueError(f"lags must be distinct, got {list(self.lags)}.")
+    _check_models(self.models)
+    checks.check_int("num_symbols", self.num_symbols, minimum=2)
+    for name in (
+      "num_distractors",
+      "hidden_size",
+      "batch_size",
+      "num_steps",
+      "esn_size",
+      "esn_train_size",
+      "esn_readout_steps",
+      "eval_size",
+      "grad_lag",
+      "grad_probe_size",
+    ):
+      checks.check_int(name, getattr(self, name), minimum=1)
+    for name in (
+      "learning_rate",
+      "clip_norm",
+      "esn_radius",
+      "esn_input_scale",
+    ):
+      checks.check_number(
+        name, getattr(self, name), minimum=0, strict_minimum=True
+      )
+    checks.check_number("ridge_l2", self.ridge_l2, minimum=0)
+    checks.check_int("seed", self.seed, minimum=0)
+
+  @property
+  def nearest_grad_lag(self) -> int:
+    """The swept lag nearest `grad_lag` (the smaller one on a tie)."""
+    return min(self.lags, key=lambda lag: (abs(lag - self.grad_lag), lag))
+
+
+def _check_models(models: Any) -> None:
+  if isinstance(models, str) or not isinstance(models, tuple | list):
+    raise TypeError(f"models must be a sequence of names, got {models!r}.")
+  unknown = [m for m in models if m not in RNN_MODELS]
+  if not models or unknown or len(set(models)) != len(models):
+    raise ValueError(
+      f"models must be distinct names from {RNN_MODELS}, at least one, got "
+      f"{list(models)}."
+    )
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
@@ -86,6 +178,10 @@ def make_batch(key, batch_size: int, lag: int, num_symbols: int, n_dist: int):
   return jax.nn.one_hot(tokens, num_symbols + n_dist), labels
 
 
+def _batch(config: Config, key, size: int, lag: int):
+  return make_batch(key, size, lag, config.num_symbols, config.num_distractors)
+
+
 def _init_model(key, name, dim, hidden, classes):
   k_cell, k_out = jax.random.split(key)
   return {
@@ -96,7 +192,7 @@ def _init_model(key, name, dim, hidden, classes):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _final_logits(name, params, xs):
+def final_logits(name: str, params, xs: jax.Array) -> jax.Array:
   """Logits from the hidden state after the last step: [B, T, D] -> [B, K]."""
   cell = rnn.get_cell(name)
   hidden = params["W_out"].shape[1]
@@ -108,7 +204,18 @@ def _final_logits(name, params, xs):
   return h @ params["W_out"].T + params["b_out"][None, :]
 
 
-def train_rnn(key, name: str, lag: int, config: MemoryConfig):
+def accuracy(name: str, params, xs, labels) -> float:
+  """The fraction of sequences whose last-step argmax is the label."""
+  return _fraction_right(final_logits(name, params, xs), labels)
+
+
+def _fraction_right(logits: jax.Array, labels: jax.Array) -> float:
+  """Correct argmaxes over all rows, counted exactly (not a float32 mean)."""
+  right = np.argmax(np.asarray(logits), axis=-1) == np.asarray(labels)
+  return int(right.sum()) / right.size
+
+
+def train_rnn(key, name: str, lag: int, config: Config):
   """Trains one recurrent net on the task at one lag (one jitted scan).
 
   Returns:
@@ -119,87 +226,49 @@ def train_rnn(key, name: str, lag: int, config: MemoryConfig):
   params0 = _init_model(
     k_init, name, dim, config.hidden_size, config.num_symbols
   )
+  params, losses = _train_scan(params0, k_data, name, lag, config)
+  return params0, params, losses
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _train_scan(params, key, name: str, lag: int, config: Config):
+  """`num_steps` Adam steps, step i on the batch of `fold_in(key, i)`."""
   optimizer = optax.chain(
     optax.clip_by_global_norm(config.clip_norm),
     optax.adam(config.learning_rate),
   )
 
   def loss_fn(params, xs, labels):
-    logits = _final_logits(name, params, xs)
+    logits = final_logits(name, params, xs)
     return jnp.mean(
       optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     )
 
-  @jax.jit
-  def train(params):
-    def step(state, i):
-      params, opt_state = state
-      xs, labels = make_batch(
-        jax.random.fold_in(k_data, i),
-        config.batch_size,
-        lag,
-        config.num_symbols,
-        config.num_distractors,
-      )
-      loss, grads = jax.value_and_grad(loss_fn)(params, xs, labels)
-      updates, opt_state = optimizer.update(grads, opt_state, params)
-      return (optax.apply_updates(params, updates), opt_state), loss
-
-    (params, _), losses = jax.lax.scan(
-      step, (params, optimizer.init(params)), jnp.arange(config.num_steps)
+  def step(state, i):
+    params, opt_state = state
+    xs, labels = _batch(
+      config, jax.random.fold_in(key, i), config.batch_size, lag
     )
-    return params, losses
+    loss, grads = jax.value_and_grad(loss_fn)(params, xs, labels)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state), loss
 
-  params, losses = train(params0)
-  return params0, params, losses
-
-
-def accuracy(name, params, xs, labels) -> float:
-  logits = _final_logits(name, params, xs)
-  return float(jnp.mean(jnp.argmax(logits, axis=1) == labels))
-
-
-def run_esn(key, lag: int, eval_batch, config: MemoryConfig) -> dict:
-  """An echo-state net: random reservoir, ridge and gradient readouts."""
-  dim = config.num_symbols + config.num_distractors
-  k_res, k_data, k_read = jax.random.split(key, 3)
-  params = esn.init_esn(
-    k_res,
-    dim,
-    config.esn_size,
-    spectral_radius=config.esn_radius,
-    input_scale=config.esn_input_scale,
+  (params, _), losses = jax.lax.scan(
+    step, (params, optimizer.init(params)), jnp.arange(config.num_steps)
   )
-  xs, labels = make_batch(
-    k_data,
-    config.esn_train_size,
-    lag,
-    config.num_symbols,
-    config.num_distractors,
-  )
-  states = jax.jit(lambda x: esn.esn_states(params, x)[0])
-  train_feats = states(xs)
-  eval_feats = states(eval_batch[0])
-  targets = jax.nn.one_hot(labels, config.num_symbols)
-  ridge = esn.ridge_readout(train_feats, targets, config.ridge_l2)
-  grad_readout, _ = esn.gradient_readout(
-    k_read, train_feats, labels, config.num_symbols, num_steps=500
-  )
-  acc = lambda v: float(
-    jnp.mean(jnp.argmax(esn.readout_apply(v, eval_feats), 1) == eval_batch[1])
-  )
-  return {"ridge": acc(ridge), "gradient": acc(grad_readout)}
+  return params, losses
 
 
-def gradient_profile(name, params, key, lag, config: MemoryConfig):
+def gradient_profile(name: str, params, key, lag: int, config: Config):
   """Mean ||dL_T/dh_t|| over a batch, indexed by distance T - t (0..lag)."""
-  xs, labels = make_batch(
-    key,
-    config.grad_probe_size,
-    lag,
-    config.num_symbols,
-    config.num_distractors,
-  )
+  xs, labels = _batch(config, key, config.grad_probe_size, lag)
+  norms = _carry_gradient_norms(name, params, xs, labels)  # [B, T]
+  return np.asarray(jnp.mean(norms, axis=0)[::-1])  # index = T - t
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _carry_gradient_norms(name: str, params, xs, labels) -> jax.Array:
+  """`||dL_T/dh_t||` of each sequence: [B, T, D], [B] -> [B, T]."""
   cell = rnn.get_cell(name)
   hidden = params["W_out"].shape[1]
 
@@ -212,207 +281,264 @@ def gradient_profile(name, params, key, lag, config: MemoryConfig):
       cell.apply, params["cell"], x, cell.zero_carry(hidden), final_loss
     )
 
-  norms = jax.jit(jax.vmap(one))(xs, labels)  # [B, T]
-  return np.asarray(jnp.mean(norms, axis=0)[::-1])  # index = T - t
+  return jax.vmap(one)(xs, labels)
 
 
-def _plot_accuracy(results, path):
-  fig, ax = plt.subplots(figsize=(6, 4))
-  lags = results["lags"]
-  for name, accs in results["accuracy"].items():
-    ax.plot(lags, accs, marker="o", label=name)
-  ax.axhline(results["chance"], color="gray", ls="--", label="chance")
-  ax.set_xscale("log")
-  ax.set_xticks(lags, [str(lag) for lag in lags])
-  ax.set_xticks([], minor=True)
-  ax.set_xlabel("lag L (steps between the signal and the answer)")
-  ax.set_ylabel("test accuracy")
-  ax.set_title("Recall the first symbol after L distractors")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def _plot_gradients(results, path):
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-  for ax, stage in zip(axes, ("init", "trained"), strict=True):
-    for name, norms in results["grad_norms"][stage].items():
-      ax.semilogy(np.arange(len(norms)), np.maximum(norms, 1e-30), label=name)
-    ax.set_xlabel("T - t")
-    ax.set_title(f"{stage}, lag {results['grad_lag']}")
-  axes[0].set_ylabel("mean ||dL_T / dh_t||")
-  axes[0].legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def run(config: MemoryConfig, workdir: str) -> dict:
-  """Runs the lag sweep and writes results.json and two plots to workdir.
+def run_esn(key, lag: int, eval_batch, config: Config) -> dict[str, float]:
+  """An echo-state net: random reservoir, ridge and gradient readouts.
 
   Returns:
-    The results dict written to results.json.
+    {"esn_ridge": accuracy, "esn_gradient": accuracy} on `eval_batch`.
   """
-  unknown = set(config.models) - set(RNN_MODELS)
-  if unknown:
-    raise ValueError(
-      f"models must be among {RNN_MODELS}, got {sorted(unknown)}."
-    )
-  os.makedirs(workdir, exist_ok=True)
-  key = jax.random.key(config.seed)
-  k_eval, k_models, k_esn, k_probe = jax.random.split(key, 4)
-  names = (*config.models, "esn_ridge", "esn_gradient")
-  acc = {name: [] for name in names}
-  final_loss = {name: [] for name in config.models}
-  grad_lag = min(config.lags, key=lambda lag: abs(lag - config.grad_lag))
-  grad_norms = {"init": {}, "trained": {}}
-  for lag in config.lags:
-    eval_batch = make_batch(
-      jax.random.fold_in(k_eval, lag),
-      config.eval_size,
-      lag,
-      config.num_symbols,
-      config.num_distractors,
-    )
-    for name in config.models:
-      i = RNN_MODELS.index(name)
-      k = jax.random.fold_in(jax.random.fold_in(k_models, lag), i)
-      params0, params, losses = train_rnn(k, name, lag, config)
-      acc[name].append(accuracy(name, params, *eval_batch))
-      final_loss[name].append(float(jnp.mean(losses[-20:])))
-      if lag == grad_lag:
-        for stage, p in (("init", params0), ("trained", params)):
-          grad_norms[stage][name] = gradient_profile(
-            name, p, k_probe, lag, config
-          ).tolist()
-      logging.info(
-        "lag %d %s: accuracy %.3f, final loss %.3f",
-        lag,
-        name,
-        acc[name][-1],
-        final_loss[name][-1],
-      )
-    esn_acc = run_esn(jax.random.fold_in(k_esn, lag), lag, eval_batch, config)
-    acc["esn_ridge"].append(esn_acc["ridge"])
-    acc["esn_gradient"].append(esn_acc["gradient"])
-    logging.info("lag %d esn: %s", lag, esn_acc)
-  results = {
-    "config": dataclasses.asdict(config),
-    "lags": list(config.lags),
-    "chance": 1.0 / config.num_symbols,
-    "accuracy": acc,
-    "final_train_loss": final_loss,
-    "grad_lag": grad_lag,
-    "grad_norms": grad_norms,
+  dim = config.num_symbols + config.num_distractors
+  k_res, k_data, k_read = jax.random.split(key, 3)
+  params = esn.init_esn(
+    k_res,
+    dim,
+    config.esn_size,
+    spectral_radius=config.esn_radius,
+    input_scale=config.esn_input_scale,
+  )
+  xs, labels = _batch(config, k_data, config.esn_train_size, lag)
+  states = jax.jit(lambda x: esn.esn_states(params, x)[0])
+  train_feats = states(xs)
+  eval_feats = states(eval_batch[0])
+  targets = jax.nn.one_hot(labels, config.num_symbols)
+  ridge = esn.ridge_readout(train_feats, targets, config.ridge_l2)
+  grad_readout, _ = esn.gradient_readout(
+    k_read,
+    train_feats,
+    labels,
+    config.num_symbols,
+    num_steps=config.esn_readout_steps,
+  )
+  return {
+    name: _fraction_right(esn.readout_apply(v, eval_feats), eval_batch[1])
+    for name, v in (("esn_ridge", ridge), ("esn_gradient", grad_readout))
   }
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  _plot_accuracy(results, os.path.join(workdir, "accuracy_vs_lag.png"))
-  _plot_gradients(results, os.path.join(workdir, "grad_norm_vs_distance.png"))
+
+
+# ---------------------------------------------------------------------------
+# One record per finished (lag, network) run: what a rerun skips.
+# ---------------------------------------------------------------------------
+
+
+def _settings(config: Config) -> dict[str, Any]:
+  """The fields a run's measurements depend on, as JSON values."""
+  fields = dataclasses.asdict(config)
+  return _common.to_json(
+    {k: v for k, v in fields.items() if k not in _SWEEP_FIELDS}
+  )
+
+
+def _record_path(workdir: pathlib.Path, lag: int, name: str) -> pathlib.Path:
+  return workdir / "runs" / f"lag{lag}" / f"{name}.json"
+
+
+def _load_record(path: pathlib.Path, config: Config) -> dict | None:
+  """The finished run saved at `path`, or None if there is none (yet).
+
+  Raises:
+    ValueError: if the record was made with other settings.
+  """
+  if not path.exists():
+    return None
+  try:
+    record = json.loads(path.read_text())
+    saved = record["settings"]
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    logging.warning("%s is unreadable (%s); running it again.", path, error)
+    return None
+  current = _settings(config)
+  differ = sorted(
+    k for k in current.keys() | saved.keys() if saved.get(k) != current.get(k)
+  )
+  if differ:
+    changes = ", ".join(
+      f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in differ
+    )
+    raise ValueError(
+      f"workdir {path.parents[2]} holds runs of other settings ({changes}) "
+      f"in {path}: use another --workdir, or remove its runs/ folder to "
+      f"start over."
+    )
+  return record
+
+
+def _save_record(path: pathlib.Path, config: Config, record: dict) -> None:
+  """Writes a record atomically: a killed write leaves no half file."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  text = json.dumps(
+    _common.to_json({**record, "settings": _settings(config)}),
+    indent=2,
+    sort_keys=True,
+  )
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  tmp.write_text(text + "\n")
+  os.replace(tmp, path)
+
+
+def _measure_rnn(config: Config, name: str, lag: int, keys, eval_batch):
+  """Trains one network at one lag; its accuracy, loss and gradient norms."""
+  key = jax.random.fold_in(
+    jax.random.fold_in(keys["models"], lag), RNN_MODELS.index(name)
+  )
+  params0, params, losses = train_rnn(key, name, lag, config)
+  return {
+    "accuracy": accuracy(name, params, *eval_batch),
+    "final_train_loss": float(jnp.mean(losses[-20:])),
+    "grad_norms": {
+      stage: gradient_profile(name, p, keys["probe"], lag, config).tolist()
+      for stage, p in (("init", params0), ("trained", params))
+    },
+  }
+
+
+def _sweep(config: Config, workdir: pathlib.Path):
+  """Every (lag, network) record, from disk when a run already finished.
+
+  Returns:
+    `(records, seconds)`: lag -> name ("elman", ..., "esn") -> record, and
+    "lag<L>/<name>" -> wall seconds of the runs computed now.
+  """
+  k_eval, k_models, k_esn, k_probe = jax.random.split(
+    jax.random.key(config.seed), 4
+  )
+  keys = {"models": k_models, "probe": k_probe}
+  records, seconds = {}, {}
+  for lag in config.lags:
+    eval_batch = _batch(
+      config, jax.random.fold_in(k_eval, lag), config.eval_size, lag
+    )
+    records[lag] = {}
+    for name in (*config.models, "esn"):
+      path = _record_path(workdir, lag, name)
+      record = _load_record(path, config)
+      if record is None:
+        start = time.perf_counter()
+        if name == "esn":
+          key = jax.random.fold_in(k_esn, lag)
+          record = {"accuracy": run_esn(key, lag, eval_batch, config)}
+        else:
+          record = _measure_rnn(config, name, lag, keys, eval_batch)
+        _save_record(path, config, record)
+        seconds[f"lag{lag}/{name}"] = time.perf_counter() - start
+      logging.info("lag %d %s: %s", lag, name, record["accuracy"])
+      records[lag][name] = record
+  return records, seconds
+
+
+# ---------------------------------------------------------------------------
+# Results, table and figures.
+# ---------------------------------------------------------------------------
+
+
+def _results(config: Config, records) -> dict[str, Any]:
+  lags = list(config.lags)
+  accuracy_by = {
+    name: [records[lag][name]["accuracy"] for lag in lags]
+    for name in config.models
+  }
+  for readout in ESN_READOUTS:
+    accuracy_by[readout] = [
+      records[lag]["esn"]["accuracy"][readout] for lag in lags
+    ]
+  grad_lag = config.nearest_grad_lag
+  return {
+    "config": dataclasses.asdict(config),
+    "lags": lags,
+    "chance": 1.0 / config.num_symbols,
+    "accuracy": accuracy_by,
+    "final_train_loss": {
+      name: [records[lag][name]["final_train_loss"] for lag in lags]
+      for name in config.models
+    },
+    "grad_lag": grad_lag,
+    "grad_norms": {
+      stage: {
+        name: records[grad_lag][name]["grad_norms"][stage]
+        for name in config.models
+      }
+      for stage in ("init", "trained")
+    },
+  }
+
+
+def _table(config: Config, results: dict[str, Any]) -> str:
+  rows = [
+    {"lag": lag}
+    | {
+      _DISPLAY[name]: f"{accs[i]:.3f}"
+      for name, accs in results["accuracy"].items()
+    }
+    for i, lag in enumerate(results["lags"])
+  ]
+  return viz.format_table(rows) + (
+    f"\n(test accuracy on {config.eval_size} held-out sequences, chance "
+    f"{results['chance']:.3f}; hidden {config.hidden_size}, "
+    f"{config.num_steps} Adam steps, one seed: {config.seed})"
+  )
+
+
+def _figures(workdir: pathlib.Path, results: dict[str, Any]) -> None:
+  lags = results["lags"]
+  curves = {_DISPLAY[n]: a for n, a in results["accuracy"].items()}
+  curves["chance"] = [results["chance"]] * len(lags)
+  viz.plot_learning_curves(
+    curves,
+    workdir / "accuracy_vs_lag.png",
+    x=lags,
+    xlabel="lag L (steps between the signal and the answer)",
+    ylabel="test accuracy",
+    title="Recall the first symbol after L distractors",
+  )
+  norms = {
+    f"{_DISPLAY[name]} ({stage})": np.maximum(values, 1e-30)
+    for stage, by_name in results["grad_norms"].items()
+    for name, values in by_name.items()
+  }
+  viz.plot_learning_curves(
+    norms,
+    workdir / "grad_norm_vs_distance.png",
+    x=list(range(results["grad_lag"] + 1)),
+    xlabel="T - t",
+    ylabel="mean ||dL_T / dh_t||",
+    title=f"Gradient of the last loss back in time, lag {results['grad_lag']}",
+    log_y=True,
+  )
+
+
+def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Runs the lag sweep (resuming a partial one); writes the table.
+
+  Args:
+    config: the sweep's settings.
+    workdir: where results.json, results.md, timings.json, the two PNGs
+      and the per-run records (runs/lag<L>/<network>.json) go.
+
+  Returns:
+    The contents of results.json: "config", "lags", "chance", "accuracy"
+    (network or ESN readout -> one test accuracy per lag),
+    "final_train_loss" (network -> the mean loss of the last 20 steps per
+    lag), "grad_lag" (the swept lag nearest `config.grad_lag`),
+    "grad_norms" ("init" / "trained" -> network -> mean ||dL_T/dh_t|| at
+    T - t = 0, 1, ..., grad_lag) and "table".
+
+  Raises:
+    ValueError: if the workdir holds runs of other settings.
+  """
+  workdir = pathlib.Path(workdir)
+  records, seconds = _sweep(config, workdir)
+  results = _results(config, records)
+  results["table"] = _table(config, results)
+  _figures(workdir, results)
+  _common.write_results(
+    workdir, results, table=results["table"], timings=seconds
+  )
   return results
 
 
-def format_table(results: dict) -> str:
-  """The lag-sweep accuracies as a Markdown table."""
-  names = list(results["accuracy"])
-  lines = [
-    "| lag | " + " | ".join(names) + " |",
-    "|---:|" + "---:|" * len(names),
-  ]
-  for i, lag in enumerate(results["lags"]):
-    row = " | ".join(f"{results['accuracy'][n][i]:.3f}" for n in names)
-    lines.append(f"| {lag} | {row} |")
-  return "\n".join(lines)
-
-
-def define_flags(flag_values=flags.FLAGS) -> dict:
-  """Registers this experiment's flags; returns their holders by name.
-
-  Called only when the module runs as a script, so importing it (as the
-  tests do, next to other experiments with flags of the same names) never
-  defines a flag twice.
-  """
-  return {
-    "workdir": flags.DEFINE_string(
-      "workdir",
-      "/tmp/rnn_memory",
-      flag_values=flag_values,
-      help="Directory for results.json and plots.",
-    ),
-    "lags": flags.DEFINE_list(
-      "lags",
-      ["2", "5", "10", "20", "40", "80"],
-      flag_values=flag_values,
-      help="Lags L to sweep.",
-    ),
-    "hidden": flags.DEFINE_integer(
-      "hidden_size",
-      32,
-      flag_values=flag_values,
-      help="Hidden units of the Elman, LSTM and GRU nets.",
-    ),
-    "steps": flags.DEFINE_integer(
-      "num_steps",
-      MemoryConfig.num_steps,
-      flag_values=flag_values,
-      help="Adam steps per model and lag.",
-    ),
-    "batch": flags.DEFINE_integer(
-      "batch_size", 64, flag_values=flag_values, help="Sequences per step."
-    ),
-    "lr": flags.DEFINE_float(
-      "learning_rate", 3e-3, flag_values=flag_values, help="Adam step size."
-    ),
-    "esn_size": flags.DEFINE_integer(
-      "esn_size",
-      200,
-      flag_values=flag_values,
-      help="Reservoir units of the echo-state net.",
-    ),
-    "esn_radius": flags.DEFINE_float(
-      "esn_radius",
-      0.95,
-      flag_values=flag_values,
-      help="Spectral radius of the reservoir matrix.",
-    ),
-    "esn_input_scale": flags.DEFINE_float(
-      "esn_input_scale",
-      0.1,
-      flag_values=flag_values,
-      help="Input weights are uniform in [-scale, scale]; small keeps the "
-      "reservoir near its linear regime, where its memory is longest.",
-    ),
-    "grad_lag": flags.DEFINE_integer(
-      "grad_lag",
-      40,
-      flag_values=flag_values,
-      help="Lag (nearest swept one) of the gradient-norm plot.",
-    ),
-    "seed": flags.DEFINE_integer(
-      "seed", 0, flag_values=flag_values, help="Random seed."
-    ),
-  }
-
-
-def main(argv: Sequence[str], holders: dict) -> None:
-  """Reads the flags and runs the experiment."""
-  del argv
-  config = MemoryConfig(
-    lags=tuple(int(lag) for lag in holders["lags"].value),
-    hidden_size=holders["hidden"].value,
-    num_steps=holders["steps"].value,
-    batch_size=holders["batch"].value,
-    learning_rate=holders["lr"].value,
-    esn_size=holders["esn_size"].value,
-    esn_radius=holders["esn_radius"].value,
-    esn_input_scale=holders["esn_input_scale"].value,
-    grad_lag=holders["grad_lag"].value,
-    seed=holders["seed"].value,
-  )
-  results = run(config, holders["workdir"].value)
-  print(format_table(results))
-
+define_flags, main = _common.entry_points(Config, run, "rnn_memory")
 
 if __name__ == "__main__":
-  _launch.run(main, define_flags)
+  _common.launch(main, define_flags)
