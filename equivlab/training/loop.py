@@ -48,6 +48,7 @@ class _Run:
   steps_per_epoch: int
   total_steps: int
   meta_config: dict[str, Any]
+  label: str = ""
   step: int = 0
   history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   sums: dict[str, float] = dataclasses.field(default_factory=dict)
@@ -123,7 +124,7 @@ def train_and_evaluate(
     lock or _nothing(),
     checkpoint.Checkpointer(workdir, config.max_checkpoints) as checkpointer,
   ):
-    run = _start(config, model, workdir, mesh, checkpointer, train[0])
+    run = _start(config, model, named, workdir, mesh, checkpointer, train[0])
     try:
       _train_epochs(run, train, test_sets)
       checkpointer.wait()
@@ -205,7 +206,9 @@ def model_fingerprint(model: nn.Module) -> str:
   return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(model))
 
 
-def _start(config, model, workdir, mesh, checkpointer, train_images) -> _Run:
+def _start(
+  config, model, named, workdir, mesh, checkpointer, train_images
+) -> _Run:
   """Builds the state and the steps, and restores the newest checkpoint."""
   steps_per_epoch = len(train_images) // config.batch_size
   total_steps = steps_per_epoch * config.num_epochs
@@ -314,7 +317,7 @@ def _train_epochs(run: _Run, train: Arrays, test_sets: dict[str, Arrays]):
     unit="step",
     disable=not (run.primary and config.progress),
     mininterval=1.0,
-    desc=f"{config.model} on {config.dataset}",
+    desc=f"{run.label} on {config.dataset}",
   ) as bar:
     for epoch in range(run.step // run.steps_per_epoch, config.num_epochs):
       batches = data.iterate_batches(
