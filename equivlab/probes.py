@@ -1,4 +1,4 @@
-"""Measurements inside a network: per-layer gradient norms and shift errors.
+"""Measurements inside a network: gradient norms, saturation, shift errors.
 
 Pure functions on pytrees and arrays, for any flax linen model:
 
@@ -7,6 +7,17 @@ Pure functions on pytrees and arrays, for any flax linen model:
   towards the input).
 - `intermediates`: every submodule's output, in call order, through
   flax's `capture_intermediates`.
+- `activation_slope`, `saturated_fraction`, `mean_slope`: what an
+  activation does to the backpropagated signal. A unit passes back
+  `act'(z)` times what reaches it; it is saturated when `act'(z) < 0.1
+  act'(0+)` (the flat tails of sigmoid and tanh, the negative side of
+  ReLU).
+- `pre_activations`, `loss_gradients`, `make_probe`: the same for a
+  network whose hidden layers are named "layer_00", "layer_01", ...
+  (optionally normalised by "bn_00", ...), as `models.DeepMLP` and
+  `models.DeepCNN` are: per-layer gradient norms of the training loss,
+  saturated fractions and mean slopes of every hidden layer, at one
+  fixed batch, in one jitted call.
 - `shift_equivariance_error`: how far a layer's output on a shifted input
   is from a shifted copy of its output on the original input (seed 002
   problem 1(3), seed 003 question 3: convolutions commute with shifts, the
@@ -14,16 +25,23 @@ Pure functions on pytrees and arrays, for any flax linen model:
 """
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+import optax
 from flax import traverse_util
 
+from equivlab import checks, initialization
+
 _TINY = 1e-30
+# A unit is saturated when act'(z) < SATURATION_THRESHOLD * act'(0+).
+SATURATION_THRESHOLD = 0.1
+_HIDDEN = re.compile(r"layer_(\d+)")
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -110,6 +128,233 @@ def intermediates(
       out[name if i == 0 else f"{name}#{i}"] = value
   out["output"] = output
   return out
+
+
+def _activation_fn(activation: str) -> Callable[[jax.Array], jax.Array]:
+  checks.check_choice(
+    "activation", activation, tuple(initialization.ACTIVATIONS)
+  )
+  return initialization.ACTIVATIONS[activation]
+
+
+def activation_slope(z: Any, activation: str) -> jax.Array:
+  """The slope `act'(z)` of an activation at every entry of `z`.
+
+  The derivative is the one jax differentiates through when the network
+  trains (ReLU's is 0 at z = 0: a unit at exactly 0 passes nothing back).
+
+  Args:
+    z: pre-activations, any shape, floating point.
+    activation: a name of `initialization.ACTIVATIONS` ("sigmoid",
+      "tanh", "relu", "linear").
+
+  Returns:
+    float32 array of `z`'s shape.
+
+  Raises:
+    ValueError: for an unknown activation.
+    TypeError: if `z` is not floating point.
+  """
+  act = _activation_fn(activation)
+  checks.check_floating("z", z)
+  z = jnp.asarray(z, jnp.float32)
+  # The activations act elementwise: the JVP along ones is act'(z).
+  return jax.jvp(act, (z,), (jnp.ones_like(z),))[1]
+
+
+def slope_at_origin(activation: str) -> float:
+  """`act'(0+)`, the slope just right of 0 (ReLU's active side: 1).
+
+  Raises:
+    ValueError: for an unknown activation.
+  """
+  tiny = np.full((), np.finfo(np.float32).tiny, np.float32)
+  with jax.ensure_compile_time_eval():  # a constant, also inside `jit`
+    return float(activation_slope(tiny, activation))
+
+
+def saturated_fraction(
+  z: Any, activation: str, *, threshold: float = SATURATION_THRESHOLD
+) -> jax.Array:
+  """Fraction of the entries of `z` where `act'(z) < threshold * act'(0+)`.
+
+  For sigmoid (`act'(0) = 1/4`) that is `|z| > 3.64`, for tanh `|z| >
+  1.82`; for ReLU the units with `z <= 0`, which pass back no gradient.
+
+  Args:
+    z: pre-activations, any shape, floating point (at least one entry).
+    activation: a name of `initialization.ACTIVATIONS`.
+    threshold: the fraction of the slope at 0 below which a unit counts as
+      saturated, in (0, 1].
+
+  Returns:
+    A float32 scalar in [0, 1].
+
+  Raises:
+    ValueError: for an unknown activation, an empty `z` or a threshold
+      outside (0, 1].
+    TypeError: if `z` is not floating point.
+  """
+  checks.check_number(
+    "threshold", threshold, minimum=0, maximum=1, strict_minimum=True
+  )
+  slope = activation_slope(z, activation)
+  if slope.size == 0:
+    raise ValueError(
+      f"z must hold at least one value, got shape {np.shape(z)}."
+    )
+  limit = threshold * slope_at_origin(activation)
+  return jnp.mean((slope < limit).astype(jnp.float32))
+
+
+def mean_slope(z: Any, activation: str) -> jax.Array:
+  """The mean of `act'(z)` over the entries of `z` (a float32 scalar).
+
+  It is the factor, on average, by which the activation scales the signal
+  backpropagated through a unit, besides the weights.
+
+  Raises:
+    ValueError: for an unknown activation or an empty `z`.
+    TypeError: if `z` is not floating point.
+  """
+  slope = activation_slope(z, activation)
+  if slope.size == 0:
+    raise ValueError(
+      f"z must hold at least one value, got shape {np.shape(z)}."
+    )
+  return jnp.mean(slope)
+
+
+def pre_activations(
+  model: nn.Module, variables: Mapping[str, Any], x: jax.Array, **kwargs: Any
+) -> dict[str, jax.Array]:
+  """The input of every hidden layer's activation, by layer name.
+
+  For a network whose hidden layers are submodules named "layer_00",
+  "layer_01", ... (`models.DeepMLP`, `models.DeepCNN`), the pre-activation
+  of hidden layer "layer_<i>" is the output of the normalisation named
+  "bn_<i>" when there is one, else the layer's own output.
+
+  Args:
+    model: the flax module.
+    variables: its variables.
+    x: its input.
+    **kwargs: more arguments of `model.apply` (see `intermediates`), e.g.
+      `train=True, mutable=["batch_stats"]`.
+
+  Returns:
+    "layer_00" -> z, ... in depth order.
+
+  Raises:
+    ValueError: if no submodule is named "layer_<digits>".
+  """
+  found = intermediates(model, variables, x, **kwargs)
+  hidden = sorted((n for n in found if _HIDDEN.fullmatch(n)), key=_natural_key)
+  if not hidden:
+    raise ValueError(
+      "model must name its hidden layers layer_00, layer_01, ... (as "
+      f"models.DeepMLP does), got submodules {sorted(found)}."
+    )
+  return {
+    name: found.get("bn_" + name[len("layer_") :], found[name])
+    for name in hidden
+  }
+
+
+def loss_gradients(
+  model: nn.Module,
+  variables: Mapping[str, Any],
+  images: jax.Array,
+  labels: jax.Array,
+) -> Any:
+  """Gradient of the mean softmax cross-entropy w.r.t. the parameters.
+
+  The model runs as it trains (`train=True`; batch norm normalises with
+  the batch's own statistics), so these are the gradients an optimizer
+  step at this batch would see (before any L2 penalty).
+
+  Args:
+    model: a flax module mapping images to logits `[N, K]`.
+    variables: its variables ("params", maybe "batch_stats").
+    images: `[N, H, W, C]`.
+    labels: int `[N]` in `[0, K)`.
+
+  Returns:
+    A pytree shaped like `variables["params"]`.
+  """
+
+  def loss(params):
+    logits, _ = model.apply(
+      {**variables, "params": params},
+      images,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    return jnp.mean(
+      optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels
+      )
+    )
+
+  return jax.grad(loss)(variables["params"])
+
+
+def make_probe(
+  model: nn.Module,
+  activation: str | None = None,
+  *,
+  threshold: float = SATURATION_THRESHOLD,
+) -> Callable[..., dict[str, dict[str, jax.Array]]]:
+  """A jitted probe of a model's variables at one batch (seed 004 2(c)).
+
+  The model's hidden layers must be named "layer_00", ... (with optional
+  "bn_00", ...), as in `models.DeepMLP` and `models.DeepCNN`.
+
+  Args:
+    model: the flax module.
+    activation: the name of its hidden activation; None reads
+      `model.activation`.
+    threshold: see `saturated_fraction`.
+
+  Returns:
+    `probe(variables, images, labels) -> {"grad_norms": layer -> ||dL/dW||
+    (every kernel, the output layer's included, by `layer_gradient_norms`
+    of `loss_gradients`), "saturation": hidden layer -> saturated
+    fraction, "mean_slope": hidden layer -> mean act'(z)}`, the values
+    float32 scalars; pre-activations as `pre_activations` reads them in
+    training mode.
+
+  Raises:
+    ValueError: for an unknown activation, or none given and the model
+      has no `activation` attribute.
+  """
+  if activation is None:
+    activation = getattr(model, "activation", None)
+    if activation is None:
+      raise ValueError(
+        f"activation must be given for {type(model).__name__}, which has "
+        "no activation attribute; got None."
+      )
+  _activation_fn(activation)
+  checks.check_number(
+    "threshold", threshold, minimum=0, maximum=1, strict_minimum=True
+  )
+
+  def probe(variables, images, labels):
+    grads = loss_gradients(model, variables, images, labels)
+    zs = pre_activations(
+      model, variables, images, train=True, mutable=["batch_stats"]
+    )
+    return {
+      "grad_norms": layer_gradient_norms(grads),
+      "saturation": {
+        name: saturated_fraction(z, activation, threshold=threshold)
+        for name, z in zs.items()
+      },
+      "mean_slope": {name: mean_slope(z, activation) for name, z in zs.items()},
+    }
+
+  return jax.jit(probe)
 
 
 def _relative(a: jax.Array, b: jax.Array, scale: jax.Array) -> jax.Array:
