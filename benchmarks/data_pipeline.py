@@ -21,12 +21,12 @@ import numpy as np
 from equivlab import data, parallel, train
 
 
-def _time_steps(state, batches, steps):
+def _time_steps(train_step, state, batches, steps):
   """Seconds for `steps` train steps over `batches` (an iterable)."""
   start = time.perf_counter()
   done = 0
   for batch in batches:
-    state, metrics = train.train_step(state, batch())
+    state, metrics = train_step(state, batch())
     done += 1
     if done == steps:
       break
@@ -39,9 +39,7 @@ def run(model, batch_size, steps, num_devices, repeats=3):
   images, labels = data.load_dataset("embedded", "train")
   mesh = parallel.make_mesh(num_devices)
   config = train.TrainConfig(model=model, batch_size=batch_size)
-  state = train.create_train_state(
-    jax.random.PRNGKey(0), config, images[:2], total_steps=steps
-  )
+  state, run_steps = train.prepare(config, images[:2], total_steps=steps)
   state = parallel.replicate(state, mesh)
   key = jax.random.PRNGKey(1)
   per_epoch = data.num_batches(len(labels), batch_size, "drop")
@@ -67,14 +65,14 @@ def run(model, batch_size, steps, num_devices, repeats=3):
         yield lambda b=batch: b
 
   # Compile and warm up once, outside the timings.
-  _time_steps(state, preloaded_batches(), 3)
+  _time_steps(run_steps.train_step, state, preloaded_batches(), 3)
   best = {"iterator": np.inf, "preloaded": np.inf}
   for _ in range(repeats):  # Interleaved, best of `repeats`: less noise.
     for name, batches in (
       ("iterator", iterator_batches()),
       ("preloaded", preloaded_batches()),
     ):
-      seconds, done = _time_steps(state, batches, steps)
+      seconds, done = _time_steps(run_steps.train_step, state, batches, steps)
       best[name] = min(best[name], seconds / done)
   print(
     f"model={model} batch_size={batch_size} steps={steps} "

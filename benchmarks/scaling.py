@@ -1,6 +1,6 @@
 r"""Data-parallel scaling: steps/s and images/s for 1, 2, 4, 8 devices.
 
-Times `equivlab.train.train_step` (the training loop's own jitted step) on
+Times the training loop's own jitted step (`equivlab.train.prepare`) on
 a mesh of each device count from `equivlab.parallel`, with the batch
 sharded over the "data" axis and the state replicated, and prints a table
 of steps per second, images per second, and the speedup and efficiency
@@ -94,17 +94,19 @@ def time_device_count(num_devices, config, images, labels, steps, repeats):
   mesh = parallel.make_mesh(num_devices)
   local = parallel.local_batch_size(config.batch_size, mesh)
   batch = {"image": images[:local], "label": labels[:local]}
-  state = train.create_train_state(jax.random.PRNGKey(0), config, images[:2])
+  state, run_steps = train.prepare(config, images[:2])
   state = parallel.replicate(state, mesh)
   start = time.perf_counter()
-  state, metrics = train.train_step(state, parallel.shard_batch(batch, mesh))
+  state, metrics = run_steps.train_step(
+    state, parallel.shard_batch(batch, mesh)
+  )
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - start
   best = float("inf")
   for _ in range(repeats):
     start = time.perf_counter()
     for _ in range(steps):
-      state, metrics = train.train_step(
+      state, metrics = run_steps.train_step(
         state, parallel.shard_batch(batch, mesh)
       )
     jax.block_until_ready((state.params, metrics))

@@ -435,7 +435,7 @@ class _TinyNetAxis(nn.Module):
 
 
 def _train_loop_run(tmp_path, num_devices):
-  from equivlab import train  # noqa: PLC0415 (engineer T's module)
+  from equivlab import train  # noqa: PLC0415
 
   config = train.TrainConfig(
     model="cnn",
@@ -463,8 +463,7 @@ def _train_loop_run(tmp_path, num_devices):
     for line in (workdir / "metrics.jsonl").read_text().splitlines()
   ]
   losses = [r["loss"] for r in records if r["kind"] == "step"]
-  _, variables = train.load_variables(workdir)
-  return np.asarray(losses), final, variables
+  return np.asarray(losses), final, final.variables
 
 
 def test_train_and_evaluate_8_devices_equals_1(tmp_path):

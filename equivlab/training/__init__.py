@@ -29,7 +29,7 @@ from equivlab.training.config import (
   model_kwargs_dict,
   validate_config,
 )
-from equivlab.training.loop import train_and_evaluate
+from equivlab.training.loop import prepare, train_and_evaluate
 from equivlab.training.metrics import evaluate
 from equivlab.training.optimizers import make_optimizer, make_schedule
 from equivlab.training.result import TrainResult
@@ -72,6 +72,7 @@ __all__ = [
   "make_schedule",
   "make_steps",
   "model_kwargs_dict",
+  "prepare",
   "train_and_evaluate",
   "train_step_fn",
   "validate_config",

@@ -148,6 +148,42 @@ class _nothing:  # noqa: N801 (a stand-in context manager)
     return False
 
 
+def prepare(
+  config: TrainConfig,
+  sample_input: Any,
+  *,
+  model: nn.Module | None = None,
+  total_steps: int | None = None,
+  key: jax.Array | None = None,
+) -> tuple[state.TrainState, steps.Steps]:
+  """A fresh state and the jitted steps of `config`, outside the loop.
+
+  For benchmarks, notebooks and tests that drive the steps themselves:
+  `train_and_evaluate` does the same and then loops.
+
+  Args:
+    config: the settings (model name when `model` is None, optimizer, step
+      settings).
+    sample_input: images `[N, H, W, C]` of the size the model will see.
+    model: any flax module; None builds `config.model`.
+    total_steps: the run's length, for the decaying schedules (default 1).
+    key: the initialisation key (default: from `config.seed`).
+
+  Returns:
+    `(state, steps)`: a `TrainState` at step 0 and `Steps(train_step,
+    eval_step)`.
+  """
+  model = state.build_model(config) if model is None else model
+  tx, _ = optimizers.make_optimizer(config, total_steps or 1)
+  key = jax.random.PRNGKey(config.seed) if key is None else key
+  initial = state.create_train_state(
+    key, config, sample_input, model=model, tx=tx
+  )
+  return initial, steps.make_steps(
+    model, tx, steps.StepSpec.from_config(config)
+  )
+
+
 def _load_data(config: TrainConfig) -> tuple[Arrays, dict[str, Arrays]]:
   def load(name: str, split: str, limit: int | None) -> Arrays:
     images, labels = data.load_dataset(
