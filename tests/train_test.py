@@ -4,14 +4,13 @@ import dataclasses
 import json
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from equivlab import models, train
+from equivlab import train
 from equivlab.training import steps as steps_lib
 
 # 256 training examples, 8 steps of 32 per epoch, over 2 simulated devices.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import pathlib
 import re
@@ -118,6 +119,7 @@ def train_and_evaluate(
     model = state.build_model(config)
   mesh = parallel.make_mesh(config.num_devices)
   _check_batching(config, len(train[1]), mesh.devices.size)
+  _check_augmentation(config, train[0].shape)
   workdir = pathlib.Path(workdir).absolute()
   lock = checkpoint.WorkdirLock(workdir) if parallel.is_primary() else None
   with (
@@ -237,9 +239,37 @@ def _check_batching(config: TrainConfig, num_train: int, devices: int):
     )
 
 
+def _check_augmentation(config: TrainConfig, shape: tuple[int, ...]) -> None:
+  """Raises if the augmentation's size does not fit the images."""
+  largest = data.largest_random_shift(shape[1], shape[2])
+  field = {"shift": "max_shift", "crop_flip": "crop_padding"}.get(
+    config.augment
+  )
+  if field is not None and getattr(config, field) > largest:
+    raise ValueError(
+      f"{field} must be at most {largest} for the {shape[1]}x{shape[2]} "
+      f"images of {config.dataset!r} (a larger shift can move the centre "
+      f"out of the frame), got {getattr(config, field)}."
+    )
+  if config.augment == "rotate" and config.max_angle > math.pi:
+    raise ValueError(
+      f"max_angle must be at most pi (radians), got {config.max_angle}."
+    )
+
+
 def model_fingerprint(model: nn.Module) -> str:
-  """The module's class and attributes, without memory addresses."""
-  return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(model))
+  """The module's class and attributes, e.g. "CNN(features=(4,), ...)".
+
+  What a resumed run compares to know it trains the same model (memory
+  addresses in the reprs of function attributes left out).
+  """
+  attributes = ", ".join(
+    f"{f.name}={getattr(model, f.name)!r}"
+    for f in dataclasses.fields(model)
+    if f.init and f.name not in ("parent", "name")
+  )
+  text = f"{type(model).__name__}({attributes})"
+  return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
 
 
 def _start(
@@ -319,10 +349,10 @@ def _check_same_run(meta: dict[str, Any], run: _Run) -> None:
   if any(saved.get(k, current[k]) != current[k] for k in keys):
     raise ValueError(
       f"workdir {run.workdir} holds a checkpoint of model "
-      f"{saved.get('model')!r} (model_kwargs {saved.get('model_kwargs')}), "
-      f"but this run trains model {current['model']!r} (model_kwargs "
-      f"{current['model_kwargs']}); use a fresh workdir, or the same model "
-      "to resume."
+      f"{saved.get('model')!r}, {saved.get('model_fingerprint')}, but this "
+      f"run trains model {current['model']!r}, "
+      f"{current['model_fingerprint']}; use a fresh workdir, or the same "
+      "model to resume."
     )
   differ = sorted(
     name
