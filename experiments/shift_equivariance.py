@@ -3,9 +3,10 @@ r"""Where the dense-head CNN loses translation invariance, layer by layer.
 Seed 002 problem 1(3) and seed 003 question 3: convolutions commute with
 shifts, so why does seed 003's CNN do worse on shifted digits? This trains
 the "cnn" of `equivlab.models` (3x3 conv, ReLU, 2x2 stride-2 max pool,
-twice; then a dense hidden layer and dense logits) on the embedded digits,
-once with circular and once with zero ("SAME") padding, then shifts test
-digits circularly by `(dy, dx)` and measures at every stage
+twice; then a dense hidden layer and dense logits) on the embedded digits
+through `equivlab.train.train_and_evaluate` (Adam), once per padding
+(circular and zero, "SAME"), then shifts test digits circularly by
+`(dy, dx)` and measures at every stage
 
   error = min_t ||f(shift x) - roll(f(x), t)|| / ||f(x)||
 
@@ -18,32 +19,110 @@ with `probes.intermediates`, the pool outputs recomputed from them as
 `max_pool(relu(conv))`, as in `models.CNN`. It also reports how often the
 predicted class changes under each shift.
 
-Writes to `--workdir`:
-  results.json            errors and best output shifts per stage, padding
-                          and input shift; accuracies; the settings;
-  shift_equivariance.md   the error table (Markdown);
-  shift_equivariance.png  error per stage, one line per padding and shift.
+    python -m experiments.shift_equivariance
 
-  python -m experiments.shift_equivariance --workdir=/tmp/shift_equivariance
+Writes into --workdir (default runs/shift_equivariance): results.json
+(errors and best output shifts per padding, input shift and stage;
+accuracies; the config), results.md (the error table), timings.json,
+shift_equivariance.png (error per stage, one line per shift, one panel per
+padding), and one train workdir per padding under runs/ (a rerun
+resumes).
 """
 
+import dataclasses
 import functools
-import json
-import os
-from collections.abc import Sequence
+import pathlib
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags, logging
 
-from equivlab import data, models, probes, viz
-from equivlab import train as train_lib
-from experiments import _launch
+from equivlab import checks, data, models, probes, train, viz
+from experiments import _common
 
 STAGES = ("conv1", "pool1", "conv2", "pool2", "dense", "logits")
-DEFAULT_SHIFTS = ((0, 1), (0, 2), (0, 3), (0, 4), (1, 1), (2, 2))
+DEFAULT_SHIFTS = ("0:1", "0:2", "0:3", "0:4", "1:1", "2:2")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(_common.TrainingOptions):
+  """Settings of the per-layer shift-equivariance study.
+
+  Attributes:
+    paddings: conv paddings to compare (CIRCULAR, SAME, VALID).
+    shifts: input shifts as dy:dx, comma-separated (e.g. 0:1,2:2).
+    num_epochs: training epochs per padding.
+    batch_size: training batch size.
+    learning_rate: learning rate of Adam (constant).
+    num_images: test digits the errors are measured on (the first ones).
+    features: channels of the two conv blocks.
+    dense_features: width of the dense hidden layer.
+    seed: seeds initialisation and shuffling.
+    train_limit: use only this many training digits (default: all).
+    test_limit: use only this many test digits for the test accuracy
+      (default: all).
+  """
+
+  paddings: tuple[str, ...] = ("CIRCULAR", "SAME")
+  shifts: tuple[str, ...] = DEFAULT_SHIFTS
+  num_epochs: int = 10
+  batch_size: int = 128
+  learning_rate: float = 1e-3
+  num_images: int = 500
+  features: tuple[int, ...] = (32, 64)
+  dense_features: int = 128
+  seed: int = 0
+  train_limit: int | None = None
+  test_limit: int | None = None
+
+  def __post_init__(self):
+    _common.check_config(self)
+    if isinstance(self.paddings, str) or not self.paddings:
+      raise ValueError(
+        f"paddings must name at least one of {models.PADDINGS}, got "
+        f"{self.paddings!r}."
+      )
+    for padding in self.paddings:
+      checks.check_choice("paddings", padding, models.PADDINGS)
+    parse_shifts(self.shifts)
+    checks.check_ints("features", self.features, minimum=1)
+    if len(self.features) != 2:
+      raise ValueError(
+        f"features must have two entries, got {tuple(self.features)}."
+      )
+    for name in ("num_epochs", "batch_size", "num_images", "dense_features"):
+      checks.check_int(name, getattr(self, name), minimum=1)
+    for name in ("train_limit", "test_limit"):
+      checks.check_int(name, getattr(self, name), minimum=1, allow_none=True)
+    checks.check_int("seed", self.seed, minimum=0)
+    checks.check_number(
+      "learning_rate", self.learning_rate, minimum=0, strict_minimum=True
+    )
+
+
+def parse_shifts(values: Any) -> list[tuple[int, int]]:
+  """`["0:1", "2:2"]` -> `[(0, 1), (2, 2)]`.
+
+  Raises:
+    ValueError: if `values` is empty or an entry is not `dy:dx` with
+      integers.
+  """
+  if isinstance(values, str) or not values:
+    raise ValueError(f"shifts must hold at least one 'dy:dx', got {values!r}.")
+  out = []
+  for text in values:
+    parts = str(text).split(":")
+    try:
+      if len(parts) != 2:
+        raise ValueError
+      out.append((int(parts[0]), int(parts[1])))
+    except ValueError:
+      raise ValueError(
+        f"shifts must be 'dy:dx' with integers, got {text!r}."
+      ) from None
+  return out
 
 
 def stage_outputs(
@@ -136,136 +215,91 @@ def _layer_errors(model, variables, images, shift):
   return errors, shifts, jnp.mean(changed)
 
 
-def _train(
-  config: train_lib.TrainConfig,
-  images: np.ndarray,
-  labels: np.ndarray,
-  num_steps: int,
-) -> train_lib.TrainState:
-  """`num_steps` steps of `train_lib.train_step` on one device."""
-  state = train_lib.create_train_state(
-    jax.random.key(config.seed), config, images[:2]
+def _train(config: Config, workdir: pathlib.Path):
+  """One trained "cnn" per padding: (padding -> `TrainResult`, seconds)."""
+  base = train.TrainConfig(
+    model="cnn",
+    num_epochs=config.num_epochs,
+    batch_size=config.batch_size,
+    optimizer="adam",
+    learning_rate=config.learning_rate,
+    train_limit=config.train_limit,
+    test_limit=config.test_limit,
+    **config.train_options(),
   )
-  step, epoch = 0, 0
-  while step < num_steps:
-    for batch in data.iterate_batches(
-      images, labels, config.batch_size, key=state.key, epoch=epoch
-    ):
-      if step == num_steps:
-        break
-      state, metrics = train_lib.train_step(state, batch)
-      step += 1
-      if step % 50 == 0:
-        logging.info("step %d loss %.4f", step, float(metrics["loss"]))
-    epoch += 1
-  return state
+  variants = {
+    padding: {
+      "model_kwargs": {
+        "padding": padding,
+        "features": tuple(config.features),
+        "dense_features": config.dense_features,
+      }
+    }
+    for padding in config.paddings
+  }
+  trained, seconds = _common.train_grid(base, variants, (config.seed,), workdir)
+  return {name: runs[0] for name, runs in trained.items()}, seconds
 
 
-def run(
-  workdir: str,
-  *,
-  paddings: Sequence[str] = ("CIRCULAR", "SAME"),
-  shifts: Sequence[tuple[int, int]] = DEFAULT_SHIFTS,
-  train_steps: int = 300,
-  batch_size: int = 128,
-  num_images: int = 500,
-  features: Sequence[int] = (32, 64),
-  dense_features: int = 128,
-  train_limit: int | None = None,
-  seed: int = 0,
-) -> dict:
+def _test_digits(config: Config) -> tuple[np.ndarray, np.ndarray]:
+  images, labels = data.load_dataset(
+    config.dataset, "test", data_dir=config.data_dir, download=config.download
+  )
+  return images[: config.num_images], labels[: config.num_images]
+
+
+def _measure(config: Config, result, images, labels) -> dict[str, Any]:
+  """Errors per shift and stage of one trained model, and its accuracies."""
+  by_shift = {
+    f"{dy},{dx}": layer_errors(result.model, result.variables, images, (dy, dx))
+    for dy, dx in parse_shifts(config.shifts)
+  }
+  logits = result.logits(images)
+  return {
+    "test_accuracy": result["test_accuracy"],
+    "accuracy": float(np.mean(np.argmax(logits, -1) == labels)),
+    "shifts": by_shift,
+  }
+
+
+def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   """Trains one CNN per padding, measures every stage, writes the results.
 
   Args:
-    workdir: output directory.
-    paddings: conv paddings to compare ("CIRCULAR", "SAME", ...).
-    shifts: input shifts `(dy, dx)`.
-    train_steps: Adam steps of training (0: measure at initialisation).
-    batch_size: training batch size.
-    num_images: test digits the errors are measured on.
-    features: channels of the two conv blocks.
-    dense_features: width of the dense hidden layer.
-    train_limit: use only the first N training digits.
-    seed: seeds initialisation and shuffling.
+    config: the study's settings.
+    workdir: where results.json, results.md, the PNG and the train
+      workdirs go.
 
   Returns:
-    The results (also in `workdir/results.json`).
+    The contents of results.json: "config", "stages", "models" (padding
+    -> {"test_accuracy" (the engine's, on the test split), "accuracy" (on
+    the measured digits), "shifts": "dy,dx" -> `layer_errors`}), "table".
 
   Raises:
-    ValueError: if `features` does not have two entries, `shifts` is
-      empty, or `num_images` or `batch_size` is below 1.
+    FileNotFoundError: if a tfds data set is not prepared.
   """
-  if len(features) != 2:
-    raise ValueError(f"features must have two entries, got {features}.")
-  if not shifts:
-    raise ValueError("shifts must hold at least one (dy, dx), got none.")
-  if num_images < 1 or batch_size < 1:
-    raise ValueError(
-      f"num_images and batch_size must be >= 1, got {num_images} and "
-      f"{batch_size}."
-    )
-  train_images, train_labels = data.embedded_digits("train")
-  test_images, test_labels = data.embedded_digits("test")
-  if train_limit is not None:
-    train_images = train_images[:train_limit]
-    train_labels = train_labels[:train_limit]
-  probe = jnp.asarray(test_images[:num_images])
-  probe_labels = jnp.asarray(test_labels[:num_images])
-  shifts = [tuple(int(v) for v in s) for s in shifts]
+  workdir = pathlib.Path(workdir)
+  images, labels = _test_digits(config)
+  trained, seconds = _train(config, workdir)
   results = {
-    "settings": {
-      "paddings": list(paddings),
-      "shifts": [list(s) for s in shifts],
-      "train_steps": train_steps,
-      "batch_size": batch_size,
-      "num_images": int(probe.shape[0]),
-      "features": list(features),
-      "dense_features": dense_features,
-      "seed": seed,
-    },
+    "config": dataclasses.asdict(config),
     "stages": list(STAGES),
-    "models": {},
+    "models": {
+      padding: _measure(config, result, images, labels)
+      for padding, result in trained.items()
+    },
   }
-  for padding in paddings:
-    config = train_lib.TrainConfig(
-      model="cnn",
-      model_kwargs=(
-        ("padding", padding),
-        ("features", tuple(features)),
-        ("dense_features", dense_features),
-      ),
-      num_classes=10,
-      batch_size=batch_size,
-      seed=seed,
-      progress=False,
-    )
-    logging.info("training padding=%s for %d steps", padding, train_steps)
-    state = _train(config, train_images, train_labels, train_steps)
-    model = models.get_model(
-      "cnn", num_classes=10, **train_lib.model_kwargs_dict(config)
-    )
-    variables = state.variables()
-    by_shift = {}
-    for shift in shifts:
-      by_shift[f"{shift[0]},{shift[1]}"] = layer_errors(
-        model, variables, probe, shift
-      )
-    logits = stage_outputs(model, variables, probe)["logits"]
-    accuracy = float(jnp.mean(jnp.argmax(logits, -1) == probe_labels))
-    results["models"][padding] = {"accuracy": accuracy, "shifts": by_shift}
-    logging.info("padding=%s accuracy %.4f", padding, accuracy)
-  os.makedirs(workdir, exist_ok=True)
-  table = _table(results)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  with open(os.path.join(workdir, "shift_equivariance.md"), "w") as f:
-    f.write(table + "\n")
-  _plot(results, os.path.join(workdir, "shift_equivariance.png"))
-  print(table)
+  results["table"] = _table(results)
+  workdir.mkdir(parents=True, exist_ok=True)
+  _plot(results, workdir / "shift_equivariance.png")
+  _common.write_results(
+    workdir, results, table=results["table"], timings=seconds
+  )
   return results
 
 
 def _table(results: dict) -> str:
+  """The errors per padding, stage and shift (Markdown), and accuracies."""
   rows = []
   for padding, entry in results["models"].items():
     for name in (*STAGES, "prediction_changed"):
@@ -280,17 +314,19 @@ def _table(results: dict) -> str:
         row[f"shift ({shift})"] = value
       rows.append(row)
   accuracies = ", ".join(
-    f"{p}: {e['accuracy']:.4f}" for p, e in results["models"].items()
+    f"{p}: {e['accuracy']:.4f} ({e['test_accuracy']:.4f} on the test split)"
+    for p, e in results["models"].items()
   )
   return (
     viz.format_table(rows)
     + "\n\nerror @(ty,tx): relative error at the best output shift; "
     + "prediction_changed: fraction of predictions changed by the shift.\n"
-    + f"test accuracy on the probe digits: {accuracies}"
+    + f"accuracy on the measured digits: {accuracies}"
   )
 
 
-def _plot(results: dict, path: str) -> None:
+def _plot(results: dict, path: pathlib.Path) -> None:
+  """Error per stage, one line per shift, one panel per padding."""
   from matplotlib.figure import Figure  # noqa: PLC0415 (slow import)
 
   paddings = list(results["models"])
@@ -317,91 +353,7 @@ def _plot(results: dict, path: str) -> None:
   fig.savefig(path, dpi=100)
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> dict:
-  """Registers this experiment's flags; returns their holders by name.
-
-  Args:
-    flag_values: where to register them; a fresh `flags.FlagValues()` in
-      tests.
-
-  Returns:
-    Flag holders by flag name.
-  """
-  holders = [
-    flags.DEFINE_string(
-      "workdir",
-      "/tmp/shift_equivariance",
-      "Directory for results.json, the table and the plot.",
-      flag_values=flag_values,
-    ),
-    flags.DEFINE_list(
-      "paddings",
-      ["CIRCULAR", "SAME"],
-      "Conv paddings to compare (CIRCULAR, SAME).",
-      flag_values=flag_values,
-    ),
-    flags.DEFINE_list(
-      "shifts",
-      [f"{dy}:{dx}" for dy, dx in DEFAULT_SHIFTS],
-      "Input shifts as dy:dx, comma-separated.",
-      flag_values=flag_values,
-    ),
-    flags.DEFINE_integer(
-      "train_steps",
-      300,
-      "Adam steps of training before measuring (0: at initialisation).",
-      flag_values=flag_values,
-    ),
-    flags.DEFINE_integer(
-      "batch_size", 128, "Training batch size.", flag_values=flag_values
-    ),
-    flags.DEFINE_integer(
-      "num_images",
-      500,
-      "Test digits the errors are measured on.",
-      flag_values=flag_values,
-    ),
-    flags.DEFINE_integer(
-      "seed", 0, "Seed of init and shuffling.", flag_values=flag_values
-    ),
-  ]
-  return {holder.name: holder for holder in holders}
-
-
-def parse_shifts(values: Sequence[str]) -> list[tuple[int, int]]:
-  """`["0:1", "2:2"]` -> `[(0, 1), (2, 2)]`.
-
-  Raises:
-    ValueError: if an entry is not `dy:dx` with integers.
-  """
-  out = []
-  for text in values:
-    parts = text.split(":")
-    try:
-      if len(parts) != 2:
-        raise ValueError
-      out.append((int(parts[0]), int(parts[1])))
-    except ValueError:
-      raise ValueError(
-        f"a shift must be 'dy:dx' with integers, got {text!r}."
-      ) from None
-  return out
-
-
-def main(argv, holders: dict) -> None:
-  """Reads the flags and runs the experiment."""
-  del argv
-  value = {name: holder.value for name, holder in holders.items()}
-  run(
-    value["workdir"],
-    paddings=value["paddings"],
-    shifts=parse_shifts(value["shifts"]),
-    train_steps=value["train_steps"],
-    batch_size=value["batch_size"],
-    num_images=value["num_images"],
-    seed=value["seed"],
-  )
-
+define_flags, main = _common.entry_points(Config, run, "shift_equivariance")
 
 if __name__ == "__main__":
-  _launch.run(main, define_flags)
+  _common.launch(main, define_flags)

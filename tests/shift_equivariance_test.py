@@ -1,14 +1,21 @@
-"""Tests of experiments/shift_equivariance.py (seed 003 question 3)."""
+"""Tests of experiments/shift_equivariance.py (seed 003 question 3).
 
+The stage outputs are checked against the CNN written out with
+`lax.conv_general_dilated` and `lax.reduce_window`, and the errors against
+a brute-force minimum over every output shift (the probe finds it with an
+FFT) and the logits of `model.apply` on rolled digits.
+"""
+
+import itertools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from absl import flags
 
-from equivlab import models
+from equivlab import models, train
 from experiments import shift_equivariance
 
 
@@ -18,6 +25,91 @@ def _tiny_cnn(padding="CIRCULAR"):
   )
   x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 1))
   return model, model.init(jax.random.key(1), x), x
+
+
+def _conv(x, layer, padding):
+  if padding == "CIRCULAR":
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="wrap")
+    padding = "VALID"
+  y = jax.lax.conv_general_dilated(
+    x,
+    layer["kernel"],
+    (1, 1),
+    padding,
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  return y + layer["bias"].reshape(1, 1, 1, -1)
+
+
+def _pool(x):
+  x = jnp.maximum(x, 0.0)
+  return jax.lax.reduce_window(
+    x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+  )
+
+
+def _stages_by_hand(p, x, padding):
+  conv1 = _conv(x, p["Conv_0"], padding)
+  conv2 = _conv(_pool(conv1), p["Conv_1"], padding)
+  flat = _pool(conv2).reshape(x.shape[0], -1)
+  dense = flat @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"][None, :]
+  logits = jnp.maximum(dense, 0.0) @ p["Dense_1"]["kernel"]
+  logits = logits + p["Dense_1"]["bias"][None, :]
+  return {
+    "conv1": conv1,
+    "pool1": _pool(conv1),
+    "conv2": conv2,
+    "pool2": _pool(conv2),
+    "dense": dense,
+    "logits": logits,
+  }
+
+
+@pytest.mark.parametrize("padding", ["CIRCULAR", "SAME"])
+def test_stage_outputs_match_the_cnn_by_hand(padding):
+  model, variables, x = _tiny_cnn(padding)
+  found = shift_equivariance.stage_outputs(model, variables, x)
+  expected = _stages_by_hand(variables["params"], x, padding)
+  assert list(found) == list(shift_equivariance.STAGES)
+  for name in shift_equivariance.STAGES:
+    np.testing.assert_allclose(
+      found[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name
+    )
+
+
+def _brute_force_error(before, after):
+  """min over all shifts t of ||after - roll(before, t)|| / ||before||."""
+  before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+  scale = np.linalg.norm(before)
+  if before.ndim == 2:
+    return np.linalg.norm(after - before) / scale
+  h, w = before.shape[1:3]
+  return min(
+    np.linalg.norm(after - np.roll(before, t, axis=(1, 2))) / scale
+    for t in itertools.product(range(h), range(w))
+  )
+
+
+@pytest.mark.parametrize(
+  ("padding", "shift"), [("CIRCULAR", (0, 1)), ("SAME", (2, 2))]
+)
+def test_layer_errors_against_brute_force(padding, shift):
+  model, variables, x = _tiny_cnn(padding)
+  errors = shift_equivariance.layer_errors(model, variables, x, shift)
+  shifted = jnp.roll(x, shift, axis=(1, 2))
+  before = _stages_by_hand(variables["params"], x, padding)
+  after = _stages_by_hand(variables["params"], shifted, padding)
+  for name in shift_equivariance.STAGES:
+    np.testing.assert_allclose(
+      errors[name]["error"],
+      _brute_force_error(before[name], after[name]),
+      rtol=1e-3,
+      atol=1e-5,
+      err_msg=name,
+    )
+  logits, logits_shifted = (model.apply(variables, v) for v in (x, shifted))
+  changed = np.mean(np.argmax(logits, -1) != np.argmax(logits_shifted, -1))
+  assert errors["prediction_changed"] == changed
 
 
 def test_circular_convs_exact_dense_not():
@@ -52,35 +144,90 @@ def test_parse_shifts():
   assert shift_equivariance.parse_shifts(["0:1", "-2:3"]) == [(0, 1), (-2, 3)]
   with pytest.raises(ValueError, match="dy:dx"):
     shift_equivariance.parse_shifts(["1"])
+  with pytest.raises(ValueError, match="at least one"):
+    shift_equivariance.parse_shifts([])
 
 
-def test_run_rejects_three_blocks(tmp_path):
-  with pytest.raises(ValueError, match="two entries"):
-    shift_equivariance.run(str(tmp_path), features=(2, 2, 2))
-
-
-def test_smoke_writes_results(tmp_path):
-  holders = shift_equivariance.define_flags(flags.FlagValues())
-  assert {"workdir", "shifts", "train_steps"} <= set(holders)
-  results = shift_equivariance.run(
-    str(tmp_path),
-    paddings=("CIRCULAR",),
-    shifts=((0, 2),),
-    train_steps=2,
-    batch_size=8,
-    num_images=4,
-    features=(2, 2),
-    dense_features=4,
-    train_limit=16,
+def test_smoke_through_the_flags_measures_the_trained_model(tmp_path, capsys):
+  flag_values = flags.FlagValues()
+  holders = shift_equivariance.define_flags(flag_values)
+  flag_values(
+    [
+      "shift_equivariance",
+      f"--workdir={tmp_path}",
+      "--paddings=CIRCULAR",
+      "--shifts=0:2,0:1",
+      "--num_epochs=1",
+      "--batch_size=8",
+      "--num_images=6",
+      "--features=2,3",
+      "--dense_features=4",
+      "--train_limit=16",
+      "--test_limit=8",
+      "--num_devices=1",
+      "--noprogress",
+    ]
   )
-  for name in (
-    "results.json",
-    "shift_equivariance.md",
-    "shift_equivariance.png",
-  ):
-    assert os.path.getsize(tmp_path / name) > 0
-  with open(tmp_path / "results.json") as f:
-    written = json.load(f)
-  assert written == json.loads(json.dumps(results))
-  errors = written["models"]["CIRCULAR"]["shifts"]["0,2"]
-  assert errors["conv1"]["error"] < 1e-5
+  shift_equivariance.main(["shift_equivariance"], holders)
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert (tmp_path / "shift_equivariance.png").stat().st_size > 1000
+  assert "| CIRCULAR" in capsys.readouterr().out
+  entry = saved["models"]["CIRCULAR"]
+  assert sorted(entry["shifts"]) == ["0,1", "0,2"]
+  # Recompute from the trained run's variables, by hand.
+  run_config, variables = train.load_variables(tmp_path / "runs/CIRCULAR/seed0")
+  model = train.build_model(run_config)
+  x, y = shift_equivariance._test_digits(holders.config())
+  logits = np.asarray(model.apply(variables, x), np.float64)
+  assert entry["accuracy"] == np.mean(np.argmax(logits, -1) == y)
+  metrics = json.loads(
+    (tmp_path / "runs/CIRCULAR/seed0/metrics.jsonl")
+    .read_text()
+    .splitlines()[-1]
+  )
+  assert entry["test_accuracy"] == metrics["test_accuracy"]
+  for key, shift in (("0,2", (0, 2)), ("0,1", (0, 1))):
+    moved = np.asarray(model.apply(variables, np.roll(x, shift, (1, 2))))
+    np.testing.assert_allclose(
+      entry["shifts"][key]["logits"]["error"],
+      np.linalg.norm(moved - logits) / np.linalg.norm(logits),
+      rtol=1e-4,
+    )
+  assert entry["shifts"]["0,2"]["conv1"]["error"] < 1e-5
+  # The same command again (it resumes the finished run): the same bytes.
+  first = (tmp_path / "results.json").read_bytes()
+  shift_equivariance.run(holders.config(), tmp_path)
+  assert (tmp_path / "results.json").read_bytes() == first
+
+
+@pytest.mark.parametrize(
+  ("field", "value", "message"),
+  [
+    ("features", (2, 2, 2), "features must have two entries"),
+    ("shifts", ("1",), "shifts must be 'dy:dx' with integers"),
+    ("shifts", (), "shifts must hold at least one"),
+    ("paddings", ("REFLECT",), "paddings must be one of"),
+    ("num_epochs", 0, "num_epochs must be an int >= 1"),
+    ("num_images", 0, "num_images must be an int >= 1"),
+    ("learning_rate", -1.0, "learning_rate must be a finite number > 0"),
+  ],
+)
+def test_bad_settings_are_named(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    shift_equivariance.Config(**{field: value})
+
+
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (["--shifts=1"], "flag --shifts=.*shifts must be 'dy:dx'"),
+    (["--features=2,2,2"], "features must have two entries"),
+    (["--paddings=REFLECT"], "paddings must be one of"),
+    (["--num_epochs=0"], "flag --num_epochs=0: num_epochs must be an int"),
+  ],
+)
+def test_bad_flags_are_flag_errors(argv, message):
+  flag_values = flags.FlagValues()
+  shift_equivariance.define_flags(flag_values)
+  with pytest.raises(flags.IllegalFlagValueError, match=message):
+    flag_values(["shift_equivariance", *argv])
