@@ -6,8 +6,8 @@ inputs of size d with K classes, the backward-pass compute
   M [(L - 1)(3 d_H^2 + d_H) + d_H (2 d_H + d + 3K + 1) + 2K]
 
 and memory `(L - 1)(d_H^2 + d_H) + d_H (d + K) + K + 2 M d_H` numbers,
-both linear in M. This benchmark times `equivlab.train.train_step` (the
-training loop's own jitted SGD step: forward, backward and update) for M =
+both linear in M. This benchmark times the training engine's own jitted
+SGD step (`equivlab.train.make_steps`: forward, backward and update) for M =
 1, 2, 4, ..., 1024 on a fixed "mlp" from `equivlab.models`, and reads three
 figures from XLA for the compiled step of each M:
 
@@ -39,8 +39,7 @@ import time
 import jax
 import numpy as np
 
-from equivlab import train as train_lib
-from equivlab import viz
+from equivlab import train, viz
 
 _IMAGE_SHAPE = (28, 28, 1)
 _NUM_CLASSES = 10
@@ -113,27 +112,9 @@ def fit_line(x, y) -> dict[str, float]:
   return {"slope": float(slope), "intercept": float(intercept), "r2": r2}
 
 
-def measure(
-  batch_size: int,
-  hidden: tuple[int, ...],
-  steps: int,
-  repeats: int,
-  seed: int = 0,
-) -> dict[str, float]:
-  """Compiles and times one SGD `train_step` of the MLP at one batch size.
-
-  Args:
-    batch_size: M.
-    hidden: widths of the MLP's hidden layers.
-    steps: steps per timed repeat.
-    repeats: timed repeats (the median is reported).
-    seed: seeds the parameters and the random batch.
-
-  Returns:
-    {"batch_size", "seconds_per_step", "flops", "temp_bytes",
-    "argument_bytes", "output_bytes", "alias_bytes", "total_bytes"}.
-  """
-  config = train_lib.TrainConfig(
+def _compiled_step(batch_size: int, hidden: tuple[int, ...], seed: int):
+  """The MLP's jitted SGD train step, a state and a random batch."""
+  config = train.TrainConfig(
     model="mlp",
     model_kwargs=(("hidden_sizes", tuple(hidden)),),
     num_classes=_NUM_CLASSES,
@@ -147,21 +128,51 @@ def measure(
     "label": rng.integers(0, _NUM_CLASSES, batch_size).astype(np.int32),
   }
   batch = jax.device_put(batch)
-  state = train_lib.create_train_state(
-    jax.random.key(seed), config, batch["image"]
+  model = train.build_model(config)
+  tx, _ = train.make_optimizer(config, total_steps=1)
+  state = train.create_train_state(
+    jax.random.PRNGKey(seed), config, batch["image"], model=model, tx=tx
   )
-  compiled = train_lib.train_step.lower(state, batch).compile()
+  steps = train.make_steps(model, tx, train.StepSpec.from_config(config))
+  return steps.train_step, state, batch
+
+
+def measure(
+  batch_size: int,
+  hidden: tuple[int, ...],
+  steps: int,
+  repeats: int,
+  seed: int = 0,
+) -> dict[str, float]:
+  """Compiles and times one SGD train step of the MLP at one batch size.
+
+  The step is the training engine's own (`equivlab.train.make_steps`):
+  forward, backward and the SGD update, jitted.
+
+  Args:
+    batch_size: M.
+    hidden: widths of the MLP's hidden layers.
+    steps: steps per timed repeat.
+    repeats: timed repeats (the median is reported).
+    seed: seeds the parameters and the random batch.
+
+  Returns:
+    {"batch_size", "seconds_per_step", "flops", "temp_bytes",
+    "argument_bytes", "output_bytes", "alias_bytes", "total_bytes"}.
+  """
+  train_step, state, batch = _compiled_step(batch_size, hidden, seed)
+  compiled = train_step.lower(state, batch).compile()
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   if isinstance(cost, list):  # Older jax returned one dict per program.
     cost = cost[0]
-  state, metrics = train_lib.train_step(state, batch)  # Warm up.
+  state, metrics = train_step(state, batch)  # Warm up.
   jax.block_until_ready(metrics)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     for _ in range(steps):
-      state, metrics = train_lib.train_step(state, batch)
+      state, metrics = train_step(state, batch)
     jax.block_until_ready((state, metrics))
     times.append((time.perf_counter() - start) / steps)
   out = {
@@ -180,6 +191,139 @@ def measure(
     - out["alias_bytes"]
   )
   return out
+
+
+def _check(hidden, max_batch: int, steps: int, repeats: int) -> None:
+  if not hidden or min(hidden) < 1:
+    raise ValueError(f"hidden must be positive widths, got {hidden}.")
+  for name, value in (
+    ("max_batch", max_batch),
+    ("steps", steps),
+    ("repeats", repeats),
+  ):
+    if value < 1:
+      raise ValueError(f"{name} must be >= 1, got {value}.")
+
+
+def _measure_all(batch_sizes, hidden, steps: int, repeats: int) -> list[dict]:
+  """`measure` at every batch size, with a progress line per M."""
+  rows = []
+  for m in batch_sizes:
+    rows.append(measure(m, tuple(hidden), steps, repeats))
+    print(
+      f"M={m:5d}  {rows[-1]['seconds_per_step'] * 1e3:8.3f} ms/step  "
+      f"temp {rows[-1]['temp_bytes']:>10d} B",
+      file=sys.stderr,
+      flush=True,
+    )
+  return rows
+
+
+def fit_figures(
+  rows: list[dict], time_fit_min_batch: int
+) -> tuple[dict[str, dict[str, float]], int, int]:
+  """Least-squares lines of every figure against M.
+
+  Args:
+    rows: one `measure` result per batch size.
+    time_fit_min_batch: the time is fitted over M >= this (all M if fewer
+      than two qualify).
+
+  Returns:
+    `(fits, time_min, large_min)`: figure name -> `fit_line`, and the
+    smallest M of the time fit and of the "*_large_m" fits (M >= max M /
+    4, where XLA's buffer assignment has settled).
+  """
+  ms = np.array([r["batch_size"] for r in rows], np.float64)
+  timed = ms >= time_fit_min_batch
+  if timed.sum() < 2:
+    timed[:] = True
+  large = ms >= max(ms.max() / 4, 1)
+  if large.sum() < 2:
+    large[:] = True
+  col = lambda name: np.array([r[name] for r in rows], np.float64)
+  fits = {
+    "ms_per_step": fit_line(ms[timed], col("seconds_per_step")[timed] * 1e3),
+    "flops": fit_line(ms, col("flops")),
+    "temp_bytes": fit_line(ms, col("temp_bytes")),
+    "total_bytes": fit_line(ms, col("total_bytes")),
+    # XLA's buffer assignment changes with M (fusion, layouts), so small M
+    # are not on one line with large M: fit the largest M separately.
+    "temp_bytes_large_m": fit_line(ms[large], col("temp_bytes")[large]),
+    "total_bytes_large_m": fit_line(ms[large], col("total_bytes")[large]),
+  }
+  return fits, int(ms[timed].min()), int(ms[large].min())
+
+
+def compare_with_seed(hidden, fits, rows) -> dict[str, float]:
+  """The fitted slopes next to seed 004 6(b)'s per-example counts."""
+  num_hidden, width = len(hidden), hidden[0]
+  d, k = int(np.prod(_IMAGE_SHAPE)), _NUM_CLASSES
+  seed_flops_slope = seed_compute(1, num_hidden, width, d, k)
+  seed_memory_slope = seed_memory(1, num_hidden, width, d, k) - (
+    seed_memory(0, num_hidden, width, d, k)
+  )
+  total_floats = fits["total_bytes"]["slope"] / 4
+  return {
+    "seed_compute_per_example": seed_flops_slope,
+    "xla_flops_per_example": fits["flops"]["slope"],
+    "xla_over_seed_compute": fits["flops"]["slope"] / seed_flops_slope,
+    "seed_memory_floats_per_example": seed_memory_slope,
+    "xla_temp_floats_per_example": fits["temp_bytes"]["slope"] / 4,
+    "xla_total_floats_per_example": total_floats,
+    "xla_total_over_seed_memory": total_floats / seed_memory_slope,
+    "xla_temp_floats_per_example_large_m": (
+      fits["temp_bytes_large_m"]["slope"] / 4
+    ),
+    "xla_total_floats_per_example_large_m": (
+      fits["total_bytes_large_m"]["slope"] / 4
+    ),
+    "seed_memory_parameters": seed_memory(0, num_hidden, width, d, k),
+    "time_per_example_us": fits["ms_per_step"]["slope"] * 1e3,
+    "time_at_m1_us": rows[0]["seconds_per_step"] * 1e6,
+  }
+
+
+def _text(results: dict) -> str:
+  """The measurement, fit and comparison tables (Markdown)."""
+  table = viz.format_table(
+    [
+      {
+        "M": r["batch_size"],
+        "ms/step": r["seconds_per_step"] * 1e3,
+        "MFLOP": r["flops"] / 1e6,
+        "temp KiB": r["temp_bytes"] / 1024,
+        "total KiB": r["total_bytes"] / 1024,
+      }
+      for r in results["rows"]
+    ]
+  )
+  fit_table = viz.format_table(
+    [
+      {
+        "figure": name,
+        "slope per example": fit["slope"],
+        "intercept": fit["intercept"],
+        "R^2": fit["r2"],
+      }
+      for name, fit in results["fits"].items()
+    ]
+  )
+  comparison = results["comparison"]
+  return "\n\n".join(
+    [
+      f"MLP hidden={results['hidden']}, SGD train_step, {results['device']}",
+      table,
+      "Least-squares fits (time over M >= "
+      f"{results['time_fit_min_batch']}, *_large_m over M >= "
+      f"{results['large_m_fit_min_batch']}, the rest over all M):",
+      fit_table,
+      "Against seed 004 6(b) (per example):",
+      viz.format_table(
+        [{"quantity": k, "value": float(v)} for k, v in comparison.items()]
+      ),
+    ]
+  )
 
 
 def run(
@@ -210,69 +354,10 @@ def run(
     ValueError: if `hidden` is empty or has a non-positive width, or
       `max_batch`, `steps` or `repeats` is below 1.
   """
-  if not hidden or min(hidden) < 1:
-    raise ValueError(f"hidden must be positive widths, got {hidden}.")
-  for name, value in (
-    ("max_batch", max_batch),
-    ("steps", steps),
-    ("repeats", repeats),
-  ):
-    if value < 1:
-      raise ValueError(f"{name} must be >= 1, got {value}.")
+  _check(hidden, max_batch, steps, repeats)
   batch_sizes = [2**i for i in range(int(np.log2(max_batch)) + 1)]
-  rows = []
-  for m in batch_sizes:
-    rows.append(measure(m, tuple(hidden), steps, repeats))
-    print(
-      f"M={m:5d}  {rows[-1]['seconds_per_step'] * 1e3:8.3f} ms/step  "
-      f"temp {rows[-1]['temp_bytes']:>10d} B",
-      file=sys.stderr,
-      flush=True,
-    )
-  ms = np.array(batch_sizes, np.float64)
-  timed = ms >= time_fit_min_batch
-  if timed.sum() < 2:
-    timed[:] = True
-  large = ms >= max(ms.max() / 4, 1)
-  if large.sum() < 2:
-    large[:] = True
-  col = lambda name: np.array([r[name] for r in rows], np.float64)
-  fits = {
-    "ms_per_step": fit_line(ms[timed], col("seconds_per_step")[timed] * 1e3),
-    "flops": fit_line(ms, col("flops")),
-    "temp_bytes": fit_line(ms, col("temp_bytes")),
-    "total_bytes": fit_line(ms, col("total_bytes")),
-    # XLA's buffer assignment changes with M (fusion, layouts), so small M
-    # are not on one line with large M: fit the largest M separately.
-    "temp_bytes_large_m": fit_line(ms[large], col("temp_bytes")[large]),
-    "total_bytes_large_m": fit_line(ms[large], col("total_bytes")[large]),
-  }
-  num_hidden, width = len(hidden), hidden[0]
-  d = int(np.prod(_IMAGE_SHAPE))
-  seed_flops_slope = seed_compute(1, num_hidden, width, d, _NUM_CLASSES)
-  seed_memory_slope = seed_memory(1, num_hidden, width, d, _NUM_CLASSES) - (
-    seed_memory(0, num_hidden, width, d, _NUM_CLASSES)
-  )
-  comparison = {
-    "seed_compute_per_example": seed_flops_slope,
-    "xla_flops_per_example": fits["flops"]["slope"],
-    "xla_over_seed_compute": fits["flops"]["slope"] / seed_flops_slope,
-    "seed_memory_floats_per_example": seed_memory_slope,
-    "xla_temp_floats_per_example": fits["temp_bytes"]["slope"] / 4,
-    "xla_total_floats_per_example": fits["total_bytes"]["slope"] / 4,
-    "xla_total_over_seed_memory": fits["total_bytes"]["slope"]
-    / 4
-    / seed_memory_slope,
-    "xla_temp_floats_per_example_large_m": (
-      fits["temp_bytes_large_m"]["slope"] / 4
-    ),
-    "xla_total_floats_per_example_large_m": (
-      fits["total_bytes_large_m"]["slope"] / 4
-    ),
-    "seed_memory_parameters": seed_memory(0, num_hidden, width, d, 10),
-    "time_per_example_us": fits["ms_per_step"]["slope"] * 1e3,
-    "time_at_m1_us": rows[0]["seconds_per_step"] * 1e6,
-  }
+  rows = _measure_all(batch_sizes, hidden, steps, repeats)
+  fits, time_min, large_min = fit_figures(rows, time_fit_min_batch)
   results = {
     "hidden": list(hidden),
     "backend": jax.default_backend(),
@@ -284,49 +369,13 @@ def run(
     ),
     "rows": rows,
     "fits": fits,
-    "time_fit_min_batch": int(ms[timed].min()),
-    "large_m_fit_min_batch": int(ms[large].min()),
-    "comparison": comparison,
+    "time_fit_min_batch": time_min,
+    "large_m_fit_min_batch": large_min,
+    "comparison": compare_with_seed(hidden, fits, rows),
   }
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  table = viz.format_table(
-    [
-      {
-        "M": r["batch_size"],
-        "ms/step": r["seconds_per_step"] * 1e3,
-        "MFLOP": r["flops"] / 1e6,
-        "temp KiB": r["temp_bytes"] / 1024,
-        "total KiB": r["total_bytes"] / 1024,
-      }
-      for r in rows
-    ]
-  )
-  fit_table = viz.format_table(
-    [
-      {
-        "figure": name,
-        "slope per example": fit["slope"],
-        "intercept": fit["intercept"],
-        "R^2": fit["r2"],
-      }
-      for name, fit in fits.items()
-    ]
-  )
-  text = "\n\n".join(
-    [
-      f"MLP hidden={list(hidden)}, SGD train_step, {results['device']}",
-      table,
-      "Least-squares fits (time over M >= "
-      f"{results['time_fit_min_batch']}, *_large_m over M >= "
-      f"{results['large_m_fit_min_batch']}, the rest over all M):",
-      fit_table,
-      "Against seed 004 6(b) (per example):",
-      viz.format_table(
-        [{"quantity": k, "value": float(v)} for k, v in comparison.items()]
-      ),
-    ]
-  )
+  text = _text(results)
   (out_dir / "batch_cost.md").write_text(text + "\n")
   (out_dir / "results.json").write_text(json.dumps(results, indent=2))
   _plot(batch_sizes, rows, out_dir / "batch_cost.png")
