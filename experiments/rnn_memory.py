@@ -17,7 +17,8 @@ Each (lag, network) run is one jitted scan of `num_steps` Adam steps
 (seconds): as it finishes, its measurements are written to
 `<workdir>/runs/lag<L>/<network>.json`, so a killed sweep loses at most
 the run in progress, and the same command again skips every finished run
-(a workdir holding runs of other settings is refused, naming them).
+(a workdir holding runs of other settings is refused, naming them, and so
+is a workdir in use by a live run).
 
 Writes into --workdir (default runs/rnn_memory): results.json, results.md
 (the table), timings.json, accuracy_vs_lag.png, grad_norm_vs_distance.png
@@ -40,6 +41,7 @@ from absl import logging
 
 from equivlab import checks, rnn, viz
 from equivlab.rnn import esn
+from equivlab.training import checkpoint
 from experiments import _common
 
 RNN_MODELS = ("elman", "lstm", "gru")
@@ -367,15 +369,19 @@ def _load_record(path: pathlib.Path, config: Config) -> dict | None:
 
 def _save_record(path: pathlib.Path, config: Config, record: dict) -> None:
   """Writes a record atomically: a killed write leaves no half file."""
-  path.parent.mkdir(parents=True, exist_ok=True)
   text = json.dumps(
     _common.to_json({**record, "settings": _settings(config)}),
     indent=2,
     sort_keys=True,
   )
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(text + "\n")
-  os.replace(tmp, path)
+  with checkpoint.write_errors(f"the record {path}"):
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      tmp.write_text(text + "\n")
+      os.replace(tmp, path)
+    finally:
+      tmp.unlink(missing_ok=True)
 
 
 def _measure_rnn(config: Config, name: str, lag: int, keys, eval_batch):
@@ -526,15 +532,18 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
 
   Raises:
     ValueError: if the workdir holds runs of other settings.
+    equivlab.training.WorkdirInUseError: if another live run uses it.
+    OSError: if the workdir or a record cannot be written.
   """
   workdir = pathlib.Path(workdir)
-  records, seconds = _sweep(config, workdir)
-  results = _results(config, records)
-  results["table"] = _table(config, results)
-  _figures(workdir, results)
-  _common.write_results(
-    workdir, results, table=results["table"], timings=seconds
-  )
+  with checkpoint.WorkdirLock(workdir):
+    records, seconds = _sweep(config, workdir)
+    results = _results(config, records)
+    results["table"] = _table(config, results)
+    _figures(workdir, results)
+    _common.write_results(
+      workdir, results, table=results["table"], timings=seconds
+    )
   return results
 
 

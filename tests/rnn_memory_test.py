@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from equivlab import training
 from experiments import rnn_memory
 
 _TINY = dict(
@@ -228,3 +229,15 @@ def test_nearest_grad_lag():
   config = rnn_memory.Config(lags=(2, 10, 30), grad_lag=20)
   assert config.nearest_grad_lag == 10  # A tie goes to the smaller lag.
   assert rnn_memory.Config(lags=(5, 80), grad_lag=40).nearest_grad_lag == 5
+
+
+def test_a_workdir_in_use_is_refused(tmp_path):
+  with training.WorkdirLock(tmp_path):
+    with pytest.raises(training.WorkdirInUseError, match="in use by"):
+      rnn_memory.run(rnn_memory.Config(**_TINY), tmp_path)
+
+
+def test_a_workdir_that_is_a_file_is_one_clear_error(tmp_path):
+  (tmp_path / "file").write_text("")
+  with pytest.raises(OSError, match="is a file, not a directory"):
+    rnn_memory.run(rnn_memory.Config(**_TINY), tmp_path / "file")
