@@ -1,47 +1,77 @@
-"""Smoke test of experiments/shifted_digits.py on tiny settings."""
+"""Tests of experiments/shifted_digits.py on tiny settings."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
+from absl import flags
 
-from equivlab import train
 from experiments import shifted_digits
 
+# Two seeds of a small MLP for one epoch on a few dozen digits.
+_TINY = dict(
+  models=("mlp",),
+  max_shift=2,
+  num_seeds=2,
+  seed=5,
+  num_epochs=1,
+  batch_size=16,
+  train_limit=64,
+  test_limit=24,
+  num_examples=3,
+  num_devices=1,
+  progress=False,
+)
 
-def _tiny(models, max_shift, **overrides):
-  """A config that trains for one epoch on a few dozen digits."""
-  settings = dict(
-    num_epochs=1,
-    batch_size=16,
-    train_limit=32,
-    test_limit=16,
-    num_examples=2,
-    num_devices=1,
-    progress=False,
-  )
-  return shifted_digits.ShiftedConfig(
-    models=models, max_shift=max_shift, **{**settings, **overrides}
-  )
+
+def _flag_values(argv):
+  flag_values = flags.FlagValues()
+  holders = shifted_digits.define_flags(flag_values)
+  flag_values(["shifted_digits", *argv])
+  return holders
 
 
-def test_smoke_writes_results_and_pictures(tmp_path, capsys):
-  config = _tiny(("mlp",), 2, train_limit=64, test_limit=24, num_examples=3)
-  results = shifted_digits.run(config, tmp_path)
-  saved = json.loads((tmp_path / "results.json").read_text())
+def test_run_and_flags_write_the_same_checked_results(tmp_path, capsys):
+  config = shifted_digits.Config(**_TINY)
+  results = shifted_digits.run(config, tmp_path / "run")
+  saved = json.loads((tmp_path / "run" / "results.json").read_text())
   assert saved["table"] == results["table"]
-  assert [r["model"] for r in saved["rows"]] == ["mlp"]
-  for row in saved["rows"]:
-    assert 0.0 <= row["shifted test acc"] <= 1.0
-    assert float(row["drop (points)"]) == pytest.approx(
-      100 * (row["test acc"] - row["shifted test acc"]), abs=0.051
+  assert [(r["model"], r["seed"]) for r in saved["runs"]] == [
+    ("mlp", 5),
+    ("mlp", 6),
+  ]
+  for record in saved["runs"]:
+    # The study's own accuracies against the engine's evaluation.
+    final = record["history"][-1]
+    assert record["test_accuracy"] == pytest.approx(final["test_accuracy"])
+    assert record["shifted_accuracy"] == pytest.approx(
+      final["embedded_shift2/test_accuracy"]
     )
-  assert len(saved["sweep"]["mlp"]) == 3
-  # Shift 0 of the sweep is the plain test set.
-  assert saved["sweep"]["mlp"][0] == pytest.approx(saved["rows"][0]["test acc"])
+    assert record["sweep"][0] == pytest.approx(record["test_accuracy"])
+    assert len(record["sweep"]) == 3
+  (row,) = saved["rows"]
+  clean = [r["test_accuracy"] for r in saved["runs"]]
+  shifted = [r["shifted_accuracy"] for r in saved["runs"]]
+  assert row["test_acc_mean"] == pytest.approx(np.mean(clean))
+  assert row["test_acc_std"] == pytest.approx(np.std(clean, ddof=1))
+  assert row["shifted_acc_std"] == pytest.approx(np.std(shifted, ddof=1))
+  assert row["drop_points"] == pytest.approx(
+    100 * (np.mean(clean) - np.mean(shifted))
+  )
+  assert "sample standard deviation over 2 seeds" in saved["table"]
   for name in ("accuracy", "shift_sweep", "curves", "examples"):
-    assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    assert (tmp_path / "run" / f"{name}.png").stat().st_size > 1000
   assert "| mlp" in capsys.readouterr().out
+
+  # The same study through the flags writes the same bytes.
+  argv = [f"--workdir={tmp_path / 'flags'}", "--models=mlp"]
+  argv += [f"--{k}={v}" for k, v in _TINY.items() if k != "models"]
+  shifted_digits.main(["shifted_digits"], _flag_values(argv))
+  first, second = (
+    (tmp_path / d / "results.json").read_bytes() for d in ("run", "flags")
+  )
+  assert first == second
 
 
 def test_accuracy_by_hand():
@@ -49,27 +79,52 @@ def test_accuracy_by_hand():
   assert shifted_digits.accuracy(logits, np.array([1, 1, 1])) == 2 / 3
 
 
-def test_unknown_model(tmp_path):
-  config = shifted_digits.ShiftedConfig(models=("mlp", "vgg"))
-  with pytest.raises(ValueError, match=r"unknown models \['vgg'\]"):
-    shifted_digits.run(config, tmp_path)
+def _shift_by_hand(image, dy, dx):
+  out = np.zeros_like(image)
+  h, w = image.shape[:2]
+  for i in range(h):
+    for j in range(w):
+      if 0 <= i - dy < h and 0 <= j - dx < w:
+        out[i, j] = image[i - dy, j - dx]
+  return out
 
 
-def test_negative_shift(tmp_path):
-  config = shifted_digits.ShiftedConfig(max_shift=-1)
-  with pytest.raises(ValueError, match="max_shift must be an int >= 0"):
-    shifted_digits.run(config, tmp_path)
+def test_shift_sweep_against_shifts_by_hand():
+  rng = np.random.default_rng(0)
+  images = (rng.random((12, 7, 7, 1)) > 0.6).astype(np.float32)
+  labels = (images[:, 3, 3, 0] > 0).astype(np.int32)
+
+  def centre_pixel(x):  # Class 1 iff the centre pixel has ink.
+    ink = np.asarray(x)[:, 3, 3, 0]
+    return np.stack([1 - ink, ink], axis=-1)
+
+  sweep = shifted_digits.shift_sweep(centre_pixel, images, labels, 2)
+  expected = []
+  for k in range(3):
+    key = jax.random.fold_in(jax.random.key(0), k)
+    shifts = np.asarray(jax.random.randint(key, (12, 2), -k, k + 1))
+    moved = [
+      _shift_by_hand(im, *s) for im, s in zip(images, shifts, strict=True)
+    ]
+    expected.append(np.mean((np.stack(moved)[:, 3, 3, 0] > 0) == labels))
+  assert sweep[0] == 1.0
+  np.testing.assert_allclose(sweep, expected)
 
 
-def test_mlp_variants_train_with_their_overrides(tmp_path):
-  config = _tiny(("mlp+shift_aug", "mlp_wide"), 3)
+def test_variants_train_with_their_overrides(tmp_path):
+  models = ("mlp+shift_aug", "mlp_wide")
+  config = shifted_digits.Config(
+    **{**_TINY, "models": models, "num_seeds": 1, "max_shift": 3}
+  )
   results = shifted_digits.run(config, tmp_path)
   rows = {r["model"]: r for r in results["rows"]}
   # 784-1024-1024-10 against the default 784-256-256-10.
   assert rows["mlp_wide"]["params"] == 784 * 1024 + 1024 * 1024 + 10250 + 2048
-  aug_config, _ = train.load_variables(tmp_path / "runs" / "mlp+shift_aug")
-  assert aug_config.model == "mlp"
-  assert (aug_config.augment, aug_config.max_shift) == ("shift", 3)
+  saved = json.loads(
+    (tmp_path / "runs" / "mlp+shift_aug" / "seed5" / "config.json").read_text()
+  )
+  assert saved["model"] == "mlp"
+  assert (saved["augment"], saved["max_shift"]) == ("shift", 3)
 
 
 def test_circular_gap_models_ignore_shifts_of_digits_inside_the_frame(
@@ -78,9 +133,39 @@ def test_circular_gap_models_ignore_shifts_of_digits_inside_the_frame(
   # Exact invariance to circular shifts; the embedded digits have empty
   # margins, so zero-filled shifts of up to 2 pixels are circular shifts
   # and every point of the sweep is the same accuracy.
-  config = _tiny(("cnn_gap", "p4cnn_gap", "p4cnn_gap+orientation"), 2)
-  results = shifted_digits.run(config, tmp_path)
-  for name in config.models:
-    sweep = results["sweep"][name]
-    assert sweep == [sweep[0]] * 3, (name, sweep)
-  assert results["config"]["schedule"] == "cosine"
+  models = ("cnn_gap", "p4cnn_gap", "p4cnn_gap+orientation")
+  settings = {**_TINY, "models": models, "num_seeds": 1, "train_limit": 32}
+  results = shifted_digits.run(shifted_digits.Config(**settings), tmp_path)
+  for record in results["runs"]:
+    sweep = record["sweep"]
+    assert sweep == [sweep[0]] * 3, (record["model"], sweep)
+    assert record["shifted_accuracy"] == record["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (["--models=mlp,vgg"], r"models must be distinct names .*unknown: \['vgg'"),
+    (["--models=mlp,mlp"], "models must be distinct names"),
+    (["--max_shift=-1"], "flag --max_shift=-1: max_shift must be an int in"),
+    (["--max_shift=14"], r"max_shift must be an int in \[0, 13\], got 14"),
+    (["--num_seeds=0"], "num_seeds must be an int >= 1, got 0"),
+    (["--num_epochs=0"], "num_epochs must be an int >= 1, got 0"),
+    (["--num_examples=0"], "num_examples must be an int >= 1, got 0"),
+    (["--test_limit=0"], "test_limit must be an int >= 1 or None, got 0"),
+    (["--learning_rate=nan"], "learning_rate must be a finite number > 0"),
+    (["--schedule=linear"], "schedule must be one of"),
+  ],
+)
+def test_bad_flags_are_flag_errors(argv, message):
+  with pytest.raises(flags.IllegalFlagValueError, match=message):
+    _flag_values(argv)
+
+
+def test_missing_tfds_dataset_fails_before_training(tmp_path):
+  config = shifted_digits.Config(
+    dataset="mnist", data_dir=str(tmp_path / "tfds")
+  )
+  with pytest.raises(FileNotFoundError):
+    shifted_digits.run(config, tmp_path / "work")
+  assert not (tmp_path / "work" / "runs").exists()
