@@ -302,7 +302,7 @@ def gradient_ratio(grad_norms: dict[str, float]) -> float:
 
 
 def _pair(entry: dict[str, Any], read, fmt: str) -> str:
-  """ "init / epoch 1" of one probe value ("-" where the run diverged)."""
+  """One probe value as "at init / after epoch 1" ("-": diverged)."""
   values = [
     "-" if entry[when] is None else fmt.format(read(entry[when]))
     for when in ("init", "epoch1")
