@@ -5,16 +5,20 @@ an image and record, for every patch position, (a) the probability of the
 true class, (b) the highest probability and (c) the predicted label; then
 search over patch positions and sizes for a patch that changes the
 prediction. Occluded images are built with a mask from traced positions and
-sizes, so a whole grid of them comes from one `jax.vmap`.
+sizes, so a whole grid of them comes from one `jax.vmap`; the classifier
+sees them in batches of one size (the last padded), so a jitted `apply_fn`
+compiles once however many positions and sizes are tried. A patch whose
+content is optimised by gradient instead of grey is `equivlab.adversarial`.
 """
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from equivlab import checks
 
 ApplyFn = Callable[[jax.Array], jax.Array]
 
@@ -37,8 +41,11 @@ def occlude(
 
   Returns:
     The occluded image, `[H, W, C]`.
+
+  Raises:
+    ValueError: if `image` is not `[H, W, C]`.
   """
-  chex.assert_rank(image, 3)
+  checks.check_rank("image", image, 3, "one image [H, W, C]")
   h, w = image.shape[:2]
   top = row - size // 2
   left = col - size // 2
@@ -49,21 +56,44 @@ def occlude(
   return jnp.where(inside[:, :, None], jnp.asarray(value, image.dtype), image)
 
 
-def _check(image, label, patch_size, stride):
-  if np.ndim(image) != 3:
-    raise ValueError(
-      f"image must be one image [H, W, C], got shape {np.shape(image)}."
-    )
+def check_image(image: Any) -> jax.Array:
+  """`image` as float32 `[H, W, C]`, or a clear error.
+
+  Integer images are converted as `jnp` would promote them; anything that
+  is not a real-valued array is refused.
+
+  Raises:
+    ValueError: if it is not one image `[H, W, C]` or is empty.
+    TypeError: if it is not a real-valued array.
+  """
+  checks.check_rank("image", image, 3, "one image [H, W, C]")
+  dtype = getattr(image, "dtype", None)
+  dtype = np.asarray(image).dtype if dtype is None else dtype
+  if not (
+    jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+  ):
+    raise TypeError(f"image must be a real-valued array, got dtype {dtype}.")
+  if 0 in np.shape(image):
+    raise ValueError(f"image must not be empty, got shape {np.shape(image)}.")
+  return jnp.asarray(image, jnp.float32)
+
+
+def _check_options(image, label, patch_size, stride, value, batch_size):
   h, w = np.shape(image)[:2]
-  if not 1 <= patch_size <= max(h, w):
-    raise ValueError(
-      f"patch size must be in 1..{max(h, w)} for a {h}x{w} image, got "
-      f"{patch_size}."
+  checks.check_int("patch_size", patch_size, minimum=1, maximum=max(h, w))
+  checks.check_int("stride", stride, minimum=1)
+  checks.check_int("label", label, minimum=0)
+  checks.check_number("value", value)
+  checks.check_int("batch_size", batch_size, minimum=1)
+
+
+def check_apply_fn(apply_fn: Any) -> None:
+  """Raises TypeError unless `apply_fn` is callable."""
+  if not callable(apply_fn):
+    raise TypeError(
+      "apply_fn must be a function from images [B, H, W, C] to logits "
+      f"[B, K], got {apply_fn!r}."
     )
-  if stride < 1:
-    raise ValueError(f"stride must be >= 1, got {stride}.")
-  if int(label) < 0:
-    raise ValueError(f"label must be a class index >= 0, got {label}.")
 
 
 def _centres(h: int, w: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,15 +103,43 @@ def _centres(h: int, w: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
   return rows, cols
 
 
-def _probabilities(
+def probabilities(
   apply_fn: ApplyFn, images: jax.Array, batch_size: int
 ) -> jax.Array:
-  """Softmax of `apply_fn` over `images` [P, H, W, C], in chunks."""
-  chunks = [
-    jax.nn.softmax(apply_fn(images[i : i + batch_size]), axis=-1)
-    for i in range(0, images.shape[0], batch_size)
-  ]
-  return jnp.concatenate(chunks, axis=0)
+  """Softmax of `apply_fn` over `images` `[P, H, W, C]`, batch by batch.
+
+  Every call of `apply_fn` sees `min(batch_size, P)` images: the last batch
+  is padded with copies of the first image and the padding dropped, so a
+  jitted `apply_fn` compiles once for any `P` (as `models.apply_in_batches`
+  does for a module).
+
+  Returns:
+    `[P, K]` probabilities.
+
+  Raises:
+    ValueError: if `apply_fn` does not return logits `[B, K]` for a batch
+      of B images, or returns non-finite logits.
+  """
+  n = images.shape[0]
+  size = min(batch_size, n)
+  chunks = []
+  for start in range(0, n, size):
+    chunk = images[start : start + size]
+    rows = chunk.shape[0]
+    if rows < size:
+      fill = jnp.broadcast_to(images[:1], (size - rows, *images.shape[1:]))
+      chunk = jnp.concatenate([chunk, fill])
+    logits = apply_fn(chunk)
+    if np.ndim(logits) != 2 or np.shape(logits)[0] != size:
+      raise ValueError(
+        f"apply_fn must map images [{size}, H, W, C] to logits [{size}, K], "
+        f"got shape {np.shape(logits)}."
+      )
+    chunks.append(jax.nn.softmax(logits[:rows], axis=-1))
+  probs = jnp.concatenate(chunks, axis=0)
+  if not bool(jnp.all(jnp.isfinite(probs))):
+    raise ValueError("apply_fn returned non-finite logits (NaN or inf).")
+  return probs
 
 
 def occlusion_maps(
@@ -98,14 +156,15 @@ def occlusion_maps(
 
   Args:
     apply_fn: images `[B, H, W, C]` -> logits `[B, K]`, e.g.
-      `lambda x: model.apply(variables, x, train=False)`.
+      `jax.jit(lambda x: model.apply(variables, x, train=False))`; it is
+      called on batches of one size only.
     image: `[H, W, C]`.
     label: the true class.
     patch_size: side of the grey square.
     stride: distance between patch centres; maps have
       `ceil(H / stride) x ceil(W / stride)` entries.
     value: grey level of the patch.
-    batch_size: occluded images per call of `apply_fn`.
+    batch_size: images per call of `apply_fn`.
 
   Returns:
     A dict of maps `[H', W']` indexed by patch centre: "true_prob" (the
@@ -115,10 +174,15 @@ def occlusion_maps(
 
   Raises:
     ValueError: for an image that is not `[H, W, C]`, a patch size outside
-      1..max(H, W), a stride below 1, or a label outside 0..K-1.
+      1..max(H, W), a stride or batch size below 1, a non-finite value, a
+      label outside 0..K-1, or an `apply_fn` that does not return finite
+      logits `[B, K]`.
+    TypeError: for arguments of the wrong kind (a float patch size, an
+      `apply_fn` that is not callable, an image of strings).
   """
-  _check(image, label, patch_size, stride)
-  image = jnp.asarray(image, jnp.float32)
+  check_apply_fn(apply_fn)
+  image = check_image(image)
+  _check_options(image, label, patch_size, stride, value, batch_size)
   rows, cols = _centres(image.shape[0], image.shape[1], stride)
   occluded = jax.vmap(occlude, in_axes=(None, 0, 0, None, None))(
     image,
@@ -127,13 +191,12 @@ def occlusion_maps(
     patch_size,
     value,
   )
-  probs = _probabilities(apply_fn, occluded, batch_size)
-  clean = jax.nn.softmax(apply_fn(image[None])[0])
-  if int(label) >= clean.shape[0]:
-    raise ValueError(
-      f"label must be in 0..{clean.shape[0] - 1} for {clean.shape[0]} "
-      f"classes, got {label}."
-    )
+  # The clean image rides in the same batches: no call of another shape.
+  probs = probabilities(
+    apply_fn, jnp.concatenate([image[None], occluded]), batch_size
+  )
+  clean, probs = probs[0], probs[1:]
+  checks.check_int("label", label, minimum=0, maximum=clean.shape[0] - 1)
   shape = rows.shape
   return {
     "true_prob": probs[:, label].reshape(shape),
@@ -162,26 +225,31 @@ def find_flipping_patch(
     apply_fn: images `[B, H, W, C]` -> logits `[B, K]`.
     image: `[H, W, C]`, which the model should classify as `label`.
     label: the true class.
-    sizes: patch sides to try, smallest first matters for the answer.
+    sizes: patch sides to try, each in 1..max(H, W).
     stride: distance between patch centres.
     value: grey level of the patch.
-    batch_size: occluded images per call of `apply_fn`.
+    batch_size: images per call of `apply_fn`.
 
   Returns:
     A dict: "found" (bool), and when found the smallest flipping "size",
     the "row" and "col" of the centre where the true-class probability is
     lowest at that size, the "new_label" predicted there and its
     "new_prob"; "flip_fraction" maps each size to the fraction of positions
-    whose patch flips the prediction; "clean_label" is the prediction on the
-    unoccluded image.
+    whose patch flips the prediction, and "labels" each size to the sorted
+    classes other than `label` that some position's patch makes the
+    prediction; "clean_label" is the prediction on the unoccluded image.
 
   Raises:
-    ValueError: as `occlusion_maps`, for each size.
+    ValueError / TypeError: as `occlusion_maps`, checked for every size
+      before any is tried; also for no sizes.
   """
-  if not sizes:
-    raise ValueError("sizes must name at least one patch size, got none.")
-  result: dict[str, Any] = {"found": False, "flip_fraction": {}}
-  for size in sorted(int(s) for s in sizes):
+  check_apply_fn(apply_fn)
+  image = check_image(image)
+  checks.check_ints("sizes", sizes, minimum=1)
+  for size in sizes:
+    _check_options(image, label, size, stride, value, batch_size)
+  result: dict[str, Any] = {"found": False, "flip_fraction": {}, "labels": {}}
+  for size in sorted(set(int(s) for s in sizes)):
     maps = occlusion_maps(
       apply_fn,
       image,
@@ -192,8 +260,12 @@ def find_flipping_patch(
       batch_size=batch_size,
     )
     result["clean_label"] = int(jnp.argmax(maps["clean_probs"]))
-    flipped = np.asarray(maps["label"]) != int(label)
+    predicted = np.asarray(maps["label"])
+    flipped = predicted != int(label)
     result["flip_fraction"][size] = float(flipped.mean())
+    result["labels"][size] = sorted(
+      int(k) for k in np.unique(predicted[flipped])
+    )
     if flipped.any() and not result["found"]:
       true_prob = np.where(flipped, np.asarray(maps["true_prob"]), np.inf)
       i, j = np.unravel_index(np.argmin(true_prob), true_prob.shape)

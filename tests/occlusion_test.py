@@ -93,6 +93,7 @@ def test_find_flipping_patch_finds_the_smallest():
   assert result["clean_label"] == 0
   assert result["flip_fraction"][1] == 0.0
   assert result["flip_fraction"][3] == pytest.approx(1 / 36)
+  assert result["labels"] == {1: [], 2: [], 3: [1]}
 
 
 def test_find_flipping_patch_reports_none():
@@ -104,28 +105,108 @@ def test_find_flipping_patch_reports_none():
   assert result["flip_fraction"] == {2: 0.0, 6: 0.0}
 
 
-def test_rejects_unbatched_shape():
-  with pytest.raises(ValueError, match=r"one image \[H, W, C\]"):
-    occlusion.occlusion_maps(_corner_model, np.zeros((1, 6, 6, 1)), 0)
+def test_ragged_last_batch_compiles_once_and_changes_nothing():
+  traces = []
+
+  def model(x):
+    traces.append(x.shape)
+    return _corner_model(x)
+
+  apply_fn = jax.jit(model)
+  image = _image()
+  # 36 occluded images and the clean one in batches of 10: 10, 10, 10, 7.
+  ragged = occlusion.occlusion_maps(
+    apply_fn, image, 0, patch_size=2, batch_size=10
+  )
+  assert apply_fn._cache_size() == 1
+  assert traces == [(10, 6, 6, 1)]
+  whole = occlusion.occlusion_maps(
+    _corner_model, image, 0, patch_size=2, batch_size=1024
+  )
+  for key in ("true_prob", "top_prob", "label", "clean_probs"):
+    np.testing.assert_allclose(ragged[key], whole[key], rtol=1e-6)
+  # Several sizes, the same batch shape: still one compilation.
+  occlusion.find_flipping_patch(
+    apply_fn, image, 0, sizes=(1, 2, 3), batch_size=10
+  )
+  assert apply_fn._cache_size() == 1 and len(traces) == 1
 
 
-@pytest.mark.parametrize("size", [0, 7])
-def test_rejects_bad_patch_size(size):
-  with pytest.raises(ValueError, match="patch size must be in 1..6"):
-    occlusion.occlusion_maps(_corner_model, _image(), 0, patch_size=size)
+def test_integer_images_promote_like_jnp():
+  image = _image()
+  as_int = occlusion.occlusion_maps(
+    _corner_model, image.astype(np.uint8), 0, patch_size=3, value=0.0
+  )
+  as_float = occlusion.occlusion_maps(
+    _corner_model, image, 0, patch_size=3, value=0.0
+  )
+  np.testing.assert_allclose(as_int["true_prob"], as_float["true_prob"])
 
 
-def test_rejects_bad_stride():
-  with pytest.raises(ValueError, match="stride must be >= 1"):
-    occlusion.occlusion_maps(_corner_model, _image(), 0, patch_size=2, stride=0)
+def _two_classes_for_a_batch_of_one(x):
+  return jnp.zeros((2,))
 
 
-@pytest.mark.parametrize("label", [-1, 2])
-def test_rejects_bad_label(label):
-  with pytest.raises(ValueError, match="label must be"):
-    occlusion.occlusion_maps(_corner_model, _image(), label, patch_size=2)
+def _nan_model(x):
+  return jnp.full((x.shape[0], 2), jnp.nan)
 
 
-def test_rejects_no_sizes():
-  with pytest.raises(ValueError, match="at least one patch size"):
-    occlusion.find_flipping_patch(_corner_model, _image(), 0, sizes=())
+@pytest.mark.parametrize(
+  ("kwargs", "error", "message"),
+  [
+    ({"image": np.zeros((1, 6, 6, 1))}, ValueError, r"one image \[H, W, C\]"),
+    ({"image": np.zeros((6, 0, 1))}, ValueError, "image must not be empty"),
+    ({"image": np.full((6, 6, 1), "a")}, TypeError, "real-valued array"),
+    ({"patch_size": 0}, ValueError, r"patch_size must be an int in \[1, 6\]"),
+    ({"patch_size": 7}, ValueError, r"patch_size must be an int in \[1, 6\]"),
+    ({"patch_size": 2.0}, TypeError, "patch_size must be an int"),
+    ({"stride": 0}, ValueError, "stride must be an int >= 1, got 0"),
+    ({"label": -1}, ValueError, "label must be an int >= 0, got -1"),
+    ({"label": 2}, ValueError, r"label must be an int in \[0, 1\], got 2"),
+    ({"label": True}, TypeError, "label must be an int"),
+    ({"value": float("nan")}, ValueError, "value must be a finite number"),
+    ({"batch_size": 0}, ValueError, "batch_size must be an int >= 1"),
+    ({"apply_fn": "cnn"}, TypeError, "apply_fn must be a function"),
+    (
+      {"apply_fn": _two_classes_for_a_batch_of_one},
+      ValueError,
+      r"apply_fn must map images \[37, H, W, C\] to logits \[37, K\], got "
+      r"shape \(2,\)",
+    ),
+    ({"apply_fn": _nan_model}, ValueError, "non-finite logits"),
+  ],
+)
+def test_bad_inputs_are_clear_errors(kwargs, error, message):
+  arguments = {
+    "apply_fn": _corner_model,
+    "image": _image(),
+    "label": 0,
+    "patch_size": 2,
+  }
+  arguments.update(kwargs)
+  apply_fn, image, label = (
+    arguments.pop(k) for k in ("apply_fn", "image", "label")
+  )
+  with pytest.raises(error, match=message):
+    occlusion.occlusion_maps(apply_fn, image, label, **arguments)
+
+
+@pytest.mark.parametrize(
+  ("sizes", "error", "message"),
+  [
+    ((), ValueError, "sizes must hold at least one int"),
+    ((2, 0), ValueError, r"sizes\[1\] must be an int >= 1, got 0"),
+    ((2, 9), ValueError, r"patch_size must be an int in \[1, 6\], got 9"),
+    ("3", TypeError, "sizes must be a sequence of ints"),
+  ],
+)
+def test_bad_sizes_are_refused_before_any_search(sizes, error, message):
+  calls = []
+
+  def counting(x):
+    calls.append(1)
+    return _corner_model(x)
+
+  with pytest.raises(error, match=message):
+    occlusion.find_flipping_patch(counting, _image(), 0, sizes=sizes)
+  assert not calls
