@@ -7,7 +7,7 @@ inputs of size d with K classes, the backward-pass compute
 
 and memory `(L - 1)(d_H^2 + d_H) + d_H (d + K) + K + 2 M d_H` numbers,
 both linear in M. This benchmark times the training engine's own jitted
-SGD step (`equivlab.train.make_steps`: forward, backward and update) for M =
+SGD step (`equivlab.train.prepare`: forward, backward and update) for M =
 1, 2, 4, ..., 1024 on a fixed "mlp" from `equivlab.models`, and reads three
 figures from XLA for the compiled step of each M:
 
@@ -128,12 +128,7 @@ def _compiled_step(batch_size: int, hidden: tuple[int, ...], seed: int):
     "label": rng.integers(0, _NUM_CLASSES, batch_size).astype(np.int32),
   }
   batch = jax.device_put(batch)
-  model = train.build_model(config)
-  tx, _ = train.make_optimizer(config, total_steps=1)
-  state = train.create_train_state(
-    jax.random.PRNGKey(seed), config, batch["image"], model=model, tx=tx
-  )
-  steps = train.make_steps(model, tx, train.StepSpec.from_config(config))
+  state, steps = train.prepare(config, batch["image"])
   return steps.train_step, state, batch
 
 
@@ -146,7 +141,7 @@ def measure(
 ) -> dict[str, float]:
   """Compiles and times one SGD train step of the MLP at one batch size.
 
-  The step is the training engine's own (`equivlab.train.make_steps`):
+  The step is the training engine's own (`equivlab.train.prepare`):
   forward, backward and the SGD update, jitted.
 
   Args:
