@@ -354,3 +354,20 @@ def test_images_the_model_cannot_take_are_a_clear_error():
 def test_load_variables_of_an_empty_workdir_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     train.load_variables(tmp_path)
+
+
+def test_prepare_starts_where_train_and_evaluate_starts(monkeypatch, tmp_path):
+  from equivlab.training import state as state_lib  # noqa: PLC0415
+
+  made = []
+  original = state_lib.create_train_state
+
+  def recording(*args, **kwargs):
+    made.append(original(*args, **kwargs))
+    return made[-1]
+
+  monkeypatch.setattr(state_lib, "create_train_state", recording)
+  config = dataclasses.replace(TINY, num_epochs=1, num_devices=1)
+  train.train_and_evaluate(config, tmp_path)
+  prepared, _ = train.prepare(config, np.zeros((2, 28, 28, 1), np.float32))
+  chex.assert_trees_all_equal(prepared, made[-1])

@@ -169,7 +169,8 @@ def prepare(
     sample_input: images `[N, H, W, C]` of the size the model will see.
     model: any flax module; None builds `config.model`.
     total_steps: the run's length, for the decaying schedules (default 1).
-    key: the initialisation key (default: from `config.seed`).
+    key: the initialisation key (default: `init_key(config)`, the key
+      `train_and_evaluate` starts from, so both begin at the same state).
 
   Returns:
     `(state, steps)`: a `TrainState` at step 0 and `Steps(train_step,
@@ -177,13 +178,23 @@ def prepare(
   """
   model = state.build_model(config) if model is None else model
   tx, _ = optimizers.make_optimizer(config, total_steps or 1)
-  key = jax.random.PRNGKey(config.seed) if key is None else key
+  key = init_key(config) if key is None else key
   initial = state.create_train_state(
     key, config, sample_input, model=model, tx=tx
   )
   return initial, steps.make_steps(
     model, tx, steps.StepSpec.from_config(config)
   )
+
+
+def init_key(config: TrainConfig) -> jax.Array:
+  """The key a run's parameters (and its state's key) are made from."""
+  return jax.random.split(jax.random.PRNGKey(config.seed))[0]
+
+
+def _data_key(config: TrainConfig) -> jax.Array:
+  """The key of the run's batch order."""
+  return jax.random.split(jax.random.PRNGKey(config.seed))[1]
 
 
 def _load_data(config: TrainConfig) -> tuple[Arrays, dict[str, Arrays]]:
@@ -279,9 +290,8 @@ def _start(
   steps_per_epoch = len(train_images) // config.batch_size
   total_steps = steps_per_epoch * config.num_epochs
   tx, schedule = optimizers.make_optimizer(config, total_steps)
-  init_key, _ = jax.random.split(jax.random.PRNGKey(config.seed))
   initial = state.create_train_state(
-    init_key, config, train_images[:2], model=model, tx=tx
+    init_key(config), config, train_images[:2], model=model, tx=tx
   )
   run = _Run(
     config=config,
@@ -376,7 +386,7 @@ def _train_epochs(run: _Run, train: Arrays, test_sets: dict[str, Arrays]):
   from tqdm.auto import tqdm  # noqa: PLC0415 (slow import)
 
   config = run.config
-  _, data_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  data_key = _data_key(config)
   with tqdm(
     total=run.total_steps,
     initial=run.step,
