@@ -369,5 +369,6 @@ def test_prepare_starts_where_train_and_evaluate_starts(monkeypatch, tmp_path):
   monkeypatch.setattr(state_lib, "create_train_state", recording)
   config = dataclasses.replace(TINY, num_epochs=1, num_devices=1)
   train.train_and_evaluate(config, tmp_path)
+  (engine_start,) = made
   prepared, _ = train.prepare(config, np.zeros((2, 28, 28, 1), np.float32))
-  chex.assert_trees_all_equal(prepared, made[-1])
+  chex.assert_trees_all_equal(prepared, engine_start)
