@@ -4,12 +4,12 @@ Seed 000 trained a small CNN (a) with the softmax loss and regularisation,
 (b) with He initialisation, (c) with batch norm, and (d) tried data
 augmentation, Adam, group/instance/layer norm and dropout, reporting that
 the (d) ideas did not help its simple network. This repeats the study on the
-embedded digits over several seeds, one idea at a time:
+digits over several seeds, one idea at a time:
 
 - "mse": the baseline without the softmax loss or L2 (squared error between
   the logits and the one-hot labels; momentum SGD; LeCun-normal init).
 - (a) "softmax": cross-entropy of the softmax; "softmax+l2": plus the
-  penalty `l2 / 2 ||W||^2` on kernels.
+  penalty `l2 / 2 ||W||^2` on weights.
 - (b) "+he": softmax+l2 with He-normal initialisation.
 - (c) "+bn": +he with batch norm after every convolution.
 - (d) each a change of "+bn": "+shift_aug" (random shifts of up to 2 px,
@@ -17,27 +17,25 @@ embedded digits over several seeds, one idea at a time:
   digit), "+adam", "+dropout" (0.5 before the last layer), and
   "group_norm" / "instance_norm" / "layer_norm" in place of batch norm.
 
-    python -m experiments.training_ablation --workdir=/tmp/equivlab/ablation
+    python -m experiments.training_ablation
 
-Writes into --workdir: results.json, table.md, loss_curves.png,
-test_accuracy.png, filters_<variant>.png, and one train workdir per run
-under runs/<variant>/seed<k>/.
+Writes into --workdir (default runs/training_ablation): results.json,
+results.md (the table: mean +- SAMPLE std over seeds), timings.json,
+loss_curves.png, test_accuracy.png, filters_<variant>.png, and one train
+workdir per run under runs/<variant>/seed<k>/ (a rerun resumes there).
 """
 
 import dataclasses
-import json
 import pathlib
-import time
-import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from absl import flags, logging
 
-from equivlab import train, viz
-from experiments import _launch
+from equivlab import checks, train, viz
+from experiments import _common
 
+# The baseline's settings; every variant changes some of them.
 _BASE = {
   "loss": "softmax_ce",
   "l2": 0.0,
@@ -51,7 +49,7 @@ _BASE = {
 _L2 = 5e-4
 
 
-def _variants() -> dict[str, dict[str, Any]]:
+def _settings() -> dict[str, dict[str, Any]]:
   a = {**_BASE, "l2": _L2}
   b = {**a, "kernel_init": "he"}
   c = {**b, "norm": "batch"}
@@ -70,29 +68,25 @@ def _variants() -> dict[str, dict[str, Any]]:
   }
 
 
-VARIANTS = tuple(_variants())
+VARIANTS = tuple(_settings())
 
 
 @dataclasses.dataclass(frozen=True)
-class AblationConfig:
+class Config(_common.TrainingOptions, _common.SeedOptions):
   """Settings of the training ablation.
 
   Attributes:
     variants: names from `VARIANTS`, run in this order.
-    seeds: one run per seed and variant.
     num_epochs: training epochs per run.
     batch_size: training batch size.
     features: channels of the CNN's convolution blocks.
     dense_features: width of the CNN's hidden dense layer.
     max_shift: the largest shift of "+shift_aug", in pixels.
-    train_limit: use only this many training digits (None: all 4,000).
-    test_limit: use only this many test digits (None: all 1,000).
-    num_devices: devices of the data-parallel mesh (None: all).
-    progress: show progress bars.
+    train_limit: use only this many training digits (default: all).
+    test_limit: use only this many test digits (default: all).
   """
 
   variants: tuple[str, ...] = VARIANTS
-  seeds: tuple[int, ...] = (0, 1, 2)
   num_epochs: int = 10
   batch_size: int = 128
   features: tuple[int, ...] = (16, 32)
@@ -100,48 +94,55 @@ class AblationConfig:
   max_shift: int = 2
   train_limit: int | None = None
   test_limit: int | None = None
-  num_devices: int | None = None
-  progress: bool = True
+
+  def __post_init__(self):
+    _common.check_config(self)
+    unknown = [v for v in self.variants if v not in VARIANTS]
+    distinct = len(set(self.variants)) == len(self.variants)
+    if not self.variants or unknown or not distinct:
+      raise ValueError(
+        f"variants must be distinct names from {VARIANTS}, got "
+        f"{self.variants}" + (f" (unknown: {unknown})." if unknown else ".")
+      )
+    for name in ("num_epochs", "batch_size", "dense_features"):
+      checks.check_int(name, getattr(self, name), minimum=1)
+    checks.check_ints("features", self.features, minimum=1)
+    checks.check_int("max_shift", self.max_shift, minimum=0, maximum=13)
+    for name in ("train_limit", "test_limit"):
+      checks.check_int(name, getattr(self, name), minimum=1, allow_none=True)
 
 
-def train_config(
-  config: AblationConfig, variant: str, seed: int
-) -> train.TrainConfig:
-  """The `equivlab.train.TrainConfig` of one run.
-
-  Raises:
-    ValueError: if `variant` is unknown.
-  """
-  table = _variants()
-  if variant not in table:
-    raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}.")
-  v = table[variant]
-  model_kwargs = (
-    ("features", tuple(config.features)),
-    ("dense_features", config.dense_features),
-    ("norm", v["norm"]),
-    ("dropout_rate", v["dropout_rate"]),
-    ("kernel_init", v["kernel_init"]),
-  )
+def base_config(config: Config) -> train.TrainConfig:
+  """The `TrainConfig` every run starts from (a CNN, momentum SGD)."""
   return train.TrainConfig(
+    **config.train_options(),
     model="cnn",
-    model_kwargs=model_kwargs,
-    dataset="embedded",
     train_limit=config.train_limit,
     test_limit=config.test_limit,
     num_epochs=config.num_epochs,
     batch_size=config.batch_size,
-    optimizer=v["optimizer"],
-    learning_rate=v["learning_rate"],
-    l2=v["l2"],
-    loss=v["loss"],
-    augment=v["augment"],
     max_shift=config.max_shift,
-    num_devices=config.num_devices,
-    seed=seed,
-    checkpoint_every_steps=10**9,  # only the final checkpoint.
-    log_every_steps=10**9,
-    progress=config.progress,
+  )
+
+
+def variant(config: Config, name: str) -> _common.Variant:
+  """The `TrainConfig` overrides of one variant.
+
+  Raises:
+    ValueError: if `name` is not in `VARIANTS`.
+  """
+  checks.check_choice("variant", name, VARIANTS)
+  v = _settings()[name]
+  model_kwargs = {
+    "features": tuple(config.features),
+    "dense_features": config.dense_features,
+    "norm": v["norm"],
+    "dropout_rate": v["dropout_rate"],
+    "kernel_init": v["kernel_init"],
+  }
+  names = ("optimizer", "learning_rate", "l2", "loss", "augment")
+  return _common.Variant(
+    {"model_kwargs": model_kwargs} | {n: v[n] for n in names}
   )
 
 
@@ -157,43 +158,40 @@ def epochs_to_fraction(accuracies: Sequence[float], fraction: float) -> int:
   return next(i + 1 for i, a in enumerate(accuracies) if a >= target)
 
 
-def summarize(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-  """One table row per variant from the per-seed histories.
+def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict]:
+  """One table row per variant from the per-seed results.
 
   Args:
-    runs: variant -> list of `train_and_evaluate` results (one per seed).
+    runs: variant -> one result per seed, each a mapping with the final
+      "test_accuracy", "train_loss", "test_loss" and the per-epoch
+      "history" (a `TrainResult` or its record in results.json).
 
   Returns:
-    Rows with the final test accuracy mean and standard deviation over
-    seeds, its change against "mse" and "+bn" where present, and the mean
-    epochs to 95% of the final accuracy.
+    Rows with the final test accuracy's mean and SAMPLE standard deviation
+    over seeds (`_common.mean_std`), its change against "mse" and "+bn"
+    where present, the mean epochs to 95% of the final accuracy and the
+    mean final losses.
   """
-  finals = {
-    name: np.array([r["test_accuracy"] for r in rs])
+  means = {
+    name: _common.mean_std([r["test_accuracy"] for r in rs])
     for name, rs in runs.items()
   }
   rows = []
   for name, rs in runs.items():
-    acc = finals[name]
+    curves = [[h["test_accuracy"] for h in r["history"]] for r in rs]
     row = {
       "variant": name,
-      "test_acc_mean": float(acc.mean()),
-      "test_acc_std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+      "test_acc_mean": means[name][0],
+      "test_acc_std": means[name][1],
       "epochs_to_95pct": float(
-        np.mean(
-          [
-            epochs_to_fraction([h["test_accuracy"] for h in r["history"]], 0.95)
-            for r in rs
-          ]
-        )
+        np.mean([epochs_to_fraction(c, 0.95) for c in curves])
       ),
       "final_train_loss": float(np.mean([r["train_loss"] for r in rs])),
       "final_test_loss": float(np.mean([r["test_loss"] for r in rs])),
-      "seconds_per_run": float(np.mean([r["seconds"] for r in rs])),
     }
     for ref in ("mse", "+bn"):
-      if ref in finals:
-        row[f"vs_{ref}"] = float(acc.mean() - finals[ref].mean())
+      if ref in means:
+        row[f"vs_{ref}"] = means[name][0] - means[ref][0]
     rows.append(row)
   return rows
 
@@ -202,11 +200,11 @@ def _table(rows: list[dict[str, Any]], num_seeds: int) -> str:
   def vs(r, key):
     return f"{100 * r[key]:+.2f} pt" if key in r else "-"
 
-  return viz.format_table(
+  table = viz.format_table(
     [
       {
         "variant": r["variant"],
-        f"test accuracy (mean +- std over {num_seeds} seeds)": (
+        "test accuracy": (
           f"{100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} %"
         ),
         "vs mse": vs(r, "vs_mse"),
@@ -218,24 +216,21 @@ def _table(rows: list[dict[str, Any]], num_seeds: int) -> str:
       for r in rows
     ]
   )
+  return table + (
+    f"\n(test accuracy: mean +- sample standard deviation over {num_seeds} "
+    "seeds)"
+  )
 
 
-def _mean_curve(rs: list[dict[str, Any]], key: str) -> list[float]:
-  return list(np.mean([[h[key] for h in r["history"]] for r in rs], axis=0))
-
-
-def plot_curves(
-  runs: dict[str, list[dict[str, Any]]], workdir: str | pathlib.Path
-) -> None:
-  """Writes loss_curves.png (one panel per variant) and test_accuracy.png.
+def plot_losses(runs: Mapping[str, Sequence[Mapping]], path) -> None:
+  """Writes one panel per variant: train and test loss per epoch.
 
   Args:
-    runs: variant -> per-seed results with a "history" (as in results.json).
-    workdir: where the pictures go.
+    runs: variant -> per-seed results with a "history".
+    path: where the PNG goes.
   """
   from matplotlib.figure import Figure  # noqa: PLC0415
 
-  workdir = pathlib.Path(workdir)
   names = list(runs)
   cols = min(len(names), 4)
   rows = -(-len(names) // cols)
@@ -259,186 +254,69 @@ def plot_curves(
     "range over seeds (mse: squared error, others: cross-entropy)",
     fontsize=9,
   )
-  fig.savefig(workdir / "loss_curves.png", dpi=100)
+  fig.savefig(path, dpi=100)
+
+
+def _figures(workdir: pathlib.Path, trained: Mapping[str, Sequence]) -> None:
+  plot_losses(trained, workdir / "loss_curves.png")
   viz.plot_learning_curves(
-    {name: _mean_curve(rs, "test_accuracy") for name, rs in runs.items()},
+    {
+      name: np.mean(
+        [[h["test_accuracy"] for h in r.history] for r in rs], axis=0
+      ).tolist()
+      for name, rs in trained.items()
+    },
     workdir / "test_accuracy.png",
     ylabel="test accuracy (mean over seeds)",
     title="test accuracy",
   )
+  for name, rs in trained.items():
+    viz.plot_filters(
+      np.asarray(rs[0].params["Conv_0"]["kernel"]),
+      workdir / f"filters_{name.replace('+', 'plus_')}.png",
+      title=f"first-layer filters, {name} (first seed)",
+    )
 
 
-def run(config: AblationConfig, workdir: str | pathlib.Path) -> dict:
-  """Trains every variant for every seed and writes the results.
+def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains every variant for every seed; writes the table and figures.
 
   Args:
     config: the settings.
     workdir: the output directory (created if missing); runs that already
-      finished there are resumed from their checkpoints, not retrained.
+      finished there are restored from their checkpoints, not retrained.
 
   Returns:
-    The contents of results.json: the config, the table rows and, per
-    variant, each seed's final metrics and per-epoch history.
-
-  Raises:
-    ValueError: for an unknown variant or no seeds.
+    The contents of results.json: "config", "rows" (one per variant: test
+    accuracy mean and sample std, changes against "mse" and "+bn", epochs
+    to 95% of the final accuracy, final losses), "runs" (per variant, each
+    seed's final metrics and per-epoch history) and "table".
   """
-  unknown = [v for v in config.variants if v not in VARIANTS]
-  if unknown or not config.variants:
-    raise ValueError(
-      f"variants must be a non-empty subset of {VARIANTS}, got "
-      f"{config.variants}."
-    )
-  if not config.seeds:
-    raise ValueError("seeds must hold at least one seed, got none.")
   workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  runs: dict[str, list[dict[str, Any]]] = {v: [] for v in config.variants}
-  # Seed-major, so an interrupted study has every variant for the first
-  # seeds; finished runs are restored from their checkpoints on a rerun.
-  for seed in config.seeds:
-    for variant in config.variants:
-      run_dir = workdir / "runs" / variant / f"seed{seed}"
-      start = time.perf_counter()
-      result = train.train_and_evaluate(
-        train_config(config, variant, seed), run_dir
-      )
-      result["seconds"] = time.perf_counter() - start
-      result["seed"] = seed
-      logging.info(
-        "%s seed %d: test accuracy %.4f (%.0f s)",
-        variant,
-        seed,
-        result["test_accuracy"],
-        result["seconds"],
-      )
-      runs[variant].append(result)
-  rows = summarize(runs)
-  table = _table(rows, len(config.seeds))
-  print(table)
-  (workdir / "table.md").write_text(table + "\n")
-
-  plot_curves(runs, workdir)
-  for variant in config.variants:
-    run_dir = workdir / "runs" / variant / f"seed{config.seeds[0]}"
-    _, variables = train.load_variables(run_dir)
-    kernel = np.asarray(variables["params"]["Conv_0"]["kernel"])
-    viz.plot_filters(
-      kernel,
-      workdir / f"filters_{variant.replace('+', 'plus_')}.png",
-      title=f"first-layer filters, {variant}",
-    )
-
+  variants = {name: variant(config, name) for name in config.variants}
+  trained, seconds = _common.train_grid(
+    base_config(config), variants, config.seeds, workdir
+  )
+  rows = summarize(trained)
+  table = _table(rows, config.num_seeds)
+  _figures(workdir, trained)
   results = {
     "config": dataclasses.asdict(config),
-    "table": rows,
+    "rows": rows,
     "runs": {
       name: [
-        {k: v for k, v in r.items() if k != "history"}
-        | {"history": r["history"]}
-        for r in rs
+        {"seed": seed, **r.metrics, "history": r.history}
+        for seed, r in zip(config.seeds, rs, strict=True)
       ]
-      for name, rs in runs.items()
+      for name, rs in trained.items()
     },
+    "table": table,
   }
-  (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+  _common.write_results(workdir, results, table=table, timings=seconds)
   return results
 
 
-def define_flags(
-  flag_values: flags.FlagValues = flags.FLAGS,
-) -> types.SimpleNamespace:
-  """Registers this experiment's flags; returns their holders.
-
-  Called only when the module runs as a script (and by tests, with a fresh
-  `flags.FlagValues()`), so that importing several experiments into one
-  process never defines a flag such as --workdir twice.
-  """
-  workdir = flags.DEFINE_string(
-    "workdir",
-    "/tmp/equivlab/training_ablation",
-    "Output directory.",
-    flag_values=flag_values,
-  )
-  variants = flags.DEFINE_list(
-    "variants",
-    list(VARIANTS),
-    f"Variants to run, from {VARIANTS}.",
-    flag_values=flag_values,
-  )
-  seeds = flags.DEFINE_list(
-    "seeds", ["0", "1", "2"], "Seeds, one run each.", flag_values=flag_values
-  )
-  num_epochs = flags.DEFINE_integer(
-    "num_epochs", 10, "Epochs per run.", flag_values=flag_values
-  )
-  batch_size = flags.DEFINE_integer(
-    "batch_size", 128, "Training batch size.", flag_values=flag_values
-  )
-  features = flags.DEFINE_list(
-    "features",
-    ["16", "32"],
-    "Channels of the CNN's convolution blocks.",
-    flag_values=flag_values,
-  )
-  dense = flags.DEFINE_integer(
-    "dense_features",
-    64,
-    "Width of the CNN's hidden dense layer.",
-    flag_values=flag_values,
-  )
-  train_limit = flags.DEFINE_integer(
-    "train_limit",
-    None,
-    "Use only this many training digits (all if unset).",
-    flag_values=flag_values,
-  )
-  test_limit = flags.DEFINE_integer(
-    "test_limit",
-    None,
-    "Use only this many test digits (all if unset).",
-    flag_values=flag_values,
-  )
-  num_devices = flags.DEFINE_integer(
-    "num_devices",
-    None,
-    "Devices of the data-parallel mesh (all if unset).",
-    flag_values=flag_values,
-  )
-  progress = flags.DEFINE_boolean(
-    "progress", True, "Show progress bars.", flag_values=flag_values
-  )
-  return types.SimpleNamespace(
-    workdir=workdir,
-    variants=variants,
-    seeds=seeds,
-    num_epochs=num_epochs,
-    batch_size=batch_size,
-    features=features,
-    dense=dense,
-    train_limit=train_limit,
-    test_limit=test_limit,
-    num_devices=num_devices,
-    progress=progress,
-  )
-
-
-def main(argv: Sequence[str], holders: types.SimpleNamespace) -> None:
-  del argv
-  config = AblationConfig(
-    variants=tuple(holders.variants.value),
-    seeds=tuple(int(s) for s in holders.seeds.value),
-    num_epochs=holders.num_epochs.value,
-    batch_size=holders.batch_size.value,
-    features=tuple(int(f) for f in holders.features.value),
-    dense_features=holders.dense.value,
-    train_limit=holders.train_limit.value,
-    test_limit=holders.test_limit.value,
-    num_devices=holders.num_devices.value,
-    progress=holders.progress.value,
-  )
-  run(config, holders.workdir.value)
-
+define_flags, main = _common.entry_points(Config, run, "training_ablation")
 
 if __name__ == "__main__":
-  _launch.run(main, define_flags)
+  _common.launch(main, define_flags)
