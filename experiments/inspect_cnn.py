@@ -1,41 +1,45 @@
 r"""Seed 002 problems 1-2: look inside a trained CNN.
 
 Trains seed 003's convolutional model (3x3 conv blocks and a dense head) on
-the embedded digits, then draws
+the digits, then draws
 1. the filters of every convolution layer as image grids;
 2. the feature maps (after ReLU) of every layer for a 0 and an 8;
 3. the predictions for a digit shifted left and right;
 4. occlusion sensitivity of a digit (a 6, as in the seed): a grey patch slid
    over it, mapping (a) the true-class probability, (b) the highest
    probability and (c) the predicted label;
-5. a search over patch positions and sizes for a patch that flips the
-   prediction, reporting whether one exists (the seed could not find one).
+5. a search over patch positions and sizes for a grey patch that flips the
+   prediction, reporting whether one exists (the seed could not find one;
+   `experiments.adversarial_patch` optimises the patch's content instead).
 
-    python -m experiments.inspect_cnn --workdir=/tmp/equivlab/inspect
+Every setting is checked before anything trains (a bad flag is a flag
+error).
 
-Writes into --workdir: results.json, filters_layer<i>.png,
-feature_maps_<digit>_layer<i>.png, shifted.png, occlusion.png, flip.png and the
-training run under run/.
+    python -m experiments.inspect_cnn
+
+Writes into --workdir (default runs/inspect_cnn): results.json, results.md,
+timings.json, filters_layer<i>.png, feature_maps_<digit>_layer<i>.png,
+shifted.png, occlusion.png, flip.png and the training run under runs/cnn/.
 """
 
 import dataclasses
-import json
 import pathlib
-import types
-from collections.abc import Sequence
+import time
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
-from absl import flags, logging
 
-from equivlab import data, models, occlusion, train, viz
-from experiments import _launch
+from equivlab import checks, data, models, occlusion, train, viz
+from experiments import _common
+
+# The embedded digits' side; tfds images are checked against their own.
+_SIDE = 28
 
 
 @dataclasses.dataclass(frozen=True)
-class InspectConfig:
+class Config(_common.TrainingOptions):
   """Settings of the CNN inspection.
 
   Attributes:
@@ -43,17 +47,15 @@ class InspectConfig:
     num_epochs: training epochs.
     batch_size: training batch size.
     learning_rate: Adam's learning rate.
-    seed: run seed.
-    train_limit: use only this many training digits (None: all).
+    seed: seed of the run (initialisation and data order).
+    train_limit: use only this many training digits (default: all).
     feature_digits: classes whose feature maps are drawn (seed: 0 and 8).
     shift_digit: class of the digit shifted left and right (seed: 1).
-    shift: pixels of the left and right shifts.
+    shift: pixels of the left and right shifts, in [0, 27].
     occlusion_digit: class of the occluded digit (seed: 6).
-    patch_size: side of the grey patch of the occlusion maps.
-    patch_value: grey level of the patch (the digits' ink is 1, paper 0).
-    search_sizes: patch sides tried by the flip search.
-    num_devices: devices of the data-parallel mesh (None: all).
-    progress: show a progress bar.
+    patch_size: side of the grey patch of the occlusion maps, in [1, 28].
+    patch_value: grey level of the patch, in [0, 1] (ink is 1, paper 0).
+    search_sizes: patch sides tried by the flip search, each in [1, 28].
   """
 
   features: tuple[int, ...] = (16, 32, 64)
@@ -69,17 +71,56 @@ class InspectConfig:
   patch_size: int = 11
   patch_value: float = 0.5
   search_sizes: tuple[int, ...] = (3, 5, 7, 9, 11, 13)
-  num_devices: int | None = None
-  progress: bool = True
+
+  def __post_init__(self):
+    _common.check_config(self)
+    checks.check_ints("features", self.features, minimum=1)
+    for name in ("num_epochs", "batch_size"):
+      checks.check_int(name, getattr(self, name), minimum=1)
+    checks.check_int("seed", self.seed, minimum=0)
+    checks.check_int(
+      "train_limit", self.train_limit, minimum=1, allow_none=True
+    )
+    checks.check_number(
+      "learning_rate", self.learning_rate, minimum=0, strict_minimum=True
+    )
+    checks.check_ints("feature_digits", self.feature_digits)
+    for i, digit in enumerate(self.feature_digits):
+      checks.check_int(f"feature_digits[{i}]", digit, minimum=0, maximum=9)
+    for name in ("shift_digit", "occlusion_digit"):
+      checks.check_int(name, getattr(self, name), minimum=0, maximum=9)
+    checks.check_number("patch_value", self.patch_value, minimum=0, maximum=1)
+    _check_sizes(self, _SIDE if self.dataset == "embedded" else None)
 
 
-def pick_digit(
-  images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, digit: int
-) -> int:
+def _check_sizes(config: Config, side: int | None) -> None:
+  """Shift and patch sizes against the image side (None: lower bounds)."""
+  largest_shift = None if side is None else side - 1
+  checks.check_int("shift", config.shift, minimum=0, maximum=largest_shift)
+  checks.check_int("patch_size", config.patch_size, minimum=1, maximum=side)
+  checks.check_ints("search_sizes", config.search_sizes)
+  for i, size in enumerate(config.search_sizes):
+    checks.check_int(f"search_sizes[{i}]", size, minimum=1, maximum=side)
+
+
+def train_config(config: Config) -> train.TrainConfig:
+  """The `TrainConfig` of the inspected CNN."""
+  return train.TrainConfig(
+    **config.train_options(),
+    model="cnn",
+    model_kwargs={"features": tuple(config.features)},
+    train_limit=config.train_limit,
+    num_epochs=config.num_epochs,
+    batch_size=config.batch_size,
+    learning_rate=config.learning_rate,
+    seed=config.seed,
+  )
+
+
+def pick_digit(labels: np.ndarray, predicted: np.ndarray, digit: int) -> int:
   """Index of the first image of class `digit`, preferring correct ones.
 
   Args:
-    images: `[N, H, W, C]` (only its length is used).
     labels: `[N]` true classes.
     predicted: `[N]` predicted classes.
     digit: the class wanted.
@@ -91,7 +132,6 @@ def pick_digit(
   Raises:
     ValueError: if no image has that class.
   """
-  del images
   matches = np.flatnonzero(labels == digit)
   if matches.size == 0:
     raise ValueError(f"no image of class {digit} among the test digits.")
@@ -125,97 +165,68 @@ def conv_activations(
   return [np.maximum(np.asarray(convs[n]["__call__"][0][0]), 0) for n in names]
 
 
-def run(config: InspectConfig, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Trains the CNN and writes every picture of seed 002 problems 1-2.
-
-  Args:
-    config: the experiment's settings.
-    workdir: where results.json and the PNGs go.
-
-  Returns:
-    The contents of results.json: "test_accuracy", "shifted" (label and
-    predictions with probabilities of the digit moved left, unmoved and
-    right), "occlusion" (index, label, smallest true-class probability and
-    the labels the map shows), "flip_search" (from
-    `equivlab.occlusion.find_flipping_patch`) and "files".
-
-  Raises:
-    ValueError: for a bad shift or patch size, or a digit class that the
-      test digits lack.
-  """
-  if config.shift < 0:
-    raise ValueError(f"shift must be >= 0, got {config.shift}.")
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  kwargs = (("features", tuple(config.features)),)
-  metrics = train.train_and_evaluate(
-    train.TrainConfig(
-      model="cnn",
-      model_kwargs=kwargs,
-      dataset="embedded",
-      train_limit=config.train_limit,
-      num_epochs=config.num_epochs,
-      batch_size=config.batch_size,
-      learning_rate=config.learning_rate,
-      seed=config.seed,
-      num_devices=config.num_devices,
-      progress=config.progress,
-      checkpoint_every_steps=10**9,
-    ),
-    workdir / "run",
+def _test_digits(config: Config):
+  """The test digits, checked against the settings before any training."""
+  test_x, test_y = data.load_dataset(
+    config.dataset, "test", data_dir=config.data_dir, download=config.download
   )
-  train_config, variables = train.load_variables(workdir / "run")
-  model = models.get_model(
-    "cnn", num_classes=train_config.num_classes, **dict(kwargs)
-  )
-  apply = jax.jit(lambda x: model.apply(variables, x, train=False))
-  test_x, test_y = data.load_dataset("embedded", "test")
-  predicted = np.argmax(
-    np.asarray(models.apply_in_batches(model, variables, test_x)), -1
-  )
-  files = []
+  _check_sizes(config, min(test_x.shape[1:3]))
+  for digit in _digits(config):
+    pick_digit(test_y, test_y, digit)  # The ValueError for a missing class.
+  return test_x, test_y
 
-  # 1. Filters of every layer.
-  params = variables["params"]
-  conv_names = sorted(
+
+def _digits(config: Config) -> tuple[int, ...]:
+  """Every class the study draws."""
+  return (*config.feature_digits, config.shift_digit, config.occlusion_digit)
+
+
+def _filters(result, workdir: pathlib.Path) -> list[str]:
+  params = result.params
+  names = sorted(
     (n for n in params if n.startswith("Conv_")),
     key=lambda n: int(n.split("_")[-1]),
   )
-  for i, name in enumerate(conv_names):
-    files.append(
-      viz.plot_filters(
-        np.asarray(params[name]["kernel"]),
-        workdir / f"filters_layer{i + 1}.png",
-        max_in=8,
-        max_out=16,
-        title=f"Layer {i + 1} filters",
-      )
+  return [
+    viz.plot_filters(
+      np.asarray(params[name]["kernel"]),
+      workdir / f"filters_layer{i + 1}.png",
+      max_in=8,
+      max_out=16,
+      title=f"Layer {i + 1} filters",
     )
+    for i, name in enumerate(names)
+  ]
 
-  # 2. Feature maps of chosen digits.
-  for digit in config.feature_digits:
-    index = pick_digit(test_x, test_y, predicted, digit)
-    for layer, maps in enumerate(
-      conv_activations(model, variables, test_x[index])
-    ):
+
+def _feature_maps(config, result, images, workdir) -> list[str]:
+  files = []
+  for digit, image in zip(config.feature_digits, images, strict=True):
+    maps = conv_activations(result.model, result.variables, image)
+    for layer, layer_maps in enumerate(maps):
       files.append(
         viz.plot_feature_maps(
-          maps,
+          layer_maps,
           workdir / f"feature_maps_{digit}_layer{layer + 1}.png",
-          image=test_x[index],
+          image=image,
           max_maps=15,
           title=f"Digit {digit}: layer {layer + 1} feature maps (after ReLU)",
         )
       )
+  return files
 
-  # 3. A digit shifted left and right.
-  index = pick_digit(test_x, test_y, predicted, config.shift_digit)
-  shifts = np.array([[0, -config.shift], [0, 0], [0, config.shift]], np.int32)
-  moved = np.asarray(
-    data.translate(np.repeat(test_x[index][None], 3, 0), shifts)
-  )
-  probs = np.asarray(jax.nn.softmax(apply(moved), axis=-1))
-  shifted = [
+
+def shifted_predictions(apply_fn, image: np.ndarray, shift: int) -> list[dict]:
+  """Predictions for `image` `[H, W, C]` moved left by `shift`, not, right.
+
+  Returns:
+    Three records: "shift_px" (-shift, 0, shift), "predicted" and its
+    "probability".
+  """
+  shifts = np.array([[0, -shift], [0, 0], [0, shift]], np.int32)
+  moved = np.asarray(data.translate(np.repeat(image[None], 3, 0), shifts))
+  probs = np.asarray(jax.nn.softmax(apply_fn(moved), axis=-1))
+  return [
     {
       "shift_px": int(dx),
       "predicted": int(np.argmax(p)),
@@ -223,189 +234,161 @@ def run(config: InspectConfig, workdir: str | pathlib.Path) -> dict[str, Any]:
     }
     for (_, dx), p in zip(shifts, probs, strict=True)
   ]
-  files.append(
-    viz.plot_images(
-      moved,
-      workdir / "shifted.png",
-      titles=[
-        f"{name}\npredicted {s['predicted']} (p={s['probability']:.3f})"
-        for name, s in zip(
-          (f"left {config.shift}px", "original", f"right {config.shift}px"),
-          shifted,
-          strict=True,
-        )
-      ],
-      title=f"A {config.shift_digit} shifted left and right",
-    )
-  )
 
-  # 4. Occlusion maps.
-  index = pick_digit(test_x, test_y, predicted, config.occlusion_digit)
-  image = test_x[index]
+
+def _shifted(config, apply_fn, image, workdir) -> tuple[list[dict], str]:
+  shifted = shifted_predictions(apply_fn, image, config.shift)
+  shifts = np.array([[0, s["shift_px"]] for s in shifted], np.int32)
+  moved = np.asarray(data.translate(np.repeat(image[None], 3, 0), shifts))
+  names = (f"left {config.shift}px", "original", f"right {config.shift}px")
+  file = viz.plot_images(
+    moved,
+    workdir / "shifted.png",
+    titles=[
+      f"{name}\npredicted {s['predicted']} (p={s['probability']:.3f})"
+      for name, s in zip(names, shifted, strict=True)
+    ],
+    title=f"A {config.shift_digit} shifted left and right",
+  )
+  return shifted, file
+
+
+def _occlusion(config, apply_fn, image, index, workdir) -> tuple[dict, str]:
+  digit = config.occlusion_digit
   maps = occlusion.occlusion_maps(
-    apply,
+    apply_fn,
     image,
-    config.occlusion_digit,
+    digit,
     patch_size=config.patch_size,
     value=config.patch_value,
   )
-  files.append(
-    viz.plot_occlusion(
-      image,
-      maps,
-      workdir / "occlusion.png",
-      label=config.occlusion_digit,
-      patch_size=config.patch_size,
-    )
+  file = viz.plot_occlusion(
+    image,
+    maps,
+    workdir / "occlusion.png",
+    label=digit,
+    patch_size=config.patch_size,
   )
   true_prob = np.asarray(maps["true_prob"])
   row, col = np.unravel_index(np.argmin(true_prob), true_prob.shape)
-  occlusion_result = {
+  return {
     "test_index": index,
-    "label": config.occlusion_digit,
-    "clean_probability": float(maps["clean_probs"][config.occlusion_digit]),
+    "label": digit,
+    "clean_probability": float(maps["clean_probs"][digit]),
     "min_true_probability": float(true_prob.min()),
     "most_sensitive_centre": [int(row), int(col)],
     "labels_in_map": sorted(int(v) for v in np.unique(maps["label"])),
-  }
+  }, file
 
-  # 5. Search for a patch that flips the prediction.
+
+def _flip_search(config, apply_fn, image, workdir) -> tuple[dict, str]:
   search = occlusion.find_flipping_patch(
-    apply,
+    apply_fn,
     image,
     config.occlusion_digit,
     sizes=config.search_sizes,
     value=config.patch_value,
   )
-  search["flip_fraction"] = {
-    str(k): v for k, v in search["flip_fraction"].items()
-  }
   if search["found"]:
-    patched = occlusion.occlude(
-      image, search["row"], search["col"], search["size"], config.patch_value
-    )
+    size, row, col = search["size"], search["row"], search["col"]
+    patched = occlusion.occlude(image, row, col, size, config.patch_value)
     caption = (
-      f"{search['size']}x{search['size']} patch at ({search['row']}, "
-      f"{search['col']})\npredicted {search['new_label']} "
-      f"(p={search['new_prob']:.3f})"
+      f"{size}x{size} patch at ({row}, {col})\npredicted "
+      f"{search['new_label']} (p={search['new_prob']:.3f})"
     )
   else:
     patched = image
     caption = f"no patch of sizes\n{list(config.search_sizes)} flips it"
-  files.append(
-    viz.plot_images(
-      np.stack([image, np.asarray(patched)]),
-      workdir / "flip.png",
-      titles=[f"original\npredicted {search['clean_label']}", caption],
-      title="Search for an occlusion that changes the prediction",
-    )
+  file = viz.plot_images(
+    np.stack([image, np.asarray(patched)]),
+    workdir / "flip.png",
+    titles=[f"original\npredicted {search['clean_label']}", caption],
+    title="Search for a grey occlusion that changes the prediction",
   )
+  return search, file
+
+
+def _summary(results: dict[str, Any]) -> str:
+  shifted, occluded = results["shifted"], results["occlusion"]
+  search = results["flip_search"]
+  found = (
+    f"found, {search['size']}x{search['size']} patch at ({search['row']}, "
+    f"{search['col']}) -> {search['new_label']}"
+    if search["found"]
+    else "no flipping patch exists among the sizes tried"
+  )
+  return "\n".join(
+    [
+      f"test accuracy: {results['test_accuracy']:.4f}",
+      "shifted digit: "
+      + ", ".join(f"{s['shift_px']:+d}px -> {s['predicted']}" for s in shifted),
+      f"occlusion: p(true) falls from {occluded['clean_probability']:.3f} to "
+      f"{occluded['min_true_probability']:.3f} at centre "
+      f"{occluded['most_sensitive_centre']}",
+      f"flip search: {found}",
+    ]
+  )
+
+
+def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains the CNN and writes every picture of seed 002 problems 1-2.
+
+  Args:
+    config: the experiment's settings.
+    workdir: where results.json, the PNGs and the training run go.
+
+  Returns:
+    The contents of results.json: "config", "test_accuracy", "num_params",
+    "shifted" (the digit moved left, unmoved and right: predictions and
+    probabilities), "occlusion" (index, label, smallest true-class
+    probability and where, the labels the map shows), "flip_search" (from
+    `equivlab.occlusion.find_flipping_patch`), "files" and "summary".
+
+  Raises:
+    ValueError: if the test digits lack a class asked for, or a size does
+      not fit a tfds data set's images (both before training).
+    FileNotFoundError: if a tfds data set is not prepared.
+  """
+  workdir = pathlib.Path(workdir)
+  test_x, test_y = _test_digits(config)
+  start = time.perf_counter()
+  result = train.train_and_evaluate(train_config(config), workdir / "runs/cnn")
+  seconds = {"train": time.perf_counter() - start}
+  apply_fn = jax.jit(
+    lambda x: result.model.apply(result.variables, x, train=False)
+  )
+  predicted = np.argmax(result.logits(test_x), -1)
+  index = {d: pick_digit(test_y, predicted, d) for d in _digits(config)}
+  files = _filters(result, workdir)
+  files += _feature_maps(
+    config, result, [test_x[index[d]] for d in config.feature_digits], workdir
+  )
+  shifted, file = _shifted(
+    config, apply_fn, test_x[index[config.shift_digit]], workdir
+  )
+  image = test_x[index[config.occlusion_digit]]
+  occluded, file2 = _occlusion(
+    config, apply_fn, image, index[config.occlusion_digit], workdir
+  )
+  search, file3 = _flip_search(config, apply_fn, image, workdir)
   results = {
     "config": dataclasses.asdict(config),
-    "test_accuracy": metrics["test_accuracy"],
-    "num_params": metrics["num_params"],
+    "test_accuracy": result["test_accuracy"],
+    "num_params": result["num_params"],
     "shifted": shifted,
-    "occlusion": occlusion_result,
+    "occlusion": occluded,
     "flip_search": search,
-    "files": [pathlib.Path(f).name for f in files],
+    "files": [pathlib.Path(f).name for f in [*files, file, file2, file3]],
   }
-  (workdir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-  lines = [
-    f"test accuracy: {metrics['test_accuracy']:.4f}",
-    "shifted digit: "
-    + ", ".join(f"{s['shift_px']:+d}px -> {s['predicted']}" for s in shifted),
-    f"occlusion: p(true) falls from {occlusion_result['clean_probability']:.3f}"
-    f" to {occlusion_result['min_true_probability']:.3f} at centre "
-    f"{occlusion_result['most_sensitive_centre']}",
-    "flip search: "
-    + (
-      f"found, {search['size']}x{search['size']} patch at "
-      f"({search['row']}, {search['col']}) -> {search['new_label']}"
-      if search["found"]
-      else "no flipping patch exists among the sizes tried"
-    ),
-  ]
-  print("\n".join(lines))
-  logging.info("wrote %d files to %s", len(files) + 1, workdir)
+  results["summary"] = _summary(results)
+  seconds["total"] = time.perf_counter() - start
+  _common.write_results(
+    workdir, results, table=results["summary"], timings=seconds
+  )
   return results
 
 
-def define_flags(
-  flag_values: flags.FlagValues = flags.FLAGS,
-) -> types.SimpleNamespace:
-  """Registers this experiment's flags; returns their holders.
-
-  Called only when the module runs as a script (and by tests, with a fresh
-  `flags.FlagValues()`), so that importing several experiments into one
-  process never defines a flag such as --workdir twice.
-  """
-  workdir = flags.DEFINE_string(
-    "workdir",
-    "/tmp/equivlab/inspect_cnn",
-    help="Where results go.",
-    flag_values=flag_values,
-  )
-  num_epochs = flags.DEFINE_integer(
-    "num_epochs",
-    InspectConfig.num_epochs,
-    help="Training epochs.",
-    flag_values=flag_values,
-  )
-  shift = flags.DEFINE_integer(
-    "shift",
-    InspectConfig.shift,
-    help="Pixels of the left and right shifts.",
-    flag_values=flag_values,
-  )
-  patch_size = flags.DEFINE_integer(
-    "patch_size",
-    InspectConfig.patch_size,
-    help="Side of the occluding patch.",
-    flag_values=flag_values,
-  )
-  patch_value = flags.DEFINE_float(
-    "patch_value",
-    InspectConfig.patch_value,
-    help="Grey level of the occluding patch (ink is 1, paper 0).",
-    flag_values=flag_values,
-  )
-  seed = flags.DEFINE_integer(
-    "seed",
-    InspectConfig.seed,
-    help="Seed of the run: weights, data order and augmentation.",
-    flag_values=flag_values,
-  )
-  num_devices = flags.DEFINE_integer(
-    "num_devices",
-    None,
-    help="Devices for data parallelism (default: all).",
-    flag_values=flag_values,
-  )
-  return types.SimpleNamespace(
-    workdir=workdir,
-    num_epochs=num_epochs,
-    shift=shift,
-    patch_size=patch_size,
-    patch_value=patch_value,
-    seed=seed,
-    num_devices=num_devices,
-  )
-
-
-def main(argv: Sequence[str], holders: types.SimpleNamespace) -> None:
-  del argv
-  run(
-    InspectConfig(
-      num_epochs=holders.num_epochs.value,
-      shift=holders.shift.value,
-      patch_size=holders.patch_size.value,
-      patch_value=holders.patch_value.value,
-      seed=holders.seed.value,
-      num_devices=holders.num_devices.value,
-    ),
-    holders.workdir.value,
-  )
-
+define_flags, main = _common.entry_points(Config, run, "inspect_cnn")
 
 if __name__ == "__main__":
-  _launch.run(main, define_flags)
+  _common.launch(main, define_flags)

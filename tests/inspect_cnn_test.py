@@ -1,52 +1,190 @@
-"""Smoke test of experiments/inspect_cnn.py on tiny settings."""
+"""Tests of experiments/inspect_cnn.py on tiny settings."""
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import flags
 
+from equivlab import data, occlusion, train
 from experiments import inspect_cnn
 
+_TINY = dict(
+  features=(4, 4, 4),
+  num_epochs=1,
+  batch_size=16,
+  train_limit=64,
+  shift=2,
+  patch_size=5,
+  search_sizes=(5, 28),
+  num_devices=1,
+  progress=False,
+)
 
-def test_smoke_writes_results_and_pictures(tmp_path, capsys):
-  config = inspect_cnn.InspectConfig(
-    features=(4, 4, 4),
-    num_epochs=1,
-    batch_size=16,
-    train_limit=64,
-    shift=2,
-    patch_size=5,
-    search_sizes=(5, 28),
-    num_devices=1,
-    progress=False,
-  )
-  results = inspect_cnn.run(config, tmp_path)
-  saved = json.loads((tmp_path / "results.json").read_text())
-  assert [s["shift_px"] for s in saved["shifted"]] == [-2, 0, 2]
-  assert saved["occlusion"]["label"] == 6
-  search = saved["flip_search"]
-  assert set(search["flip_fraction"]) == {"5", "28"}
-  assert search["found"] == any(v > 0 for v in search["flip_fraction"].values())
+
+def _flag_values(argv):
+  flag_values = flags.FlagValues()
+  holders = inspect_cnn.define_flags(flag_values)
+  flag_values(["inspect_cnn", *argv])
+  return holders
+
+
+def _shift_by_hand(image, dx):
+  out = np.zeros_like(image)
+  if dx >= 0:
+    out[:, dx:] = image[:, : image.shape[1] - dx]
+  else:
+    out[:, :dx] = image[:, -dx:]
+  return out
+
+
+def test_run_checks_its_measurements_and_flags_agree(tmp_path, capsys):
+  config = inspect_cnn.Config(**_TINY)
+  results = inspect_cnn.run(config, tmp_path / "run")
+  saved = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert saved["summary"] == results["summary"]
   expected = (
     [f"filters_layer{i}.png" for i in (1, 2, 3)]
     + [f"feature_maps_{d}_layer{i}.png" for d in (0, 8) for i in (1, 2, 3)]
     + ["shifted.png", "occlusion.png", "flip.png"]
   )
-  assert saved["files"] == expected == results["files"]
+  assert saved["files"] == expected
   for name in expected:
-    assert (tmp_path / name).stat().st_size > 1000
+    assert (tmp_path / "run" / name).stat().st_size > 1000
   assert "flip search:" in capsys.readouterr().out
+
+  # The same run again returns the trained model from its last checkpoint
+  # (no training): recompute the measurements independently.
+  result = train.train_and_evaluate(
+    inspect_cnn.train_config(config), tmp_path / "run" / "runs" / "cnn"
+  )
+  assert result["test_accuracy"] == saved["test_accuracy"]
+
+  def logits(x):
+    return np.asarray(result.model.apply(result.variables, x, train=False))
+
+  test_x, test_y = data.load_dataset("embedded", "test")
+  predicted = np.argmax(result.logits(test_x), -1)
+  one = test_x[inspect_cnn.pick_digit(test_y, predicted, 1)]
+  for record in saved["shifted"]:
+    moved = _shift_by_hand(one, record["shift_px"])
+    probs = jax.nn.softmax(logits(moved[None])[0])
+    assert record["predicted"] == int(np.argmax(probs))
+    assert record["probability"] == pytest.approx(float(probs.max()), rel=1e-5)
+  occluded = saved["occlusion"]
+  six = test_x[occluded["test_index"]]
+  assert test_y[occluded["test_index"]] == 6
+  row, col = occluded["most_sensitive_centre"]
+  covered = occlusion.occlude(jnp.asarray(six), row, col, 5, 0.5)
+  probs = jax.nn.softmax(logits(np.asarray(covered)[None])[0])
+  assert occluded["min_true_probability"] == pytest.approx(
+    float(probs[6]), rel=1e-4, abs=1e-6
+  )
+  search = saved["flip_search"]
+  assert set(search["flip_fraction"]) == {"5", "28"}
+  # Every 28x28 grey patch, placed by hand: the classes it gives.
+  centres = np.stack(np.meshgrid(range(28), range(28), indexing="ij"), -1)
+  covered = np.stack(
+    [
+      np.asarray(occlusion.occlude(jnp.asarray(six), r, c, 28, 0.5))
+      for r, c in centres.reshape(-1, 2)
+    ]
+  )
+  labels = np.argmax(logits(covered), -1)
+  assert search["flip_fraction"]["28"] == pytest.approx(np.mean(labels != 6))
+  assert search["labels"]["28"] == sorted(set(labels[labels != 6].tolist()))
+
+  argv = [f"--workdir={tmp_path / 'flags'}", "--features=4,4,4"]
+  argv += ["--search_sizes=5,28"]
+  argv += [
+    f"--{k}={v}"
+    for k, v in _TINY.items()
+    if k not in ("features", "search_sizes")
+  ]
+  inspect_cnn.main(["inspect_cnn"], _flag_values(argv))
+  first, second = (
+    (tmp_path / d / "results.json").read_bytes() for d in ("run", "flags")
+  )
+  assert first == second
+
+
+def test_conv_activations_against_a_convolution_by_hand():
+  config = inspect_cnn.train_config(inspect_cnn.Config(features=(2, 3)))
+  model = train.build_model(config)
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  image = np.asarray(
+    jax.random.uniform(jax.random.key(1), (28, 28, 1)), np.float32
+  )
+  maps = inspect_cnn.conv_activations(model, variables, image)
+  assert [m.shape for m in maps] == [(28, 28, 2), (14, 14, 3)]
+  kernel = np.asarray(variables["params"]["Conv_0"]["kernel"])
+  bias = np.asarray(variables["params"]["Conv_0"]["bias"])
+  padded = np.pad(image[..., 0], 1)
+  expected = np.zeros((28, 28, 2))
+  for i in range(28):
+    for j in range(28):
+      window = padded[i : i + 3, j : j + 3]
+      expected[i, j] = np.einsum("hw,hwo->o", window, kernel[:, :, 0]) + bias
+  np.testing.assert_allclose(maps[0], np.maximum(expected, 0), atol=1e-5)
+
+
+def test_shifted_predictions_by_hand():
+  image = np.zeros((6, 6, 1), np.float32)
+  image[2, 2] = 1.0
+
+  def column_of_ink(x):  # Logit k: the ink in column k.
+    return jnp.sum(x[..., 0], axis=1)
+
+  records = inspect_cnn.shifted_predictions(column_of_ink, image, 2)
+  assert [r["shift_px"] for r in records] == [-2, 0, 2]
+  assert [r["predicted"] for r in records] == [0, 2, 4]
+  p = np.exp(1) / (np.exp(1) + 5)
+  assert records[1]["probability"] == pytest.approx(p, rel=1e-6)
 
 
 def test_pick_digit_prefers_correct_predictions():
   labels = np.array([3, 6, 6, 1])
   predicted = np.array([3, 0, 6, 1])
-  assert inspect_cnn.pick_digit(None, labels, predicted, 6) == 2
-  assert inspect_cnn.pick_digit(None, labels, np.zeros(4, int), 6) == 1
+  assert inspect_cnn.pick_digit(labels, predicted, 6) == 2
+  assert inspect_cnn.pick_digit(labels, np.zeros(4, int), 6) == 1
   with pytest.raises(ValueError, match="no image of class 9"):
-    inspect_cnn.pick_digit(None, labels, predicted, 9)
+    inspect_cnn.pick_digit(labels, predicted, 9)
 
 
-def test_negative_shift(tmp_path):
-  with pytest.raises(ValueError, match="shift must be >= 0"):
-    inspect_cnn.run(inspect_cnn.InspectConfig(shift=-1), tmp_path)
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (["--patch_size=0"], r"flag --patch_size=0: patch_size must be an int in"),
+    (["--patch_size=29"], r"patch_size must be an int in \[1, 28\], got 29"),
+    (["--shift=-1"], r"shift must be an int in \[0, 27\], got -1"),
+    (["--shift=28"], r"shift must be an int in \[0, 27\], got 28"),
+    (["--search_sizes=3,0"], r"search_sizes\[1\] must be an int in \[1, 28\]"),
+    (["--search_sizes=a"], "--search_sizes must be a comma-separated list"),
+    (["--occlusion_digit=10"], r"occlusion_digit must be an int in \[0, 9\]"),
+    (["--feature_digits=0,-1"], r"feature_digits\[1\] must be an int in"),
+    (["--patch_value=1.5"], "patch_value must be a finite number >= 0 and"),
+    (["--features=4,0"], r"features\[1\] must be an int >= 1, got 0"),
+    (["--learning_rate=0"], "learning_rate must be a finite number > 0"),
+    (["--num_epochs=0"], "num_epochs must be an int >= 1, got 0"),
+  ],
+)
+def test_bad_flags_fail_at_parse_time(argv, message):
+  with pytest.raises(flags.IllegalFlagValueError, match=message):
+    _flag_values(argv)
+
+
+def test_tfds_sizes_are_checked_before_training(tmp_path, monkeypatch):
+  # A data set of 8x8 images: a 9-pixel patch cannot fit; nothing trains.
+  images = np.zeros((20, 8, 8, 1), np.float32)
+  labels = np.arange(20) % 10
+  monkeypatch.setattr(
+    inspect_cnn.data, "load_dataset", lambda *a, **k: (images, labels)
+  )
+  config = inspect_cnn.Config(dataset="tiny", patch_size=9, search_sizes=(3,))
+  with pytest.raises(
+    ValueError, match=r"patch_size must be an int in \[1, 8\]"
+  ):
+    inspect_cnn.run(config, tmp_path)
+  assert not (tmp_path / "runs").exists()
