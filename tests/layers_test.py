@@ -1,7 +1,9 @@
 """Every flax layer is equivariant; P4CNN/P4MCNN logits are invariant.
 
-Cohen & Welling (ICML 2016); seed 000 part 1. Group actions are applied in
-NumPy on the host (`equivlab.groups`), so only the layers get compiled.
+Cohen & Welling (ICML 2016); seed 000 part 1. The checks are
+`equivlab.testing`'s (group actions applied in NumPy on the host, so only
+the layers get compiled), with explicit tolerances on the relative error
+`max |f(g x) - g f(x)| / max |g f(x)|`.
 """
 
 import functools
@@ -15,9 +17,7 @@ import pytest
 from absl.testing import parameterized
 from jax.flatten_util import ravel_pytree
 
-from equivlab import groups, layers
-
-_ORDERS = {"p4": 4, "p4m": 8}
+from equivlab import groups, layers, testing
 
 
 def _key(seed):
@@ -30,27 +30,16 @@ def _normal(seed, shape):
   return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
-def _nontrivial(group):
-  return groups.elements(group)[1:]
-
-
-def _assert_close(actual, expected, rtol=1e-5):
-  actual, expected = np.asarray(actual), np.asarray(expected)
-  assert actual.shape == expected.shape, (actual.shape, expected.shape)
-  atol = rtol * float(np.max(np.abs(expected)))
-  np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
-
-
-def _act(g, a):
-  a = np.asarray(a)
-  return groups.act_on_map(g, a) if a.ndim == 5 else groups.act_on_image(g, a)
+def _action(a, group):
+  """How a group element acts on `a`: "image" or the group's map action."""
+  return "image" if np.ndim(a) == 4 else group
 
 
 class LayerEquivarianceTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(group=["p4", "p4m"], size=[7, 8])
   def test_every_layer(self, group, size):
-    order = _ORDERS[group]
+    order = groups.group_order(group)
     x = _normal(0, (2, size, size, 3))
     f = _normal(1, (2, size, size, 3, order))
     # An exact spatial pool for each parity: 2x2/2 on even, 3x3/2 on odd.
@@ -82,8 +71,14 @@ class LayerEquivarianceTest(chex.TestCase):
         ]
       )
       out = apply(variables, inp)
-      for g in _nontrivial(group):
-        _assert_close(apply(variables, _act(g, inp)), _act(g, out))
+      testing.assert_equivariant(
+        functools.partial(apply, variables),
+        inp,
+        group=group,
+        input=_action(inp, group),
+        output=_action(out, group),
+        rtol=1e-5,
+      )
 
 
 def _deep_stack(group):
@@ -108,10 +103,15 @@ def test_deep_stack_is_equivariant_to_1e_12_in_float64(group):
     variables = jax.jit(model.init)(_key(4), x)
     variables = jax.tree.map(lambda p: p.astype(jnp.float64), variables)
     apply = jax.jit(lambda v, a: model.apply(v, a, mutable=["batch_stats"])[0])
-    out = apply(variables, x)
-    assert out.dtype == jnp.float64
-    for g in _nontrivial(group):
-      _assert_close(apply(variables, _act(g, x)), _act(g, out), rtol=1e-12)
+    assert apply(variables, x).dtype == jnp.float64
+    errors = testing.assert_equivariant(
+      functools.partial(apply, variables),
+      x,
+      group=group,
+      output=group,
+      rtol=1e-12,
+    )
+    assert len(errors) == groups.group_order(group) - 1
 
 
 @pytest.fixture(scope="module")
@@ -131,25 +131,13 @@ def digits():
   ],
   ids=["p4cnn", "p4cnn_rotpool", "p4mcnn", "p4cnn_gap"],
 )
-def test_logits_are_invariant(model, digits):
-  variables = jax.jit(functools.partial(model.init, train=False))(
-    _key(6), digits
+def test_logits_are_invariant_at_init_and_after_training(model, digits):
+  # Batch statistics and running averages, before and after two Adam steps
+  # (which also move the running averages off their initial values).
+  errors = testing.assert_module_equivariant(
+    model, digits, group=model.group, output="invariant", steps=2, rtol=1e-5
   )
-
-  @jax.jit
-  def both_modes(v, a):
-    """Logits from batch statistics and from the running averages."""
-    train, updates = model.apply(v, a, train=True, mutable=["batch_stats"])
-    return train, model.apply(v, a, train=False), updates
-
-  # Move the running statistics off their initial values first.
-  variables = {**variables, **both_modes(variables, digits)[2]}
-  logits = both_modes(variables, digits)[:2]
-  assert logits[0].shape == (2, 10)
-  for g in _nontrivial(model.group):
-    moved = both_modes(variables, _act(g, digits))[:2]
-    for a, b in zip(moved, logits, strict=True):
-      _assert_close(a, b)
+  assert len(errors) == 4
 
 
 def test_plain_cnn_logits_are_not_invariant(digits):
@@ -164,44 +152,59 @@ def test_plain_cnn_logits_are_not_invariant(digits):
 
   model = Plain()
   variables = jax.jit(model.init)(_key(7), digits)
-  apply = jax.jit(model.apply)
-  logits = apply(variables, digits)
-  rotated = apply(variables, _act(groups.Element(1), digits))
-  assert np.max(np.abs(rotated - logits)) > 1e-3 * np.max(np.abs(logits))
+  apply = jax.jit(functools.partial(model.apply, variables))
+  testing.assert_not_equivariant(
+    apply, digits, output="invariant", elements=[1], min_error=1e-3
+  )
 
 
-def _shift_errors(model, digits, seed):
-  """Logit changes under circular shifts, rotations and both, per sample."""
+def _eval_logits(model, digits, seed):
+  """The evaluation-mode logits of a freshly initialised `model`."""
   variables = jax.jit(functools.partial(model.init, train=False))(
     _key(seed), digits
   )
-  apply = jax.jit(functools.partial(model.apply, train=False))
-  logits = apply(variables, digits)
-  rolled = np.roll(digits, (5, -3), axis=(1, 2))
-  moved = [rolled, _act(groups.Element(1), rolled)]
-  scale = float(np.max(np.abs(logits)))
-  return [
-    float(np.max(np.abs(apply(variables, m) - logits))) / scale for m in moved
-  ]
+  return jax.jit(functools.partial(model.apply, variables, train=False))
+
+
+# A circular shift, and the same shift followed by a rotation.
+_SHIFTED = [groups.Element(0, 0, (5, -3)), groups.Element(1, 0, (5, -3))]
 
 
 def test_p4_gap_cnn_is_invariant_to_circular_shifts_and_rotations(digits):
   model = layers.P4GapCNN(features=(4, 6, 6), dilations=(1, 2, 4))
-  for error in _shift_errors(model, digits, seed=10):
-    assert error < 1e-5
+  errors = testing.assert_invariant(
+    _eval_logits(model, digits, seed=10),
+    digits,
+    elements=["rot 90"],
+    shifts=[(5, -3)],
+    rtol=1e-5,
+  )
+  assert list(errors) == [
+    "rot 90",
+    "shift (5, -3)",
+    "rot 90 then shift (5, -3)",
+  ]
 
 
 def test_p4_gap_cnn_without_group_pooling_sees_orientation(digits):
   model = layers.P4GapCNN(features=(4, 6), dilations=(1, 4), pool_group=False)
-  shifted, rotated = _shift_errors(model, digits, seed=12)
-  assert shifted < 1e-5
-  assert rotated > 1e-2
+  logits = _eval_logits(model, digits, seed=12)
+  testing.assert_invariant(logits, digits, elements=_SHIFTED[:1], rtol=1e-5)
+  testing.assert_not_equivariant(
+    logits, digits, output="invariant", elements=_SHIFTED[1:], min_error=1e-2
+  )
 
 
 def test_valid_p4cnn_is_not_shift_invariant(digits):
   """Control: Cohen & Welling's VALID P4CNN maps 28x28 to 1x1."""
-  for error in _shift_errors(layers.P4CNN(features=4), digits, seed=11):
-    assert error > 1e-2
+  testing.assert_not_equivariant(
+    _eval_logits(layers.P4CNN(features=4), digits, seed=11),
+    digits,
+    output="invariant",
+    elements=_SHIFTED,
+    min_error=1e-2,
+    every=True,
+  )
 
 
 def test_p4_gap_cnn_parameters_and_errors(digits):
@@ -235,15 +238,16 @@ def test_gradients_rotate_with_the_input(digits):
     return -jnp.mean(picked)
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  g_params, g_x = grad(variables["params"], digits)
-  for k in (1, 2, 3):
-    rot = groups.Element(k)
-    r_params, r_x = grad(variables["params"], _act(rot, digits))
-    # The input gradient rotates with the input ...
-    _assert_close(r_x, _act(rot, g_x), rtol=1e-4)
-    # ... and the parameter gradients do not move at all. (Some are zero in
-    # exact arithmetic, e.g. biases before batch norm: compare all together.)
-    _assert_close(ravel_pytree(r_params)[0], ravel_pytree(g_params)[0], 1e-4)
+  params = variables["params"]
+  # The input gradient rotates with the input ...
+  testing.assert_equivariant(
+    lambda x: grad(params, x)[1], digits, output="image", rtol=1e-4
+  )
+  # ... and the parameter gradients do not move at all. (Some are zero in
+  # exact arithmetic, e.g. biases before batch norm: compare all together.)
+  testing.assert_invariant(
+    lambda x: ravel_pytree(grad(params, x)[0])[0], digits, rtol=1e-4
+  )
 
 
 def test_shapes_biases_and_he_init():
@@ -313,5 +317,5 @@ def test_error_group_axis_of_wrong_size():
 
 
 def test_error_images_of_wrong_rank():
-  with pytest.raises(ValueError, match=r"rank 4, got shape \(5, 5, 1\)"):
+  with pytest.raises(ValueError, match=r"\[N, H, .*got shape \(5, 5, 1\)"):
     layers.P4CNN().init(_key(0), np.zeros((5, 5, 1), np.float32))
