@@ -322,20 +322,7 @@ def initialize_distributed(
   _check_timeout(timeout_s)
   given = (coordinator_address, num_processes, process_id)
   if all(value is None for value in given):
-    logging.info(
-      "jax.distributed: detecting the cluster (timeout %g s).", timeout_s
-    )
-    try:
-      jax.distributed.initialize(
-        initialization_timeout=max(1, math.ceil(timeout_s))
-      )
-    except ValueError as error:  # jax: "... should be defined."
-      raise ValueError(
-        "auto-detecting jax.distributed found no cluster environment (Cloud "
-        "TPU pod slice, Slurm, Open MPI) to take the coordinator address, "
-        "process count and process id from; pass all three explicitly. "
-        f"jax said: {error}"
-      ) from error
+    _initialize_detected(timeout_s)
     return
   if any(value is None for value in given):
     raise ValueError(
@@ -372,6 +359,24 @@ def initialize_distributed(
     cluster_detection_method="deactivate",
     initialization_timeout=max(1, math.ceil(timeout_s)),
   )
+
+
+def _initialize_detected(timeout_s: float) -> None:
+  """`jax.distributed.initialize` from the cluster's environment."""
+  logging.info(
+    "jax.distributed: detecting the cluster (timeout %g s).", timeout_s
+  )
+  try:
+    jax.distributed.initialize(
+      initialization_timeout=max(1, math.ceil(timeout_s))
+    )
+  except ValueError as error:  # jax: "... should be defined."
+    raise ValueError(
+      "auto-detecting jax.distributed found no cluster environment (Cloud "
+      "TPU pod slice, Slurm, Open MPI) to take the coordinator address, "
+      "process count and process id from; pass all three explicitly. "
+      f"jax said: {error}"
+    ) from error
 
 
 def process_slice(
