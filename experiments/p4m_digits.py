@@ -1,0 +1,456 @@
+r"""p4m put to work: Z2CNN, P4CNN and P4MCNN on rotated and mirrored digits.
+
+Cohen & Welling 2016 (section 8.1) trains the p4 and p4m networks on
+rotated digits. Here the three networks, at matched parameter counts,
+train on the embedded digits turned by uniform random angles (the
+mnist-rot protocol of experiments/rotated_digits.py, `--train_set=rotated`)
+or upright (`--train_set=upright`), over several seeds, and are tested on
+four versions of the same 1,000 test digits: upright, mirrored (left-right),
+rotated by uniform random angles, and rotated then mirrored (the same
+angles, so the last two columns differ by the mirror alone).
+
+P4MCNN is invariant to all 8 elements of p4m (4 rotations by 90 degrees,
+each with and without a mirror) by construction, so a mirror cannot change
+its predictions: its errors on a set and on its mirror image are equal.
+P4CNN is invariant to the 4 rotations only, Z2CNN to none. Per model the
+study measures, on the trained networks, the relative logit change
+`max |f(g x) - f(x)| / max |f(x)|` under each element g
+(`equivlab.testing.equivariance_error`) and the fraction of test digits
+whose predicted class changes.
+
+A mirrored digit is often not a digit of its class: a mirrored 2 turned
+upside down is close to a 5, and a 6 turned by 180 degrees is a 9 even
+without mirrors. The labels of the mirrored sets are the original digits',
+so the mirrored columns measure how a network's answer survives the mirror,
+which a p4m-invariant network keeps by construction, right or wrong.
+
+    python -m experiments.p4m_digits
+
+Writes into --workdir (default runs/p4m_digits): results.json, results.md,
+timings.json, errors.png, invariance.png, pred_changes.png, examples.png,
+and one train workdir per model and seed under runs/ (a rerun resumes
+there).
+"""
+
+import dataclasses
+import math
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from equivlab import checks, data, groups, testing, train, viz
+from experiments import _common
+
+# Models with a `features` width (hidden channels, or G-channels), and the
+# widths that match their parameter counts (21,750, 20,593, 21,750, 20,812).
+DEFAULT_FEATURES = {"z2cnn": 20, "p4cnn": 9, "p4cnn_rotpool": 20, "p4mcnn": 6}
+MODELS = tuple(DEFAULT_FEATURES)
+TRAIN_SETS = ("rotated", "upright")
+# The four test sets, in table order.
+TEST_SETS = ("upright", "mirrored", "rotated", "rotated+mirrored")
+# The 8 roto-reflections of p4m, by flat index (0..3 rotations, 4..7
+# "mirror then rotate"); names as `testing.element_name` writes them.
+ELEMENTS = tuple(testing.element_name(g) for g in groups.elements("p4m"))
+ROTATIONS = ELEMENTS[1:4]
+MIRRORS = ELEMENTS[4:]
+# The left-right mirror (a flip of the W axis), as p4m defines it.
+MIRROR = groups.Element(rotation=0, mirror=1)
+# Seed of the fixed test-set rotations of tfds data sets.
+_TEST_ROTATION_SEED = 2
+# log axes cannot show 0: zero changes are drawn at this level.
+_FLOOR = 1e-10
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(_common.TrainingOptions, _common.SeedOptions):
+  """Settings of the p4m digits experiment.
+
+  Attributes:
+    models: model names from `MODELS` ("z2cnn", "p4cnn", "p4cnn_rotpool",
+      "p4mcnn").
+    features: the `features` of each model in --models, in order (hidden
+      channels of Z2CNN, G-channels of the G-CNNs); default: the widths of
+      `DEFAULT_FEATURES`, which match the parameter counts (about 21k).
+    train_set: "rotated" (digits turned by uniform random angles, like
+      mnist-rot) or "upright" (the digits as they are).
+    num_epochs: training epochs per run.
+    batch_size: training batch size.
+    learning_rate: peak learning rate of Adam (cosine decay to 0).
+    train_limit: use only this many training digits (default: all).
+    test_limit: use only this many test digits (default: all).
+    num_invariance: test digits on which the logit changes under the 8
+      elements of p4m are measured.
+  """
+
+  models: tuple[str, ...] = ("z2cnn", "p4cnn", "p4mcnn")
+  features: tuple[int, ...] | None = None
+  train_set: str = "rotated"
+  num_epochs: int = 3
+  batch_size: int = 64
+  learning_rate: float = 3e-3
+  train_limit: int | None = None
+  test_limit: int | None = None
+  num_invariance: int = 200
+
+  def __post_init__(self):
+    _common.check_config(self)
+    self._check_models()
+    self._check_training()
+
+  def _check_models(self) -> None:
+    unknown = [m for m in self.models if m not in MODELS]
+    if not self.models or unknown or len(set(self.models)) < len(self.models):
+      raise ValueError(
+        f"models must be distinct names from {MODELS}, got {self.models}"
+        + (f" (unknown: {unknown})." if unknown else ".")
+      )
+    if self.features is None:
+      return
+    checks.check_ints("features", self.features, minimum=1)
+    if len(self.features) != len(self.models):
+      raise ValueError(
+        f"features must hold one width per model of --models "
+        f"({len(self.models)}), got {len(self.features)}: {self.features}."
+      )
+
+  def _check_training(self) -> None:
+    checks.check_choice("train_set", self.train_set, TRAIN_SETS)
+    for name in ("num_epochs", "batch_size", "num_invariance"):
+      checks.check_int(name, getattr(self, name), minimum=1)
+    for name in ("train_limit", "test_limit"):
+      checks.check_int(name, getattr(self, name), minimum=1, allow_none=True)
+    checks.check_number(
+      "learning_rate", self.learning_rate, minimum=0, strict_minimum=True
+    )
+
+  @property
+  def widths(self) -> tuple[int, ...]:
+    """The `features` of each model: --features, or `DEFAULT_FEATURES`."""
+    if self.features is not None:
+      return tuple(self.features)
+    return tuple(DEFAULT_FEATURES[name] for name in self.models)
+
+
+LogitsFn = Callable[[np.ndarray], np.ndarray]
+
+
+def error_percent(logits: np.ndarray, labels: np.ndarray) -> float:
+  """Percentage of rows of `logits [N, K]` whose argmax is not `labels`."""
+  return float(100.0 * np.mean(np.argmax(np.asarray(logits), -1) != labels))
+
+
+def mirror(images: np.ndarray) -> np.ndarray:
+  """Images `[N, H, W, C]` mirrored left-right (p4m's element "mirror")."""
+  return np.asarray(groups.act_on_image(MIRROR, np.asarray(images)))
+
+
+def prediction_changes(logits_fn: LogitsFn, images: np.ndarray) -> dict:
+  """Per p4m element g, the fraction of images whose predicted class moves.
+
+  Args:
+    logits_fn: images `[N, H, W, C]` -> logits `[N, K]`.
+    images: square `[N, H, H, C]`.
+
+  Returns:
+    Element name (`ELEMENTS`) -> the fraction of images with
+    `argmax f(g x) != argmax f(x)` (0.0 for the identity).
+  """
+  base = np.argmax(np.asarray(logits_fn(images)), -1)
+  changes = {}
+  for name, g in zip(ELEMENTS, groups.elements("p4m"), strict=True):
+    moved = np.argmax(np.asarray(logits_fn(groups.act_on_image(g, images))), -1)
+    changes[name] = float(np.mean(moved != base))
+  return changes
+
+
+def logit_changes(logits_fn: LogitsFn, images: np.ndarray) -> dict:
+  """Per p4m element g, `max |f(g x) - f(x)| / max |f(x)|` over the images.
+
+  `equivlab.testing.equivariance_error` with the logits invariant.
+
+  Args:
+    logits_fn: images `[N, H, W, C]` -> logits `[N, K]`.
+    images: square `[N, H, H, C]`.
+
+  Returns:
+    Element name (`ELEMENTS`, the identity included) -> relative change.
+  """
+  return testing.equivariance_error(
+    logits_fn,
+    images,
+    group="p4m",
+    input="image",
+    output="invariant",
+    elements=list(range(len(ELEMENTS))),
+  )
+
+
+def _rotated_test(config: Config) -> tuple[np.ndarray, ...]:
+  """The upright and rotated test digits (same digits, same order), labels."""
+  if config.dataset == "embedded":
+    upright, labels = data.load_dataset("embedded", "test")
+    rotated, _ = data.load_dataset("embedded_rot", "test")
+    return upright, rotated, labels
+  upright, labels = data.load_dataset(
+    config.dataset, "test", data_dir=config.data_dir, download=config.download
+  )
+  upright, labels = upright[: config.test_limit], labels[: config.test_limit]
+  key = jax.random.key(_TEST_ROTATION_SEED)
+  angles = jax.random.uniform(key, (len(labels),), maxval=2 * math.pi)
+  return upright, np.asarray(data.rotate(upright, angles)), labels
+
+
+def evaluation_sets(config: Config) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """The four test sets (`TEST_SETS`) of the same digits, and their labels.
+
+  "rotated" is the "embedded_rot" test split (for tfds data sets: the test
+  digits turned by fixed uniform random angles); the mirrored sets are the
+  upright and rotated ones mirrored left-right.
+
+  Returns:
+    `({name: images [N, H, W, C]}, labels [N])`, cut to --test_limit.
+  """
+  upright, rotated, labels = _rotated_test(config)
+  limit = config.test_limit
+  sets = {
+    "upright": upright[:limit],
+    "mirrored": mirror(upright[:limit]),
+    "rotated": rotated[:limit],
+    "rotated+mirrored": mirror(rotated[:limit]),
+  }
+  return sets, labels[:limit]
+
+
+def base_config(config: Config) -> train.TrainConfig:
+  """The `TrainConfig` every run starts from (model and seed set per run)."""
+  embedded = config.dataset == "embedded"
+  rotated = config.train_set == "rotated"
+  options = config.train_options()
+  if embedded and rotated:
+    options["dataset"] = "embedded_rot"
+  return train.TrainConfig(
+    augment="rotate" if rotated and not embedded else "none",
+    train_limit=config.train_limit,
+    test_limit=config.test_limit,
+    num_epochs=config.num_epochs,
+    batch_size=config.batch_size,
+    learning_rate=config.learning_rate,
+    schedule="cosine",
+    **options,
+  )
+
+
+def train_models(config: Config, workdir: str | pathlib.Path):
+  """Trains (or, when finished, restores) every model with every seed.
+
+  Returns:
+    `_common.train_grid`'s `(results, seconds)`: model name -> one
+    `TrainResult` per seed, and the wall time of each run.
+  """
+  variants = {
+    name: {"model": name, "model_kwargs": {"features": width}}
+    for name, width in zip(config.models, config.widths, strict=True)
+  }
+  return _common.train_grid(
+    base_config(config), variants, config.seeds, workdir
+  )
+
+
+def _record(config, name, seed, result, sets, labels) -> dict[str, Any]:
+  """One model and seed: errors per test set, changes per p4m element."""
+  probe = sets[config.train_set][: config.num_invariance]
+  logits = {key: result.logits(images) for key, images in sets.items()}
+  return {
+    "model": name,
+    "seed": seed,
+    "params": result["num_params"],
+    "errors": {k: error_percent(v, labels) for k, v in logits.items()},
+    "logit_change": logit_changes(result.logits, probe),
+    "pred_change": prediction_changes(result.logits, probe),
+    "predictions": {
+      k: np.argmax(v[:8], -1).tolist() for k, v in logits.items()
+    },
+    "history": result.history,
+  }
+
+
+def _order_of_magnitude(value: float) -> str:
+  """Float-error levels as "< 1e-5" (they move across machines), else "%.1e".
+
+  An invariant network's logits move by float rounding alone, whose exact
+  value changes with the CPU and XLA's choice of kernels; only its order is
+  reproducible.
+  """
+  return "< 1e-5" if value < 1e-5 else f"{value:.1e}"
+
+
+def _row(config: Config, name: str, mine: list[dict]) -> dict[str, Any]:
+  row = {
+    "model": name,
+    "features": config.widths[config.models.index(name)],
+    "params": mine[0]["params"],
+  }
+  stats = {}
+  for key in TEST_SETS:
+    mean, std = _common.mean_std([r["errors"][key] for r in mine])
+    row[f"{key} error %"] = f"{mean:.2f} +- {std:.2f}"
+    stats[key] = (mean, std)
+  cost = [
+    r["errors"]["rotated+mirrored"] - r["errors"]["rotated"] for r in mine
+  ]
+  mean, std = _common.mean_std(cost)
+  row["mirror cost (points)"] = f"{mean:+.2f} +- {std:.2f}"
+  for label, names in (("rot90s", ROTATIONS), ("mirrors", MIRRORS)):
+    largest = max(r["logit_change"][e] for r in mine for e in names)
+    row[f"logit change, {label}"] = _order_of_magnitude(largest)
+  row["pred. changes, mirrors"] = "{:.3f}".format(
+    np.mean([r["pred_change"][e] for r in mine for e in MIRRORS])
+  )
+  return {**row, "stats": stats}
+
+
+def _rows(config: Config, records: list[dict]) -> list[dict[str, Any]]:
+  return [
+    _row(config, name, [r for r in records if r["model"] == name])
+    for name in config.models
+  ]
+
+
+def _table(config: Config, rows: list[dict]) -> str:
+  columns = [c for c in rows[0] if c != "stats"]
+  table = viz.format_table(rows, columns)
+  return table + (
+    f"\n(trained on {config.train_set} digits; errors: mean +- sample "
+    f"standard deviation over {config.num_seeds} seeds; mirror cost: "
+    f"rotated+mirrored error - rotated error, the same digits and angles; "
+    f"logit change: largest max|f(gx) - f(x)| / max|f(x)| over the "
+    f"elements and seeds, on {config.num_invariance} "
+    f"{config.train_set} test digits; pred. changes: fraction of those "
+    f"digits whose class changes, mean over the 4 mirror elements)"
+  )
+
+
+def _mean_over_seeds(records, name, key) -> list[float]:
+  mine = [r[key] for r in records if r["model"] == name]
+  return [float(np.mean([m[e] for m in mine])) for e in ELEMENTS]
+
+
+def _invariance_figures(config, workdir, records) -> None:
+  """Per p4m element: relative logit change (log) and prediction changes."""
+  changes = {
+    name: [
+      max(v, _FLOOR) for v in _mean_over_seeds(records, name, "logit_change")
+    ][1:]
+    for name in config.models
+  }
+  viz.plot_learning_curves(
+    changes,
+    workdir / "invariance.png",
+    x=list(range(1, len(ELEMENTS))),
+    log_y=True,
+    xlabel=(
+      "p4m element: 1-3 rot 90/180/270; 4 mirror; 5-7 mirror then "
+      "rot 90/180/270"
+    ),
+    ylabel="relative logit change (mean over seeds)",
+    title=(
+      f"max|f(gx) - f(x)| / max|f(x)| on {config.num_invariance} "
+      f"{config.train_set} test digits"
+    ),
+  )
+  viz.plot_bars(
+    [e.replace(" then ", "\n") for e in ELEMENTS[1:]],
+    {
+      name: _mean_over_seeds(records, name, "pred_change")[1:]
+      for name in config.models
+    },
+    workdir / "pred_changes.png",
+    ylabel="fraction of digits whose class changes",
+    title=(
+      f"Predictions moved by each p4m element ({config.train_set} test "
+      f"digits, mean over {config.num_seeds} seeds)"
+    ),
+    value_format="{:.2f}",
+  )
+
+
+def _figures(config, workdir, rows, records, sets, labels) -> None:
+  viz.plot_bars(
+    list(config.models),
+    {key: [r["stats"][key][0] for r in rows] for key in TEST_SETS},
+    workdir / "errors.png",
+    errors={key: [r["stats"][key][1] for r in rows] for key in TEST_SETS},
+    ylabel="test error (%)",
+    title=(
+      f"Trained on {config.train_set} digits: test error, mean +- sample "
+      f"std over {config.num_seeds} seeds"
+    ),
+    value_format="{:.1f}",
+  )
+  _invariance_figures(config, workdir, records)
+  first = {r["model"]: r["predictions"] for r in reversed(records)}
+  n = min(4, len(labels))
+  shown = [("rotated", i) for i in range(n)]
+  shown += [("rotated+mirrored", i) for i in range(n)]
+  viz.plot_images(
+    np.stack([sets[key][i] for key, i in shown]),
+    workdir / "examples.png",
+    titles=[
+      f"{key}, label {labels[i]}\n"
+      + "\n".join(f"{m}: {first[m][key][i]}" for m in config.models)
+      for key, i in shown
+    ],
+    ncols=n,
+    title=(
+      f"Rotated test digits (top), mirrored (bottom); predictions of seed "
+      f"{config.seed}"
+    ),
+  )
+
+
+def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains every model over every seed; tests on four sets; writes it all.
+
+  Args:
+    config: the experiment's settings.
+    workdir: where results.json, the PNGs and the per-run workdirs go.
+
+  Returns:
+    The contents of results.json: "config", "runs" (one record per model
+    and seed: parameters, error per test set in percent, the relative logit
+    change and the fraction of changed predictions per p4m element), "rows"
+    (one per model: the table's cells and "stats", the mean and sample std
+    of the error per test set), "table" (the printed markdown).
+
+  Raises:
+    FileNotFoundError: if a tfds data set is not prepared.
+  """
+  workdir = pathlib.Path(workdir)
+  sets, labels = evaluation_sets(config)
+  trained, seconds = train_models(config, workdir)
+  records = [
+    _record(config, name, seed, result, sets, labels)
+    for name, results in trained.items()
+    for seed, result in zip(config.seeds, results, strict=True)
+  ]
+  rows = _rows(config, records)
+  table = _table(config, rows)
+  _figures(config, workdir, rows, records, sets, labels)
+  results = {
+    "config": dataclasses.asdict(config),
+    "elements": ELEMENTS,
+    "runs": records,
+    "rows": rows,
+    "table": table,
+  }
+  _common.write_results(workdir, results, table=table, timings=seconds)
+  return results
+
+
+define_flags, main = _common.entry_points(Config, run, "p4m_digits")
+
+if __name__ == "__main__":
+  _common.launch(main, define_flags)

@@ -1,0 +1,263 @@
+"""Tests of experiments/p4m_digits.py on tiny settings."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl import flags
+
+from equivlab import data, models, testing
+from experiments import p4m_digits
+
+# One seed of tiny P4CNN and P4MCNN, one epoch on a few dozen digits.
+_TINY = dict(
+  models=("p4cnn", "p4mcnn"),
+  features=(2, 2),
+  num_seeds=1,
+  seed=3,
+  num_epochs=1,
+  batch_size=16,
+  train_limit=32,
+  test_limit=16,
+  num_invariance=6,
+  num_devices=1,
+  progress=False,
+)
+
+
+def _flag_values(argv):
+  flag_values = flags.FlagValues()
+  holders = p4m_digits.define_flags(flag_values)
+  flag_values(["p4m_digits", *argv])
+  return holders
+
+
+def _params_by_hand(name: str, f: int, k: int = 10) -> int:
+  """Parameters of the 7-layer networks, counted from their layers."""
+  order = {"z2cnn": 1, "p4cnn": 4, "p4mcnn": 8}[name]
+  lifting = 9 * f + f  # 3x3 kernel from 1 channel, one bias per G-channel
+  hidden = 5 * (9 * f * order * f + f)  # five 3x3 (group) convolutions
+  norms = 6 * 2 * f  # batch norm scale and offset, shared over the group
+  last = 16 * f * order * k + k  # the 4x4 layer to the logits
+  return lifting + hidden + norms + last
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+  """The tiny study run once through `run`.
+
+  Returns:
+    `(config, workdir, results, the bytes of results.json, trained)`, where
+    `trained` is what `run` trained (`train_models`' results, caught on the
+    way: no second training or restore).
+  """
+  workdir = tmp_path_factory.mktemp("p4m")
+  config = p4m_digits.Config(**_TINY)
+  caught = []
+  train_models = p4m_digits.train_models
+
+  def spy(*args):
+    caught.append(train_models(*args))
+    return caught[-1]
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(p4m_digits, "train_models", spy)
+    results = p4m_digits.run(config, workdir)
+  ((trained, _),) = caught
+  saved = (workdir / "results.json").read_bytes()
+  return config, workdir, results, saved, trained
+
+
+def test_run_writes_checked_results_and_figures(study):
+  config, workdir, results, saved_bytes, _ = study
+  saved = json.loads(saved_bytes)
+  assert saved["table"] == results["table"]
+  assert [(r["model"], r["seed"]) for r in saved["runs"]] == [
+    ("p4cnn", 3),
+    ("p4mcnn", 3),
+  ]
+  for record in saved["runs"]:
+    assert record["params"] == _params_by_hand(record["model"], 2)
+    # The study's rotated error is the engine's own test evaluation.
+    engine = 100 * (1 - record["history"][-1]["test_accuracy"])
+    assert record["errors"]["rotated"] == pytest.approx(engine)
+    assert set(record["logit_change"]) == set(p4m_digits.ELEMENTS)
+    assert record["logit_change"]["identity"] == 0.0
+  p4cnn, p4mcnn = saved["runs"]
+  # A mirror cannot move P4MCNN's predictions: equal errors on a set and
+  # on its mirror image; P4CNN's move.
+  errors = p4mcnn["errors"]
+  assert errors["mirrored"] == errors["upright"]
+  assert errors["rotated+mirrored"] == errors["rotated"]
+  assert set(p4mcnn["pred_change"].values()) == {0.0}
+  assert max(p4cnn["pred_change"][e] for e in p4m_digits.MIRRORS) > 0
+  assert [p4cnn["pred_change"][e] for e in p4m_digits.ROTATIONS] == [0.0] * 3
+  for row, mine in zip(saved["rows"], saved["runs"], strict=True):
+    assert row["stats"]["rotated"] == [mine["errors"]["rotated"], 0.0]
+    cost = mine["errors"]["rotated+mirrored"] - mine["errors"]["rotated"]
+    assert row["mirror cost (points)"] == f"{cost:+.2f} +- 0.00"
+  assert saved["rows"][1]["logit change, mirrors"] == "< 1e-5"
+  assert saved["rows"][0]["logit change, mirrors"] != "< 1e-5"
+  assert "sample standard deviation over 1 seeds" in saved["table"]
+  for name in ("errors", "invariance", "pred_changes", "examples"):
+    assert (workdir / f"{name}.png").stat().st_size > 1000
+  assert (workdir / "results.md").read_text() == saved["table"] + "\n"
+
+
+def test_trained_p4mcnn_is_p4m_invariant_and_p4cnn_not_to_mirrors(study):
+  config, _, results, _, trained = study
+  (p4cnn,), (p4mcnn,) = trained["p4cnn"], trained["p4mcnn"]
+  assert p4cnn["step"] == p4mcnn["step"] == 2  # 32 digits, batches of 16
+  sets, _ = p4m_digits.evaluation_sets(config)
+  x = sets["rotated"][: config.num_invariance]
+  testing.assert_invariant(
+    p4mcnn.logits, x, group="p4m", elements=list(range(8))
+  )
+  testing.assert_invariant(
+    p4cnn.logits, x, group="p4m", elements=list(p4m_digits.ROTATIONS)
+  )
+  testing.assert_not_equivariant(
+    p4cnn.logits,
+    x,
+    group="p4m",
+    output="invariant",
+    elements=list(p4m_digits.MIRRORS),
+    every=True,
+  )
+  # The study's recorded changes are these models' changes.
+  for record, model in zip(results["runs"], (p4cnn, p4mcnn), strict=True):
+    again = p4m_digits.logit_changes(model.logits, x)
+    for name in p4m_digits.ELEMENTS:
+      np.testing.assert_allclose(
+        record["logit_change"][name], again[name], rtol=1e-6, atol=1e-9
+      )
+
+
+def test_flags_run_the_same_study(study, tmp_path):
+  config, workdir, _, saved_bytes, _ = study
+  tiny = [
+    f"--{k}={v}" for k, v in _TINY.items() if k not in ("models", "features")
+  ]
+  argv = ["--models=p4cnn,p4mcnn", "--features=2,2", *tiny]
+  assert _flag_values(argv).config() == config
+  # P4MCNN alone, resumed from a copy of the study's finished runs (cheap):
+  # the same record and row as in the study.
+  shutil.copytree(workdir / "runs", tmp_path / "runs")
+  argv = ["--models=p4mcnn", "--features=2", *tiny]
+  holders = _flag_values([f"--workdir={tmp_path}", *argv])
+  p4m_digits.main(["p4m_digits"], holders)
+  mine = json.loads((tmp_path / "results.json").read_text())
+  saved = json.loads(saved_bytes)
+  assert mine["runs"] == saved["runs"][1:]
+  assert mine["rows"] == saved["rows"][1:]
+
+
+def test_default_widths_match_parameter_counts():
+  config = p4m_digits.Config()
+  counts = {}
+  for name, width in zip(config.models, config.widths, strict=True):
+    model = models.get_model(name, features=width)
+    shapes = jax.eval_shape(
+      lambda m=model: models.init_model(jax.random.key(0), m)
+    )
+    counts[name] = models.count_params(shapes)
+    assert counts[name] == _params_by_hand(name, width)
+  assert counts == {"z2cnn": 21_750, "p4cnn": 20_593, "p4mcnn": 20_812}
+  assert max(counts.values()) / min(counts.values()) < 1.06
+  assert p4m_digits.Config(models=("p4cnn_rotpool",)).widths == (20,)
+
+
+def test_mirror_and_test_sets_by_hand():
+  images = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 1)
+  np.testing.assert_array_equal(
+    p4m_digits.mirror(images), images[:, :, ::-1, :]
+  )
+  config = p4m_digits.Config(test_limit=5)
+  sets, labels = p4m_digits.evaluation_sets(config)
+  upright, want_labels = data.load_dataset("embedded", "test")
+  rotated, _ = data.load_dataset("embedded_rot", "test")
+  np.testing.assert_array_equal(labels, want_labels[:5])
+  np.testing.assert_array_equal(sets["upright"], upright[:5])
+  np.testing.assert_array_equal(sets["rotated"], rotated[:5])
+  np.testing.assert_array_equal(sets["mirrored"], upright[:5, :, ::-1])
+  np.testing.assert_array_equal(sets["rotated+mirrored"], rotated[:5, :, ::-1])
+
+
+def test_changes_of_a_function_by_hand():
+  rng = np.random.default_rng(0)
+  images = rng.uniform(size=(3, 4, 4, 1)).astype(np.float32)
+
+  def corner(x):  # Logits: the top-left pixel against the mean.
+    x = jnp.asarray(x)
+    return jnp.stack([x[:, 0, 0, 0], x.mean(axis=(1, 2, 3))], axis=-1)
+
+  base = np.asarray(corner(images), np.float64)
+  pred = np.argmax(base, -1)
+  # By hand: which pixel each element brings to the top-left corner
+  # (np.rot90 turns counter-clockwise; the mirror flips W first). The mean
+  # moves by float rounding only.
+  corners = {
+    "identity": images[:, 0, 0, 0],
+    "rot 90": images[:, 0, 3, 0],
+    "rot 180": images[:, 3, 3, 0],
+    "rot 270": images[:, 3, 0, 0],
+    "mirror": images[:, 0, 3, 0],
+    "mirror then rot 90": images[:, 0, 0, 0],
+    "mirror then rot 180": images[:, 3, 0, 0],
+    "mirror then rot 270": images[:, 3, 3, 0],
+  }
+  changes = p4m_digits.logit_changes(corner, images)
+  moved = p4m_digits.prediction_changes(corner, images)
+  assert list(moved) == list(p4m_digits.ELEMENTS)
+  for name, pixel in corners.items():
+    logits = np.stack([pixel, base[:, 1]], axis=-1)
+    want = np.max(np.abs(logits - base)) / np.max(np.abs(base))
+    np.testing.assert_allclose(changes[name], want, rtol=1e-6, atol=1e-6)
+    assert moved[name] == np.mean(np.argmax(logits, -1) != pred)
+  assert changes["identity"] == 0.0 and moved["identity"] == 0.0
+  assert changes["rot 90"] > 0.1 and changes["mirror then rot 90"] < 1e-6
+
+
+def test_error_percent():
+  logits = np.array([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
+  labels = np.array([1, 1, 1, 0])
+  assert p4m_digits.error_percent(logits, labels) == 25.0
+
+
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (
+      ["--models=p4cnn,vit"],
+      r"models must be distinct names .*unknown: \['vit",
+    ),
+    (["--models=p4cnn,p4cnn"], "models must be distinct names"),
+    (["--features=20,9"], r"features must hold one width per model .*\(3\)"),
+    (["--features=20,0,6"], r"features\[1\] must be an int >= 1, got 0"),
+    (["--features=a,b,c"], "--features must be a comma-separated list of int"),
+    (["--train_set=flipped"], "train_set must be one of"),
+    (["--num_seeds=0"], "num_seeds must be an int >= 1, got 0"),
+    (["--num_epochs=0"], "num_epochs must be an int >= 1, got 0"),
+    (["--num_invariance=0"], "num_invariance must be an int >= 1, got 0"),
+    (["--test_limit=0"], "test_limit must be an int >= 1 or None, got 0"),
+    (["--learning_rate=nan"], "learning_rate must be a finite number > 0"),
+  ],
+)
+def test_bad_flags_are_flag_errors(argv, message):
+  with pytest.raises(flags.IllegalFlagValueError, match=message):
+    _flag_values(argv)
+
+
+def test_models_without_features_take_the_matched_widths():
+  holders = _flag_values(["--models=p4mcnn,z2cnn"])
+  assert holders.config().widths == (6, 20)
+
+
+def test_missing_tfds_dataset_fails_before_training(tmp_path):
+  config = p4m_digits.Config(dataset="mnist", data_dir=str(tmp_path / "tfds"))
+  with pytest.raises(FileNotFoundError):
+    p4m_digits.run(config, tmp_path / "work")
+  assert not (tmp_path / "work" / "runs").exists()
