@@ -180,16 +180,20 @@ def module_equivariance_errors(
       seed=seed,
     )
     stages.append((f"after {steps} steps", trained))
+  actions = {"group": group, "input": input, "output": output}
+  return _measure_stages(stages, applies, np.asarray(x), elems, actions)
+
+
+def _measure_stages(stages, applies, x, elements, actions):
+  """One measurement per (stage, mode): "<stage>, <mode> mode"."""
   results = {}
   for stage, v in stages:
     for mode, apply in applies.items():
       results[f"{stage}, {mode} mode"] = equivariance.measure(
         lambda a, v=v, apply=apply: apply(v, a),
-        np.asarray(x),
-        group=group,
-        input=input,
-        output=output,
-        elements=elems,
+        x,
+        elements=elements,
+        **actions,
       )
   return results
 
