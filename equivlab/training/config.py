@@ -21,7 +21,7 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "rmsprop", "adagrad")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 LOSSES = ("softmax_ce", "mse")
 AUGMENTS = ("none", "shift", "crop_flip", "rotate")
-COMPUTE_DTYPES = ("float32", "bfloat16")
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 
 # Fields a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = frozenset(
@@ -85,8 +85,16 @@ class TrainConfig:
     max_shift: largest shift of `augment="shift"`, in pixels (>= 0).
     crop_padding: zero padding of `augment="crop_flip"`, in pixels (>= 0).
     max_angle: largest angle of `augment="rotate"`, in radians (>= 0).
-    compute_dtype: "float32" or "bfloat16": the dtype of the forward and
-      backward computation; parameters and optimizer state stay float32.
+    compute_dtype: "float32", "bfloat16" or "float16": the dtype of the
+      forward and backward computation; parameters and optimizer state
+      stay float32 (master weights). "float16" adds dynamic loss scaling
+      (`jmp.DynamicLossScale`): the loss is multiplied by the scale before
+      differentiation and the gradients divided by it; a step whose
+      gradients are not finite is skipped and halves the scale.
+    loss_scale_init: the first loss scale of "float16" (in [1, 2**64];
+      2**15 as in jmp's example), halved after every skipped step.
+    loss_scale_period: "float16" doubles the loss scale after this many
+      finite steps in a row (>= 1; 2000 as jmp's default).
     num_devices: devices of the data-parallel mesh; None = all of them.
     seed: seeds initialisation, shuffling, augmentation and dropout.
     checkpoint_every_steps: also save every this many steps (None: only at
@@ -124,6 +132,8 @@ class TrainConfig:
   crop_padding: int = 4
   max_angle: float = math.pi
   compute_dtype: str = "float32"
+  loss_scale_init: float = 2.0**15
+  loss_scale_period: int = 2000
   num_devices: int | None = None
   seed: int = 0
   checkpoint_every_steps: int | None = None
@@ -199,6 +209,7 @@ _POSITIVE_INTS = (
   "eval_batch_size",
   "max_checkpoints",
   "log_every_steps",
+  "loss_scale_period",
 )
 _OPTIONAL_POSITIVE_INTS = (
   "train_limit",
@@ -241,6 +252,10 @@ def validate_config(config: TrainConfig) -> None:
   )
   checks.check_number(
     "momentum", config.momentum, minimum=0, maximum=1, strict_maximum=True
+  )
+  # Above 2**64 the scaled float32 loss overflows for any loss above ~1e19.
+  checks.check_number(
+    "loss_scale_init", config.loss_scale_init, minimum=1, maximum=2.0**64
   )
   for field in ("weight_decay", "l2", "max_angle"):
     checks.check_number(field, getattr(config, field), minimum=0)

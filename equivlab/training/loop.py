@@ -338,13 +338,16 @@ def _restore(run: _Run) -> None:
 
 
 def _checkpoint_tree(train_state: state.TrainState) -> dict[str, Any]:
-  return {
+  tree = {
     "step": train_state.step,
     "params": train_state.params,
     "batch_stats": train_state.batch_stats,
     "opt_state": train_state.opt_state,
     "key": train_state.key,
   }
+  if train_state.loss_scale:  # float16 only: other checkpoints unchanged.
+    tree["loss_scale"] = train_state.loss_scale
+  return tree
 
 
 def _check_same_run(meta: dict[str, Any], run: _Run) -> None:

@@ -27,6 +27,9 @@ class TrainState(flax.struct.PyTreeNode):
     batch_stats: the "batch_stats" collection ({} if the model has none).
     opt_state: the optax state.
     key: uint32 `[2]` PRNG key; step t uses `fold_in(key, t)`.
+    loss_scale: the dynamic loss scale of float16 compute: {"scale":
+      float32 scalar, "counter": int32 scalar, the finite steps in a row
+      since the scale last changed}; {} for float32 and bfloat16.
   """
 
   step: jax.Array
@@ -34,6 +37,7 @@ class TrainState(flax.struct.PyTreeNode):
   batch_stats: Any
   opt_state: Any
   key: jax.Array
+  loss_scale: Any = flax.struct.field(default_factory=dict)
 
   def variables(self) -> dict[str, Any]:
     """The model variables: {"params": ..., "batch_stats": ...}."""
@@ -41,6 +45,24 @@ class TrainState(flax.struct.PyTreeNode):
     if self.batch_stats:
       variables["batch_stats"] = self.batch_stats
     return variables
+
+
+def initial_loss_scale(config: TrainConfig) -> dict[str, jax.Array]:
+  """The loss-scale state a run of `config` starts from.
+
+  Args:
+    config: the run's config.
+
+  Returns:
+    {"scale": `config.loss_scale_init` as float32, "counter": int32 0} for
+    `compute_dtype="float16"`; {} otherwise (no scaling).
+  """
+  if config.compute_dtype != "float16":
+    return {}
+  return {
+    "scale": jnp.asarray(config.loss_scale_init, jnp.float32),
+    "counter": jnp.zeros((), jnp.int32),
+  }
 
 
 def build_model(config: TrainConfig) -> nn.Module:
@@ -98,7 +120,8 @@ def create_train_state(
       `tx` is None.
 
   Returns:
-    A `TrainState` at step 0 with float32 parameters.
+    A `TrainState` at step 0 with float32 parameters (and the first loss
+    scale of float16 compute, `initial_loss_scale`).
 
   Raises:
     ValueError: if the input is not `[N, H, W, C]`, the model cannot take
@@ -127,4 +150,5 @@ def create_train_state(
     batch_stats=variables.get("batch_stats", {}),
     opt_state=opt_state,
     key=state_key,
+    loss_scale=initial_loss_scale(config),
   )

@@ -6,6 +6,14 @@ function, the optimizer and the step settings are closed over before
 runs. Randomness inside a step (augmentation, dropout) is
 `fold_in(state.key, state.step)`, so a step depends on nothing but its
 inputs, which is what makes resuming exact.
+
+Reduced precision follows Micikevicius et al., "Mixed Precision Training"
+(ICLR 2018), with DeepMind's `jmp`: float32 master weights, the forward and
+backward passes in `compute_dtype` (`jmp.Policy` casts), the loss and its
+softmax in float32. float16 (5 exponent bits: gradients below ~6e-8
+vanish) adds dynamic loss scaling (`jmp.DynamicLossScale`, its state in
+`TrainState.loss_scale`, so it is checkpointed with the rest); bfloat16
+keeps float32's exponent range and needs none.
 """
 
 import dataclasses
@@ -16,6 +24,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import jmp
 import optax
 
 from equivlab import data, regularization
@@ -33,6 +42,7 @@ class StepSpec:
   loss: str = "softmax_ce"
   l2: float = 0.0
   compute_dtype: str = "float32"
+  loss_scale_period: int = 2000
   augment: str = "none"
   max_shift: int = 4
   crop_padding: int = 4
@@ -78,12 +88,51 @@ def example_losses(loss: str, logits: jax.Array, labels: jax.Array):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def _cast(tree: Any, dtype: str) -> Any:
-  if dtype == "float32":
-    return tree
-  return jax.tree_util.tree_map(
-    lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-    tree,
+def policy(spec: StepSpec) -> jmp.Policy:
+  """float32 parameters and outputs, `spec.compute_dtype` computation."""
+  return jmp.Policy(
+    param_dtype=jnp.float32,
+    compute_dtype=jnp.dtype(spec.compute_dtype),
+    output_dtype=jnp.float32,
+  )
+
+
+def loss_scale(spec: StepSpec, state: TrainState) -> jmp.LossScale:
+  """The step's loss scale: dynamic for float16, a no-op otherwise.
+
+  Raises:
+    ValueError: if float16 compute meets a state without a loss scale
+      (one made for another `compute_dtype`).
+  """
+  if spec.compute_dtype != "float16":
+    return jmp.NoOpLossScale()
+  if set(state.loss_scale) != {"scale", "counter"}:
+    raise ValueError(
+      "compute_dtype 'float16' needs the state's loss scale {'scale', "
+      f"'counter'}}, got {state.loss_scale!r}; create the state with a "
+      "float16 config (train.create_train_state)."
+    )
+  return jmp.DynamicLossScale(
+    loss_scale=state.loss_scale["scale"],
+    counter=state.loss_scale["counter"],
+    period=spec.loss_scale_period,
+  )
+
+
+def _skip_unless_finite(
+  finite: jax.Array, new: TrainState, old: TrainState, scale: Any
+) -> TrainState:
+  """`new`, or `old` (one step on) if the gradients were not finite."""
+  kept = jmp.select_tree(
+    finite,
+    (new.params, new.batch_stats, new.opt_state),
+    (old.params, old.batch_stats, old.opt_state),
+  )
+  return new.replace(
+    params=kept[0],
+    batch_stats=kept[1],
+    opt_state=kept[2],
+    loss_scale={"scale": scale.loss_scale, "counter": scale.counter},
   )
 
 
@@ -101,38 +150,48 @@ def train_step_fn(
   (dropout from `fold_in(state.key, state.step)`, batch statistics
   updated) in `spec.compute_dtype`, adds the L2 penalty, and applies `tx`.
   Metrics are scalars "loss" (data loss plus penalty), "data_loss",
-  "accuracy" and "grad_norm".
+  "accuracy" and "grad_norm". float16 compute differentiates the loss
+  times `state.loss_scale["scale"]` and divides the gradients by it; a
+  step whose gradients are not all finite leaves the parameters, batch
+  statistics and optimizer state as they were and halves the scale
+  (`jmp.DynamicLossScale.adjust`; never below 1), and `loss_scale_period`
+  finite steps in a row double it. Its metrics add "loss_scale" (the
+  scale the step used) and "skipped" (1.0 for a skipped step, else 0.0).
   """
+  mixed = policy(spec)
 
-  def loss_fn(params, state, images, labels, dropout_key):
-    variables = {"params": _cast(params, spec.compute_dtype)}
+  def loss_fn(params, state, images, labels, dropout_key, scale):
+    variables = {"params": mixed.cast_to_compute(params)}
     mutable = []
     if state.batch_stats:
       variables["batch_stats"] = state.batch_stats
       mutable = ["batch_stats"]
     logits, updates = model.apply(
       variables,
-      _cast(images, spec.compute_dtype),
+      mixed.cast_to_compute(images),
       train=True,
       rngs={"dropout": dropout_key},
       mutable=mutable,
     )
-    logits = logits.astype(jnp.float32)
+    logits = mixed.cast_to_output(logits)
     data_loss = jnp.mean(example_losses(spec.loss, logits, labels))
     total = data_loss
     if spec.l2:
       total = total + regularization.l2_penalty(params, spec.l2)
-    return total, (data_loss, logits, updates.get("batch_stats", {}))
+    aux = (total, data_loss, logits, updates.get("batch_stats", {}))
+    return scale.scale(total), aux
 
   def train_step(state: TrainState, batch: Batch):
     step_key = jax.random.fold_in(state.key, state.step)
     augment_key, dropout_key = jax.random.split(step_key)
     images = augment(spec, augment_key, batch["image"])
     labels = batch["label"]
+    scale = loss_scale(spec, state)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (total, (data_loss, logits, batch_stats)), grads = grad_fn(
-      state.params, state, images, labels, dropout_key
+    (_, (total, data_loss, logits, batch_stats)), grads = grad_fn(
+      state.params, state, images, labels, dropout_key, scale
     )
+    grads = scale.unscale(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     # Keep the stored statistics' dtypes (bfloat16 compute must not change
     # the state's structure, or the step would compile again).
@@ -145,12 +204,20 @@ def train_step_fn(
       batch_stats=batch_stats,
       opt_state=opt_state,
     )
-    return new_state, {
+    metrics = {
       "loss": total,
       "data_loss": data_loss,
       "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
       "grad_norm": _global_norm(grads),
     }
+    if isinstance(scale, jmp.DynamicLossScale):
+      finite = jmp.all_finite(grads)
+      new_state = _skip_unless_finite(
+        finite, new_state, state, scale.adjust(finite)
+      )
+      metrics["loss_scale"] = scale.loss_scale
+      metrics["skipped"] = 1.0 - finite.astype(jnp.float32)
+    return new_state, metrics
 
   return train_step
 
@@ -165,11 +232,14 @@ def eval_step_fn(
   unmasked rows) and "count" (the number of unmasked rows).
   """
 
+  mixed = policy(spec)
+
   def eval_step(state: TrainState, batch: Batch) -> Metrics:
-    variables = _cast(state.variables(), spec.compute_dtype)
+    variables = mixed.cast_to_compute(state.variables())
     logits = model.apply(
-      variables, _cast(batch["image"], spec.compute_dtype), train=False
-    ).astype(jnp.float32)
+      variables, mixed.cast_to_compute(batch["image"]), train=False
+    )
+    logits = mixed.cast_to_output(logits)
     labels = batch["label"]
     mask = batch.get("mask")
     if mask is None:
