@@ -1,0 +1,342 @@
+r"""Seed 002 problem 2 (3): the smallest patch that makes a 6 any other digit.
+
+The seed slid grey patches over a 6 and could not change the CNN's answer.
+This trains the CNN (seed 003's, dense head) and Cohen & Welling's P4CNN on
+the digits, takes the first test digit of class `digit` that every model
+classifies correctly, and for each model and each other class finds the
+smallest square patch whose content, optimised by projected gradient within
+[0, 1] at searched positions (`equivlab.adversarial.smallest_patches`),
+makes the model predict that class. Beside it, the grid search of grey
+patches (`equivlab.occlusion.find_flipping_patch`, every side up to
+`max_size`, every centre): the smallest grey patch that changes the
+prediction, and which classes grey patches reach at all.
+
+    python -m experiments.adversarial_patch
+
+Writes into --workdir (default runs/adversarial_patch): results.json,
+results.md (the table of sides), timings.json, adversarial_<model>.png (the
+digit and its patched versions, one per class), adversarial_sizes.png (the
+sides per class, optimised and grey), patches.npz (the patched images) and
+one train workdir per model under runs/ (a rerun resumes there).
+"""
+
+import dataclasses
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from equivlab import adversarial, checks, data, models, occlusion, train, viz
+from experiments import _common
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(_common.TrainingOptions):
+  """Settings of the adversarial-patch study.
+
+  Attributes:
+    models: model names for `equivlab.models.get_model`.
+    num_epochs: training epochs per model.
+    batch_size: training batch size.
+    learning_rate: Adam's peak learning rate (cosine decay to 0).
+    seed: seed of the training runs and of the patches' random starts.
+    train_limit: use only this many training digits (default: all).
+    test_limit: use only this many test digits (default: all).
+    digit: the class of the attacked test digit (the seed's 6).
+    max_size: the largest patch side tried (optimised and grey), in
+      [1, 28].
+    grid: patch corners per axis of the regular grid of positions.
+    num_salient: more positions, where the target's gradient is largest.
+    num_steps: the most projected-gradient steps per side and class.
+    step_size: the change of every patch pixel per step, in (0, 1].
+    patch_value: grey level of the grid search's patches, in [0, 1].
+  """
+
+  models: tuple[str, ...] = ("cnn", "p4cnn")
+  num_epochs: int = 3
+  batch_size: int = 64
+  learning_rate: float = 3e-3
+  seed: int = 0
+  train_limit: int | None = None
+  test_limit: int | None = None
+  digit: int = 6
+  max_size: int = 20
+  grid: int = 4
+  num_salient: int = 8
+  num_steps: int = 40
+  step_size: float = 0.1
+  patch_value: float = 0.5
+
+  def __post_init__(self):
+    _common.check_config(self)
+    unknown = [m for m in self.models if m not in models.MODEL_NAMES]
+    if not self.models or unknown or len(set(self.models)) < len(self.models):
+      raise ValueError(
+        f"models must be distinct names from {models.MODEL_NAMES}, got "
+        f"{self.models}" + (f" (unknown: {unknown})." if unknown else ".")
+      )
+    for name in ("num_epochs", "batch_size", "grid", "num_steps"):
+      checks.check_int(name, getattr(self, name), minimum=1)
+    for name in ("train_limit", "test_limit"):
+      checks.check_int(name, getattr(self, name), minimum=1, allow_none=True)
+    checks.check_int("seed", self.seed, minimum=0)
+    checks.check_int("num_salient", self.num_salient, minimum=0)
+    checks.check_int("digit", self.digit, minimum=0, maximum=9)
+    side = 28 if self.dataset == "embedded" else None
+    checks.check_int("max_size", self.max_size, minimum=1, maximum=side)
+    checks.check_number(
+      "learning_rate", self.learning_rate, minimum=0, strict_minimum=True
+    )
+    checks.check_number(
+      "step_size", self.step_size, minimum=0, maximum=1, strict_minimum=True
+    )
+    checks.check_number("patch_value", self.patch_value, minimum=0, maximum=1)
+
+
+def _test_digits(config: Config):
+  """The test digits, checked against the settings before any training."""
+  test_x, test_y = data.load_dataset(
+    config.dataset, "test", data_dir=config.data_dir, download=config.download
+  )
+  test_x, test_y = test_x[: config.test_limit], test_y[: config.test_limit]
+  side = min(test_x.shape[1:3])
+  checks.check_int("max_size", config.max_size, minimum=1, maximum=side)
+  if not np.any(test_y == config.digit):
+    raise ValueError(
+      f"digit must be a class of the test digits, got {config.digit}."
+    )
+  return test_x, test_y
+
+
+def base_config(config: Config) -> train.TrainConfig:
+  """The `TrainConfig` every model trains with (Adam, cosine decay)."""
+  return train.TrainConfig(
+    **config.train_options(),
+    train_limit=config.train_limit,
+    test_limit=config.test_limit,
+    num_epochs=config.num_epochs,
+    batch_size=config.batch_size,
+    learning_rate=config.learning_rate,
+    schedule="cosine",
+  )
+
+
+def _train(config: Config, workdir: pathlib.Path):
+  variants = {name: {"model": name} for name in config.models}
+  trained, seconds = _common.train_grid(
+    base_config(config), variants, [config.seed], workdir
+  )
+  return {name: results[0] for name, results in trained.items()}, seconds
+
+
+def pick_image(predictions: list[np.ndarray], labels, digit: int) -> int:
+  """The first test index of class `digit` that every model gets right.
+
+  Raises:
+    ValueError: if there is none.
+  """
+  right = labels == digit
+  for predicted in predictions:
+    right &= np.asarray(predicted) == digit
+  if not right.any():
+    raise ValueError(
+      f"no test digit of class {digit} is classified correctly by every "
+      "model; train longer or choose another --digit."
+    )
+  return int(np.flatnonzero(right)[0])
+
+
+def _attack(config: Config, result, image) -> tuple[dict, dict, dict]:
+  """(optimised patches per class, the grey grid search, seconds)."""
+
+  def apply_fn(x):
+    return result.model.apply(result.variables, x, train=False)
+
+  start = time.perf_counter()
+  patches = adversarial.smallest_patches(
+    apply_fn,
+    image,
+    config.digit,
+    max_size=config.max_size,
+    grid=config.grid,
+    num_salient=config.num_salient,
+    num_steps=config.num_steps,
+    step_size=config.step_size,
+    seed=config.seed,
+  )
+  middle = time.perf_counter()
+  grey = occlusion.find_flipping_patch(
+    jax.jit(apply_fn),
+    image,
+    config.digit,
+    sizes=range(1, config.max_size + 1),
+    value=config.patch_value,
+  )
+  seconds = {"optimised": middle - start, "grey": time.perf_counter() - middle}
+  return patches, grey, seconds
+
+
+def smallest_grey_sides(grey: dict[str, Any]) -> dict[int, int]:
+  """Class -> the smallest grey side whose patch somewhere gives it."""
+  sides: dict[int, int] = {}
+  for size, labels in sorted(grey["labels"].items()):
+    for label in labels:
+      sides.setdefault(int(label), int(size))
+  return sides
+
+
+def _record(config, result, patches, grey) -> dict[str, Any]:
+  keys = ("found", "size", "row", "col", "probability", "steps", "tried")
+  optimised = {t: {k: r[k] for k in keys if k in r} for t, r in patches.items()}
+  sides = [r["size"] for r in patches.values() if r["found"]]
+  return {
+    "test_accuracy": result["test_accuracy"],
+    "num_params": result["num_params"],
+    "optimised": optimised,
+    "smallest_optimised": min(sides) if sides else None,
+    "largest_optimised": max(sides) if sides else None,
+    "grey_search": grey,
+    "grey_sides": smallest_grey_sides(grey),
+  }
+
+
+def _targets(config: Config) -> list[int]:
+  return [t for t in range(10) if t != config.digit]
+
+
+def _table(config: Config, records: dict[str, dict]) -> str:
+  rows = []
+  for name, record in records.items():
+    grey = record["grey_search"]
+    for kind, sides, smallest in (
+      (
+        "optimised",
+        {t: r.get("size") for t, r in record["optimised"].items()},
+        record["smallest_optimised"],
+      ),
+      ("grey", record["grey_sides"], grey.get("size")),
+    ):
+      row = {
+        "model": name,
+        "test acc": f"{record['test_accuracy']:.4f}",
+        "patch": kind,
+        "any class": "-" if smallest is None else smallest,
+      }
+      for target in _targets(config):
+        side = sides.get(target)
+        row[f"-> {target}"] = "-" if side is None else side
+      rows.append(row)
+  return viz.format_table(rows) + (
+    f"\n(smallest side in pixels of a square patch that makes the model "
+    f"call the {config.digit} each class; '-': none up to "
+    f"{config.max_size} px)"
+  )
+
+
+def _figures(config, workdir, image, patches, records) -> None:
+  targets = _targets(config)
+  for name, found in patches.items():
+    images, titles = [image], [f"{name}: original\npredicted {config.digit}"]
+    for target in targets:
+      result = found[target]
+      if result["found"]:
+        s = result["size"]
+        images.append(result["patched"])
+        titles.append(
+          f"-> {target}: {s}x{s} patch\np={result['probability']:.2f}"
+        )
+      else:
+        images.append(image)
+        titles.append(f"-> {target}: none\nup to {config.max_size} px")
+    viz.plot_images(
+      np.stack(images),
+      workdir / f"adversarial_{name}.png",
+      titles=titles,
+      ncols=5,
+      title=(
+        f"{name}: the smallest optimised patch that turns the {config.digit} "
+        "into each class"
+      ),
+    )
+  series = {}
+  for name, record in records.items():
+    series[f"{name} optimised"] = [
+      record["optimised"][t].get("size", np.nan) for t in targets
+    ]
+    series[f"{name} grey"] = [
+      record["grey_sides"].get(t, np.nan) for t in targets
+    ]
+  viz.plot_bars(
+    [str(t) for t in targets],
+    series,
+    workdir / "adversarial_sizes.png",
+    ylabel="smallest patch side (pixels)",
+    title=(
+      f"Smallest patch turning the {config.digit} into each class (no bar: "
+      f"none up to {config.max_size} px)"
+    ),
+    value_format="{:.0f}",
+  )
+
+
+def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains the models, then finds the smallest flipping patches.
+
+  Args:
+    config: the study's settings.
+    workdir: where results.json, the PNGs and the per-model runs go.
+
+  Returns:
+    The contents of results.json: "config", "test_index" (the attacked
+    digit), "models" (per model: test accuracy, parameters, per class the
+    smallest optimised patch with its position, target probability and
+    the sides tried, the grey grid search and per class its smallest grey
+    side) and "table".
+
+  Raises:
+    ValueError: if no test digit of class `digit` is classified correctly
+      by every model (after training), or the settings do not fit a tfds
+      data set's images (before).
+    FileNotFoundError: if a tfds data set is not prepared.
+  """
+  workdir = pathlib.Path(workdir)
+  test_x, test_y = _test_digits(config)
+  start = time.perf_counter()
+  trained, seconds = _train(config, workdir)
+  predictions = [np.argmax(r.logits(test_x), -1) for r in trained.values()]
+  index = pick_image(predictions, test_y, config.digit)
+  image = test_x[index]
+  records, patches = {}, {}
+  for name, result in trained.items():
+    patches[name], grey, seconds[f"{name} attack"] = _attack(
+      config, result, image
+    )
+    records[name] = _record(config, result, patches[name], grey)
+  table = _table(config, records)
+  _figures(config, workdir, image, patches, records)
+  np.savez_compressed(
+    workdir / "patches.npz",
+    **{
+      f"{name}_to_{t}": r["patched"]
+      for name, found in patches.items()
+      for t, r in found.items()
+      if r["found"]
+    },
+  )
+  seconds["total"] = time.perf_counter() - start
+  results = {
+    "config": dataclasses.asdict(config),
+    "test_index": index,
+    "models": records,
+    "table": table,
+  }
+  _common.write_results(workdir, results, table=table, timings=seconds)
+  return results
+
+
+define_flags, main = _common.entry_points(Config, run, "adversarial_patch")
+
+if __name__ == "__main__":
+  _common.launch(main, define_flags)
