@@ -130,12 +130,33 @@ def decoupled_weight_decay(
 # ---------------------------------------------------------------------------
 
 
+def _check_members(params_list: Sequence[PyTree]) -> None:
+  """Raises ValueError unless there are members, all of one structure."""
+  if not params_list:
+    raise ValueError("params_list must hold at least one member, got none.")
+  first = jax.tree.structure(params_list[0])
+  shapes = [jnp.shape(x) for x in jax.tree.leaves(params_list[0])]
+  for m, params in enumerate(params_list[1:], start=1):
+    if jax.tree.structure(params) != first or shapes != [
+      jnp.shape(x) for x in jax.tree.leaves(params)
+    ]:
+      raise ValueError(
+        f"params_list members must share one structure and shapes; member "
+        f"{m} differs from member 0 ({jax.tree.structure(params)} vs "
+        f"{first})."
+      )
+
+
 def ensemble_predict(
   apply_fn: Callable[[PyTree, jax.Array], jax.Array],
   params_list: Sequence[PyTree],
   x: jax.Array,
 ) -> jax.Array:
   """`g(x) = 1/M sum_m f(x; theta_m)`: the ensemble of seed 004 4(e).
+
+  For classifiers, let `f` return probabilities (a softmax), so that `g`
+  is the mixture of the members' predictive distributions; averaging
+  logits instead gives a (normalised) geometric mean, another model.
 
   Args:
     apply_fn: `f(params, x)`.
@@ -146,16 +167,29 @@ def ensemble_predict(
     The averaged predictions.
 
   Raises:
-    ValueError: if `params_list` is empty.
+    ValueError: if `params_list` is empty, its members differ in
+      structure, or their predictions differ in shape.
   """
-  if not params_list:
-    raise ValueError("params_list must hold at least one member, got none.")
+  _check_members(params_list)
   preds = [apply_fn(p, x) for p in params_list]
+  shapes = {jnp.shape(p) for p in preds}
+  if len(shapes) != 1:
+    raise ValueError(
+      f"the members' predictions must share one shape, got {sorted(shapes)}."
+    )
   return sum(preds) / len(preds)
 
 
 def average_parameters(params_list: Sequence[PyTree]) -> PyTree:
   """`1/M sum_m theta_m`: what the seed's question wrote, NOT an ensemble.
+
+  Networks trained from different initialisations compute similar
+  functions with differently ordered hidden units (any permutation of a
+  layer's units, with the next layer's inputs permuted alike, computes
+  the same function), so their average mixes unrelated units. Given
+  variables with "batch_stats", the running means and variances are
+  averaged element-wise too; they are then not the statistics of the
+  averaged network's activations.
 
   Args:
     params_list: parameters of the same structure.
@@ -164,10 +198,10 @@ def average_parameters(params_list: Sequence[PyTree]) -> PyTree:
     Their element-wise mean.
 
   Raises:
-    ValueError: if `params_list` is empty.
+    ValueError: if `params_list` is empty or its members differ in
+      structure or shapes.
   """
-  if not params_list:
-    raise ValueError("params_list must hold at least one member, got none.")
+  _check_members(params_list)
   return jax.tree.map(lambda *ps: sum(ps) / len(ps), *params_list)
 
 
