@@ -554,3 +554,28 @@ def test_float16_interrupted_run_resumes_bitwise_with_its_loss_scale(
   assert any(r["skipped"] for r in steps[:8])
   assert len(set(scales[:8])) > 1 and len(set(scales[8:])) > 1
   assert scales[8] != config.loss_scale_init
+
+
+def test_workdir_from_before_the_loss_scale_fields_still_resumes(
+  monkeypatch, tmp_path
+):
+  # A checkpoint's config written before `loss_scale_init` and
+  # `loss_scale_period` existed: the missing fields count as defaults.
+  config = dataclasses.replace(TINY, num_epochs=1, num_devices=1)
+  to_json = train.TrainConfig.to_json
+
+  def old_to_json(self):
+    fields = to_json(self)
+    for name in ("loss_scale_init", "loss_scale_period"):
+      del fields[name]
+    return fields
+
+  with monkeypatch.context() as patch:
+    patch.setattr(train.TrainConfig, "to_json", old_to_json)
+    before = train.train_and_evaluate(config, tmp_path)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert "loss_scale_init" not in saved
+  assert train.train_and_evaluate(config, tmp_path) == before
+  other = dataclasses.replace(config, loss_scale_period=7)
+  with pytest.raises(ValueError, match="loss_scale_period: saved 2000"):
+    train.train_and_evaluate(other, tmp_path)

@@ -367,6 +367,8 @@ def _check_same_run(meta: dict[str, Any], run: _Run) -> None:
       f"{current['model_fingerprint']}; use a fresh workdir, or the same "
       "model to resume."
     )
+  # A field added since the checkpoint was written counts as its default.
+  saved = {**TrainConfig().to_json(), **saved}
   differ = sorted(
     name
     for name in set(saved) | set(current)
