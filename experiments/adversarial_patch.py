@@ -65,7 +65,7 @@ class Config(_common.TrainingOptions):
   max_size: int = 20
   grid: int = 4
   num_salient: int = 8
-  num_steps: int = 40
+  num_steps: int = 30
   step_size: float = 0.1
   patch_value: float = 0.5
 
