@@ -51,6 +51,9 @@ MODELS = tuple(DEFAULT_FEATURES)
 TRAIN_SETS = ("rotated", "upright")
 # The four test sets, in table order.
 TEST_SETS = ("upright", "mirrored", "rotated", "rotated+mirrored")
+# The test sets whose confusion matrices are kept and whose most frequent
+# mistakes the table lists.
+MISTAKE_SETS = ("rotated", "rotated+mirrored")
 # The 8 roto-reflections of p4m, by flat index (0..3 rotations, 4..7
 # "mirror then rotate"); names as `testing.element_name` writes them.
 ELEMENTS = tuple(testing.element_name(g) for g in groups.elements("p4m"))
@@ -140,6 +143,36 @@ LogitsFn = Callable[[np.ndarray], np.ndarray]
 def error_percent(logits: np.ndarray, labels: np.ndarray) -> float:
   """Percentage of rows of `logits [N, K]` whose argmax is not `labels`."""
   return float(100.0 * np.mean(np.argmax(np.asarray(logits), -1) != labels))
+
+
+def confusion(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """Counts `[K, K]`: row = true label, column = predicted class.
+
+  Args:
+    logits: `[N, K]`.
+    labels: int `[N]` in `[0, K)`.
+  """
+  logits = np.asarray(logits)
+  counts = np.zeros((logits.shape[-1],) * 2, np.int64)
+  np.add.at(counts, (np.asarray(labels), np.argmax(logits, -1)), 1)
+  return counts
+
+
+def top_mistakes(counts: np.ndarray, k: int = 3) -> list[tuple[int, ...]]:
+  """The `k` most frequent `(true, predicted, count)` of a confusion matrix.
+
+  Off the diagonal only, largest count first (ties: smaller true label,
+  then smaller predicted class); pairs never confused are left out.
+  """
+  counts = np.asarray(counts)
+  pairs = [
+    (int(counts[t, p]), t, p)
+    for t in range(len(counts))
+    for p in range(len(counts))
+    if t != p and counts[t, p] > 0
+  ]
+  pairs.sort(key=lambda c: (-c[0], c[1], c[2]))
+  return [(t, p, n) for n, t, p in pairs[:k]]
 
 
 def mirror(images: np.ndarray) -> np.ndarray:
@@ -270,6 +303,7 @@ def _record(config, name, seed, result, sets, labels) -> dict[str, Any]:
     "errors": {k: error_percent(v, labels) for k, v in logits.items()},
     "logit_change": logit_changes(result.logits, probe),
     "pred_change": prediction_changes(result.logits, probe),
+    "confusion": {key: confusion(logits[key], labels) for key in MISTAKE_SETS},
     "predictions": {
       k: np.argmax(v[:8], -1).tolist() for k, v in logits.items()
     },
@@ -309,7 +343,11 @@ def _row(config: Config, name: str, mine: list[dict]) -> dict[str, Any]:
   row["pred. changes, mirrors"] = "{:.3f}".format(
     np.mean([r["pred_change"][e] for r in mine for e in MIRRORS])
   )
-  return {**row, "stats": stats}
+  mistakes = {
+    key: top_mistakes(sum(np.asarray(r["confusion"][key]) for r in mine))
+    for key in MISTAKE_SETS
+  }
+  return {**row, "stats": stats, "mistakes": mistakes}
 
 
 def _rows(config: Config, records: list[dict]) -> list[dict[str, Any]]:
@@ -320,9 +358,8 @@ def _rows(config: Config, records: list[dict]) -> list[dict[str, Any]]:
 
 
 def _table(config: Config, rows: list[dict]) -> str:
-  columns = [c for c in rows[0] if c != "stats"]
-  table = viz.format_table(rows, columns)
-  return table + (
+  columns = [c for c in rows[0] if c not in ("stats", "mistakes")]
+  table = viz.format_table(rows, columns) + (
     f"\n(trained on {config.train_set} digits; errors: mean +- sample "
     f"standard deviation over {config.num_seeds} seeds; mirror cost: "
     f"rotated+mirrored error - rotated error, the same digits and angles; "
@@ -331,6 +368,14 @@ def _table(config: Config, rows: list[dict]) -> str:
     f"{config.train_set} test digits; pred. changes: fraction of those "
     f"digits whose class changes, mean over the 4 mirror elements)"
   )
+  table += "\nMost frequent mistakes (true -> predicted: count over seeds):"
+  for row in rows:
+    table += f"\n- {row['model']}: " + "; ".join(
+      f"{key} "
+      + ", ".join(f"{t} -> {p}: {n}" for t, p, n in row["mistakes"][key])
+      for key in MISTAKE_SETS
+    )
+  return table
 
 
 def _mean_over_seeds(records, name, key) -> list[float]:
@@ -421,9 +466,11 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   Returns:
     The contents of results.json: "config", "runs" (one record per model
     and seed: parameters, error per test set in percent, the relative logit
-    change and the fraction of changed predictions per p4m element), "rows"
-    (one per model: the table's cells and "stats", the mean and sample std
-    of the error per test set), "table" (the printed markdown).
+    change and the fraction of changed predictions per p4m element, the
+    confusion matrices of `MISTAKE_SETS`), "rows" (one per model: the
+    table's cells, "stats", the mean and sample std of the error per test
+    set, and "mistakes", the most frequent (true, predicted, count) per set
+    of `MISTAKE_SETS`, summed over seeds), "table" (the printed markdown).
 
   Raises:
     FileNotFoundError: if a tfds data set is not prepared.

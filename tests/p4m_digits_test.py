@@ -95,7 +95,19 @@ def test_run_writes_checked_results_and_figures(study):
   assert set(p4mcnn["pred_change"].values()) == {0.0}
   assert max(p4cnn["pred_change"][e] for e in p4m_digits.MIRRORS) > 0
   assert [p4cnn["pred_change"][e] for e in p4m_digits.ROTATIONS] == [0.0] * 3
+  # Confusion matrices against the study's own errors and its predictions.
+  n = config.test_limit
+  for record in saved["runs"]:
+    for key in p4m_digits.MISTAKE_SETS:
+      counts = np.asarray(record["confusion"][key])
+      assert counts.sum() == n
+      wrong = 100 * (n - np.trace(counts)) / n
+      assert wrong == pytest.approx(record["errors"][key])
   for row, mine in zip(saved["rows"], saved["runs"], strict=True):
+    assert row["mistakes"] == {
+      key: [list(m) for m in p4m_digits.top_mistakes(mine["confusion"][key])]
+      for key in p4m_digits.MISTAKE_SETS
+    }
     assert row["stats"]["rotated"] == [mine["errors"]["rotated"], 0.0]
     cost = mine["errors"]["rotated+mirrored"] - mine["errors"]["rotated"]
     assert row["mirror cost (points)"] == f"{cost:+.2f} +- 0.00"
@@ -219,6 +231,18 @@ def test_changes_of_a_function_by_hand():
     assert moved[name] == np.mean(np.argmax(logits, -1) != pred)
   assert changes["identity"] == 0.0 and moved["identity"] == 0.0
   assert changes["rot 90"] > 0.1 and changes["mirror then rot 90"] < 1e-6
+
+
+def test_confusion_and_top_mistakes_by_hand():
+  labels = np.array([0, 0, 1, 2, 2, 2])
+  predicted = np.array([0, 1, 1, 1, 0, 1])
+  logits = np.eye(3)[predicted]
+  want = np.array([[1, 1, 0], [0, 1, 0], [1, 2, 0]])
+  np.testing.assert_array_equal(p4m_digits.confusion(logits, labels), want)
+  # 2 -> 1 twice; then the ties 0 -> 1 and 2 -> 0 by true label.
+  assert p4m_digits.top_mistakes(want) == [(2, 1, 2), (0, 1, 1), (2, 0, 1)]
+  assert p4m_digits.top_mistakes(want, k=1) == [(2, 1, 2)]
+  assert p4m_digits.top_mistakes(np.eye(3, dtype=int)) == []
 
 
 def test_error_percent():
