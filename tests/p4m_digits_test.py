@@ -233,6 +233,24 @@ def test_changes_of_a_function_by_hand():
   assert changes["rot 90"] > 0.1 and changes["mirror then rot 90"] < 1e-6
 
 
+@pytest.mark.parametrize(
+  ("dataset", "train_set", "trained_on", "augment"),
+  [
+    ("embedded", "rotated", "embedded_rot", "none"),
+    ("embedded", "upright", "embedded", "none"),
+    ("mnist", "rotated", "mnist", "rotate"),
+    ("mnist", "upright", "mnist", "none"),
+  ],
+)
+def test_what_each_train_set_trains_on(dataset, train_set, trained_on, augment):
+  config = p4m_digits.Config(
+    dataset=dataset, train_set=train_set, num_epochs=2, train_limit=7
+  )
+  base = p4m_digits.base_config(config)
+  assert (base.dataset, base.augment) == (trained_on, augment)
+  assert (base.num_epochs, base.train_limit, base.schedule) == (2, 7, "cosine")
+
+
 def test_confusion_and_top_mistakes_by_hand():
   labels = np.array([0, 0, 1, 2, 2, 2])
   predicted = np.array([0, 1, 1, 1, 0, 1])
