@@ -44,7 +44,7 @@ NORMS = (None, "batch")
 class Config(_common.TrainingOptions, _common.SeedOptions):
   """Settings of the ensembles study.
 
-  The defaults take about 10 minutes on 2 shared CPU cores.
+  The defaults take about 5 minutes on 2 shared CPU cores.
 
   Attributes:
     num_seeds: members trained (one per seed); ensembles of M = 1 ..

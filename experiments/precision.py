@@ -564,7 +564,7 @@ def _figures(config, workdir, rows, p4_rows, timings) -> None:
       workdir / "equivariance.png",
       ylabel="equivariance error / eps of the precision",
       title="P4CNN's p4 layers: rotation equivariance error in units of eps",
-      value_format="{:.1f}",
+      value_format="{:.2g}",
     )
 
 
