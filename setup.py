@@ -32,7 +32,9 @@ _EXTRAS = {
     "pytest>=8.0",
     "pytest-xdist>=3.5",
     "rlax>=0.1.6",  # a test-only oracle; it pulls tfp-nightly.
-    "ruff>=0.6",
+    # Pinned: the format check (also of the README's Python blocks) must not
+    # change with a new ruff release.
+    "ruff==0.17.6",
   ],
   "tf": ["tensorflow-cpu>=2.16"],
   # Peer implementations that benchmarks compare against, when present.
