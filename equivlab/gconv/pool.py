@@ -1,0 +1,97 @@
+"""Pooling over the group axis and over space."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from equivlab import checks
+from equivlab.gconv.conv import check_fits, wrap_pad
+from equivlab.gconv.padding import (
+  Padding,
+  check_rank,
+  check_stride,
+  normalize_padding,
+)
+
+_REDUCTIONS = ("max", "mean")
+
+
+def group_pool(f: jax.Array, reduce: str = "max") -> jax.Array:
+  """Pools the group axis away: `[N, H, W, C, G] -> [N, H, W, C]`.
+
+  The result is invariant in its channels and equivariant in space: it
+  rotates (and mirrors) with the input like an image.
+
+  Raises:
+    ValueError: if `f` is not of rank 5 or `reduce` is unknown.
+  """
+  checks.check_choice("reduce", reduce, _REDUCTIONS)
+  check_rank(f, 5, "a group feature map [N, H, W, C, G]", "f")
+  f = jnp.asarray(f)
+  return jnp.max(f, axis=-1) if reduce == "max" else jnp.mean(f, axis=-1)
+
+
+def spatial_max_pool(
+  f: jax.Array,
+  window: int,
+  strides: int | None = None,
+  padding: Padding = "VALID",
+) -> jax.Array:
+  """Max pooling over (H, W) of group maps `[N, H, W, C, G]` (or images).
+
+  Equivariant exactly where `is_exactly_equivariant(H, window, strides,
+  padding)` holds: e.g. a 2x2 window with stride 2 on an even size.
+
+  Args:
+    f: `[N, H, W, C, G]` group maps or `[N, H, W, C]` images, of a float,
+      int or bool dtype (the result keeps it).
+    window: the square window's side.
+    strides: the stride; `window` if None.
+    padding: "SAME", "VALID", "CIRCULAR", an int or explicit (lo, hi)
+      pairs.
+
+  Returns:
+    The pooled array, same rank as `f`.
+
+  Raises:
+    ValueError: wrong rank, bad window, stride or padding, or a window that
+      does not fit the padded input (naming the smallest accepted size).
+    TypeError: for a complex (or other non-real) dtype.
+  """
+  if np.ndim(f) not in (4, 5):
+    raise ValueError(
+      f"f must be a group feature map [N, H, W, C, G] (rank 5) or images "
+      f"[N, H, W, C] (rank 4), got shape {np.shape(f)}."
+    )
+  window = check_stride(window, "window")
+  strides = window if strides is None else check_stride(strides, "strides")
+  padding = normalize_padding(padding)
+  check_fits(f, "f", window, strides, padding, what="window")
+  f = jnp.asarray(f)
+  rest = (1,) * (f.ndim - 3)
+  if padding == "CIRCULAR":
+    f, padding = wrap_pad(f, window, strides), "VALID"
+  if not isinstance(padding, str):
+    padding = ((0, 0), *padding, *((0, 0),) * len(rest))
+  return lax.reduce_window(
+    f,
+    _max_identity(f.dtype),  # concrete: keeps reduce_window_max
+    lax.max,
+    (1, window, window, *rest),
+    (1, strides, strides, *rest),
+    padding,
+  )
+
+
+def _max_identity(dtype) -> np.ndarray:
+  """The smallest value of `dtype`: the start of a running maximum."""
+  if jnp.issubdtype(dtype, jnp.floating):
+    return np.array(-np.inf, dtype=dtype)
+  if jnp.issubdtype(dtype, jnp.integer):
+    return np.array(np.iinfo(dtype).min, dtype=dtype)
+  if dtype == np.bool_:
+    return np.array(False)
+  raise TypeError(
+    f"f must have a real (float, int or bool) dtype, got {dtype}."
+  )
