@@ -7,18 +7,25 @@ r"""DQN throughput: the fully jitted loop against a Python-driven loop.
     jitted `update`, with the replay buffer in NumPy on the host and the
     target copy done in Python. Same hyperparameters, same env steps, one
     seed each; compilation is excluded from both timings.
-(b) the jitted loop with 1, 4 and 8 seeds under `jax.vmap`.
+(b) the jitted loop with 1, 4 and 16 seeds under `jax.vmap`.
+(c) before/after: today's loop against the first implementation, kept op
+    for op in `benchmarks/dqn_reference.py`, at the same seed counts, timed
+    in turn in one process (alternating run by run, the fastest of
+    `--repeats` runs of each side kept).
 
 Prints the env-steps-per-second figures and ratios, and writes them to
 `--output` as JSON.
 
-  python -m benchmarks.dqn --total_env_steps=50000
+  python -m benchmarks.dqn --total_env_steps=20000 --seed_counts=1,4,16
 """
 
 import dataclasses
 import json
+import math
 import os
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,17 +33,23 @@ import numpy as np
 import optax
 from absl import app, flags, logging
 
+from benchmarks import dqn_reference
 from equivlab.rl import dqn, tabular, value_learning
 from equivlab.rl import envs as envs_lib
 
 _TOTAL_ENV_STEPS = flags.DEFINE_integer(
   "total_env_steps", 50_000, "Env steps per seed for every measurement."
 )
-_SEEDS = flags.DEFINE_list(
-  "seeds", ["1", "4", "8"], "Numbers of vmapped seeds to time in part (b)."
+_SEED_COUNTS = flags.DEFINE_list(
+  "seed_counts",
+  ["1", "4", "16"],
+  "Numbers of vmapped seeds to time in parts (b) and (c).",
 )
 _REPEATS = flags.DEFINE_integer(
-  "repeats", 1, "Timed runs per measurement; the fastest is kept."
+  "repeats",
+  3,
+  "Timed runs per measurement (in (c) the two sides alternate run by run); "
+  "the fastest is kept.",
 )
 _OUTPUT = flags.DEFINE_string(
   "output", "/tmp/equivlab_dqn_benchmark.json", "Where to write results."
@@ -54,39 +67,99 @@ def benchmark_config(total_env_steps: int) -> dqn.DQNConfig:
   )
 
 
-def time_jitted(config: dqn.DQNConfig, num_seeds: int, repeats: int = 1):
-  """Env steps per second of `jit(vmap(train))` over `num_seeds` seeds.
+def compile_train(
+  config: dqn.DQNConfig, num_seeds: int, make_train=dqn.make_train
+) -> tuple[Callable[[], tuple[float, float, list[float]]], float]:
+  """`jit(vmap(train))` over `num_seeds` seeds, compiled ahead of timing.
+
+  Args:
+    config: the settings.
+    num_seeds: seeds trained together under `vmap`.
+    make_train: `dqn.make_train` or `dqn_reference.make_train`.
 
   Returns:
-    `(steps_per_second, compile_seconds, final_greedy_returns,
-    steps_per_cpu_second)`; the last counts the process's CPU time, which
-    other load on a shared machine disturbs less than wall time.
+    `(run, compile_seconds)`; `run()` trains once and returns `(wall
+    seconds, CPU seconds, final greedy returns)`. CPU time counts the
+    process's CPU time, which other load on a shared machine disturbs less
+    than wall time.
   """
-  train = jax.jit(jax.vmap(dqn.make_train(config)))
+  train = jax.jit(jax.vmap(make_train(config)))
   keys = jax.random.split(jax.random.key(0), num_seeds)
   start = time.perf_counter()
   compiled = train.lower(keys).compile()
   compile_s = time.perf_counter() - start
-  best, best_cpu = float("inf"), float("inf")
-  out = None
-  for _ in range(repeats):
+
+  def run():
     start, start_cpu = time.perf_counter(), time.process_time()
     out = jax.block_until_ready(compiled(keys))
-    best = min(best, time.perf_counter() - start)
-    best_cpu = min(best_cpu, time.process_time() - start_cpu)
-  returns = np.asarray(out["metrics"]["eval_return"][:, -1]).tolist()
-  steps = num_seeds * config.total_env_steps
-  return steps / best, compile_s, returns, steps / best_cpu
+    wall = time.perf_counter() - start
+    returns = np.asarray(out["metrics"]["eval_return"][:, -1]).tolist()
+    return wall, time.process_time() - start_cpu, returns
+
+  return run, compile_s
 
 
-def python_loop(config: dqn.DQNConfig, seed: int = 0, warmup: bool = False):
-  """DQN driven from Python, CleanRL style.
+def time_in_turn(
+  config: dqn.DQNConfig, num_seeds: int, repeats: int, makers: dict
+) -> dict:
+  """Times several `make_train`s in turn, `repeats` rounds, best of each.
 
-  Returns `(wall seconds, CPU seconds, final greedy return)`.
+  Alternating the sides round by round lets a change in the machine's load
+  touch all of them alike.
 
-  The same network, optimizer, loss, epsilon schedule, train/target periods
-  and evaluation as `dqn.make_train`; only the control flow differs.
+  Returns:
+    name -> `(steps_per_second, compile_seconds, final_greedy_returns,
+    steps_per_cpu_second)`.
   """
+  compiled = {
+    name: compile_train(config, num_seeds, make)
+    for name, make in makers.items()
+  }
+  best = {name: [math.inf, math.inf, None] for name in makers}
+  for _ in range(repeats):
+    for name, (run, _) in compiled.items():
+      wall, cpu, returns = run()
+      best[name] = [
+        min(best[name][0], wall),
+        min(best[name][1], cpu),
+        returns,
+      ]
+  steps = num_seeds * config.total_env_steps
+  return {
+    name: (steps / wall, compiled[name][1], returns, steps / cpu)
+    for name, (wall, cpu, returns) in best.items()
+  }
+
+
+def time_jitted(
+  config: dqn.DQNConfig,
+  num_seeds: int,
+  repeats: int = 1,
+  make_train=dqn.make_train,
+):
+  """Env steps per second of `jit(vmap(train))` over `num_seeds` seeds.
+
+  Returns:
+    `(steps_per_second, compile_seconds, final_greedy_returns,
+    steps_per_cpu_second)`, the fastest of `repeats` runs.
+  """
+  return time_in_turn(config, num_seeds, repeats, {"": make_train})[""]
+
+
+class _PythonParts(NamedTuple):
+  """The jitted pieces a CleanRL-style loop calls from Python."""
+
+  network: dqn.QNetwork
+  optimizer: optax.GradientTransformation
+  reset: Callable
+  env_step: Callable
+  act: Callable
+  update: Callable
+  evaluate: Callable
+
+
+def _python_parts(config: dqn.DQNConfig) -> _PythonParts:
+  """Jitted reset, act, env step, update and evaluation for `config`."""
   env, env_params = dqn.make_env(config)
   network = dqn.make_network(config, envs_lib.num_actions(env, env_params))
   optimizer = dqn.make_optimizer(config)
@@ -95,13 +168,6 @@ def python_loop(config: dqn.DQNConfig, seed: int = 0, warmup: bool = False):
     value_learning.huber_loss
     if config.loss == "huber"
     else value_learning.l2_loss
-  )
-  root = jax.random.key(seed)
-  init_key, reset_key, run_key, eval_key = jax.random.split(root, 4)
-
-  reset = jax.jit(jax.vmap(env.reset, in_axes=(0, None)))
-  env_step = jax.jit(
-    jax.vmap(lambda k, s, a: envs_lib.step(k, env, s, a, env_params))
   )
 
   @jax.jit
@@ -121,72 +187,206 @@ def python_loop(config: dqn.DQNConfig, seed: int = 0, warmup: bool = False):
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  evaluate = jax.jit(
-    lambda key, params: dqn.evaluate(
-      key, network, params, env, env_params, config.eval_episodes
-    )
+  reset = jax.vmap(env.reset, in_axes=(0, None))
+  return _PythonParts(
+    network=network,
+    optimizer=optimizer,
+    reset=jax.jit(lambda keys: reset(keys, env_params)),
+    env_step=jax.jit(
+      jax.vmap(lambda k, s, a: envs_lib.step(k, env, s, a, env_params))
+    ),
+    act=act,
+    update=update,
+    evaluate=jax.jit(
+      lambda key, params: dqn.evaluate(
+        key, network, params, env, env_params, config.eval_episodes
+      )
+    ),
   )
 
-  obs, env_state = reset(jax.random.split(reset_key, num_envs), env_params)
-  params = network.init(init_key, obs)
-  target_params = params
-  opt_state = optimizer.init(params)
-  capacity = config.buffer_size
-  obs_shape = tuple(obs.shape[1:])
-  buffer = {
-    "obs": np.zeros((capacity,) + obs_shape, np.float32),
-    "action": np.zeros((capacity,), np.int32),
-    "reward": np.zeros((capacity,), np.float32),
-    "discount": np.zeros((capacity,), np.float32),
-    "next_obs": np.zeros((capacity,) + obs_shape, np.float32),
-  }
-  position, size = 0, 0
+
+class _NumpyReplay:
+  """A ring buffer of transitions in host memory, as CleanRL keeps it."""
+
+  def __init__(self, capacity: int, obs_shape: tuple[int, ...]):
+    self.capacity, self.position, self.size = capacity, 0, 0
+    self.columns = {
+      "obs": np.zeros((capacity, *obs_shape), np.float32),
+      "action": np.zeros((capacity,), np.int32),
+      "reward": np.zeros((capacity,), np.float32),
+      "discount": np.zeros((capacity,), np.float32),
+      "next_obs": np.zeros((capacity, *obs_shape), np.float32),
+    }
+
+  def add(self, obs, actions, out: envs_lib.Step, gamma: float) -> None:
+    """Writes one step of every environment at the head of the ring."""
+    rows = (self.position + np.arange(len(actions))) % self.capacity
+    self.columns["obs"][rows] = np.asarray(obs)
+    self.columns["action"][rows] = np.asarray(actions)
+    self.columns["reward"][rows] = np.asarray(out.reward)
+    self.columns["discount"][rows] = np.where(
+      np.asarray(out.terminated), 0.0, gamma
+    )
+    self.columns["next_obs"][rows] = np.asarray(out.next_obs)
+    self.position = (self.position + len(actions)) % self.capacity
+    self.size = min(self.size + len(actions), self.capacity)
+
+  def sample(self, rng: np.random.Generator, batch_size: int):
+    """A uniformly sampled batch as a `dqn.Transition`."""
+    rows = rng.integers(0, self.size, batch_size)
+    return dqn.Transition(**{k: v[rows] for k, v in self.columns.items()})
+
+
+def _crossed(steps_before: int, period: int, num_envs: int) -> bool:
+  return (steps_before + num_envs) // period > steps_before // period
+
+
+def python_loop(
+  config: dqn.DQNConfig,
+  parts: _PythonParts | None = None,
+  seed: int = 0,
+  warmup: bool = False,
+):
+  """DQN driven from Python, CleanRL style.
+
+  The same network, optimizer, loss, epsilon schedule, train/target periods
+  and evaluation as `dqn.make_train`; only the control flow differs.
+
+  Args:
+    config: the settings.
+    parts: `_python_parts(config)`; pass the same ones to a warm-up call
+      (`warmup=True`: two iterations) and to the timed calls, so that the
+      timed calls do not compile.
+    seed: the seed.
+    warmup: run two iterations only, learning in both.
+
+  Returns:
+    `(wall seconds, CPU seconds, final greedy return)`.
+  """
+  parts = parts or _python_parts(config)
+  num_envs = config.num_envs
+  init_key, reset_key, run_key, eval_key = jax.random.split(
+    jax.random.key(seed), 4
+  )
+  obs, env_state = parts.reset(jax.random.split(reset_key, num_envs))
+  params = target_params = parts.network.init(init_key, obs)
+  opt_state = parts.optimizer.init(params)
+  buffer = _NumpyReplay(config.buffer_size, tuple(obs.shape[1:]))
   rng = np.random.default_rng(seed)
   iterations = 2 if warmup else config.total_env_steps // num_envs
   start, start_cpu = time.perf_counter(), time.process_time()
   for it in range(iterations):
     steps_before = it * num_envs
-    steps_after = steps_before + num_envs
     fraction = min(steps_before / config.epsilon_decay_steps, 1.0)
     epsilon = config.epsilon_start + fraction * (
       config.epsilon_end - config.epsilon_start
     )
-    step_key = jax.random.fold_in(run_key, steps_before)
-    act_key, env_key = jax.random.split(step_key)
-    actions = act(params, obs, act_key, epsilon)
-    out = env_step(jax.random.split(env_key, num_envs), env_state, actions)
-    rows = (position + np.arange(num_envs)) % capacity
-    buffer["obs"][rows] = np.asarray(obs)
-    buffer["action"][rows] = np.asarray(actions)
-    buffer["reward"][rows] = np.asarray(out.reward)
-    buffer["discount"][rows] = np.where(
-      np.asarray(out.terminated), 0.0, config.gamma
+    act_key, env_key = jax.random.split(
+      jax.random.fold_in(run_key, steps_before)
     )
-    buffer["next_obs"][rows] = np.asarray(out.next_obs)
-    position = (position + num_envs) % capacity
-    size = min(size + num_envs, capacity)
+    actions = parts.act(params, obs, act_key, epsilon)
+    out = parts.env_step(
+      jax.random.split(env_key, num_envs), env_state, actions
+    )
+    buffer.add(obs, actions, out, config.gamma)
     obs, env_state = out.obs, out.state
     learn = (
-      steps_after // config.train_every > steps_before // config.train_every
-      and steps_after >= config.learning_starts
-      and size >= config.batch_size
+      _crossed(steps_before, config.train_every, num_envs)
+      and steps_before + num_envs >= config.learning_starts
+      and buffer.size >= config.batch_size
     )
     if learn or warmup:
-      idx = rng.integers(0, size, config.batch_size)
-      batch = dqn.Transition(**{k: v[idx] for k, v in buffer.items()})
-      params, opt_state, _ = update(params, target_params, opt_state, batch)
-    if steps_after // config.target_period > (
-      steps_before // config.target_period
-    ):
-      if config.target_update == "hard":
-        target_params = params
-      else:
-        target_params = optax.incremental_update(
-          params, target_params, config.tau
-        )
-  final_return = float(evaluate(eval_key, params))
+      batch = buffer.sample(rng, config.batch_size)
+      params, opt_state, _ = parts.update(
+        params, target_params, opt_state, batch
+      )
+    if _crossed(steps_before, config.target_period, num_envs):
+      target_params = (
+        params
+        if config.target_update == "hard"
+        else optax.incremental_update(params, target_params, config.tau)
+      )
+  final_return = float(parts.evaluate(eval_key, params))
   wall = time.perf_counter() - start
   return wall, time.process_time() - start_cpu, final_return
+
+
+def part_a(config: dqn.DQNConfig, repeats: int) -> dict:
+  """(a) One seed, the jitted loop against the Python-driven loop."""
+  jit_sps, jit_compile, jit_returns, jit_cpu_sps = time_jitted(
+    config, 1, repeats
+  )
+  parts = _python_parts(config)
+  python_loop(config, parts, warmup=True)  # compiles every jitted piece
+  python_s, python_cpu_s = float("inf"), float("inf")
+  python_return = None
+  for _ in range(repeats):
+    seconds, cpu_seconds, python_return = python_loop(config, parts)
+    python_s = min(python_s, seconds)
+    python_cpu_s = min(python_cpu_s, cpu_seconds)
+  python_sps = config.total_env_steps / python_s
+  python_cpu_sps = config.total_env_steps / python_cpu_s
+  print(
+    f"(a) jitted loop {jit_sps:,.0f} env steps/s vs Python loop "
+    f"{python_sps:,.0f} env steps/s: {jit_sps / python_sps:.1f}x "
+    f"(per CPU second: {jit_cpu_sps:,.0f} vs {python_cpu_sps:,.0f}, "
+    f"{jit_cpu_sps / python_cpu_sps:.1f}x)"
+  )
+  return {
+    "jitted_env_steps_per_second": jit_sps,
+    "jitted_env_steps_per_cpu_second": jit_cpu_sps,
+    "jitted_compile_seconds": jit_compile,
+    "jitted_final_greedy_return": jit_returns[0],
+    "python_loop_env_steps_per_second": python_sps,
+    "python_loop_env_steps_per_cpu_second": python_cpu_sps,
+    "python_loop_final_greedy_return": python_return,
+    "speedup": jit_sps / python_sps,
+    "speedup_cpu_time": jit_cpu_sps / python_cpu_sps,
+  }
+
+
+def part_b_and_c(config: dqn.DQNConfig, seed_counts, repeats: int):
+  """(b) vmapped seeds; (c) each against the first implementation.
+
+  For each seed count the two loops are timed in turn, round by round
+  (`time_in_turn`), so a change in the machine's load touches both sides
+  alike.
+  """
+  part_b, part_c = {}, {}
+  first = None
+  makers = {"after": dqn.make_train, "before": dqn_reference.make_train}
+  for num_seeds in seed_counts:
+    timed = time_in_turn(config, num_seeds, repeats, makers)
+    sps, compile_s, _, cpu_sps = timed["after"]
+    old_sps, old_compile_s, _, old_cpu_sps = timed["before"]
+    first = first or sps
+    part_b[str(num_seeds)] = {
+      "env_steps_per_second": sps,
+      "env_steps_per_cpu_second": cpu_sps,
+      "per_seed_env_steps_per_second": sps / num_seeds,
+      "compile_seconds": compile_s,
+      "vs_first_seed_count": sps / first,
+    }
+    part_c[str(num_seeds)] = {
+      "before_env_steps_per_second": old_sps,
+      "before_env_steps_per_cpu_second": old_cpu_sps,
+      "before_compile_seconds": old_compile_s,
+      "after_env_steps_per_second": sps,
+      "after_env_steps_per_cpu_second": cpu_sps,
+      "speedup": sps / old_sps,
+      "speedup_cpu_time": cpu_sps / old_cpu_sps,
+    }
+    print(
+      f"(b) {num_seeds} seed(s): {sps:,.0f} env steps/s in total "
+      f"({sps / first:.2f}x {seed_counts[0]} seed(s)); "
+      f"{cpu_sps:,.0f} per CPU second"
+    )
+    print(
+      f"(c) {num_seeds} seed(s): after/before {sps / old_sps:.2f}x "
+      f"({sps:,.0f} vs {old_sps:,.0f} env steps/s; per CPU second "
+      f"{cpu_sps / old_cpu_sps:.2f}x)"
+    )
+  return part_b, part_c
 
 
 def main(argv):
@@ -198,59 +398,10 @@ def main(argv):
     "devices": [str(d) for d in jax.devices()],
     "cpu_count": os.cpu_count(),
   }
-  # (a) One seed each way.
-  jit_sps, jit_compile, jit_returns, jit_cpu_sps = time_jitted(
-    config, 1, _REPEATS.value
-  )
-  python_loop(config, warmup=True)  # compiles act, env step, update, eval
-  python_s, python_cpu_s = float("inf"), float("inf")
-  python_return = None
-  for _ in range(_REPEATS.value):
-    seconds, cpu_seconds, python_return = python_loop(config)
-    python_s = min(python_s, seconds)
-    python_cpu_s = min(python_cpu_s, cpu_seconds)
-  python_sps = config.total_env_steps / python_s
-  python_cpu_sps = config.total_env_steps / python_cpu_s
-  results["a"] = {
-    "jitted_env_steps_per_second": jit_sps,
-    "jitted_env_steps_per_cpu_second": jit_cpu_sps,
-    "jitted_compile_seconds": jit_compile,
-    "jitted_final_greedy_return": jit_returns[0],
-    "python_loop_env_steps_per_second": python_sps,
-    "python_loop_env_steps_per_cpu_second": python_cpu_sps,
-    "python_loop_final_greedy_return": python_return,
-    "speedup": jit_sps / python_sps,
-    "speedup_cpu_time": jit_cpu_sps / python_cpu_sps,
-  }
+  results["a"] = part_a(config, _REPEATS.value)
   logging.info("(a) %s", results["a"])
-  print(
-    f"(a) jitted loop {jit_sps:,.0f} env steps/s vs Python loop "
-    f"{python_sps:,.0f} env steps/s: {jit_sps / python_sps:.1f}x "
-    f"(per CPU second: {jit_cpu_sps:,.0f} vs {python_cpu_sps:,.0f}, "
-    f"{jit_cpu_sps / python_cpu_sps:.1f}x)"
-  )
-  # (b) Vmapped seeds.
-  results["b"] = {}
-  for num_seeds in (int(s) for s in _SEEDS.value):
-    if num_seeds == 1:
-      sps, compile_s, cpu_sps = jit_sps, jit_compile, jit_cpu_sps
-    else:
-      sps, compile_s, _, cpu_sps = time_jitted(
-        config, num_seeds, _REPEATS.value
-      )
-    results["b"][str(num_seeds)] = {
-      "env_steps_per_second": sps,
-      "env_steps_per_cpu_second": cpu_sps,
-      "per_seed_env_steps_per_second": sps / num_seeds,
-      "compile_seconds": compile_s,
-      "vs_one_seed": sps / jit_sps,
-      "vs_one_seed_cpu_time": cpu_sps / jit_cpu_sps,
-    }
-    print(
-      f"(b) {num_seeds} seed(s): {sps:,.0f} env steps/s in total "
-      f"({sps / jit_sps:.2f}x one seed); {cpu_sps:,.0f} per CPU second "
-      f"({cpu_sps / jit_cpu_sps:.2f}x)"
-    )
+  seed_counts = [int(s) for s in _SEED_COUNTS.value]
+  results["b"], results["c"] = part_b_and_c(config, seed_counts, _REPEATS.value)
   with open(_OUTPUT.value, "w") as f:
     json.dump(results, f, indent=2)
   print(f"wrote {_OUTPUT.value}")

@@ -174,10 +174,45 @@ class ConfigTest(chex.TestCase):
     ("eval_every", dict(eval_every=1001), "multiple of num_envs"),
     ("gamma", dict(gamma=1.5), "gamma"),
     ("loss", dict(loss="l1"), "loss must be"),
+    ("lr_nan", dict(learning_rate=float("nan")), "learning_rate must be"),
+    ("lr_zero", dict(learning_rate=0.0), "learning_rate must be"),
+    ("width_zero", dict(hidden_sizes=(0,)), r"hidden_sizes\[0\] must be"),
+    ("clip_zero", dict(max_grad_norm=0.0), "max_grad_norm must be"),
   )
   def test_bad_config(self, change, message):
     with pytest.raises(ValueError, match=message):
       dqn.make_train(dataclasses.replace(_PROBE, **change))
+
+  def test_wrong_kinds_are_type_errors(self):
+    with pytest.raises(TypeError, match="learning_rate must be"):
+      dataclasses.replace(_PROBE, learning_rate="fast")
+    with pytest.raises(TypeError, match="total_env_steps must be"):
+      dataclasses.replace(_PROBE, total_env_steps=2000.0)
+
+  def test_env_kwargs_mapping_and_width_list(self):
+    config = dataclasses.replace(
+      _PROBE, env_kwargs={"num_states": 5}, hidden_sizes=[4, 4]
+    )
+    self.assertEqual(config.env_kwargs, (("num_states", 5),))
+    self.assertEqual(config.hidden_sizes, (4, 4))
+
+
+class DivergenceTest(chex.TestCase):
+  def test_a_diverged_run_is_flagged_and_raises(self):
+    config = dataclasses.replace(_PROBE, learning_rate=1e38)
+    metrics = jax.jit(dqn.make_train(config))(jax.random.key(0))["metrics"]
+    self.assertTrue(bool(metrics["diverged"]))
+    first = int(np.argmin(np.asarray(metrics["finite"])))
+    with pytest.raises(
+      FloatingPointError,
+      match=f"seed index 0 at iteration {first} .env steps {first * 4}",
+    ):
+      dqn.raise_if_diverged(metrics)
+
+  def test_a_finite_run_passes(self):
+    metrics = jax.jit(dqn.make_train(_PROBE))(jax.random.key(0))["metrics"]
+    self.assertFalse(bool(metrics["diverged"]))
+    dqn.raise_if_diverged(metrics)  # no error
 
 
 def _learned_q(config, obs, key=0):

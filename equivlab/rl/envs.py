@@ -276,29 +276,81 @@ class Step(NamedTuple):
     return jnp.logical_or(self.terminated, self.truncated)
 
 
-def step(key: chex.PRNGKey, env, state, action, params) -> Step:
+def step(
+  key: chex.PRNGKey,
+  env,
+  state,
+  action,
+  params,
+  *,
+  reset_key: chex.PRNGKey | None = None,
+) -> Step:
   """Steps a gymnax environment and keeps the pre-reset observation.
 
   Args:
-    key: a PRNG key.
+    key: a PRNG key. Without `reset_key`, gymnax's `env.step` splits it
+      into the transition's and the reset's key.
+    env: a gymnax environment.
+    state: its state.
+    action: an action index, `[]` int.
+    params: its parameters.
+    reset_key: the key of the automatic reset, if the caller drew it (then
+      `key` goes to the transition as it is; the same auto-reset as
+      gymnax's `env.step`, without its key split).
+
+  Returns:
+    A `Step`.
+  """
+  if reset_key is None:
+    obs, state, reward, terminated, truncated, info = env.step(
+      key, state, action, params
+    )
+    return Step(
+      obs=obs,
+      state=state,
+      reward=jnp.asarray(reward, jnp.float32),
+      next_obs=info["final_observation"],
+      terminated=jnp.asarray(terminated, bool),
+      truncated=jnp.asarray(truncated, bool),
+    )
+  out = transition(key, env, state, action, params)
+  obs_reset, state_reset = env.reset_env(reset_key, params)
+  done = out.done
+
+  def select(reset_leaf, step_leaf):
+    return jax.lax.select(done, reset_leaf, step_leaf)
+
+  return out._replace(
+    obs=jax.tree.map(select, obs_reset, out.obs),
+    state=jax.tree.map(select, state_reset, out.state),
+  )
+
+
+def transition(key: chex.PRNGKey, env, state, action, params) -> Step:
+  """One step WITHOUT the automatic reset (`obs` equals `next_obs`).
+
+  For rollouts that stop where an episode ends (greedy evaluation): it
+  skips the reset and its random draw; after the end the state is
+  meaningless and must be masked by the caller.
+
+  Args:
+    key: the transition's PRNG key (passed to `env.step_env` as it is).
     env: a gymnax environment.
     state: its state.
     action: an action index, `[]` int.
     params: its parameters.
 
   Returns:
-    A `Step`.
+    A `Step` whose `obs` and `next_obs` are the observation reached.
   """
-  obs, state, reward, terminated, truncated, info = env.step(
-    key, state, action, params
-  )
+  obs, state, reward, terminated, _ = env.step_env(key, state, action, params)
   return Step(
     obs=obs,
     state=state,
     reward=jnp.asarray(reward, jnp.float32),
-    next_obs=info["final_observation"],
+    next_obs=obs,
     terminated=jnp.asarray(terminated, bool),
-    truncated=jnp.asarray(truncated, bool),
+    truncated=jnp.asarray(env.is_truncated(state, params), bool),
   )
 
 

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from equivlab.rl import noise
+
 
 class ReplayState(NamedTuple):
   """The buffer: storage, where to write next, and how many items it holds.
@@ -69,20 +71,29 @@ def init(capacity: int, example_item: Any) -> ReplayState:
   )
 
 
-def add(state: ReplayState, items: Any) -> ReplayState:
+def add(
+  state: ReplayState, items: Any, *, contiguous: bool = False
+) -> ReplayState:
   """Writes a batch of items at the head of the ring, oldest overwritten.
 
   Args:
     state: the buffer.
     items: a pytree like the example item with a leading batch axis `[B,
       ...]` on every leaf (B <= capacity).
+    contiguous: write the batch as one block at `position`
+      (`lax.dynamic_update_slice`, cheaper than the scatter) instead of row
+      by row. The rows written are the same as long as the block does not
+      wrap around the end of the ring, which holds when every add has the
+      same B and B divides the capacity (the position then stays a
+      multiple of B): pass it only then.
 
   Returns:
     The updated buffer.
 
   Raises:
     ValueError: if the items do not match the storage's structure or shapes,
-      or B exceeds the capacity.
+      B exceeds the capacity, or `contiguous` is asked for a B that does not
+      divide the capacity.
   """
   capacity = state.capacity
   if jax.tree.structure(items) != jax.tree.structure(state.storage):
@@ -104,10 +115,24 @@ def add(state: ReplayState, items: Any) -> ReplayState:
     raise ValueError(
       f"replay.add got a batch of {batch} items for capacity {capacity}."
     )
-  rows = (state.position + jnp.arange(batch)) % capacity
-  storage = jax.tree.map(
-    lambda s, x: s.at[rows].set(x.astype(s.dtype)), state.storage, items
-  )
+  if contiguous:
+    if capacity % batch:
+      raise ValueError(
+        f"replay.add(contiguous=True) needs a batch size dividing the "
+        f"capacity {capacity}, got a batch of {batch}."
+      )
+    storage = jax.tree.map(
+      lambda s, x: jax.lax.dynamic_update_slice_in_dim(
+        s, x.astype(s.dtype), state.position, axis=0
+      ),
+      state.storage,
+      items,
+    )
+  else:
+    rows = (state.position + jnp.arange(batch)) % capacity
+    storage = jax.tree.map(
+      lambda s, x: s.at[rows].set(x.astype(s.dtype)), state.storage, items
+    )
   return ReplayState(
     storage=storage,
     position=(state.position + batch) % capacity,
@@ -166,4 +191,44 @@ def sample(
       _raise_if_short(state.size, batch_size)
   # Never index rows that were not written: draw from [0, size).
   rows = jax.random.randint(key, (batch_size,), 0, jnp.maximum(state.size, 1))
+  return jax.tree.map(lambda s: s[rows], state.storage)
+
+
+def sample_with_bits(
+  bits: jax.Array, state: ReplayState, *, check: bool = True
+) -> Any:
+  """`sample` with its random words drawn by the caller (`rl.noise`).
+
+  Rows are `noise.randint_from_bits(bits[0], bits[1], size)`: for `bits`
+  stacked from `jax.random.bits(k, (batch_size,))` of `k1, k2 =
+  jax.random.split(key)`, the very rows `sample(key, ...)` takes.
+
+  Args:
+    bits: uint32 words, `[2, batch_size]`.
+    state: the buffer.
+    check: as in `sample`.
+
+  Returns:
+    A pytree of items with a leading axis `[batch_size, ...]`.
+
+  Raises:
+    ValueError: as `sample`, or for bits not shaped `[2, batch_size]`.
+  """
+  if jnp.ndim(bits) != 2 or jnp.shape(bits)[0] != 2:
+    raise ValueError(
+      "replay.sample_with_bits expects uint32 bits shaped [2, batch_size], "
+      f"got shape {jnp.shape(bits)}."
+    )
+  batch_size = int(jnp.shape(bits)[1])
+  if batch_size > state.capacity:
+    raise ValueError(
+      f"replay.sample asked for a batch of {batch_size} from a buffer of "
+      f"capacity {state.capacity}: the buffer must be at least a batch."
+    )
+  if check:
+    if isinstance(state.size, jax.core.Tracer):
+      jax.debug.callback(_raise_if_short, state.size, batch_size)
+    else:
+      _raise_if_short(state.size, batch_size)
+  rows = noise.randint_from_bits(bits[0], bits[1], state.size)
   return jax.tree.map(lambda s: s[rows], state.storage)

@@ -89,9 +89,40 @@ def epsilon_greedy(key: chex.PRNGKey, q_values: Array, epsilon: Numeric):
   chex.assert_rank(q_values, 1)
   explore_key, action_key = jax.random.split(key)
   random_action = jax.random.randint(action_key, (), 0, q_values.shape[0])
+  explore = jax.random.uniform(explore_key)
+  return epsilon_greedy_from_draws(q_values, epsilon, explore, random_action)
+
+
+def epsilon_greedy_from_draws(
+  q_values: Array,
+  epsilon: Numeric,
+  explore: Numeric,
+  random_action: Numeric,
+) -> jax.Array:
+  """`epsilon_greedy` with its two random draws made by the caller.
+
+  For loops that draw their random numbers in bulk (`rl.noise`): given the
+  same draws, the same action as `epsilon_greedy`.
+
+  Args:
+    q_values: action values, `[A]`.
+    epsilon: the exploration probability in `[0, 1]`, `[]`.
+    explore: a uniform draw in `[0, 1)`; the action is random when it is
+      below `epsilon`, `[]`.
+    random_action: a uniform draw of an action index in `[0, A)`, `[]`.
+
+  Returns:
+    The action index, an int32 scalar `[]`.
+
+  Raises:
+    ValueError: if `epsilon` is concrete and outside `[0, 1]`.
+  """
+  check_epsilon(epsilon)
+  chex.assert_rank(q_values, 1)
   greedy_action = jnp.argmax(q_values)
-  explore = jax.random.uniform(explore_key) < epsilon
-  return jnp.where(explore, random_action, greedy_action).astype(jnp.int32)
+  return jnp.where(explore < epsilon, random_action, greedy_action).astype(
+    jnp.int32
+  )
 
 
 def epsilon_greedy_probs(q_values: Array, epsilon: Numeric) -> Array:
