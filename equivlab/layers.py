@@ -19,7 +19,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from equivlab import checks, gconv, groups, initialization, regularization
+from equivlab import (
+  checks,
+  convolution,
+  gconv,
+  groups,
+  initialization,
+  regularization,
+)
 
 _LIFTING = {"p4": gconv.lifting_conv, "p4m": gconv.lifting_conv_p4m}
 _GROUP = {"p4": gconv.group_conv, "p4m": gconv.group_conv_p4m}
@@ -33,6 +40,17 @@ def he_init(in_axes: tuple[int, ...]) -> Callable:
   `k * k * Cin * G`: every input group channel feeds each output.
   """
   return initialization.kernel_initializer("he", in_axis=in_axes, out_axis=-1)
+
+
+def _check_conv_module(module) -> None:
+  """The shape settings of a `LiftingConv` / `GroupConv`, at construction."""
+  name = type(module).__name__
+  for field in ("features", "kernel_size", "strides", "kernel_dilation"):
+    value = getattr(module, field)
+    if not checks.is_int(value) or value < 1:
+      raise ValueError(f"{name}.{field} must be an int >= 1, got {value!r}.")
+  groups.group_order(module.group)  # the ValueError for an unknown group
+  convolution.resolve_impl(module.conv_impl)  # and for an unknown impl
 
 
 def _conv_with_bias(module, conv, x, kernel_shape):
@@ -56,6 +74,7 @@ def _conv_with_bias(module, conv, x, kernel_shape):
     stride=module.strides,
     padding=module.padding,
     dilation=module.kernel_dilation,
+    impl=module.conv_impl,
   )
   return y if bias is None else y + regularization.per_channel(bias, 5)
 
@@ -74,6 +93,8 @@ class LiftingConv(nn.Module):
     dtype: the computation dtype (None: promote input and parameters).
     param_dtype: the parameters' dtype.
     kernel_init: initializer of the `[k, k, C, F]` kernel.
+    conv_impl: "auto", "xla" or "cpu", how the convolution runs
+      (`equivlab.convolution`).
   """
 
   features: int
@@ -86,6 +107,11 @@ class LiftingConv(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   kernel_init: Callable = he_init((0, 1, 2))
+  conv_impl: str = "auto"
+
+  def __post_init__(self):
+    _check_conv_module(self)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -116,6 +142,8 @@ class GroupConv(nn.Module):
     param_dtype: the parameters' dtype.
     kernel_init: initializer of the `[k, k, C, G, F]` kernel (He, with the
       input group axis counted in the fan-in).
+    conv_impl: "auto", "xla" or "cpu", how the convolution runs
+      (`equivlab.convolution`).
   """
 
   features: int
@@ -128,6 +156,11 @@ class GroupConv(nn.Module):
   dtype: Any = None
   param_dtype: Any = jnp.float32
   kernel_init: Callable = he_init((0, 1, 2, 3))
+  conv_impl: str = "auto"
+
+  def __post_init__(self):
+    _check_conv_module(self)
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, f: jax.Array) -> jax.Array:

@@ -44,7 +44,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivlab import checks, initialization, layers
+from equivlab import checks, convolution, gconv, initialization, layers
+
+# flax's convolution through `equivlab.convolution` (its CPU fast path;
+# one XLA convolution on accelerators). Still `nn.Conv`: same parameter
+# names and checkpoints.
+Conv = functools.partial(
+  nn.Conv, conv_general_dilated=convolution.conv_general_dilated
+)
 
 MODEL_NAMES = (
   "mlp",
@@ -218,7 +225,7 @@ class CNN(nn.Module):
     init = initialization.kernel_initializer(self.kernel_init)
     dilations = self.dilations or (1,) * len(self.features)
     for width, dilation in zip(self.features, dilations, strict=True):
-      x = nn.Conv(
+      x = Conv(
         width,
         (3, 3),
         padding=self.padding,
@@ -227,7 +234,7 @@ class CNN(nn.Module):
       )(x)
       x = nn.relu(_normalize(x, self.norm, train))
       if self.pool:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = gconv.spatial_max_pool(x, 2)
     if self.head == "gap":
       x = jnp.mean(x, axis=(1, 2))
     else:
@@ -269,13 +276,13 @@ class Z2CNN(nn.Module):
     """
     check_images(x, "Z2CNN", min_size=28)
     for layer in range(6):
-      x = nn.Conv(self.features, (3, 3), padding="VALID")(x)
+      x = Conv(self.features, (3, 3), padding="VALID")(x)
       x = _normalize(x, "batch", train)
       x = nn.relu(x)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       if layer == 1:
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = nn.Conv(self.num_classes, (4, 4), padding="VALID")(x)
+        x = gconv.spatial_max_pool(x, 2)
+    x = Conv(self.num_classes, (4, 4), padding="VALID")(x)
     return jnp.mean(x, axis=(1, 2))
 
 
@@ -313,7 +320,7 @@ class DeepMLP(nn.Module):
   def layer(self, h: jax.Array, index: int, train: bool) -> jax.Array:
     """Hidden layer `index` of `h` (shared by `DeepMLP` and `DeepCNN`)."""
     if isinstance(self, DeepCNN):
-      z = nn.Conv(
+      z = Conv(
         self.width,
         (3, 3),
         strides=2 if index == 0 else 1,

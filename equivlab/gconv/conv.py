@@ -3,9 +3,8 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from equivlab import groups
+from equivlab import convolution, groups
 from equivlab.gconv.actions import check_group_map
 from equivlab.gconv.banks import (
   check_square_kernel,
@@ -76,17 +75,17 @@ def wrap_pad(x, kernel, stride, dilation=1):
   return jnp.pad(x, ((0, 0), *pads, *rest), mode="wrap")
 
 
-def _conv(x, kernel, stride, padding, dilation, precision):
+def _conv(x, kernel, stride, padding, dilation, precision, impl):
   if padding == "CIRCULAR":
     x, padding = wrap_pad(x, kernel.shape[0], stride, dilation), "VALID"
-  return lax.conv_general_dilated(
+  return convolution.conv2d(
     x,
     kernel,
-    window_strides=(stride, stride),
+    stride=(stride, stride),
     padding=padding,
-    rhs_dilation=(dilation, dilation),
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    dilation=(dilation, dilation),
     precision=precision,
+    impl=impl,
   )
 
 
@@ -105,7 +104,7 @@ def _prepare(x, w, name, stride, padding, dilation):
   return x, w, stride, padding, dilation
 
 
-def _lifting(x, w, group, stride, padding, dilation, precision):
+def _lifting(x, w, group, stride, padding, dilation, precision, impl):
   order = groups.group_order(group)
   check_rank(x, 4, "an image batch [N, H, W, Cin]", "x")
   check_rank(w, 4, "a lifting filter [kh, kw, Cin, Cout]", "w")
@@ -113,11 +112,11 @@ def _lifting(x, w, group, stride, padding, dilation, precision):
     x, w, "x", stride, padding, dilation
   )
   bank = lifting_filter_bank(w, group)
-  out = _conv(x, bank, stride, padding, dilation, precision)
+  out = _conv(x, bank, stride, padding, dilation, precision, impl)
   return out.reshape(*out.shape[:3], w.shape[3], order)
 
 
-def _group(f, w, group, stride, padding, dilation, precision):
+def _group(f, w, group, stride, padding, dilation, precision, impl):
   order = groups.group_order(group)
   check_group_map(f, order, "f")
   check_rank(w, 5, f"a group filter [kh, kw, Cin, {order}, Cout]", "w")
@@ -126,7 +125,7 @@ def _group(f, w, group, stride, padding, dilation, precision):
   )
   bank = group_filter_bank(w, group)
   x = jnp.reshape(f, (*f.shape[:3], f.shape[3] * order))
-  out = _conv(x, bank, stride, padding, dilation, precision)
+  out = _conv(x, bank, stride, padding, dilation, precision, impl)
   return out.reshape(*out.shape[:3], w.shape[4], order)
 
 
@@ -138,6 +137,7 @@ def lifting_conv(
   padding: Padding = "SAME",
   dilation: int = 1,
   precision=None,
+  impl: str = "auto",
 ) -> jax.Array:
   """Lifts images to p4 maps: correlates with the 4 rotated filters.
 
@@ -153,6 +153,8 @@ def lifting_conv(
       (lo, hi) pairs.
     dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
+    impl: "auto", "xla" or "cpu": how the convolution runs
+      (`equivlab.convolution`; the same values either way).
 
   Returns:
     p4 feature maps `[N, H', W', Cout, 4]`.
@@ -164,7 +166,7 @@ def lifting_conv(
     TypeError: if `x` and `w` do not promote to a floating-point dtype
       (mixed dtypes promote as `jnp.result_type` does).
   """
-  return _lifting(x, w, "p4", stride, padding, dilation, precision)
+  return _lifting(x, w, "p4", stride, padding, dilation, precision, impl)
 
 
 def group_conv(
@@ -175,6 +177,7 @@ def group_conv(
   padding: Padding = "SAME",
   dilation: int = 1,
   precision=None,
+  impl: str = "auto",
 ) -> jax.Array:
   """p4 group correlation of p4 maps.
 
@@ -190,6 +193,8 @@ def group_conv(
       (lo, hi) pairs.
     dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
+    impl: "auto", "xla" or "cpu": how the convolution runs
+      (`equivlab.convolution`; the same values either way).
 
   Returns:
     p4 feature maps `[N, H', W', Cout, 4]`.
@@ -200,7 +205,7 @@ def group_conv(
       the padded input (the message names the smallest accepted size).
     TypeError: if `f` and `w` do not promote to a floating-point dtype.
   """
-  return _group(f, w, "p4", stride, padding, dilation, precision)
+  return _group(f, w, "p4", stride, padding, dilation, precision, impl)
 
 
 def lifting_conv_p4m(
@@ -211,6 +216,7 @@ def lifting_conv_p4m(
   padding: Padding = "SAME",
   dilation: int = 1,
   precision=None,
+  impl: str = "auto",
 ) -> jax.Array:
   """Lifts images to p4m maps: correlates with the 8 transformed filters.
 
@@ -227,6 +233,8 @@ def lifting_conv_p4m(
       (lo, hi) pairs.
     dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
+    impl: "auto", "xla" or "cpu": how the convolution runs
+      (`equivlab.convolution`; the same values either way).
 
   Returns:
     p4m feature maps `[N, H', W', Cout, 8]`.
@@ -235,7 +243,7 @@ def lifting_conv_p4m(
     ValueError: as `lifting_conv`.
     TypeError: as `lifting_conv`.
   """
-  return _lifting(x, w, "p4m", stride, padding, dilation, precision)
+  return _lifting(x, w, "p4m", stride, padding, dilation, precision, impl)
 
 
 def group_conv_p4m(
@@ -246,6 +254,7 @@ def group_conv_p4m(
   padding: Padding = "SAME",
   dilation: int = 1,
   precision=None,
+  impl: str = "auto",
 ) -> jax.Array:
   """p4m group correlation of p4m maps.
 
@@ -261,6 +270,8 @@ def group_conv_p4m(
       (lo, hi) pairs.
     dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
+    impl: "auto", "xla" or "cpu": how the convolution runs
+      (`equivlab.convolution`; the same values either way).
 
   Returns:
     p4m feature maps `[N, H', W', Cout, 8]`.
@@ -269,7 +280,7 @@ def group_conv_p4m(
     ValueError: as `group_conv`, with a group axis of 8.
     TypeError: as `group_conv`.
   """
-  return _group(f, w, "p4m", stride, padding, dilation, precision)
+  return _group(f, w, "p4m", stride, padding, dilation, precision, impl)
 
 
 # --------------------------------------------------------------------------

@@ -51,6 +51,12 @@ def spatial_max_pool(
     padding: "SAME", "VALID", "CIRCULAR", an int or explicit (lo, hi)
       pairs.
 
+  Windows that tile the input ("VALID", stride == window) are a reshape and
+  a max, which XLA:CPU differentiates several times faster than
+  `reduce_window` (whose gradient it expands with index arrays); its
+  gradient splits a tie evenly among the maxima where `reduce_window`'s
+  gives it to the first. Other settings use `lax.reduce_window`.
+
   Returns:
     The pooled array, same rank as `f`.
 
@@ -70,18 +76,30 @@ def spatial_max_pool(
   check_fits(f, "f", window, strides, padding, what="window")
   f = jnp.asarray(f)
   rest = (1,) * (f.ndim - 3)
+  identity = _max_identity(f.dtype)  # also the TypeError for other dtypes
   if padding == "CIRCULAR":
     f, padding = wrap_pad(f, window, strides), "VALID"
+  if padding == "VALID" and strides == window:
+    return _tiled_max(f, window)
   if not isinstance(padding, str):
     padding = ((0, 0), *padding, *((0, 0),) * len(rest))
   return lax.reduce_window(
     f,
-    _max_identity(f.dtype),  # concrete: keeps reduce_window_max
+    identity,  # concrete: keeps reduce_window_max
     lax.max,
     (1, window, window, *rest),
     (1, strides, strides, *rest),
     padding,
   )
+
+
+def _tiled_max(f: jax.Array, window: int) -> jax.Array:
+  """VALID max pooling with stride == window, as a reshape and a max."""
+  n, h, w = f.shape[:3]
+  out_h, out_w = h // window, w // window
+  f = f[:, : out_h * window, : out_w * window]
+  f = f.reshape(n, out_h, window, out_w, window, *f.shape[3:])
+  return jnp.max(f, axis=(2, 4))
 
 
 def _max_identity(dtype) -> np.ndarray:
