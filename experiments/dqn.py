@@ -1,198 +1,332 @@
-r"""DQN on CartPole-v1 (or any discrete gymnax env, or the chain MDP).
+r"""DQN on CartPole-v1 (or any discrete gymnax env, the chain MDP, a probe).
 
-Trains `--num_seeds` independent agents at once with
-`jax.jit(jax.vmap(train))(keys)` (the seed axis sharded over devices when
-their count divides it) and writes to `--workdir`:
-  results.json        config, per-seed greedy-evaluation curves, final
-                      greedy returns (mean of `eval_episodes` episodes),
-                      env steps to reach `--target_return`, env steps/s;
-  learning_curve.png  greedy return against env steps, mean and min-max
-                      spread over seeds;
-  checkpoint/         the final train states (orbax).
+Trains `--num_seeds` independent agents at once (agent i from
+`jax.random.key(seed + i)`) with `jax.jit(jax.vmap(...))`, the seed axis
+sharded over the devices when their count divides it, and reports each
+agent's greedy-evaluation curve, final greedy return and the env steps it
+took to reach `--target_return`. Mnih et al. (2015); van Hasselt et al.
+(2016); seed 004 3(c)-(d).
 
-Mnih et al. (2015); van Hasselt et al. (2016); seed 004 3(c)-(d).
+    python -m experiments.dqn
 
-  python -m experiments.dqn --workdir=/tmp/dqn --num_seeds=4
+Training runs in chunks of one evaluation period (`dqn.make_loop`: the
+same arithmetic as `dqn.make_train`, bit for bit). After a chunk, the whole
+carry of every agent (networks, Adam, replay buffer, environments) and the
+metrics so far are saved to `<workdir>/checkpoint.npz` when
+`checkpoint_every_secs` have passed or a multiple of
+`checkpoint_every_steps` env steps was crossed, and always at the end. The
+same command again resumes there and ends with the same results.json as an
+uninterrupted run (a test checks it bit for bit); a finished run returns at
+once. A checkpoint that cannot be read is reported in one line and training
+starts over; one of other settings is refused, naming them; a workdir in
+use by a live run is refused, naming that run. A run whose loss or
+Q-values stop being finite stops with one line naming the seed and the env
+step, keeping its last good checkpoint.
+
+Writes into --workdir (default runs/dqn): results.json, results.md (the
+table), timings.json, learning_curve.png and checkpoint.npz.
 """
 
 import dataclasses
 import json
+import math
 import os
+import pathlib
 import time
-import types
+import zipfile
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from absl import flags, logging
+from absl import logging
 
+from equivlab import checks, viz
 from equivlab.rl import dqn
-from experiments import _launch
+from equivlab.training import checkpoint
+from experiments import _common
+
+CHECKPOINT = "checkpoint.npz"
+# Fields that do not change what is trained: a checkpoint made with other
+# values of these is resumed.
+_RESUMABLE_FIELDS = (
+  "target_return",
+  "checkpoint_every_steps",
+  "checkpoint_every_secs",
+)
 
 
-def define_flags(
-  flag_values: flags.FlagValues = flags.FLAGS,
-) -> types.SimpleNamespace:
-  """Registers this experiment's flags; returns their holders.
+@dataclasses.dataclass(frozen=True)
+class Config(dqn.DQNConfig, _common.SeedOptions):
+  """Settings of the DQN experiment (the DQN fields are `dqn.DQNConfig`'s).
 
-  Called only when the module runs as a script (and by tests, with a fresh
-  `flags.FlagValues()`), so that importing several experiments into one
-  process never defines a flag such as --workdir twice.
+  The defaults train 4 CartPole-v1 agents for 300k env steps each in a few
+  minutes on 2 CPU cores.
+
+  Attributes:
+    num_seeds: agents trained together under vmap.
+    seed: the first agent's seed; agent i uses `jax.random.key(seed + i)`.
+    target_return: the greedy return that counts as solved.
+    checkpoint_every_steps: also checkpoint after the evaluation period in
+      which the env steps (per agent) cross a multiple of this (runs always
+      checkpoint at the end).
+    checkpoint_every_secs: also checkpoint when this many seconds have
+      passed since the last checkpoint (checked after every evaluation
+      period).
   """
-  workdir = flags.DEFINE_string(
-    "workdir",
-    "/tmp/equivlab_dqn",
-    "Directory for results and checkpoints.",
-    flag_values=flag_values,
+
+  num_seeds: int = 4
+  target_return: float = 475.0
+  checkpoint_every_steps: int | None = None
+  checkpoint_every_secs: float | None = 300.0
+
+  def __post_init__(self):
+    super().__post_init__()
+    _common.check_config(self)
+    checks.check_number("target_return", self.target_return)
+    checks.check_int(
+      "checkpoint_every_steps",
+      self.checkpoint_every_steps,
+      minimum=1,
+      allow_none=True,
+    )
+    checks.check_number(
+      "checkpoint_every_secs",
+      self.checkpoint_every_secs,
+      minimum=0,
+      strict_minimum=True,
+      allow_none=True,
+    )
+
+  def dqn_config(self) -> dqn.DQNConfig:
+    """The `dqn.DQNConfig` these settings hold."""
+    names = [f.name for f in dataclasses.fields(dqn.DQNConfig)]
+    return dqn.DQNConfig(**{name: getattr(self, name) for name in names})
+
+
+# ---------------------------------------------------------------------------
+# Training in chunks of evaluation periods, with checkpoints between them.
+# ---------------------------------------------------------------------------
+
+
+def seed_keys(config: Config) -> tuple[jax.Array, Any]:
+  """The agents' keys, and the mesh to shard the seed axis over.
+
+  Returns:
+    `(keys [num_seeds], mesh)`: the seed axis is split over all devices
+    when their count divides it (`mesh` a one-axis "data" mesh), else kept
+    on one device (`mesh` None).
+  """
+  keys = jnp.stack([jax.random.key(s) for s in config.seeds])
+  num_devices = jax.device_count()
+  if num_devices == 1 or config.num_seeds % num_devices:
+    return keys, None
+  from equivlab import parallel  # noqa: PLC0415
+
+  mesh = parallel.make_mesh(num_devices)
+  return jax.device_put(keys, _sharding(mesh, 0)), mesh
+
+
+def _sharding(mesh: Any, axis: int | None) -> Any:
+  """Leaves with the seed axis (`axis` 0) split over `mesh`, else copied."""
+  from jax.sharding import NamedSharding  # noqa: PLC0415
+  from jax.sharding import PartitionSpec as P  # noqa: PLC0415
+
+  return NamedSharding(mesh, P("data") if axis == 0 else P())
+
+
+def _jitted_loop(config: Config, mesh: Any):
+  """`(loop, init(keys), chunk(keys, state, periods))`, jitted over seeds.
+
+  The counters all seeds share stay unbatched (`loop.state_axes`), which
+  makes the chunks the bits of `vmap(dqn.make_train(config))`; with a mesh
+  every leaf of the carry is placed alike from chunk to chunk.
+  """
+  loop = dqn.make_loop(config.dqn_config())
+  axes = loop.state_axes
+  state_sharding = metrics_sharding = None
+  if mesh is not None:
+    state_sharding = jax.tree.map(
+      lambda a: _sharding(mesh, a), axes, is_leaf=lambda a: a is None
+    )
+    metrics_sharding = _sharding(mesh, 0)
+  init = jax.jit(
+    jax.vmap(loop.init, out_axes=axes), out_shardings=state_sharding
   )
-  env = flags.DEFINE_string(
-    "env",
-    "CartPole-v1",
-    "Environment: a gymnax id, 'ChainMDP' or 'Probe-*'.",
-    flag_values=flag_values,
+  chunk = jax.jit(
+    jax.vmap(loop.run_periods, in_axes=(0, axes, None), out_axes=(axes, 0)),
+    out_shardings=(state_sharding, metrics_sharding),
   )
-  num_seeds = flags.DEFINE_integer(
-    "num_seeds",
-    4,
-    "Independent agents trained together under vmap.",
-    flag_values=flag_values,
+  return loop, init, chunk
+
+
+def _settings(config: Config) -> dict[str, Any]:
+  """The fields the trained agents depend on, as JSON values."""
+  fields = dataclasses.asdict(config)
+  return _common.to_json(
+    {k: v for k, v in fields.items() if k not in _RESUMABLE_FIELDS}
   )
-  seed = flags.DEFINE_integer(
-    "seed", 0, "Root seed; agent i uses key i.", flag_values=flag_values
+
+
+def save_checkpoint(
+  path: pathlib.Path,
+  config: Config,
+  state: dqn.DQNState,
+  periods: int,
+  metrics: dict[str, np.ndarray],
+) -> None:
+  """Writes the carry, the metrics so far and the progress atomically.
+
+  Args:
+    path: the .npz file.
+    config: the settings (their trained-on fields are saved with it).
+    state: the carry of every agent, leaves `[num_seeds, ...]`.
+    periods: evaluation periods done.
+    metrics: name -> per-period metrics so far, `[num_seeds, periods, ...]`.
+  """
+  meta = {"settings": _settings(config), "periods": periods}
+  arrays = {
+    f"leaf{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(state))
+  }
+  arrays.update({f"metric/{k}": np.asarray(v) for k, v in metrics.items()})
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  with checkpoint.write_errors(f"the checkpoint {path}"):
+    try:
+      with open(tmp, "wb") as f:
+        np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
+      os.replace(tmp, path)
+    finally:
+      tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(
+  path: pathlib.Path, config: Config, template: dqn.DQNState
+) -> tuple[dqn.DQNState, int, dict[str, np.ndarray]] | None:
+  """The carry, periods done and metrics saved at `path`; None if none.
+
+  The carry is placed like `template` (same devices and sharding). A
+  checkpoint that cannot be read is reported in one line and training
+  starts over.
+
+  Raises:
+    ValueError: if the checkpoint was made with other settings.
+  """
+  if not path.exists():
+    return None
+  num_leaves = len(jax.tree.leaves(template))
+  try:
+    with np.load(path) as saved:
+      meta = json.loads(str(saved["meta"]))
+      leaves = [saved[f"leaf{i}"] for i in range(num_leaves)]
+      metrics = {k.split("/", 1)[1]: saved[k] for k in saved.files if "/" in k}
+  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    logging.warning(
+      "checkpoint %s is unreadable (%s); starting over.", path, error
+    )
+    return None
+  _check_settings(path, meta.get("settings", {}), _settings(config))
+  expected = [(a.shape, a.dtype) for a in jax.tree.leaves(template)]
+  if [(a.shape, a.dtype) for a in leaves] != expected:
+    logging.warning("checkpoint %s holds other shapes; starting over.", path)
+    return None
+  placed = [
+    jax.device_put(a, t.sharding)
+    for a, t in zip(leaves, jax.tree.leaves(template), strict=True)
+  ]
+  state = jax.tree.unflatten(jax.tree.structure(template), placed)
+  return state, int(meta["periods"]), metrics
+
+
+def _check_settings(path, saved: dict, current: dict) -> None:
+  differ = sorted(
+    k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k)
   )
-  total_env_steps = flags.DEFINE_integer(
-    "total_env_steps",
-    300_000,
-    "Training budget per seed, in env steps.",
-    flag_values=flag_values,
-  )
-  num_envs = flags.DEFINE_integer(
-    "num_envs", 8, "Parallel environments per seed.", flag_values=flag_values
-  )
-  learning_rate = flags.DEFINE_float(
-    "learning_rate", 2.5e-4, "Adam step size.", flag_values=flag_values
-  )
-  gamma = flags.DEFINE_float(
-    "gamma", 0.99, "Discount factor.", flag_values=flag_values
-  )
-  buffer_size = flags.DEFINE_integer(
-    "buffer_size", 10_000, "Replay capacity.", flag_values=flag_values
-  )
-  batch_size = flags.DEFINE_integer(
-    "batch_size", 128, "Transitions per gradient step.", flag_values=flag_values
-  )
-  learning_starts = flags.DEFINE_integer(
-    "learning_starts",
-    10_000,
-    "Env steps before the first gradient step.",
-    flag_values=flag_values,
-  )
-  train_every = flags.DEFINE_integer(
-    "train_every",
-    8,
-    "Env steps between gradient steps.",
-    flag_values=flag_values,
-  )
-  target_update = flags.DEFINE_enum(
-    "target_update",
-    "hard",
-    ["hard", "polyak"],
-    "Hard copy every target_period env steps, or Polyak averaging.",
-    flag_values=flag_values,
-  )
-  target_period = flags.DEFINE_integer(
-    "target_period",
-    500,
-    "Env steps between target-network updates.",
-    flag_values=flag_values,
-  )
-  tau = flags.DEFINE_float(
-    "tau", 1.0, "Polyak step size (polyak mode).", flag_values=flag_values
-  )
-  double_dqn = flags.DEFINE_boolean(
-    "double_dqn", True, "Use the double-DQN target.", flag_values=flag_values
-  )
-  loss = flags.DEFINE_enum(
-    "loss",
-    "l2",
-    ["huber", "l2"],
-    "Loss on the TD error.",
-    flag_values=flag_values,
-  )
-  max_grad_norm = flags.DEFINE_float(
-    "max_grad_norm",
-    0.0,
-    "Global-norm gradient clipping; 0 disables it.",
-    flag_values=flag_values,
-  )
-  epsilon_start = flags.DEFINE_float(
-    "epsilon_start",
-    1.0,
-    "Initial exploration probability.",
-    flag_values=flag_values,
-  )
-  epsilon_end = flags.DEFINE_float(
-    "epsilon_end",
-    0.05,
-    "Final exploration probability.",
-    flag_values=flag_values,
-  )
-  epsilon_decay_steps = flags.DEFINE_integer(
-    "epsilon_decay_steps",
-    100_000,
-    "Env steps of the linear epsilon decay.",
-    flag_values=flag_values,
-  )
-  eval_every = flags.DEFINE_integer(
-    "eval_every",
-    10_000,
-    "Env steps between greedy evaluations.",
-    flag_values=flag_values,
-  )
-  eval_episodes = flags.DEFINE_integer(
-    "eval_episodes",
-    10,
-    "Greedy episodes per evaluation.",
-    flag_values=flag_values,
-  )
-  hidden = flags.DEFINE_list(
-    "hidden_sizes",
-    ["120", "84"],
-    "Hidden-layer widths of the Q-network.",
-    flag_values=flag_values,
-  )
-  target_return = flags.DEFINE_float(
-    "target_return",
-    475.0,
-    "Greedy return that counts as solved.",
-    flag_values=flag_values,
-  )
-  return types.SimpleNamespace(
-    workdir=workdir,
-    env=env,
-    num_seeds=num_seeds,
-    seed=seed,
-    total_env_steps=total_env_steps,
-    num_envs=num_envs,
-    learning_rate=learning_rate,
-    gamma=gamma,
-    buffer_size=buffer_size,
-    batch_size=batch_size,
-    learning_starts=learning_starts,
-    train_every=train_every,
-    target_update=target_update,
-    target_period=target_period,
-    tau=tau,
-    double_dqn=double_dqn,
-    loss=loss,
-    max_grad_norm=max_grad_norm,
-    epsilon_start=epsilon_start,
-    epsilon_end=epsilon_end,
-    epsilon_decay_steps=epsilon_decay_steps,
-    eval_every=eval_every,
-    eval_episodes=eval_episodes,
-    hidden=hidden,
-    target_return=target_return,
-  )
+  if differ:
+    changes = ", ".join(
+      f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in differ
+    )
+    raise ValueError(
+      f"{path} is a checkpoint of other settings ({changes}): use another "
+      f"--workdir, or remove it to start over."
+    )
+
+
+def flat_metrics(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Per-period metrics `[S, P, ...]` as `make_train`'s, `[S, I]`/`[S, P]`."""
+  flat = jax.vmap(dqn.flatten_metrics)(metrics)
+  return {k: np.asarray(v) for k, v in jax.device_get(flat).items()}
+
+
+def _checkpoint_due(
+  config: Config, periods: int, saved_at: float, num_periods: int
+) -> bool:
+  """Whether to save after `periods` periods (the last, or steps or time)."""
+  if periods == num_periods:
+    return True
+  every = config.checkpoint_every_steps
+  steps = periods * config.eval_every
+  if every and steps // every > (steps - config.eval_every) // every:
+    return True
+  elapsed = time.monotonic() - saved_at
+  return elapsed >= (config.checkpoint_every_secs or math.inf)
+
+
+def _joined(history: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Chunks of per-period metrics `[S, P_i, ...]` joined along the periods."""
+  return {
+    k: np.concatenate([chunk[k] for chunk in history], axis=1)
+    for k in history[0]
+  }
+
+
+def train_agents(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
+  """Trains every agent, resuming from `workdir`'s checkpoint if any.
+
+  Returns:
+    {"state": the final carry, "metrics": per-period metrics `[S, P,
+    ...]`, "devices": shards of the seed axis, "resumed_at": periods done
+    before this call, "compile_seconds", "run_seconds": this call's}.
+
+  Raises:
+    FloatingPointError: if an agent's loss or Q-values stop being finite
+      (the checkpoint before is kept).
+  """
+  keys, mesh = seed_keys(config)
+  start = time.perf_counter()
+  loop, init, chunk = _jitted_loop(config, mesh)
+  state = init(keys)
+  chunk = chunk.lower(keys, state, jnp.arange(1)).compile()
+  compile_s = time.perf_counter() - start
+  path = workdir / CHECKPOINT
+  restored = load_checkpoint(path, config, state)
+  state, done, metrics = restored or (state, 0, None)
+  history = [metrics] if metrics else []  # per-period metrics, in chunks
+  resumed_at, saved_at, run_s = done, time.monotonic(), 0.0
+  while done < loop.num_periods:
+    start = time.perf_counter()
+    state, new = chunk(keys, state, jnp.arange(done, done + 1))
+    history.append(jax.device_get(new))
+    run_s += time.perf_counter() - start
+    done += 1
+    if not history[-1]["finite"].all():
+      dqn.raise_if_diverged(flat_metrics(_joined(history)))
+    if _checkpoint_due(config, done, saved_at, loop.num_periods):
+      history = [_joined(history)]
+      save_checkpoint(path, config, state, done, history[0])
+      saved_at = time.monotonic()
+  return {
+    "state": state,
+    "metrics": _joined(history),
+    "devices": 1 if mesh is None else jax.device_count(),
+    "resumed_at": resumed_at,
+    "compile_seconds": compile_s,
+    "run_seconds": run_s,
+  }
+
+
+# ---------------------------------------------------------------------------
+# Results.
+# ---------------------------------------------------------------------------
 
 
 def steps_to_reach(env_steps, returns, threshold):
@@ -201,180 +335,129 @@ def steps_to_reach(env_steps, returns, threshold):
   return int(env_steps[hits[0]]) if hits.size else None
 
 
-def _shard_seeds(keys):
-  """Shards the seed axis over devices when their count divides it."""
-  num_devices = jax.device_count()
-  if num_devices == 1 or keys.shape[0] % num_devices:
-    return keys, 1
-  from jax.sharding import NamedSharding
-  from jax.sharding import PartitionSpec as P
-
-  from equivlab import parallel
-
-  mesh = parallel.make_mesh(num_devices)
-  return jax.device_put(keys, NamedSharding(mesh, P("data"))), num_devices
-
-
-def plot_curves(path, env_steps, returns, title, threshold=None):
-  """Greedy return against env steps: the mean and min-max over seeds."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  returns = np.asarray(returns)
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for curve in returns:
-    ax.plot(env_steps, curve, color="tab:blue", alpha=0.25, lw=0.8)
-  ax.fill_between(
-    env_steps, returns.min(0), returns.max(0), color="tab:blue", alpha=0.15
-  )
-  ax.plot(env_steps, returns.mean(0), color="tab:blue", lw=2, label="mean")
-  if threshold is not None:
-    ax.axhline(threshold, color="k", ls="--", lw=1, label=f"{threshold:g}")
-  ax.set_xlabel("env steps")
-  ax.set_ylabel("greedy return (mean of eval episodes)")
-  ax.set_title(title)
-  ax.legend(loc="lower right")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def save_checkpoint(path, state):
-  """Saves the final train states (all seeds) with orbax."""
-  import orbax.checkpoint as ocp
-
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.abspath(path), jax.device_get(state._asdict()))
-  checkpointer.wait_until_finished()
-
-
-def run(
-  config: dqn.DQNConfig,
-  workdir: str,
-  num_seeds: int = 4,
-  seed: int = 0,
-  target_return: float = 475.0,
-) -> dict:
-  """Trains `num_seeds` agents and writes results, a plot and a checkpoint.
-
-  Args:
-    config: the DQN settings.
-    workdir: output directory (created).
-    num_seeds: agents trained together under vmap.
-    seed: root seed.
-    target_return: the greedy return that counts as solved.
-
-  Returns:
-    The results written to results.json.
-
-  Raises:
-    ValueError: for a bad config or num_seeds < 1.
-  """
-  if num_seeds < 1:
-    raise ValueError(f"num_seeds must be >= 1, got {num_seeds}.")
-  os.makedirs(workdir, exist_ok=True)
-  train = jax.jit(jax.vmap(dqn.make_train(config)))
-  keys = jax.random.split(jax.random.key(seed), num_seeds)
-  keys, num_shards = _shard_seeds(keys)
-  logging.info(
-    "DQN on %s: %d seeds x %d env steps, seed axis over %d device(s).",
-    config.env_name,
-    num_seeds,
-    config.total_env_steps,
-    num_shards,
-  )
-  start = time.perf_counter()
-  compiled = train.lower(keys).compile()
-  compile_s = time.perf_counter() - start
-  start = time.perf_counter()
-  out = jax.block_until_ready(compiled(keys))
-  run_s = time.perf_counter() - start
-  metrics = jax.device_get(out["metrics"])
+def summarize(config: Config, metrics: dict[str, np.ndarray]) -> dict:
+  """The results of trained agents from their metrics `[S, I]`/`[S, P]`."""
   env_steps = np.asarray(metrics["eval_env_steps"][0])
   eval_returns = np.asarray(metrics["eval_return"])
   # Training-episode returns, averaged over each evaluation period.
-  iters = eval_returns.shape[1]
-  ret_sum = np.asarray(metrics["episode_return_sum"]).reshape(
-    num_seeds, iters, -1
-  )
-  episodes = np.asarray(metrics["episodes"]).reshape(num_seeds, iters, -1)
+  shape = (config.num_seeds, env_steps.size, -1)
+  ret_sum = np.asarray(metrics["episode_return_sum"]).reshape(shape)
+  episodes = np.asarray(metrics["episodes"]).reshape(shape)
   train_curve = ret_sum.sum(-1) / np.maximum(episodes.sum(-1), 1)
   steps_needed = [
-    steps_to_reach(env_steps, curve, target_return) for curve in eval_returns
+    steps_to_reach(env_steps, curve, config.target_return)
+    for curve in eval_returns
   ]
-  results = {
+  return {
     "config": dataclasses.asdict(config),
-    "num_seeds": num_seeds,
-    "seed": seed,
-    "devices": num_shards,
-    "target_return": target_return,
-    "eval_env_steps": env_steps.tolist(),
-    "eval_returns": eval_returns.tolist(),
-    "train_episode_returns": train_curve.tolist(),
-    "final_greedy_returns": eval_returns[:, -1].tolist(),
-    "best_greedy_returns": eval_returns.max(1).tolist(),
+    "seeds": list(config.seeds),
+    "eval_env_steps": env_steps,
+    "eval_returns": eval_returns,
+    "train_episode_returns": train_curve,
+    "final_greedy_returns": eval_returns[:, -1],
+    "best_greedy_returns": eval_returns.max(1),
     "steps_to_target": steps_needed,
     "all_seeds_reached_target": all(s is not None for s in steps_needed),
-    "compile_seconds": compile_s,
-    "run_seconds": run_s,
-    "env_steps_per_second": num_seeds * config.total_env_steps / run_s,
-    "jax_backend": jax.default_backend(),
   }
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2)
-  plot_curves(
-    os.path.join(workdir, "learning_curve.png"),
-    env_steps,
-    eval_returns,
-    f"DQN on {config.env_name}, {num_seeds} seeds",
-    threshold=target_return,
+
+
+def _table(results: dict[str, Any]) -> str:
+  target = results["config"]["target_return"]
+  rows = [
+    {
+      "seed": seed,
+      "final greedy return": f"{final:.1f}",
+      "best greedy return": f"{best:.1f}",
+      f"env steps to reach {target:g}": "-" if steps is None else steps,
+    }
+    for seed, final, best, steps in zip(
+      results["seeds"],
+      results["final_greedy_returns"],
+      results["best_greedy_returns"],
+      results["steps_to_target"],
+      strict=True,
+    )
+  ]
+  return viz.format_table(rows)
+
+
+def _figure(workdir: pathlib.Path, results: dict[str, Any]) -> None:
+  returns = np.asarray(results["eval_returns"])
+  curves = {
+    f"seed {s}": r for s, r in zip(results["seeds"], returns, strict=True)
+  }
+  curves["mean"] = returns.mean(0)
+  target = results["config"]["target_return"]
+  curves[f"target {target:g}"] = np.full(returns.shape[1], target)
+  viz.plot_learning_curves(
+    curves,
+    workdir / "learning_curve.png",
+    x=[int(s) for s in results["eval_env_steps"]],
+    xlabel="env steps (per agent)",
+    ylabel="greedy return (mean of eval episodes)",
+    title=(f"DQN on {results['config']['env_name']}, {len(returns)} seed(s)"),
   )
-  save_checkpoint(os.path.join(workdir, "checkpoint"), out["state"])
+
+
+def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
+  """Trains (or resumes) the agents; writes results, table and figure.
+
+  Args:
+    config: the settings.
+    workdir: where results.json, results.md, timings.json,
+      learning_curve.png and checkpoint.npz go.
+
+  Returns:
+    The contents of results.json: "config", "seeds", "devices",
+    "eval_env_steps" `[E]`, "eval_returns" `[S, E]`,
+    "train_episode_returns" `[S, E]`, "final_greedy_returns" and
+    "best_greedy_returns" `[S]`, "steps_to_target" `[S]` (None where not
+    reached), "all_seeds_reached_target" and "table".
+
+  Raises:
+    ValueError: if the workdir holds a checkpoint of other settings.
+    FloatingPointError: if training diverges.
+    equivlab.training.WorkdirInUseError: if another live run uses it.
+    OSError: if the workdir or the checkpoint cannot be written.
+  """
+  workdir = pathlib.Path(workdir)
+  with checkpoint.WorkdirLock(workdir):
+    return _run(config, workdir)
+
+
+def _run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
   logging.info(
-    "final greedy returns %s; steps to %g: %s; %.0f env steps/s",
-    results["final_greedy_returns"],
-    target_return,
-    steps_needed,
-    results["env_steps_per_second"],
+    "DQN on %s: %d seed(s) x %d env steps.",
+    config.env_name,
+    config.num_seeds,
+    config.total_env_steps,
   )
-  return results
+  trained = train_agents(config, workdir)
+  results = summarize(config, flat_metrics(trained["metrics"]))
+  results["devices"] = trained["devices"]
+  results["table"] = _table(results)
+  _figure(workdir, results)
+  trained_steps = (
+    config.num_seeds
+    * config.eval_every
+    * (len(results["eval_env_steps"]) - trained["resumed_at"])
+  )
+  _common.write_results(
+    workdir,
+    results,
+    table=results["table"],
+    timings={
+      "compile_seconds": trained["compile_seconds"],
+      "run_seconds": trained["run_seconds"],
+      "env_steps_per_second": trained_steps / max(trained["run_seconds"], 1e-9),
+      "resumed_at_env_steps": trained["resumed_at"] * config.eval_every,
+      "jax_backend": jax.default_backend(),
+    },
+  )
+  return _common.to_json(results)
 
 
-def main(argv, holders: types.SimpleNamespace):
-  del argv
-  config = dqn.DQNConfig(
-    env_name=holders.env.value,
-    num_envs=holders.num_envs.value,
-    total_env_steps=holders.total_env_steps.value,
-    hidden_sizes=tuple(int(h) for h in holders.hidden.value),
-    learning_rate=holders.learning_rate.value,
-    gamma=holders.gamma.value,
-    loss=holders.loss.value,
-    max_grad_norm=holders.max_grad_norm.value or None,
-    double_dqn=holders.double_dqn.value,
-    buffer_size=holders.buffer_size.value,
-    batch_size=holders.batch_size.value,
-    learning_starts=holders.learning_starts.value,
-    train_every=holders.train_every.value,
-    target_update=holders.target_update.value,
-    target_period=holders.target_period.value,
-    tau=holders.tau.value,
-    epsilon_start=holders.epsilon_start.value,
-    epsilon_end=holders.epsilon_end.value,
-    epsilon_decay_steps=holders.epsilon_decay_steps.value,
-    eval_every=holders.eval_every.value,
-    eval_episodes=holders.eval_episodes.value,
-  )
-  run(
-    config,
-    holders.workdir.value,
-    num_seeds=holders.num_seeds.value,
-    seed=holders.seed.value,
-    target_return=holders.target_return.value,
-  )
-
+define_flags, main = _common.entry_points(Config, run, "dqn")
 
 if __name__ == "__main__":
-  _launch.run(main, define_flags)
+  _common.launch(main, define_flags)

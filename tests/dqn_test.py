@@ -215,6 +215,39 @@ class DivergenceTest(chex.TestCase):
     dqn.raise_if_diverged(metrics)  # no error
 
 
+class LoopTest(chex.TestCase):
+  """`make_loop`'s pieces, chunk by chunk, give the bits of `make_train`."""
+
+  def test_chunks_are_the_bits_of_make_train(self):
+    config = dataclasses.replace(_PROBE, eval_every=400)
+    key = jax.random.key(3)
+    whole = jax.jit(dqn.make_train(config))(key)
+    loop = dqn.make_loop(config)
+    self.assertEqual(loop.num_periods, 5)
+    run_periods = jax.jit(loop.run_periods)
+    state, parts = jax.jit(loop.init)(key), []
+    for first, count in ((0, 2), (2, 1), (3, 2)):
+      state, metrics = run_periods(key, state, jnp.arange(first, first + count))
+      parts.append(metrics)
+    metrics = jax.tree.map(lambda *a: jnp.concatenate(a), *parts)
+    jax.tree.map(
+      np.testing.assert_array_equal,
+      (whole["state"], whole["metrics"]),
+      (state, dqn.flatten_metrics(metrics)),
+    )
+
+  def test_state_axes_mark_the_shared_counters(self):
+    axes = dqn.make_loop(_PROBE).state_axes
+    self.assertIsNone(axes.env_steps)
+    self.assertIsNone(axes.num_updates)
+    self.assertIsNone(axes.buffer.position)
+    self.assertIsNone(axes.buffer.size)
+    self.assertIsNone(axes.opt_state[0].count)
+    self.assertEqual(axes.opt_state[0].mu["params"]["Dense_0"]["kernel"], 0)
+    self.assertEqual(axes.buffer.storage.obs, 0)
+    self.assertEqual(axes.params["params"]["Dense_1"]["bias"], 0)
+
+
 def _learned_q(config, obs, key=0):
   out = jax.jit(dqn.make_train(config))(jax.random.key(key))
   return np.asarray(dqn.q_values_at(config, out["state"].params, obs))

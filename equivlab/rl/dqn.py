@@ -21,6 +21,12 @@ fire when an iteration CROSSES a multiple of the period, i.e. when
 environments (a test for `t % period == 0` would never fire for, say, 3
 environments and a period of 10 at t = 10, 20, ...).
 
+For runs that stop and resume, `make_loop(config)` gives the same loop in
+pieces: `init(key)` and `run_periods(key, state, periods)`, whose whole
+state a caller can save between evaluation periods; consecutive chunks of
+periods give the same bits as `make_train` (`experiments/dqn.py` checkpoints
+that way).
+
 Divergence is never silent: every iteration records whether its loss and
 the Q-values it acted on were finite (`metrics["finite"]`), the result
 carries `metrics["diverged"]`, and `raise_if_diverged(metrics)` turns it
@@ -68,6 +74,7 @@ from equivlab.rl.schedules import (
 # of (config, parts, metrics, schedules, evaluation).
 __all__ = [
   "DQNConfig",
+  "DQNLoop",
   "DQNParts",
   "DQNState",
   "QNetwork",
@@ -83,6 +90,7 @@ __all__ = [
   "learn",
   "linear_epsilon",
   "make_env",
+  "make_loop",
   "make_network",
   "make_optimizer",
   "make_train",
@@ -462,6 +470,87 @@ def train_then_evaluate(
   return state, metrics
 
 
+class DQNLoop(NamedTuple):
+  """The training loop in pieces, for runs that stop and resume.
+
+  `make_train(config)(key)` is `run_periods(key, init(key),
+  jnp.arange(num_periods))` with the metrics flattened by
+  `flatten_metrics`; running the periods in consecutive chunks instead (the
+  state carried, saved and restored between them) gives the same bits.
+  Across seeds, vmap both with `state_axes` as the state's axes (`in_axes=
+  (0, state_axes, None)`, `out_axes=(state_axes, 0)`): the result is then
+  bit for bit that of `jax.vmap(make_train(config))`.
+
+  Attributes:
+    init: `init(key) -> DQNState`, the state before the first period.
+    run_periods: `run_periods(key, state, periods) -> (state, metrics)`:
+      one evaluation period (`eval_every` env steps, then a greedy
+      evaluation) for each index in `periods` (int32 `[P]`, consecutive,
+      counted from 0); metrics leaves `[P, eval_every // num_envs]`, and
+      `[P]` for "eval_return" and "eval_env_steps".
+    num_periods: evaluation periods in a whole run.
+    state_axes: a `DQNState` of 0 (a leaf that differs from seed to seed)
+      and None (the counters every seed shares: env steps, updates, the
+      buffer's position and size, the optimizer's step count). Kept
+      unbatched under `vmap`, they keep `maybe_learn`'s `lax.cond` a real
+      branch instead of a select that computes a gradient step every
+      iteration, and the arithmetic that of `vmap(make_train(config))`.
+  """
+
+  init: Callable[[chex.PRNGKey], DQNState]
+  run_periods: Callable[[chex.PRNGKey, DQNState, jax.Array], tuple]
+  num_periods: int
+  state_axes: DQNState
+
+
+def make_loop(config: DQNConfig) -> DQNLoop:
+  """Builds the pure, jittable, vmappable pieces of the DQN loop.
+
+  Every random stream derives from the key handed to both pieces (never
+  rebound or consumed), so a resumed run needs only the key and the state.
+
+  Raises:
+    TypeError, ValueError: as `make_train`.
+  """
+  parts = build(config)
+
+  def init(key: chex.PRNGKey) -> DQNState:
+    init_key, reset_key, _, _ = jax.random.split(key, 4)
+    return init_state(parts, init_key, reset_key)
+
+  def run_periods(key: chex.PRNGKey, state: DQNState, periods: jax.Array):
+    _, _, run_key, eval_key = jax.random.split(key, 4)
+    period = functools.partial(train_then_evaluate, parts, run_key, eval_key)
+    return jax.lax.scan(period, state, periods)
+
+  return DQNLoop(
+    init=init,
+    run_periods=run_periods,
+    num_periods=config.total_env_steps // config.eval_every,
+    state_axes=_state_axes(jax.eval_shape(init, jax.random.key(0))),
+  )
+
+
+def _state_axes(state: DQNState) -> DQNState:
+  """0 for the leaves that differ between seeds, None for shared counters.
+
+  The shared ones: env steps, gradient steps, the buffer's position and
+  size, and the optimizer's step counts (its integer leaves), all advanced
+  by the schedule alone.
+  """
+  axes = jax.tree.map(lambda _: 0, state)
+  opt_axes = jax.tree.map(
+    lambda leaf: None if jnp.issubdtype(leaf.dtype, jnp.integer) else 0,
+    state.opt_state,
+  )
+  return axes._replace(
+    opt_state=opt_axes,
+    buffer=axes.buffer._replace(position=None, size=None),
+    env_steps=None,
+    num_updates=None,
+  )
+
+
 def make_train(config: DQNConfig) -> Callable[[chex.PRNGKey], dict]:
   """Builds the pure, jittable, vmappable DQN training function.
 
@@ -490,14 +579,11 @@ def make_train(config: DQNConfig) -> Callable[[chex.PRNGKey], dict]:
     TypeError, ValueError: for a bad config, an unknown environment, or one
       without a discrete action space.
   """
-  parts = build(config)
-  num_evals = config.total_env_steps // config.eval_every
+  loop = make_loop(config)
 
   def train(key: chex.PRNGKey) -> dict:
-    init_key, reset_key, run_key, eval_key = jax.random.split(key, 4)
-    state = init_state(parts, init_key, reset_key)
-    period = functools.partial(train_then_evaluate, parts, run_key, eval_key)
-    state, metrics = jax.lax.scan(period, state, jnp.arange(num_evals))
+    periods = jnp.arange(loop.num_periods)
+    state, metrics = loop.run_periods(key, loop.init(key), periods)
     return {"state": state, "metrics": flatten_metrics(metrics)}
 
   return train

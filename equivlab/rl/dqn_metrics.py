@@ -1,8 +1,8 @@
 """What a DQN run records, per iteration and per evaluation, and its checks.
 
-The loop of `dqn.make_train` collects metrics per evaluation period
+`dqn.make_loop`'s `run_periods` returns metrics per evaluation period
 (leaves `[P, I/P]`); `flatten_metrics` lays them out per iteration as
-`make_train` returns them and adds "diverged". `raise_if_diverged`
+`dqn.make_train` returns them and adds "diverged". `raise_if_diverged`
 turns a non-finite loss or acting Q-value into a `FloatingPointError`
 naming the seed and the first bad env step.
 """
@@ -12,7 +12,7 @@ import numpy as np
 
 
 def flatten_metrics(metrics: dict) -> dict:
-  """Per-period metrics of the loop as `make_train` returns them.
+  """Per-period metrics of `run_periods` as `make_train` returns them.
 
   Args:
     metrics: leaves `[P, I/P]` per iteration and `[P]` per evaluation (one
