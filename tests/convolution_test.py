@@ -207,3 +207,24 @@ def test_tiled_max_pool_equals_reduce_window(dtype, size):
     f, identity, lax.max, (1, 2, 2, 1, 1), (1, 2, 2, 1, 1), "VALID"
   )
   np.testing.assert_array_equal(gconv.spatial_max_pool(f, 2), want)
+
+
+def test_peer_benchmark_times_our_side_and_forms_ratios():
+  from benchmarks import gconv_peers  # noqa: PLC0415
+
+  for group, layer, _ in gconv_peers.LAYERS:
+    got = gconv_peers.jax_side(group, layer, 2, 2, 8, 1, "cpu")
+    assert got["side"] == "equivlab/cpu" and got["min_s"] > 0
+    assert got["peak_rss_mib"] > 0
+  best = {
+    "cpu": {"min_s": 1.0, "peak_rss_mib": 300.0},
+    "xla": {"min_s": 2.0, "peak_rss_mib": 300.0},
+    "escnn": {"min_s": 4.0, "peak_rss_mib": 600.0},
+  }
+  assert gconv_peers._ratios(best) == {
+    "cpu / escnn time": 0.25,
+    "cpu / escnn peak memory": 0.5,
+    "xla / escnn time": 0.5,
+    "xla / escnn peak memory": 0.5,
+    "cpu / xla time": 0.5,
+  }
