@@ -11,6 +11,12 @@ if _DEVICE_FLAG not in os.environ.get("XLA_FLAGS", ""):
   ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Compiled programs shared by every test and test subprocess (many compile
+# the very same train steps); experiments launched by tests use it too.
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR",
+  os.path.join(os.environ.get("TMPDIR", "/tmp"), "equivlab-test-jax-cache"),
+)
 # tfds must never reach for the network in tests.
 os.environ.setdefault(
   "TFDS_DATA_DIR",

@@ -53,9 +53,9 @@ def spatial_max_pool(
 
   Windows that tile the input ("VALID", stride == window) are a reshape and
   a max, which XLA:CPU differentiates several times faster than
-  `reduce_window` (whose gradient it expands with index arrays); its
-  gradient splits a tie evenly among the maxima where `reduce_window`'s
-  gives it to the first. Other settings use `lax.reduce_window`.
+  `reduce_window` (whose gradient it expands with index arrays), with the
+  same values and the same gradient (a tie sends it to the first maximum).
+  Other settings use `lax.reduce_window`.
 
   Returns:
     The pooled array, same rank as `f`.
@@ -99,7 +99,31 @@ def _tiled_max(f: jax.Array, window: int) -> jax.Array:
   out_h, out_w = h // window, w // window
   f = f[:, : out_h * window, : out_w * window]
   f = f.reshape(n, out_h, window, out_w, window, *f.shape[3:])
-  return jnp.max(f, axis=(2, 4))
+  f = jnp.moveaxis(f, (2, 4), (-2, -1))
+  f = f.reshape(*f.shape[:-2], window * window)  # row-major window order
+  if not jnp.issubdtype(f.dtype, jnp.floating):
+    return jnp.max(f, axis=-1)
+  return _first_max(f)
+
+
+@jax.custom_jvp
+def _first_max(windows: jax.Array) -> jax.Array:
+  """`max` over the last axis whose derivative follows the first maximum.
+
+  As `lax.reduce_window`'s gradient does (a tie sends the whole gradient
+  to the first of the tied entries in row-major order), so that the two
+  poolings agree in value and in gradient.
+  """
+  return jnp.max(windows, axis=-1)
+
+
+@_first_max.defjvp
+def _first_max_jvp(primals, tangents):
+  (windows,), (tangent,) = primals, tangents
+  top = jnp.max(windows, axis=-1)
+  hit = windows == top[..., None]
+  first = hit & (jnp.cumsum(hit, axis=-1) == 1)
+  return top, jnp.sum(jnp.where(first, tangent, 0), axis=-1)
 
 
 def _max_identity(dtype) -> np.ndarray:
