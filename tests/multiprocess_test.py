@@ -1,9 +1,9 @@
 """Two real JAX processes train through the library loop (issue 16 item 6).
 
 Each test starts Python interpreters that meet through `jax.distributed` at
-127.0.0.1 (CPU collectives: gloo), each with two simulated CPU devices, so
-the mesh spans 4 devices in 2 processes, and each calls
-`train.train_and_evaluate` itself on one shared workdir. Every subprocess
+127.0.0.1 (CPU collectives: gloo), each with one CPU device, so the mesh
+spans 2 devices in 2 processes, and each calls `train.train_and_evaluate`
+itself on one shared workdir. Every subprocess
 runs under a hard timeout and is killed if it hangs.
 """
 
@@ -24,7 +24,7 @@ from equivlab import train
 _REPO = pathlib.Path(__file__).resolve().parent.parent
 _TIMEOUT_S = 240
 _NUM_PROCESSES = 2
-_LOCAL_DEVICES = 2
+_LOCAL_DEVICES = 1
 
 # 64 digits / 16 = 4 steps per epoch, 2 epochs; checkpoints at 2, 4, 6, 8.
 # Batch norm and dropout: the statistics must be those of the global batch.
@@ -170,19 +170,23 @@ def test_two_processes_train_through_the_loop_like_one(tmp_path):
   assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
   assert len(list((two / "tensorboard").iterdir())) == 1
 
-  # The same global batches on 4 devices of ONE process: the same run, up
-  # to the order of the cross-process sums (gloo vs one XLA reduction).
+  # The same global batches on the 2 devices of ONE process: the same run
+  # (batch norm statistics and gradients over the global batch), up to
+  # the last bit or two: gloo sums across processes, XLA within one, in
+  # programs compiled apart (measured: 2e-7 relative after 8 steps).
   one = train.train_and_evaluate(
-    CONFIG.__class__(**{**CONFIG.to_json(), "num_devices": 4}),
+    CONFIG.__class__(
+      **{**CONFIG.to_json(), "num_devices": _NUM_PROCESSES * _LOCAL_DEVICES}
+    ),
     tmp_path / "one",
   )
   flat = jax.tree_util.tree_flatten_with_path(one.variables)[0]
   for path, leaf in flat:
     np.testing.assert_allclose(
-      ours[0][jax.tree_util.keystr(path)], leaf, rtol=1e-5, atol=1e-6
+      ours[0][jax.tree_util.keystr(path)], leaf, rtol=2e-6, atol=1e-7
     )
   metrics = json.loads((two / "metrics_0.json").read_text())
-  np.testing.assert_allclose(metrics["test_loss"], one["test_loss"], rtol=1e-5)
+  np.testing.assert_allclose(metrics["test_loss"], one["test_loss"], rtol=1e-6)
 
   # Killed mid-run (one process stalls after the checkpoint at 4, is killed,
   # the other with it), the same two commands resume to bitwise the end of

@@ -179,6 +179,45 @@ def test_a_workdir_that_is_a_file_is_one_clear_error(tmp_path):
     train.train_and_evaluate(CONFIG, path / "below")
 
 
+def test_a_read_only_workdir_is_one_clear_error(tmp_path, monkeypatch):
+  # As on a read-only mount (root ignores permission bits, so the error is
+  # raised where the OS would raise it).
+  original = type(tmp_path).mkdir
+
+  def mkdir(self, *args, **kwargs):
+    if self.name == "run":
+      raise OSError(errno.EROFS, "Read-only file system", str(self))
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(type(tmp_path), "mkdir", mkdir)
+  with pytest.raises(
+    checkpoint.CheckpointWriteError,
+    match=r"cannot create workdir .*run: Read-only file system \(EROFS\)",
+  ) as info:
+    train.train_and_evaluate(CONFIG, tmp_path / "run")
+  assert info.value.errno == errno.EROFS
+
+
+def test_checkpoints_at_epoch_ends_and_by_the_clock(tmp_path):
+  # Defaults: every epoch end (4, 8, 12); a clock period shorter than a
+  # step: every step; a step period: its multiples and the epoch ends.
+  cases = {
+    "epochs": (dict(checkpoint_every_secs=3600.0), [4, 8, 12]),
+    "clock": (dict(checkpoint_every_secs=1e-9), list(range(1, 13))),
+    "steps": (
+      dict(checkpoint_every_secs=None, checkpoint_every_steps=3),
+      [3, 4, 6, 8, 9, 12],
+    ),
+  }
+  for name, (overrides, steps) in cases.items():
+    config = dataclasses.replace(CONFIG, max_checkpoints=20, **overrides)
+    train.train_and_evaluate(config, tmp_path / name)
+    saved = sorted(
+      int(p.name) for p in (tmp_path / name / "checkpoints").iterdir()
+    )
+    assert saved == steps, name
+
+
 def test_a_failing_save_is_one_error_and_leaves_no_temporary_folder(
   tmp_path, monkeypatch
 ):

@@ -5,10 +5,11 @@
   that can be read; one that cannot (truncated data, an emptied metadata
   file) is reported in one log line naming its step and why, moved to
   `<workdir>/damaged_checkpoints/`, and the next older one is tried; with
-  none left the run starts over and says so. Saving turns any failure to
-  write (disk full, read-only, the workdir a file) into one
-  `CheckpointWriteError` naming the path, and leaves no temporary
-  directory behind.
+  none left the run starts over and says so. A save returns once the
+  checkpoint is on disk and turns any failure to write (disk full,
+  read-only, the workdir a file) into one `CheckpointWriteError` naming
+  the path, leaving no temporary directory behind. Runs in several threads
+  of one process take turns with orbax.
 - `WorkdirLock` keeps two live runs out of one workdir. It is an OS file
   lock (`fcntl.flock`) on `<workdir>/.lock`, which the kernel releases when
   its process dies, even by SIGKILL; the file names the holder (pid, host,
@@ -23,6 +24,7 @@ import dataclasses
 import datetime
 import errno
 import fcntl
+import functools
 import gc
 import json
 import logging
@@ -32,6 +34,7 @@ import re
 import shutil
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -232,6 +235,26 @@ def _quiet_failed_io():
     sys.unraisablehook = previous
 
 
+# orbax's checkpoint managers share process-wide machinery (operation ids,
+# signalling threads, an event loop) that is not safe to drive from two
+# threads at once, and `_quiet_failed_io` swaps the process's unraisable
+# hook: runs trained side by side in threads (`experiments/_common.py`)
+# take turns for every orbax operation, and a save is finished before the
+# turn ends.
+_ORBAX_TURN = threading.RLock()
+
+
+def _in_turn(method):
+  """Runs a `Checkpointer` method while holding `_ORBAX_TURN`."""
+
+  @functools.wraps(method)
+  def wrapped(*args, **kwargs):
+    with _ORBAX_TURN:
+      return method(*args, **kwargs)
+
+  return wrapped
+
+
 @dataclasses.dataclass(frozen=True)
 class Restored:
   """A checkpoint that was read back: its step, arrays and JSON metadata."""
@@ -268,7 +291,8 @@ class Checkpointer:
       cleanup_tmp_directories=not read_only,
     )
     try:
-      self._manager = ocp.CheckpointManager(self.directory, options=options)
+      with _ORBAX_TURN:
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
     except OSError as error:
       raise CheckpointWriteError(
         error.errno,
@@ -279,6 +303,7 @@ class Checkpointer:
     """The newest checkpoint's step (intact or not), None if there is none."""
     return self._manager.latest_step()
 
+  @_in_turn
   def restore_latest(
     self,
     target: Any = None,
@@ -334,6 +359,7 @@ class Checkpointer:
       )
     return restored
 
+  @_in_turn
   def restore(self, step: int, target: Any = None) -> Restored:
     """The checkpoint at `step`; raises what orbax raises if it is damaged."""
     meta = self._restore_meta(step)
@@ -375,14 +401,14 @@ class Checkpointer:
       multihost_utils.sync_global_devices("equivlab_damaged_checkpoints")
     self._manager.reload()
 
+  @_in_turn
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Starts writing a checkpoint (asynchronously).
+    """Writes a checkpoint; returns once it is on disk.
 
     Raises:
-      CheckpointWriteError: if this or an earlier asynchronous save failed.
+      CheckpointWriteError: if the save failed (nothing of it is left).
     """
-    # A failure of the previous (asynchronous) save is that save's failure.
-    self.wait()
+    self.wait()  # an earlier save's failure is that save's failure
     with self._write_errors(step):
       self._manager.save(
         step,
@@ -390,7 +416,9 @@ class Checkpointer:
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
         ),
       )
+      self._manager.wait_until_finished()
 
+  @_in_turn
   def wait(self) -> None:
     """Waits for pending saves; raises `CheckpointWriteError` on failure."""
     with self._write_errors(self._manager.latest_step()):
@@ -419,6 +447,7 @@ class Checkpointer:
       if _TMP_MARKER in path.name:
         shutil.rmtree(path, ignore_errors=True)
 
+  @_in_turn
   def close(self) -> None:
     """Waits for pending saves and stops orbax's threads; never raises."""
     with _quiet_failed_io():

@@ -521,7 +521,7 @@ def _end_epoch(run: _Run, epoch: int, test_sets: dict[str, Arrays]) -> None:
 
 def _save(run: _Run) -> None:
   meta = {"config": run.meta_config, "history": run.history, "sums": run.sums}
-  # A snapshot: the save is asynchronous and the loop goes on mutating.
+  # A snapshot: the loop goes on mutating its history and sums.
   meta = json.loads(json.dumps(meta))
   run.checkpointer.save(run.step, _checkpoint_tree(run.state), meta)
   run.last_save = time.monotonic()
