@@ -125,19 +125,7 @@ class Config:
         name, getattr(self, name), minimum=0, strict_minimum=True
       )
     checks.check_int("seed", self.seed, minimum=0)
-    checks.check_int(
-      "checkpoint_every_steps",
-      self.checkpoint_every_steps,
-      minimum=1,
-      allow_none=True,
-    )
-    checks.check_number(
-      "checkpoint_every_secs",
-      self.checkpoint_every_secs,
-      minimum=0,
-      strict_minimum=True,
-      allow_none=True,
-    )
+    _common.check_checkpoint_cadence(self)
     _check_text(self)
 
 

@@ -84,19 +84,7 @@ class Config(dqn.DQNConfig, _common.SeedOptions):
     super().__post_init__()
     _common.check_config(self)
     checks.check_number("target_return", self.target_return)
-    checks.check_int(
-      "checkpoint_every_steps",
-      self.checkpoint_every_steps,
-      minimum=1,
-      allow_none=True,
-    )
-    checks.check_number(
-      "checkpoint_every_secs",
-      self.checkpoint_every_secs,
-      minimum=0,
-      strict_minimum=True,
-      allow_none=True,
-    )
+    _common.check_checkpoint_cadence(self)
 
   def dqn_config(self) -> dqn.DQNConfig:
     """The `dqn.DQNConfig` these settings hold."""

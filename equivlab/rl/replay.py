@@ -153,6 +153,20 @@ def _raise_if_short(size, batch_size):
     )
 
 
+def _check_batch(state: ReplayState, batch_size: int, check: bool) -> None:
+  """A batch fits the capacity; with `check`, the buffer holds one."""
+  if batch_size > state.capacity:
+    raise ValueError(
+      f"replay.sample asked for a batch of {batch_size} from a buffer of "
+      f"capacity {state.capacity}: the buffer must be at least a batch."
+    )
+  if check:
+    if isinstance(state.size, jax.core.Tracer):
+      jax.debug.callback(_raise_if_short, state.size, batch_size)
+    else:
+      _raise_if_short(state.size, batch_size)
+
+
 def sample(
   key: chex.PRNGKey, state: ReplayState, batch_size: int, *, check=True
 ) -> Any:
@@ -173,22 +187,12 @@ def sample(
       fewer than `batch_size` items (at once when the size is concrete; from
       the jitted computation otherwise).
   """
-  capacity = state.capacity
   if not isinstance(batch_size, int | np.integer) or batch_size < 1:
     raise ValueError(
       "replay.sample expects a positive integer batch_size, got "
       f"{batch_size!r}."
     )
-  if batch_size > capacity:
-    raise ValueError(
-      f"replay.sample asked for a batch of {batch_size} from a buffer of "
-      f"capacity {capacity}: the buffer must be at least a batch."
-    )
-  if check:
-    if isinstance(state.size, jax.core.Tracer):
-      jax.debug.callback(_raise_if_short, state.size, batch_size)
-    else:
-      _raise_if_short(state.size, batch_size)
+  _check_batch(state, int(batch_size), check)
   # Never index rows that were not written: draw from [0, size).
   rows = jax.random.randint(key, (batch_size,), 0, jnp.maximum(state.size, 1))
   return jax.tree.map(lambda s: s[rows], state.storage)
@@ -219,16 +223,6 @@ def sample_with_bits(
       "replay.sample_with_bits expects uint32 bits shaped [2, batch_size], "
       f"got shape {jnp.shape(bits)}."
     )
-  batch_size = int(jnp.shape(bits)[1])
-  if batch_size > state.capacity:
-    raise ValueError(
-      f"replay.sample asked for a batch of {batch_size} from a buffer of "
-      f"capacity {state.capacity}: the buffer must be at least a batch."
-    )
-  if check:
-    if isinstance(state.size, jax.core.Tracer):
-      jax.debug.callback(_raise_if_short, state.size, batch_size)
-    else:
-      _raise_if_short(state.size, batch_size)
+  _check_batch(state, int(jnp.shape(bits)[1]), check)
   rows = noise.randint_from_bits(bits[0], bits[1], state.size)
   return jax.tree.map(lambda s: s[rows], state.storage)
