@@ -453,8 +453,9 @@ def _conv3d_against_lax(x, k, dy, stride, padding):
   return z, grads, want, vjp(dy)
 
 
-# Each example compiles a fresh program (~1 s on 2 busy cores): 12 of them.
-@settings(max_examples=12)
+# Each example compiles a fresh program (~3 s on 2 busy cores): 6 of them,
+# derandomised in CI; `test_conv3d_*` below pin strides and paddings too.
+@settings(max_examples=6)
 @given(_conv3d_case())
 def test_conv3d_forward_and_backward_match_lax_conv(case):
   x_shape, k_shape, stride, padding, seed = case
