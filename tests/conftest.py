@@ -17,6 +17,9 @@ os.environ.setdefault(
   "JAX_COMPILATION_CACHE_DIR",
   os.path.join(os.environ.get("TMPDIR", "/tmp"), "equivlab-test-jax-cache"),
 )
+# Every program, not only those over jax's default second of compilation:
+# the tests' programs are small, and many recur across tests.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # tfds must never reach for the network in tests.
 os.environ.setdefault(
   "TFDS_DATA_DIR",

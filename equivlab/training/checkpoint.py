@@ -225,13 +225,21 @@ def without_closed_loop_noise(hook: Callable[[Any], None]):
 
 @contextlib.contextmanager
 def _quiet_failed_io():
-  """`without_closed_loop_noise` while inside; pending failures finalised."""
+  """`without_closed_loop_noise` while inside; failed operations finalised.
+
+  Only a failure leaves operations to finalise, and a full collection
+  costs 0.1-1 s in a large process, so it runs only on the way out of an
+  exception (`Checkpointer.close`, which swallows its errors, collects
+  itself).
+  """
   previous = sys.unraisablehook
   sys.unraisablehook = without_closed_loop_noise(previous)
   try:
     yield
-  finally:
+  except BaseException:
     gc.collect()  # Finalise the failed operations while the filter is on.
+    raise
+  finally:
     sys.unraisablehook = previous
 
 
@@ -454,6 +462,7 @@ class Checkpointer:
       try:
         self._manager.wait_until_finished()
       except Exception:  # noqa: BLE001 (reported by save / wait already)
+        gc.collect()
         self._remove_temporaries()
       with contextlib.suppress(Exception):
         self._manager.close()
