@@ -23,6 +23,33 @@ def test_plot_filters_single_and_many_inputs(tmp_path):
   assert one == str(tmp_path / "a.png")
 
 
+def test_grids_are_one_image_each_panel_on_its_own_scale():
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(3, 3)), 5.0 + 100.0 * rng.normal(size=(3, 3))
+  for panel in (a, b):
+    scaled = viz._scaled(panel)
+    assert scaled.min() == 0.0 and scaled.max() == 1.0
+    np.testing.assert_allclose(
+      scaled, (panel - panel.min()) / np.ptp(panel), rtol=1e-6
+    )
+  assert (viz._scaled(np.full((2, 2), 7.0)) == 0.5).all()
+  # Panels (1, 0) and (0, 1) of a 2x2 grid, gap 1 (columns) and 2 (rows);
+  # the 1x1 panel is resampled to 3x3. Everything else stays white.
+  big = np.stack([viz._scaled(a)] * 3 + [np.ones((3, 3))], -1)
+  small = np.array([[[0.25, 0.5, 0.75, 1.0]]])
+  image, h, w, gap_y = viz._mosaic(
+    [(1, 0, big), (0, 1, small)], 2, 2, gap=1, gap_y=2
+  )
+  assert (h, w, gap_y) == (3, 3, 2) and image.shape == (10, 7, 4)
+  np.testing.assert_array_equal(image[7:10, 0:3], big)
+  np.testing.assert_array_equal(
+    image[2:5, 4:7], np.broadcast_to(small, big.shape)
+  )
+  white = np.ones_like(image, bool)
+  white[7:10, 0:3] = white[2:5, 4:7] = False
+  assert (image[white] == 1.0).all()
+
+
 def test_plot_feature_maps(tmp_path):
   maps = np.random.default_rng(0).uniform(size=(7, 7, 5))
   path = viz.plot_feature_maps(
