@@ -215,6 +215,14 @@ def main():
     help="Time exported plain CNNs against their group networks, (d).",
   )
   args = parser.parse_args()
+  for name in ("batch", "size", "channels", "repeats"):
+    if getattr(args, name) < 1:
+      parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+  if args.export and args.size < 28:
+    parser.error(
+      f"--export times P4CNN/P4MCNN, which need --size >= 28, got "
+      f"{args.size} (or pass --no-export)"
+    )
   # The JSON keeps the convolutions' results at its top level, as before.
   results = _main_convs(args) if args.convs else {}
   if args.export:

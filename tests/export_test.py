@@ -233,3 +233,21 @@ def test_benchmark_export_smoke():
   results = bench.run_export(batch=2, repeats=1, names=("p4cnn",))
   assert set(results["ratios"]) == {"(d) p4cnn exported / group"}
   assert results["ratios"]["(d) p4cnn exported / group"] > 0
+
+
+@pytest.mark.parametrize(
+  ("argv", "message"),
+  [
+    (["--size=14"], "need --size >= 28, got 14"),
+    (["--batch=0"], "--batch must be >= 1, got 0"),
+  ],
+)
+def test_benchmark_refuses_bad_sizes_before_timing(
+  monkeypatch, capsys, argv, message
+):
+  from benchmarks import gconv as bench  # noqa: PLC0415
+
+  monkeypatch.setattr("sys.argv", ["gconv", *argv])
+  with pytest.raises(SystemExit):
+    bench.main()
+  assert message in capsys.readouterr().err
