@@ -224,13 +224,14 @@ def without_closed_loop_noise(hook: Callable[[Any], None]):
 
 
 @contextlib.contextmanager
-def _quiet_failed_io():
+def _quiet_failed_io(collect: bool = False):
   """`without_closed_loop_noise` while inside; failed operations finalised.
 
   Only a failure leaves operations to finalise, and a full collection
-  costs 0.1-1 s in a large process, so it runs only on the way out of an
-  exception (`Checkpointer.close`, which swallows its errors, collects
-  itself).
+  costs 0.1-1 s in a large process, so it runs on the way out of an
+  exception, and on every exit once `collect` is set (a `Checkpointer`
+  sets it after its first failure: the failed operations' stragglers
+  finish later, and must be collected while the filter is on).
   """
   previous = sys.unraisablehook
   sys.unraisablehook = without_closed_loop_noise(previous)
@@ -239,6 +240,9 @@ def _quiet_failed_io():
   except BaseException:
     gc.collect()  # Finalise the failed operations while the filter is on.
     raise
+  else:
+    if collect:
+      gc.collect()
   finally:
     sys.unraisablehook = previous
 
@@ -290,6 +294,7 @@ class Checkpointer:
   ):
     self.workdir = pathlib.Path(workdir).absolute()
     self.directory = self.workdir / "checkpoints"
+    self._failed = False  # an operation failed: collect on every exit
     if parallel.is_primary() and not read_only:
       ensure_directory(self.workdir)
     options = ocp.CheckpointManagerOptions(
@@ -337,7 +342,7 @@ class Checkpointer:
     damaged, restored = [], None
     for step in sorted(self._manager.all_steps(), reverse=True):
       try:
-        with _quiet_failed_io():
+        with self._quiet():
           meta = self._restore_meta(step)
       except Exception as error:  # noqa: BLE001 (any failure: try older)
         self._report(step, error)
@@ -346,7 +351,7 @@ class Checkpointer:
       if check_meta is not None:
         check_meta(meta)
       try:
-        with _quiet_failed_io():
+        with self._quiet():
           state = self._manager.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(target)),
@@ -370,10 +375,11 @@ class Checkpointer:
   @_in_turn
   def restore(self, step: int, target: Any = None) -> Restored:
     """The checkpoint at `step`; raises what orbax raises if it is damaged."""
-    meta = self._restore_meta(step)
-    state = self._manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-    ).state
+    with self._quiet():
+      meta = self._restore_meta(step)
+      state = self._manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+      ).state
     return Restored(step=step, state=state, meta=meta)
 
   def _report(self, step: int, error: BaseException) -> None:
@@ -436,7 +442,7 @@ class Checkpointer:
   def _write_errors(self, step: int | None):
     try:
       with (
-        _quiet_failed_io(),
+        self._quiet(),
         write_errors(
           f"the checkpoint of step {step} to {self.directory}",
           kinds=(Exception,),
@@ -458,15 +464,27 @@ class Checkpointer:
   @_in_turn
   def close(self) -> None:
     """Waits for pending saves and stops orbax's threads; never raises."""
-    with _quiet_failed_io():
+    with contextlib.suppress(Exception), self._quiet():
       try:
         self._manager.wait_until_finished()
       except Exception:  # noqa: BLE001 (reported by save / wait already)
-        gc.collect()
+        self._failed = True
         self._remove_temporaries()
       with contextlib.suppress(Exception):
         self._manager.close()
+      if self._failed:
+        gc.collect()
     self._remove_temporaries()
+
+  @contextlib.contextmanager
+  def _quiet(self):
+    """`_quiet_failed_io`, collecting on every exit after a failure."""
+    with _quiet_failed_io(collect=self._failed):
+      try:
+        yield
+      except BaseException:
+        self._failed = True
+        raise
 
   def __enter__(self) -> Checkpointer:
     return self
