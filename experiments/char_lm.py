@@ -27,12 +27,9 @@ Writes into --workdir (default runs/char_lm): results.json, results.md
 
 import dataclasses
 import functools
-import json
 import math
-import os
 import pathlib
 import time
-import zipfile
 from typing import Any, NamedTuple
 
 import jax
@@ -42,7 +39,7 @@ import optax
 from absl import logging
 
 from equivlab import checks, rnn, viz
-from equivlab.training import checkpoint
+from equivlab.training import checkpoint, npz
 from experiments import _common
 
 # Updates per jitted chunk when --checkpoint_every_steps is unset: how often
@@ -365,17 +362,7 @@ def save_checkpoint(
 ) -> None:
   """Writes the state and progress to `path` atomically (one .npz file)."""
   meta = {"settings": _settings(config), **dataclasses.asdict(progress)}
-  arrays = {
-    f"leaf{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(state))
-  }
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with checkpoint.write_errors(f"the checkpoint {path}"):
-    try:
-      with open(tmp, "wb") as f:
-        np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
-      os.replace(tmp, path)
-    finally:
-      tmp.unlink(missing_ok=True)
+  npz.save_tree(path, state, meta)
 
 
 def load_checkpoint(
@@ -389,42 +376,12 @@ def load_checkpoint(
   Raises:
     ValueError: if the checkpoint was made with other settings.
   """
-  if not path.exists():
+  restored = npz.load_tree(path, template, _settings(config))
+  if restored is None:
     return None
-  try:
-    with np.load(path) as saved:
-      meta = json.loads(str(saved["meta"]))
-      leaves = [
-        saved[f"leaf{i}"] for i in range(len(jax.tree.leaves(template)))
-      ]
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-    logging.warning(
-      "checkpoint %s is unreadable (%s); starting over.", path, error
-    )
-    return None
-  _check_settings(path, meta.get("settings", {}), _settings(config))
-  expected = [(a.shape, a.dtype) for a in jax.tree.leaves(template)]
-  if [(a.shape, a.dtype) for a in leaves] != expected:
-    logging.warning("checkpoint %s holds other shapes; starting over.", path)
-    return None
-  treedef = jax.tree.structure(template)
-  state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in leaves])
+  state, meta, _ = restored
   progress = Progress(**{k: v for k, v in meta.items() if k != "settings"})
   return state, progress
-
-
-def _check_settings(path, saved: dict, current: dict) -> None:
-  differ = sorted(
-    k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k)
-  )
-  if differ:
-    changes = ", ".join(
-      f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in differ
-    )
-    raise ValueError(
-      f"{path} is a checkpoint of other settings ({changes}): use another "
-      f"--workdir, or remove it to start over."
-    )
 
 
 def _end_epoch(progress: Progress, num_updates: int, valid_bpc: float) -> None:

@@ -28,12 +28,9 @@ table), timings.json, learning_curve.png and checkpoint.npz.
 """
 
 import dataclasses
-import json
 import math
-import os
 import pathlib
 import time
-import zipfile
 from typing import Any
 
 import jax
@@ -43,7 +40,7 @@ from absl import logging
 
 from equivlab import checks, viz
 from equivlab.rl import dqn
-from equivlab.training import checkpoint
+from equivlab.training import checkpoint, npz
 from experiments import _common
 
 CHECKPOINT = "checkpoint.npz"
@@ -172,19 +169,12 @@ def save_checkpoint(
     periods: evaluation periods done.
     metrics: name -> per-period metrics so far, `[num_seeds, periods, ...]`.
   """
-  meta = {"settings": _settings(config), "periods": periods}
-  arrays = {
-    f"leaf{i}": np.asarray(a) for i, a in enumerate(jax.tree.leaves(state))
-  }
-  arrays.update({f"metric/{k}": np.asarray(v) for k, v in metrics.items()})
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with checkpoint.write_errors(f"the checkpoint {path}"):
-    try:
-      with open(tmp, "wb") as f:
-        np.savez(f, meta=np.asarray(json.dumps(meta)), **arrays)
-      os.replace(tmp, path)
-    finally:
-      tmp.unlink(missing_ok=True)
+  npz.save_tree(
+    path,
+    state,
+    {"settings": _settings(config), "periods": periods},
+    extra={f"metric/{k}": v for k, v in metrics.items()},
+  )
 
 
 def load_checkpoint(
@@ -199,44 +189,12 @@ def load_checkpoint(
   Raises:
     ValueError: if the checkpoint was made with other settings.
   """
-  if not path.exists():
+  restored = npz.load_tree(path, template, _settings(config))
+  if restored is None:
     return None
-  num_leaves = len(jax.tree.leaves(template))
-  try:
-    with np.load(path) as saved:
-      meta = json.loads(str(saved["meta"]))
-      leaves = [saved[f"leaf{i}"] for i in range(num_leaves)]
-      metrics = {k.split("/", 1)[1]: saved[k] for k in saved.files if "/" in k}
-  except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-    logging.warning(
-      "checkpoint %s is unreadable (%s); starting over.", path, error
-    )
-    return None
-  _check_settings(path, meta.get("settings", {}), _settings(config))
-  expected = [(a.shape, a.dtype) for a in jax.tree.leaves(template)]
-  if [(a.shape, a.dtype) for a in leaves] != expected:
-    logging.warning("checkpoint %s holds other shapes; starting over.", path)
-    return None
-  placed = [
-    jax.device_put(a, t.sharding)
-    for a, t in zip(leaves, jax.tree.leaves(template), strict=True)
-  ]
-  state = jax.tree.unflatten(jax.tree.structure(template), placed)
+  state, meta, extra = restored
+  metrics = {k.removeprefix("metric/"): v for k, v in extra.items()}
   return state, int(meta["periods"]), metrics
-
-
-def _check_settings(path, saved: dict, current: dict) -> None:
-  differ = sorted(
-    k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k)
-  )
-  if differ:
-    changes = ", ".join(
-      f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in differ
-    )
-    raise ValueError(
-      f"{path} is a checkpoint of other settings ({changes}): use another "
-      f"--workdir, or remove it to start over."
-    )
 
 
 def flat_metrics(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
