@@ -41,7 +41,7 @@ from absl import logging
 
 from equivlab import checks, rnn, viz
 from equivlab.rnn import esn
-from equivlab.training import checkpoint
+from equivlab.training import checkpoint, npz
 from experiments import _common
 
 RNN_MODELS = ("elman", "lstm", "gru")
@@ -351,14 +351,8 @@ def _load_record(path: pathlib.Path, config: Config) -> dict | None:
   except (OSError, ValueError, KeyError, TypeError) as error:
     logging.warning("%s is unreadable (%s); running it again.", path, error)
     return None
-  current = _settings(config)
-  differ = sorted(
-    k for k in current.keys() | saved.keys() if saved.get(k) != current.get(k)
-  )
-  if differ:
-    changes = ", ".join(
-      f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in differ
-    )
+  changes = npz.setting_changes(saved, _settings(config))
+  if changes:
     raise ValueError(
       f"workdir {path.parents[2]} holds runs of other settings ({changes}) "
       f"in {path}: use another --workdir, or remove its runs/ folder to "

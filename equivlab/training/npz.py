@@ -108,15 +108,20 @@ def load_tree(
   return jax.tree.unflatten(jax.tree.structure(template), placed), meta, extra
 
 
-def check_settings(path: Any, saved: dict, current: dict) -> None:
-  """Raises a ValueError naming every setting where `saved` != `current`."""
+def setting_changes(saved: dict, current: dict) -> str:
+  """ "k: saved a vs now b" for every differing setting, or "" if none."""
   differ = sorted(
     k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k)
   )
-  if differ:
-    changes = ", ".join(
-      f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in differ
-    )
+  return ", ".join(
+    f"{k}: saved {saved.get(k)!r} vs now {current.get(k)!r}" for k in differ
+  )
+
+
+def check_settings(path: Any, saved: dict, current: dict) -> None:
+  """Raises a ValueError naming every setting where `saved` != `current`."""
+  changes = setting_changes(saved, current)
+  if changes:
     raise ValueError(
       f"{path} is a checkpoint of other settings ({changes}): use another "
       f"--workdir, or remove it to start over."
