@@ -54,6 +54,7 @@ from absl import app, flags, logging
 
 from equivlab import checks
 from equivlab.training import checkpoint
+from equivlab.training.config import check_checkpoint_cadence
 
 # Default workdirs live under ./runs (git-ignored), so no folder named
 # after the package appears in a directory Python may start from.
@@ -132,23 +133,6 @@ def check_config(config: Any) -> None:
       "num_devices", config.num_devices, minimum=1, allow_none=True
     )
     check_checkpoint_cadence(config)
-
-
-def check_checkpoint_cadence(config: Any) -> None:
-  """`checkpoint_every_steps` (int >= 1) and `_secs` (> 0), or None."""
-  checks.check_int(
-    "checkpoint_every_steps",
-    config.checkpoint_every_steps,
-    minimum=1,
-    allow_none=True,
-  )
-  checks.check_number(
-    "checkpoint_every_secs",
-    config.checkpoint_every_secs,
-    minimum=0,
-    strict_minimum=True,
-    allow_none=True,
-  )
 
 
 # ---------------------------------------------------------------------------

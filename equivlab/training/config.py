@@ -216,8 +216,28 @@ _OPTIONAL_POSITIVE_INTS = (
   "test_limit",
   "num_classes",
   "num_devices",
-  "checkpoint_every_steps",
 )
+
+
+def check_checkpoint_cadence(config: Any) -> None:
+  """`checkpoint_every_steps` (int >= 1) and `_secs` (> 0), or None.
+
+  For any config with those two fields (`TrainConfig`, the experiments'
+  configs).
+  """
+  checks.check_int(
+    "checkpoint_every_steps",
+    config.checkpoint_every_steps,
+    minimum=1,
+    allow_none=True,
+  )
+  checks.check_number(
+    "checkpoint_every_secs",
+    config.checkpoint_every_secs,
+    minimum=0,
+    strict_minimum=True,
+    allow_none=True,
+  )
 
 
 def validate_config(config: TrainConfig) -> None:
@@ -259,13 +279,7 @@ def validate_config(config: TrainConfig) -> None:
   )
   for field in ("weight_decay", "l2", "max_angle"):
     checks.check_number(field, getattr(config, field), minimum=0)
-  checks.check_number(
-    "checkpoint_every_secs",
-    config.checkpoint_every_secs,
-    minimum=0,
-    strict_minimum=True,
-    allow_none=True,
-  )
+  check_checkpoint_cadence(config)
   for field in ("download", "progress"):
     if not isinstance(getattr(config, field), bool):
       raise TypeError(
