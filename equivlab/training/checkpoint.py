@@ -464,7 +464,7 @@ class Checkpointer:
   @_in_turn
   def close(self) -> None:
     """Waits for pending saves and stops orbax's threads; never raises."""
-    with self._quiet():
+    with contextlib.suppress(Exception), self._quiet():
       try:
         self._manager.wait_until_finished()
       except Exception:  # noqa: BLE001 (reported by save / wait already)
@@ -472,7 +472,7 @@ class Checkpointer:
         self._remove_temporaries()
       with contextlib.suppress(Exception):
         self._manager.close()
-      if self._failed:  # failed just now: `_quiet` was entered before
+      if self._failed:
         gc.collect()
     self._remove_temporaries()
 
