@@ -1,5 +1,8 @@
 """equivlab.convolution: the CPU path equals one XLA convolution."""
 
+import json
+import os
+
 import chex
 import flax.linen as nn
 import jax
@@ -68,9 +71,10 @@ def test_cpu_path_equals_xla_in_values_and_gradients(
 
 
 def test_filter_gradient_in_chunks_with_a_ragged_last_chunk(monkeypatch):
-  # Tiny chunks: 5 images in chunks of 2 leave a last chunk padded with a
-  # zero image, which must add nothing.
-  monkeypatch.setattr(convolution, "_CHUNK_BYTES", 1)
+  # 5 images in chunks of 2 leave a last chunk padded with a zero image,
+  # which must add nothing. A chunk's column shifts are rows * W' * kw * Cin
+  # float64 values per image: 6 * 4 * 3 * 32 * 8 bytes.
+  monkeypatch.setattr(convolution, "_CHUNK_BYTES", 2 * 6 * 4 * 3 * 32 * 8)
   rng = np.random.default_rng(1)
   with jax.enable_x64(True):
     x = jnp.asarray(rng.standard_normal((5, 6, 6, 32)))
@@ -80,7 +84,7 @@ def test_filter_gradient_in_chunks_with_a_ragged_last_chunk(monkeypatch):
       x, dy, k.shape, (1, 1), ((0, 0), (0, 0)), (1, 1)
     )
     _, vjp = jax.vjp(lambda k: _reference(x, k, (1, 1), "VALID", (1, 1)), k)
-    np.testing.assert_allclose(got, vjp(dy)[0], rtol=1e-12)
+    np.testing.assert_allclose(got, vjp(dy)[0], rtol=1e-12, atol=1e-13)
 
 
 def test_float32_cpu_path_agrees_to_rounding_and_traces_once():
@@ -228,3 +232,24 @@ def test_peer_benchmark_times_our_side_and_forms_ratios():
     "xla / escnn peak memory": 0.5,
     "cpu / xla time": 0.5,
   }
+
+
+def test_train_step_benchmark_times_both_paths_and_checks_its_flags(
+  tmp_path, capsys
+):
+  from benchmarks import train_step  # noqa: PLC0415
+
+  out = tmp_path / "steps.json"
+  before = os.environ.get(convolution.ENV_VAR)
+  got = train_step.main(
+    ["--models=cnn", "--batch=2", "--steps=1", "--rounds=1", f"--json={out}"]
+  )
+  row = got["models"]["cnn"]
+  assert row["cpu_ms"] > 0 and row["xla_ms"] > 0
+  assert json.loads(out.read_text()) == got
+  assert os.environ.get(convolution.ENV_VAR) == before  # restored
+  assert "xla / cpu" in capsys.readouterr().out
+  for bad in (["--models=resnet"], ["--models="], ["--batch=0"]):
+    with pytest.raises(SystemExit):
+      train_step.main(bad)
+  assert "expected a comma-separated list" in capsys.readouterr().err
