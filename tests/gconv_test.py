@@ -692,3 +692,37 @@ def test_array_likes_are_accepted():
   np.testing.assert_array_equal(
     gconv.group_pool(f.tolist()), np.max(f, axis=-1)
   )
+
+
+@pytest.mark.parametrize("order", [4, 8])
+def test_group_max_pool_matches_jnp_max_in_value_and_derivatives(order):
+  # ReLU'd maps tie at 0 everywhere; row 0 adds two- and three-way ties of
+  # positive values. jnp.max shares a tangent equally among tied entries.
+  rng = np.random.default_rng(order)
+  with jax.enable_x64(True):
+    f = np.maximum(rng.standard_normal((2, 3, 3, 2, order)), 0)
+    f[0, 0, 0, 0, :3] = 5.0
+    f[0, 0, 1, 0, 1:3] = 7.0
+    f = jnp.asarray(f)
+    tangent = jnp.asarray(rng.standard_normal(f.shape))
+    cotangent = jnp.asarray(rng.standard_normal(f.shape[:-1]))
+    want = lambda f: jnp.max(f, axis=-1)  # noqa: E731
+    np.testing.assert_array_equal(gconv.group_pool(f), want(f))
+    got_vjp = jax.vjp(gconv.group_pool, f)[1](cotangent)[0]
+    np.testing.assert_allclose(
+      got_vjp, jax.vjp(want, f)[1](cotangent)[0], rtol=1e-15
+    )
+    got_jvp = jax.jvp(gconv.group_pool, (f,), (tangent,))[1]
+    np.testing.assert_allclose(
+      got_jvp, jax.jvp(want, (f,), (tangent,))[1], rtol=1e-15
+    )
+    assert float(got_vjp[0, 0, 0, 0, 0]) == pytest.approx(
+      float(cotangent[0, 0, 0, 0]) / 3
+    )
+
+
+def test_group_max_pool_of_integers_and_nan():
+  f = jnp.arange(2 * 4).reshape(1, 1, 1, 2, 4)
+  np.testing.assert_array_equal(gconv.group_pool(f), [[[[3, 7]]]])
+  g = jnp.asarray([[[[[1.0, np.nan, 0.0, 2.0]]]]])
+  assert np.isnan(gconv.group_pool(g)).all()

@@ -29,7 +29,43 @@ def group_pool(f: jax.Array, reduce: str = "max") -> jax.Array:
   checks.check_choice("reduce", reduce, _REDUCTIONS)
   check_rank(f, 5, "a group feature map [N, H, W, C, G]", "f")
   f = jnp.asarray(f)
-  return jnp.max(f, axis=-1) if reduce == "max" else jnp.mean(f, axis=-1)
+  if reduce == "mean":
+    return jnp.mean(f, axis=-1)
+  if not jnp.issubdtype(f.dtype, jnp.floating):
+    return jnp.max(f, axis=-1)
+  return _group_max(f)
+
+
+def _slices(f: jax.Array) -> list[jax.Array]:
+  return [f[..., g] for g in range(f.shape[-1])]
+
+
+@jax.custom_jvp
+def _group_max(f: jax.Array) -> jax.Array:
+  """`jnp.max(f, axis=-1)` over a short group axis, as G - 1 `maximum`s.
+
+  The same values and the same derivative as `jnp.max` (the tangent of the
+  maximum, shared equally among tied entries), written with elementwise
+  operations only: XLA:CPU reduces and re-broadcasts a minor axis of 4 or
+  8 about 15x slower in `jnp.max`'s gradient than it fuses these.
+  """
+  top, *rest = _slices(f)
+  for part in rest:
+    top = jnp.maximum(top, part)
+  return top
+
+
+@_group_max.defjvp
+def _group_max_jvp(primals, tangents):
+  (f,), (tangent,) = primals, tangents
+  top = _group_max(f)
+  hits = [part == top for part in _slices(f)]
+  count = sum(hit.astype(f.dtype) for hit in hits)
+  shared = sum(
+    jnp.where(hit, t, jnp.zeros((), t.dtype))
+    for hit, t in zip(hits, _slices(tangent), strict=True)
+  )
+  return top, shared / count
 
 
 def spatial_max_pool(
