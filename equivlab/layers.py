@@ -76,7 +76,7 @@ def _conv_with_bias(module, conv, x, kernel_shape):
     dilation=module.kernel_dilation,
     impl=module.conv_impl,
   )
-  return y if bias is None else y + regularization.per_channel(bias, 5)
+  return regularization.channel_affine(y, bias=bias)
 
 
 class LiftingConv(nn.Module):
@@ -231,6 +231,12 @@ class Normalization(nn.Module):
       groups_ = self.num_groups or math.gcd(channels, 8)
       mean, var = regularization.norm_statistics(stats, self.kind, groups_)
     dtype = self.dtype or x.dtype
+    if self.kind == "batch":  # one statistic per channel: `channel_affine`
+      mean, var = mean.reshape(channels), var.reshape(channels)
+      mul = (jax.lax.rsqrt(var + self.epsilon) * scale).astype(dtype)
+      return regularization.channel_affine(
+        x, mean.astype(dtype), mul, bias.astype(dtype)
+      ).astype(dtype)
     mul = (jax.lax.rsqrt(var + self.epsilon) * _channel(scale, x)).astype(dtype)
     y = (x - mean.astype(dtype)) * mul
     return (y + _channel(bias, x).astype(dtype)).astype(dtype)

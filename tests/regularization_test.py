@@ -319,3 +319,55 @@ def test_features_batch_and_layer_statistics():
   np.testing.assert_allclose(var[:, 0], np.asarray(x).var(1), rtol=1e-5)
   with pytest.raises(ValueError, match="instance norm needs spatial axes"):
     reg.norm_statistics(x, "instance")
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 3, 4), (2, 3, 3, 4, 8)])
+def test_channel_affine_is_the_broadcast_formula_with_its_gradients(shape):
+  # Group maps go through [N*H*W, C*G] columns; values and gradients must
+  # be those of broadcasting per-channel vectors.
+  rng = np.random.default_rng(len(shape))
+  c = shape[3] if len(shape) == 5 else shape[-1]
+  with jax.enable_x64(True):
+    x = jnp.asarray(rng.standard_normal(shape))
+    vectors = [jnp.asarray(rng.standard_normal(c)) for _ in range(3)]
+
+    def want(x, shift, scale, bias):
+      per = lambda v: reg.per_channel(v, x.ndim)  # noqa: E731
+      return (x - per(shift)) * per(scale) + per(bias)
+
+    np.testing.assert_allclose(
+      reg.channel_affine(x, *vectors), want(x, *vectors), rtol=1e-14
+    )
+    loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))  # noqa: E731
+    got = jax.grad(loss(reg.channel_affine), argnums=(0, 1, 2, 3))(
+      x, *vectors
+    )
+    expected = jax.grad(loss(want), argnums=(0, 1, 2, 3))(x, *vectors)
+    for g, e in zip(got, expected, strict=True):
+      np.testing.assert_allclose(g, e, rtol=1e-12)
+    only_bias = reg.channel_affine(x, bias=vectors[2])
+    np.testing.assert_allclose(
+      only_bias, want(x, jnp.zeros(c), jnp.ones(c), vectors[2])
+    )
+
+
+def test_group_batch_moments_and_their_gradient_match_the_axis_reduction():
+  rng = np.random.default_rng(9)
+  with jax.enable_x64(True):
+    f = jnp.asarray(rng.standard_normal((3, 4, 4, 5, 4)) + 1.5)
+
+    def want(f):
+      mean = jnp.mean(f, axis=(0, 1, 2, 4))
+      var = jnp.mean((f - reg.per_channel(mean, 5)) ** 2, axis=(0, 1, 2, 4))
+      return mean, var
+
+    def got(f):
+      mean, var = reg.norm_statistics(f, "batch")
+      return mean.reshape(5), var.reshape(5)
+
+    for a, b in zip(got(f), want(f), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-13)
+    score = lambda m: lambda f: jnp.sum(m(f)[0] * m(f)[1])  # noqa: E731
+    np.testing.assert_allclose(
+      jax.grad(score(got))(f), jax.grad(score(want))(f), rtol=1e-11
+    )
