@@ -288,8 +288,8 @@ def filter_gradient(
   dtype = jnp.result_type(x, dy)
   rows = x.shape[1] + sum(pads[0])
   per_image = rows * wo * kw * cin * jnp.dtype(dtype).itemsize
-  chunk = min(n, max(1, math.ceil(_CHUNK_BYTES / per_image)))
-  steps = -(-n // chunk)
+  steps = -(-n // max(1, math.ceil(_CHUNK_BYTES / per_image)))
+  chunk = -(-n // steps)  # as even as the steps allow: few padded images
   extra = steps * chunk - n  # zero images add nothing to the sum
   x = jnp.pad(x.astype(dtype), ((0, extra), (0, 0), (0, 0), (0, 0)))
   dy = jnp.pad(dy.astype(dtype), ((0, extra), (0, 0), (0, 0), (0, 0)))

@@ -186,6 +186,22 @@ def _derived_transform(name: str, kind: str, shift: str | None):
   return functools.partial(random_shift, max_shift=k)
 
 
+@functools.lru_cache(maxsize=8)
+def _derived_split(name: str, split: str, cache_dir: str | None):
+  """A derived embedded split, computed once per process (read-only).
+
+  The runs of a study each load the same rotated or shifted digits; the
+  transform (about a second on a CPU) need not run for every one of them.
+  """
+  transform = _derived_transform(name, *_DERIVED.match(name).groups())
+  images, labels = embedded_digits(split, cache_dir=cache_dir)
+  key = jax.random.key(_DERIVED_SEEDS[split])
+  images = np.asarray(jax.jit(transform)(key, images), np.float32)
+  for array in (images, labels):
+    array.flags.writeable = False
+  return images, labels
+
+
 def load_dataset(
   name: str,
   split: str,
@@ -236,11 +252,11 @@ def load_dataset(
   match = _DERIVED.match(name)
   if name == "embedded" or match:
     transform = match and _derived_transform(name, *match.groups())
-    images, labels = embedded_digits(split, cache_dir=data_dir)
     if not transform:
-      return images, labels
-    key = jax.random.key(_DERIVED_SEEDS[split])
-    return np.asarray(jax.jit(transform)(key, images), np.float32), labels
+      return embedded_digits(split, cache_dir=data_dir)
+    cache_dir = None if data_dir is None else os.fspath(data_dir)
+    images, labels = _derived_split(name, split, cache_dir)
+    return images.copy(), labels.copy()
   if name.startswith("embedded"):
     raise ValueError(
       f"unknown embedded data set {name!r}: expected 'embedded', "

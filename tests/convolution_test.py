@@ -119,7 +119,7 @@ def test_vmap_of_grad_passes_the_custom_vjp():
 
 
 def test_forward_mode_needs_the_xla_path():
-  x = jnp.ones((1, 5, 5, 32))
+  x = jnp.ones((1, 12, 12, 32))  # 10x10 outputs: the custom-VJP path
   k = jnp.ones((3, 3, 32, 2))
   for impl in ("xla", "cpu"):
     conv = lambda k, impl=impl: convolution.conv2d(x, k, impl=impl)  # noqa: E731

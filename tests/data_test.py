@@ -467,3 +467,14 @@ def test_tfds_names_with_a_bad_config_or_version_are_clear_errors(tmp_path):
   a_file.write_text("")
   with pytest.raises(ValueError, match="cache_dir must be a directory"):
     data.load_dataset("embedded", "train", data_dir=a_file)
+
+
+def test_derived_splits_are_computed_once_and_handed_out_as_copies():
+  data._derived_split.cache_clear()
+  first, labels = data.load_dataset("embedded_rot90", "test")
+  first[0] = -1.0  # the caller's copy: the cached split is untouched
+  again, labels_again = data.load_dataset("embedded_rot90", "test")
+  assert data._derived_split.cache_info().hits == 1
+  assert again.min() >= 0.0 and again.flags.writeable
+  np.testing.assert_array_equal(labels, labels_again)
+  np.testing.assert_array_equal(first[1:], again[1:])

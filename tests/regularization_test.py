@@ -339,9 +339,7 @@ def test_channel_affine_is_the_broadcast_formula_with_its_gradients(shape):
       reg.channel_affine(x, *vectors), want(x, *vectors), rtol=1e-14
     )
     loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))  # noqa: E731
-    got = jax.grad(loss(reg.channel_affine), argnums=(0, 1, 2, 3))(
-      x, *vectors
-    )
+    got = jax.grad(loss(reg.channel_affine), argnums=(0, 1, 2, 3))(x, *vectors)
     expected = jax.grad(loss(want), argnums=(0, 1, 2, 3))(x, *vectors)
     for g, e in zip(got, expected, strict=True):
       np.testing.assert_allclose(g, e, rtol=1e-12)
