@@ -563,6 +563,21 @@ class Variant:
   model: Any = None
 
 
+def thread_map(
+  fn: Callable[[Any], Any], items: Sequence[Any], workers: int = 2
+) -> list[Any]:
+  """`[fn(item) for item in items]`, `workers` items at a time in threads.
+
+  XLA releases the GIL while it computes, so two threads keep two cores
+  busy with the small programs of these studies (one program alone keeps
+  about one busy). The results keep the order of `items`; the first
+  exception is raised.
+  """
+  checks.check_int("workers", workers, minimum=1)
+  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    return list(pool.map(fn, items))
+
+
 def train_grid(
   base: Any,
   variants: Mapping[str, Variant | Mapping[str, Any]],
@@ -570,6 +585,7 @@ def train_grid(
   workdir: str | pathlib.Path,
   *,
   workers: int = 2,
+  on_done: Callable[[str, int, Any], None] | None = None,
 ) -> tuple[dict[str, list[Any]], dict[str, list[float]]]:
   """Trains every variant with every seed through `train_and_evaluate`.
 
@@ -589,6 +605,9 @@ def train_grid(
     seeds: the seeds of every variant.
     workdir: the study's directory.
     workers: how many runs train at once (>= 1).
+    on_done: called as `on_done(name, seed, result)` in the worker thread
+      as each run finishes (not counted in its seconds): to evaluate a
+      finished run while the others train.
 
   Returns:
     `(results, seconds)`: name -> one `TrainResult` per seed, and name ->
@@ -596,11 +615,14 @@ def train_grid(
   """
   from equivlab import train  # noqa: PLC0415 (jax and flax are slow)
 
+  # Seed by seed: the runs that start together train different variants,
+  # so no two of them compile the same steps at once; a variant's later
+  # seeds find its steps in the persistent compilation cache.
   jobs = []
-  for name, variant in variants.items():
-    if not isinstance(variant, Variant):
-      variant = Variant(overrides=dict(variant))
-    for seed in seeds:
+  for seed in seeds:
+    for name, variant in variants.items():
+      if not isinstance(variant, Variant):
+        variant = Variant(overrides=dict(variant))
       config = dataclasses.replace(base, seed=seed, **variant.overrides)
       run_dir = pathlib.Path(workdir) / "runs" / name / f"seed{seed}"
       jobs.append((name, seed, config, run_dir, variant.model))
@@ -617,11 +639,12 @@ def train_grid(
       result["test_accuracy"],
       elapsed,
     )
+    if on_done is not None:
+      on_done(name, seed, result)
     return result, elapsed
 
   checks.check_int("workers", workers, minimum=1)
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    done = list(pool.map(one, jobs))
+  done = thread_map(one, jobs, workers)
   results: dict[str, list[Any]] = {}
   seconds: dict[str, list[float]] = {}
   for (name, *_), (result, elapsed) in zip(jobs, done, strict=True):

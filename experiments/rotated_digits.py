@@ -147,7 +147,9 @@ def _datasets(config: Config):
   return train_name, augment, test_x[:limit], test_y[:limit]
 
 
-def _train(config: Config, workdir: pathlib.Path, train_name: str, augment):
+def _train(
+  config: Config, workdir: pathlib.Path, train_name: str, augment, on_done
+):
   options = {**config.train_options(), "dataset": train_name}
   base = train.TrainConfig(
     augment=augment,
@@ -160,29 +162,23 @@ def _train(config: Config, workdir: pathlib.Path, train_name: str, augment):
     **options,
   )
   variants = {name: {"model": name} for name in config.models}
-  return _common.train_grid(base, variants, config.seeds, workdir)
+  return _common.train_grid(
+    base, variants, config.seeds, workdir, on_done=on_done
+  )
 
 
-def _records(config: Config, trained, test_x, test_y) -> list[dict[str, Any]]:
-  """One record per model and seed: error, rot90 invariance, history."""
-  records = []
-  for name, results in trained.items():
-    for seed, result in zip(config.seeds, results, strict=True):
-      logits = result.logits(test_x)
-      records.append(
-        {
-          "model": name,
-          "seed": seed,
-          "params": result["num_params"],
-          "test_error": error_percent(logits, test_y),
-          "rot90": rot90_invariance(
-            result.logits, test_x[: config.num_invariance]
-          ),
-          "history": result.history,
-          "predictions": np.argmax(logits[:8], -1).tolist(),
-        }
-      )
-  return records
+def _record(config: Config, name, seed, result, test_x, test_y) -> dict:
+  """The record of one run: error, rot90 invariance, history."""
+  logits = result.logits(test_x)
+  return {
+    "model": name,
+    "seed": seed,
+    "params": result["num_params"],
+    "test_error": error_percent(logits, test_y),
+    "rot90": rot90_invariance(result.logits, test_x[: config.num_invariance]),
+    "history": result.history,
+    "predictions": np.argmax(logits[:8], -1).tolist(),
+  }
 
 
 def _rows(config: Config, records: list[dict]) -> list[dict[str, Any]]:
@@ -313,8 +309,13 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   """
   workdir = pathlib.Path(workdir)
   train_name, augment, test_x, test_y = _datasets(config)
-  trained, seconds = _train(config, workdir, train_name, augment)
-  records = _records(config, trained, test_x, test_y)
+  done = {}  # each run is scored in its worker while the others train
+
+  def score(name, seed, result):
+    done[name, seed] = _record(config, name, seed, result, test_x, test_y)
+
+  trained, seconds = _train(config, workdir, train_name, augment, score)
+  records = [done[name, seed] for name in trained for seed in config.seeds]
   rows = _rows(config, records)
   table, ratio = _table(config, rows)
   _figures(config, workdir, rows, records, test_x, test_y)
