@@ -46,7 +46,7 @@ def jax_side(group, layer, fields, batch, size, repeats, impl) -> dict:
   import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from equivlab import gconv  # noqa: PLC0415
+  from equivlab import gconv, regularization  # noqa: PLC0415
 
   order = 4 if group == "p4" else 8
   conv = {
@@ -63,10 +63,11 @@ def jax_side(group, layer, fields, batch, size, repeats, impl) -> dict:
     w_shape = (3, 3, fields, order, fields)
   x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
   w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
-  b = jnp.zeros((1, 1, 1, fields, 1), jnp.float32)
+  b = jnp.zeros((fields,), jnp.float32)
 
-  def loss(x, w, b):
-    return jnp.mean(jnp.square(conv(x, w, impl=impl) + b))
+  def loss(x, w, b):  # the bias as `layers.GroupConv` adds it
+    out = regularization.channel_affine(conv(x, w, impl=impl), bias=b)
+    return jnp.mean(jnp.square(out))
 
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
   jax.block_until_ready(step(x, w, b))

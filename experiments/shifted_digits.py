@@ -171,7 +171,9 @@ def _test_sets(config: Config):
   return test_x[:limit], test_y[:limit], shift_x[:limit], shifted_name
 
 
-def _train(config: Config, workdir: pathlib.Path, shifted_name: str | None):
+def _train(
+  config: Config, workdir: pathlib.Path, shifted_name: str | None, on_done
+):
   base = train.TrainConfig(
     **config.train_options(),
     extra_eval_datasets=(shifted_name,) if shifted_name else (),
@@ -184,31 +186,24 @@ def _train(config: Config, workdir: pathlib.Path, shifted_name: str | None):
     max_shift=config.max_shift,
   )
   return _common.train_grid(
-    base, variants(config.models), config.seeds, workdir
+    base, variants(config.models), config.seeds, workdir, on_done=on_done
   )
 
 
-def _records(config: Config, trained, test_x, test_y, shift_x) -> list[dict]:
-  """One record per model and seed: accuracies, sweep, history."""
-  records = []
-  for name, results in trained.items():
-    for seed, result in zip(config.seeds, results, strict=True):
-      shifted_logits = result.logits(shift_x)
-      records.append(
-        {
-          "model": name,
-          "seed": seed,
-          "params": result["num_params"],
-          "test_accuracy": accuracy(result.logits(test_x), test_y),
-          "shifted_accuracy": accuracy(shifted_logits, test_y),
-          "sweep": shift_sweep(result.logits, test_x, test_y, config.max_shift),
-          "history": result.history,
-          "predictions": np.argmax(
-            shifted_logits[: config.num_examples], -1
-          ).tolist(),
-        }
-      )
-  return records
+def _record(config: Config, name, seed, result, test_x, test_y, shift_x):
+  """The record of one run: accuracies, sweep, history."""
+  shifted_logits = result.logits(shift_x)
+  predictions = np.argmax(shifted_logits[: config.num_examples], -1)
+  return {
+    "model": name,
+    "seed": seed,
+    "params": result["num_params"],
+    "test_accuracy": accuracy(result.logits(test_x), test_y),
+    "shifted_accuracy": accuracy(shifted_logits, test_y),
+    "sweep": shift_sweep(result.logits, test_x, test_y, config.max_shift),
+    "history": result.history,
+    "predictions": predictions.tolist(),
+  }
 
 
 def _rows(config: Config, records: list[dict]) -> list[dict[str, Any]]:
@@ -329,8 +324,15 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   """
   workdir = pathlib.Path(workdir)
   test_x, test_y, shift_x, shifted_name = _test_sets(config)
-  trained, seconds = _train(config, workdir, shifted_name)
-  records = _records(config, trained, test_x, test_y, shift_x)
+  done = {}  # each run is scored in its worker while the others train
+
+  def score(name, seed, result):
+    done[name, seed] = _record(
+      config, name, seed, result, test_x, test_y, shift_x
+    )
+
+  trained, seconds = _train(config, workdir, shifted_name, score)
+  records = [done[name, seed] for name in trained for seed in config.seeds]
   rows = _rows(config, records)
   table = _table(config, rows)
   _figures(config, workdir, rows, records, shift_x, test_y)

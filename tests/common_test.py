@@ -183,3 +183,50 @@ def test_launch_ends_a_user_error_in_one_line_with_status_1(tmp_path):
   assert done.stderr.strip().splitlines()[-1] == (
     "error: [Errno 28] cannot write w: No space left on device"
   )
+
+
+def test_thread_map_keeps_order_and_raises_the_first_error():
+  assert _common.thread_map(lambda v: v * v, [3, 1, 2]) == [9, 1, 4]
+
+  def boom(v):
+    if v == 2:
+      raise ValueError("two")
+    return v
+
+  with pytest.raises(ValueError, match="two"):
+    _common.thread_map(boom, [1, 2, 3])
+  with pytest.raises(ValueError, match="workers"):
+    _common.thread_map(boom, [1], workers=0)
+
+
+def test_train_grid_scores_each_run_once_as_it_finishes(tmp_path):
+  from equivlab import train  # noqa: PLC0415
+
+  base = train.TrainConfig(
+    model="mlp",
+    model_kwargs=(("hidden_sizes", (8,)),),
+    train_limit=64,
+    test_limit=32,
+    num_epochs=1,
+    batch_size=32,
+    num_devices=1,
+    progress=False,
+  )
+  seen = []
+  results, seconds = _common.train_grid(
+    base,
+    {"a": {}, "b": {"learning_rate": 0.1}},
+    (0, 1),
+    tmp_path,
+    on_done=lambda name, seed, result: seen.append((name, seed, result)),
+  )
+  assert sorted((n, s) for n, s, _ in seen) == [
+    ("a", 0),
+    ("a", 1),
+    ("b", 0),
+    ("b", 1),
+  ]
+  assert list(results) == ["a", "b"] and len(seconds["b"]) == 2
+  for name, seed, result in seen:  # the very results, in seed order
+    assert results[name][seed] is result
+  assert (tmp_path / "runs" / "b" / "seed1").is_dir()
