@@ -13,7 +13,8 @@ model and writes `--json`.
   python -m benchmarks.train_step --models=z2cnn,p4cnn --batch=128
 
 To compare two versions of equivlab, run the script with each on
-`PYTHONPATH` (the line "equivlab from ..." says which one was imported).
+`PYTHONPATH` (the line "equivlab from ..." says which one was imported),
+e.g. `--impls=cpu --models=p4cnn`, alternating the versions.
 """
 
 import argparse
@@ -38,6 +39,7 @@ DEFAULT_MODELS = (
   "p4cnn_gap",
 )
 IMPLS = ("cpu", "xla")
+NAMES = {"cpu": "cpu path", "xla": "one XLA conv"}
 
 
 @contextlib.contextmanager
@@ -87,25 +89,23 @@ def time_round(step, state, batch, steps: int) -> float:
 
 
 def run(args) -> dict:
-  """Every model under both implementations; the best round of each."""
+  """Every model under each implementation; the best round of each."""
   results = {}
   for model in args.models:
-    sides = {impl: compiled_step(model, impl, args.batch) for impl in IMPLS}
-    best = dict.fromkeys(IMPLS, float("inf"))
+    sides = {
+      impl: compiled_step(model, impl, args.batch) for impl in args.impls
+    }
+    best = dict.fromkeys(args.impls, float("inf"))
     for _ in range(args.rounds):
       for impl, (step, state, batch) in sides.items():
         best[impl] = min(best[impl], time_round(step, state, batch, args.steps))
-    results[model] = {
-      "cpu_ms": 1e3 * best["cpu"],
-      "xla_ms": 1e3 * best["xla"],
-      "xla_over_cpu": best["xla"] / best["cpu"],
-    }
-    row = results[model]
-    print(
-      f"{model:>14}: cpu path {row['cpu_ms']:7.1f} ms, one XLA conv "
-      f"{row['xla_ms']:7.1f} ms, xla / cpu {row['xla_over_cpu']:.2f}",
-      flush=True,
-    )
+    row = {f"{impl}_ms": 1e3 * seconds for impl, seconds in best.items()}
+    text = [f"{NAMES[impl]} {row[f'{impl}_ms']:7.1f} ms" for impl in best]
+    if len(best) == len(IMPLS):
+      row["xla_over_cpu"] = best["xla"] / best["cpu"]
+      text.append(f"xla / cpu {row['xla_over_cpu']:.2f}")
+    results[model] = row
+    print(f"{model:>14}: " + ", ".join(text), flush=True)
   return results
 
 
@@ -120,6 +120,15 @@ def _models(text: str) -> list[str]:
   return names
 
 
+def _impls(text: str) -> list[str]:
+  names = [n.strip() for n in text.split(",") if n.strip()]
+  if not names or set(names) - set(IMPLS) or len(set(names)) < len(names):
+    raise argparse.ArgumentTypeError(
+      f"expected 'cpu', 'xla' or 'cpu,xla'; got {text!r}."
+    )
+  return names
+
+
 def _positive(text: str) -> int:
   value = int(text)
   if value < 1:
@@ -130,6 +139,7 @@ def _positive(text: str) -> int:
 def _parse(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", type=_models, default=list(DEFAULT_MODELS))
+  parser.add_argument("--impls", type=_impls, default=list(IMPLS))
   parser.add_argument("--batch", type=_positive, default=64)
   parser.add_argument("--steps", type=_positive, default=5)
   parser.add_argument("--rounds", type=_positive, default=3)

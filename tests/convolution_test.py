@@ -249,7 +249,15 @@ def test_train_step_benchmark_times_both_paths_and_checks_its_flags(
   assert json.loads(out.read_text()) == got
   assert os.environ.get(convolution.ENV_VAR) == before  # restored
   assert "xla / cpu" in capsys.readouterr().out
-  for bad in (["--models=resnet"], ["--models="], ["--batch=0"]):
+  only = train_step.main(["--models=cnn", "--impls=xla", "--batch=2"])
+  assert set(only["models"]["cnn"]) == {"xla_ms"}
+  for bad in (
+    ["--models=resnet"],
+    ["--models="],
+    ["--batch=0"],
+    ["--impls=gpu"],
+    ["--impls=cpu,cpu"],
+  ):
     with pytest.raises(SystemExit):
       train_step.main(bad)
   assert "expected a comma-separated list" in capsys.readouterr().err
