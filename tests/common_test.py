@@ -200,21 +200,11 @@ def test_thread_map_keeps_order_and_raises_the_first_error():
 
 
 def test_train_grid_scores_each_run_once_as_it_finishes(tmp_path):
-  from equivlab import train  # noqa: PLC0415
+  from tests.training_inputs_test import TINY  # noqa: PLC0415 (imports jax)
 
-  base = train.TrainConfig(
-    model="mlp",
-    model_kwargs=(("hidden_sizes", (8,)),),
-    train_limit=64,
-    test_limit=32,
-    num_epochs=1,
-    batch_size=32,
-    num_devices=1,
-    progress=False,
-  )
   seen = []
   results, seconds = _common.train_grid(
-    base,
+    TINY,
     {"a": {}, "b": {"learning_rate": 0.1}},
     (0, 1),
     tmp_path,
