@@ -8,9 +8,14 @@ round. The layer: regular fields of C4 (p4) or D4 (p4m), 3x3 kernels,
 "SAME"-size output, a bias per field, batch 128 of 28x28, float32, one
 forward and backward pass (gradients of the input, filters and bias) of the
 mean squared output. escnn runs in train mode (`R2Conv` expands its filter
-basis on every call, as when training); equivlab under `jax.jit`, with its
-CPU convolution path ("cpu") and with one XLA convolution ("xla", what
-accelerators get).
+basis on every call, as when training). equivlab's sides (`--variants`):
+
+  default  as the library compiles: `xla_options.jit`, one XLA convolution
+           per call with YNNPACK's convolutions off;
+  cpu      the convolutions' CPU path, same compiler options;
+  jaxlib   the CPU path under a plain `jax.jit` (jaxlib's default options,
+           YNNPACK convolutions on): what equivlab ran before it set
+           compiler options.
 
   python -m benchmarks.gconv_peers --peer_python=/path/to/venv/bin/python
 
@@ -40,13 +45,13 @@ LAYERS = (
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def jax_side(group, layer, fields, batch, size, repeats, impl) -> dict:
+def jax_side(group, layer, fields, batch, size, repeats, variant) -> dict:
   """Times equivlab's layer in this process; the worker's measurement."""
   import jax  # noqa: PLC0415 (the parent process never imports jax)
   import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from equivlab import gconv, regularization  # noqa: PLC0415
+  from equivlab import gconv, regularization, xla_options  # noqa: PLC0415
 
   order = 4 if group == "p4" else 8
   conv = {
@@ -65,11 +70,15 @@ def jax_side(group, layer, fields, batch, size, repeats, impl) -> dict:
   w = jnp.asarray(rng.standard_normal(w_shape), jnp.float32)
   b = jnp.zeros((fields,), jnp.float32)
 
+  impl = "auto" if variant == "default" else "cpu"
+
   def loss(x, w, b):  # the bias as `layers.GroupConv` adds it
     out = regularization.channel_affine(conv(x, w, impl=impl), bias=b)
     return jnp.mean(jnp.square(out))
 
-  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+  grads = jax.value_and_grad(loss, argnums=(0, 1, 2))
+  jit = jax.jit if variant == "jaxlib" else xla_options.jit
+  step = jit(grads)
   jax.block_until_ready(step(x, w, b))
   times = []
   for _ in range(repeats):
@@ -77,7 +86,7 @@ def jax_side(group, layer, fields, batch, size, repeats, impl) -> dict:
     jax.block_until_ready(step(x, w, b))
     times.append(time.perf_counter() - start)
   return {
-    "side": f"equivlab/{impl}",
+    "side": f"equivlab/{variant}",
     "jax": jax.__version__,
     "min_s": min(times),
     "median_s": statistics.median(times),
@@ -120,7 +129,7 @@ def _commands(args, layer_spec, threads):
     f"--repeats={args.repeats}",
   ]
   ours = [sys.executable, "-m", "benchmarks.gconv_peers", "--worker"]
-  sides = {impl: [*ours, f"--impl={impl}", *common] for impl in args.impls}
+  sides = {v: [*ours, f"--variant={v}", *common] for v in args.variants}
   if args.peer_python:
     sides["escnn"] = [
       args.peer_python,
@@ -165,8 +174,12 @@ def _ratios(best) -> dict:
         ratios[f"{side} / escnn peak memory"] = (
           best[side]["peak_rss_mib"] / best["escnn"]["peak_rss_mib"]
         )
-  if "cpu" in best and "xla" in best:
-    ratios["cpu / xla time"] = best["cpu"]["min_s"] / best["xla"]["min_s"]
+  if "default" in best:
+    for side in ("cpu", "jaxlib"):
+      if side in best:
+        ratios[f"{side} / default time"] = (
+          best[side]["min_s"] / best["default"]["min_s"]
+        )
   return ratios
 
 
@@ -198,7 +211,10 @@ def _parse(argv=None):
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--size", type=int, default=28)
   parser.add_argument(
-    "--impls", nargs="+", default=["cpu", "xla"], choices=["cpu", "xla"]
+    "--variants",
+    nargs="+",
+    default=["default", "jaxlib"],
+    choices=["default", "cpu", "jaxlib"],
   )
   parser.add_argument("--json", default=None)
   # The worker (one side, one layer), started by `run`.
@@ -206,7 +222,7 @@ def _parse(argv=None):
   parser.add_argument("--layer", choices=["lifting", "group"])
   parser.add_argument("--group", choices=["p4", "p4m"])
   parser.add_argument("--fields", type=int)
-  parser.add_argument("--impl", choices=["cpu", "xla"])
+  parser.add_argument("--variant", choices=["default", "cpu", "jaxlib"])
   return parser.parse_args(argv)
 
 
@@ -222,7 +238,7 @@ def main(argv=None) -> None:
           args.batch,
           args.size,
           args.repeats,
-          args.impl,
+          args.variant,
         )
       )
     )
@@ -231,7 +247,7 @@ def main(argv=None) -> None:
     "settings": {
       k: v
       for k, v in vars(args).items()
-      if k in ("threads", "rounds", "repeats", "batch", "size", "impls")
+      if k in ("threads", "rounds", "repeats", "batch", "size", "variants")
     },
     "cpu_count": os.cpu_count(),
     "layers": run(args),

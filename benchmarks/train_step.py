@@ -1,20 +1,28 @@
-r"""Time of one training step per model, on the CPU path and on plain XLA.
+r"""Time of one training step per model, under three settings, in one run.
 
 The training engine's own jitted Adam step (`equivlab.train.prepare`:
 augmentation off, forward, backward, update) on a random batch of 28x28
-digits, for each model of `--models`, traced twice in one process: with
-the convolutions' CPU path (`EQUIVLAB_CONV_IMPL=cpu`, what "auto" picks on
-a CPU) and with one XLA convolution per call (`EQUIVLAB_CONV_IMPL=xla`,
-what accelerators run). The steps are timed in alternation, `--rounds`
-rounds of `--steps` steps each; the best round counts. Prints one line per
-model and writes `--json`.
+digits, for each model of `--models`, compiled in one process under each
+of `--variants`:
+
+  default  as the engine compiles it: `xla_options.jit`, so one XLA
+           convolution per call ("auto") with YNNPACK's convolutions off
+           (`xla_options.CPU_COMPILER_OPTIONS`);
+  cpu      the convolutions' CPU path (`EQUIVLAB_CONV_IMPL=cpu`), with the
+           same compiler options;
+  jaxlib   the CPU path under jaxlib's default options (YNNPACK
+           convolutions on): what the engine ran before it set options.
+
+The steps are timed in alternation, `--rounds` rounds of `--steps` steps
+each; the best round counts. Prints one line per model with the ratios to
+"default" and writes `--json`.
 
   python -m benchmarks.train_step
   python -m benchmarks.train_step --models=z2cnn,p4cnn --batch=128
 
 To compare two versions of equivlab, run the script with each on
 `PYTHONPATH` (the line "equivlab from ..." says which one was imported),
-e.g. `--impls=cpu --models=p4cnn`, alternating the versions.
+alternating the versions.
 """
 
 import argparse
@@ -28,7 +36,7 @@ import jax
 import numpy as np
 
 import equivlab
-from equivlab import convolution, models, train
+from equivlab import convolution, models, train, xla_options
 
 DEFAULT_MODELS = (
   "z2cnn",
@@ -38,26 +46,38 @@ DEFAULT_MODELS = (
   "cnn_gap",
   "p4cnn_gap",
 )
-IMPLS = ("cpu", "xla")
-NAMES = {"cpu": "cpu path", "xla": "one XLA conv"}
+VARIANTS = ("default", "cpu", "jaxlib")
+# variant -> (EQUIVLAB_CONV_IMPL while tracing, compiler options or None for
+# the engine's own).
+_SETTINGS = {
+  "default": (None, None),
+  "cpu": ("cpu", None),
+  "jaxlib": (
+    "cpu",
+    {xla_options.YNN_FUSION_OPTION: xla_options.JAXLIB_DEFAULT_YNN_FUSIONS},
+  ),
+}
 
 
 @contextlib.contextmanager
-def _conv_impl(impl: str):
-  """`EQUIVLAB_CONV_IMPL=impl` while a step is traced."""
+def _conv_impl(impl: str | None):
+  """`EQUIVLAB_CONV_IMPL=impl` (unset for None) while a step is traced."""
   old = os.environ.get(convolution.ENV_VAR)
-  os.environ[convolution.ENV_VAR] = impl
+  if impl is None:
+    os.environ.pop(convolution.ENV_VAR, None)
+  else:
+    os.environ[convolution.ENV_VAR] = impl
   try:
     yield
   finally:
     if old is None:
-      os.environ.pop(convolution.ENV_VAR)
+      os.environ.pop(convolution.ENV_VAR, None)
     else:
       os.environ[convolution.ENV_VAR] = old
 
 
-def compiled_step(model: str, impl: str, batch_size: int, seed: int = 0):
-  """The engine's Adam step for `model`, traced under `impl`, and its inputs.
+def compiled_step(model: str, variant: str, batch_size: int, seed: int = 0):
+  """The engine's Adam step for `model`, compiled as `variant`, and inputs.
 
   Returns:
     `(step, state, batch)`, the step compiled and run once.
@@ -72,9 +92,10 @@ def compiled_step(model: str, impl: str, batch_size: int, seed: int = 0):
       "label": rng.integers(0, 10, batch_size).astype(np.int32),
     }
   )
+  impl, options = _SETTINGS[variant]
   with _conv_impl(impl):
     state, steps = train.prepare(config, batch["image"])
-    step = steps.train_step.lower(state, batch).compile()
+    step = steps.train_step.lower(state, batch).compile(options)
   jax.block_until_ready(step(state, batch))
   return step, state, batch
 
@@ -89,21 +110,23 @@ def time_round(step, state, batch, steps: int) -> float:
 
 
 def run(args) -> dict:
-  """Every model under each implementation; the best round of each."""
+  """Every model under each variant; the best round of each."""
   results = {}
   for model in args.models:
-    sides = {
-      impl: compiled_step(model, impl, args.batch) for impl in args.impls
-    }
-    best = dict.fromkeys(args.impls, float("inf"))
+    sides = {v: compiled_step(model, v, args.batch) for v in args.variants}
+    best = dict.fromkeys(args.variants, float("inf"))
     for _ in range(args.rounds):
-      for impl, (step, state, batch) in sides.items():
-        best[impl] = min(best[impl], time_round(step, state, batch, args.steps))
-    row = {f"{impl}_ms": 1e3 * seconds for impl, seconds in best.items()}
-    text = [f"{NAMES[impl]} {row[f'{impl}_ms']:7.1f} ms" for impl in best]
-    if len(best) == len(IMPLS):
-      row["xla_over_cpu"] = best["xla"] / best["cpu"]
-      text.append(f"xla / cpu {row['xla_over_cpu']:.2f}")
+      for variant, (step, state, batch) in sides.items():
+        best[variant] = min(
+          best[variant], time_round(step, state, batch, args.steps)
+        )
+    row = {f"{v}_ms": 1e3 * seconds for v, seconds in best.items()}
+    text = [f"{v} {row[f'{v}_ms']:7.1f} ms" for v in best]
+    if "default" in best:
+      for v in best:
+        if v != "default":
+          row[f"{v}_over_default"] = best[v] / best["default"]
+          text.append(f"{v} / default {row[f'{v}_over_default']:.2f}")
     results[model] = row
     print(f"{model:>14}: " + ", ".join(text), flush=True)
   return results
@@ -120,11 +143,11 @@ def _models(text: str) -> list[str]:
   return names
 
 
-def _impls(text: str) -> list[str]:
+def _variants(text: str) -> list[str]:
   names = [n.strip() for n in text.split(",") if n.strip()]
-  if not names or set(names) - set(IMPLS) or len(set(names)) < len(names):
+  if not names or set(names) - set(VARIANTS) or len(set(names)) < len(names):
     raise argparse.ArgumentTypeError(
-      f"expected 'cpu', 'xla' or 'cpu,xla'; got {text!r}."
+      f"expected distinct names from {', '.join(VARIANTS)}; got {text!r}."
     )
   return names
 
@@ -139,7 +162,7 @@ def _positive(text: str) -> int:
 def _parse(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", type=_models, default=list(DEFAULT_MODELS))
-  parser.add_argument("--impls", type=_impls, default=list(IMPLS))
+  parser.add_argument("--variants", type=_variants, default=list(VARIANTS))
   parser.add_argument("--batch", type=_positive, default=64)
   parser.add_argument("--steps", type=_positive, default=5)
   parser.add_argument("--rounds", type=_positive, default=3)

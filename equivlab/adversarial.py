@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from equivlab import checks, occlusion
+from equivlab import checks, occlusion, xla_options
 
 ApplyFn = Callable[[jax.Array], jax.Array]
 
@@ -222,7 +222,7 @@ def make_patch_attack(
       "steps": out["steps"],
     }
 
-  return jax.jit(attack)
+  return xla_options.jit(attack)
 
 
 def smallest_patch(

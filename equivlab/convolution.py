@@ -23,9 +23,19 @@ through `conv2d` (NHWC inputs, HWIO kernels). Two implementations:
            gradient is kept.
   "auto" (the default): "cpu" when `jax.default_backend()` is "cpu" and the
          call is one the fast path covers (float32 or float64, 2-D, no
-         input dilation, no feature groups), else "xla". The environment
-         variable `EQUIVLAB_CONV_IMPL` ("xla" or "cpu") overrides what
-         "auto" picks, for a whole process (set it before the first trace).
+         input dilation, no feature groups), else "xla". Inside
+         `auto_impl(impl)` (which `equivlab.xla_options.jit` enters while
+         it traces) "auto" means `impl`. The environment variable
+         `EQUIVLAB_CONV_IMPL` ("xla" or "cpu") overrides both, for a whole
+         process (set it before the first trace).
+
+Which is faster depends on the compiler options. The slow spots above are
+those of XLA:CPU's YNNPACK convolutions, on by default in jaxlib 0.10.2.
+With YNNPACK's convolutions off (`xla_options.CPU_COMPILER_OPTIONS`),
+XLA's own convolution and its gradient beat the "cpu" path by 5-20% per
+training step. So `xla_options.jit` turns them off and traces with "xla";
+a plain `jax.jit` keeps jaxlib's defaults, and "auto" keeps the "cpu" path,
+the faster one there (1.3-2x).
 
 The two agree to float rounding in values and in gradients (the filter
 gradient sums in another order). A custom VJP passes reverse-mode autodiff,
@@ -34,10 +44,12 @@ gradient sums in another order). A custom VJP passes reverse-mode autodiff,
 `EQUIVLAB_CONV_IMPL=xla`).
 """
 
+import contextlib
+import contextvars
 import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +71,32 @@ _FAST_DTYPES = (jnp.float32, jnp.float64)
 
 Pads = tuple[tuple[int, int], tuple[int, int]]
 
+# What "auto" means inside `auto_impl` (None: decided by the platform).
+_AUTO_IMPL: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+  "equivlab_conv_auto_impl", default=None
+)
+
+
+@contextlib.contextmanager
+def auto_impl(impl: str) -> Iterator[None]:
+  """Within the block, `impl="auto"` resolves to `impl` ("xla" or "cpu").
+
+  It acts at trace time: wrap the tracing of a function (its first call
+  under `jax.jit`, or `.lower(...)`), not the calls of an already compiled
+  one. `EQUIVLAB_CONV_IMPL`, when set, still wins. Scoped to the current
+  thread and context, like `jax.default_matmul_precision`.
+
+  Raises:
+    ValueError: for an `impl` other than "xla" or "cpu".
+  """
+  if impl not in ("xla", "cpu"):
+    raise ValueError(f"auto_impl takes 'xla' or 'cpu', got {impl!r}.")
+  token = _AUTO_IMPL.set(impl)
+  try:
+    yield
+  finally:
+    _AUTO_IMPL.reset(token)
+
 
 def resolve_impl(impl: str = "auto", dtype=jnp.float32) -> str:
   """The implementation a call with `impl` and `dtype` runs: "xla"/"cpu".
@@ -78,8 +116,12 @@ def resolve_impl(impl: str = "auto", dtype=jnp.float32) -> str:
         f"{forced!r}."
       )
     return forced
+  scoped = _AUTO_IMPL.get()
+  if scoped == "xla":
+    return "xla"
   fast = any(jnp.dtype(dtype) == d for d in _FAST_DTYPES)
-  return "cpu" if fast and jax.default_backend() == "cpu" else "xla"
+  on_cpu = scoped == "cpu" or jax.default_backend() == "cpu"
+  return "cpu" if fast and on_cpu else "xla"
 
 
 def conv2d(

@@ -44,7 +44,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivlab import checks, convolution, gconv, initialization, layers
+from equivlab import (
+  checks,
+  convolution,
+  gconv,
+  initialization,
+  layers,
+  xla_options,
+)
 
 # flax's convolution through `equivlab.convolution` (its CPU fast path;
 # one XLA convolution on accelerators). Still `nn.Conv`: same parameter
@@ -479,7 +486,7 @@ def init_model(
   return dict(model.init(key, x, train=False))
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(xla_options.jit, static_argnums=0)
 def _apply_eval(model: nn.Module, variables: Any, x: jax.Array) -> jax.Array:
   # Modules hash by their attributes: one compilation per model and shape.
   return model.apply(variables, x, train=False)

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from equivlab import checks, initialization
+from equivlab import checks, initialization, xla_options
 
 _TINY = 1e-30
 # A unit is saturated when act'(z) < SATURATION_THRESHOLD * act'(0+).
@@ -354,7 +354,7 @@ def make_probe(
       "mean_slope": {name: mean_slope(z, activation) for name, z in zs.items()},
     }
 
-  return jax.jit(probe)
+  return xla_options.jit(probe)
 
 
 def _relative(a: jax.Array, b: jax.Array, scale: jax.Array) -> jax.Array:

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivlab import checks, data, layers, testing, train, viz
+from equivlab import checks, data, layers, testing, train, viz, xla_options
 from equivlab.training import steps as steps_lib
 from experiments import _common
 
@@ -285,7 +285,7 @@ def _time_steps(config: Config, compiled) -> dict[str, dict[str, float]]:
   return timings
 
 
-@functools.partial(jax.jit, static_argnums=0)
+@functools.partial(xla_options.jit, static_argnums=0)
 def _apply(module: Any, variables: Any, x: jax.Array) -> jax.Array:
   # Modules hash by their attributes: one compilation per module, dtype
   # and shape, shared by every seed.

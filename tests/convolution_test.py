@@ -217,24 +217,25 @@ def test_peer_benchmark_times_our_side_and_forms_ratios():
   from benchmarks import gconv_peers  # noqa: PLC0415
 
   for group, layer, _ in gconv_peers.LAYERS:
-    got = gconv_peers.jax_side(group, layer, 2, 2, 8, 1, "cpu")
-    assert got["side"] == "equivlab/cpu" and got["min_s"] > 0
-    assert got["peak_rss_mib"] > 0
+    for variant in ("default", "jaxlib"):
+      got = gconv_peers.jax_side(group, layer, 2, 2, 8, 1, variant)
+      assert got["side"] == f"equivlab/{variant}" and got["min_s"] > 0
+      assert got["peak_rss_mib"] > 0
   best = {
-    "cpu": {"min_s": 1.0, "peak_rss_mib": 300.0},
-    "xla": {"min_s": 2.0, "peak_rss_mib": 300.0},
+    "default": {"min_s": 1.0, "peak_rss_mib": 300.0},
+    "jaxlib": {"min_s": 2.0, "peak_rss_mib": 300.0},
     "escnn": {"min_s": 4.0, "peak_rss_mib": 600.0},
   }
   assert gconv_peers._ratios(best) == {
-    "cpu / escnn time": 0.25,
-    "cpu / escnn peak memory": 0.5,
-    "xla / escnn time": 0.5,
-    "xla / escnn peak memory": 0.5,
-    "cpu / xla time": 0.5,
+    "default / escnn time": 0.25,
+    "default / escnn peak memory": 0.5,
+    "jaxlib / escnn time": 0.5,
+    "jaxlib / escnn peak memory": 0.5,
+    "jaxlib / default time": 2.0,
   }
 
 
-def test_train_step_benchmark_times_both_paths_and_checks_its_flags(
+def test_train_step_benchmark_times_every_variant_and_checks_its_flags(
   tmp_path, capsys
 ):
   from benchmarks import train_step  # noqa: PLC0415
@@ -245,18 +246,19 @@ def test_train_step_benchmark_times_both_paths_and_checks_its_flags(
     ["--models=cnn", "--batch=2", "--steps=1", "--rounds=1", f"--json={out}"]
   )
   row = got["models"]["cnn"]
-  assert row["cpu_ms"] > 0 and row["xla_ms"] > 0
+  assert all(row[f"{v}_ms"] > 0 for v in train_step.VARIANTS)
+  assert row["jaxlib_over_default"] > 0 and row["cpu_over_default"] > 0
   assert json.loads(out.read_text()) == got
   assert os.environ.get(convolution.ENV_VAR) == before  # restored
-  assert "xla / cpu" in capsys.readouterr().out
-  only = train_step.main(["--models=cnn", "--impls=xla", "--batch=2"])
-  assert set(only["models"]["cnn"]) == {"xla_ms"}
+  assert "jaxlib / default" in capsys.readouterr().out
+  only = train_step.main(["--models=cnn", "--variants=cpu", "--batch=2"])
+  assert set(only["models"]["cnn"]) == {"cpu_ms"}
   for bad in (
     ["--models=resnet"],
     ["--models="],
     ["--batch=0"],
-    ["--impls=gpu"],
-    ["--impls=cpu,cpu"],
+    ["--variants=gpu"],
+    ["--variants=cpu,cpu"],
   ):
     with pytest.raises(SystemExit):
       train_step.main(bad)

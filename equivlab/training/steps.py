@@ -2,10 +2,11 @@
 
 `make_steps(model, tx, spec)` builds both once per run: the model's apply
 function, the optimizer and the step settings are closed over before
-`jax.jit`, so a run traces each step once and nothing is cached between
-runs. Randomness inside a step (augmentation, dropout) is
-`fold_in(state.key, state.step)`, so a step depends on nothing but its
-inputs, which is what makes resuming exact.
+`xla_options.jit` (`jax.jit` with equivlab's CPU compiler options), so a
+run traces each step once and nothing is cached between runs. Randomness
+inside a step (augmentation, dropout) is `fold_in(state.key, state.step)`,
+so a step depends on nothing but its inputs, which is what makes resuming
+exact.
 
 Reduced precision follows Micikevicius et al., "Mixed Precision Training"
 (ICLR 2018), with DeepMind's `jmp`: float32 master weights, the forward and
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import jmp
 import optax
 
-from equivlab import data, regularization
+from equivlab import data, regularization, xla_options
 from equivlab.training.config import TrainConfig
 from equivlab.training.state import TrainState
 
@@ -272,6 +273,6 @@ def make_steps(
     `Steps(train_step, eval_step)`.
   """
   return Steps(
-    train_step=jax.jit(train_step_fn(model, tx, spec)),
-    eval_step=jax.jit(eval_step_fn(model, spec)),
+    train_step=xla_options.jit(train_step_fn(model, tx, spec)),
+    eval_step=xla_options.jit(eval_step_fn(model, spec)),
   )

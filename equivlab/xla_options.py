@@ -1,0 +1,87 @@
+"""Per-compilation XLA options for the CPU, and the `jit` that applies them.
+
+jaxlib 0.10.2's XLA:CPU hands large convolutions to YNNPACK by default
+(fusions named `__ynn_fusion` in the compiled HLO). For the convolutions of
+this project that path is the slow one: on a 2-core Xeon (AVX-512), a
+128 -> 128 channel 3x3 layer at batch 128 of 28x28 takes 1.5 s forward and
+backward through YNNPACK and 0.7 s through XLA's own (Eigen) convolution,
+whose filter gradient is the main difference (`benchmarks/gconv_peers.py`
+and `benchmarks/train_step.py` measure it; figures in the README).
+`CPU_COMPILER_OPTIONS` keeps YNNPACK for matrix products and reductions
+and turns it off for convolutions.
+
+The options are compiler options of one `jax.jit`, not process flags:
+nothing global changes, and a GPU compilation gets none. `jit` is
+`jax.jit` with them, and it also traces its function with the
+convolutions' "auto" implementation resolved to one XLA convolution per
+call (`convolution.auto_impl("xla")`), which is the fastest choice once
+YNNPACK's convolutions are off. The training engine's steps, the
+adversarial attacks and the probes compile through it. Code that calls
+`jax.jit` itself keeps jaxlib's defaults, and with them the convolutions'
+CPU path. To get the faster setting there, pass the options:
+
+  step = jax.jit(step_fn, compiler_options=xla_options.compiler_options())
+
+or use `xla_options.jit(step_fn)`.
+"""
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+from equivlab import convolution
+
+YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+# What jaxlib 0.10.2 offloads to YNNPACK by default, and this project's
+# choice: the same without convolutions.
+JAXLIB_DEFAULT_YNN_FUSIONS = (
+  "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+  "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION,"
+  "LIBRARY_FUSION_TYPE_REDUCE"
+)
+CPU_COMPILER_OPTIONS = {
+  YNN_FUSION_OPTION: (
+    "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+  ),
+}
+
+
+def compiler_options(backend: str | None = None) -> dict[str, str]:
+  """The compiler options equivlab compiles with on `backend`.
+
+  Args:
+    backend: "cpu", "gpu", "tpu", ...; None for `jax.default_backend()`.
+
+  Returns:
+    A new dict: `CPU_COMPILER_OPTIONS` on the CPU, empty elsewhere.
+  """
+  backend = jax.default_backend() if backend is None else backend
+  return dict(CPU_COMPILER_OPTIONS) if backend == "cpu" else {}
+
+
+def jit(fun: Callable, **jit_kwargs: Any):
+  """`jax.jit(fun, **jit_kwargs)` with `compiler_options()` merged in.
+
+  Options given in `jit_kwargs["compiler_options"]` win over equivlab's.
+  While `fun` is traced, `convolution.conv2d(impl="auto")` runs one XLA
+  convolution per call (an `EQUIVLAB_CONV_IMPL` set in the environment
+  still decides first). The backend is read when `jit` is called (from
+  `jit_kwargs["backend"]` if given).
+
+  Returns:
+    The jitted function; `.lower(...)` and the rest of `jax.jit`'s API work
+    as usual.
+  """
+  options = {
+    **compiler_options(jit_kwargs.get("backend")),
+    **(jit_kwargs.pop("compiler_options", None) or {}),
+  }
+
+  @functools.wraps(fun)
+  def traced(*args, **kwargs):
+    with convolution.auto_impl("xla"):
+      return fun(*args, **kwargs)
+
+  return jax.jit(traced, compiler_options=options or None, **jit_kwargs)
