@@ -21,7 +21,9 @@ float32, forward + backward (gradients w.r.t. input and filters) under jit.
 Ratios are ours / plain (or naive / ours for (c)). Each timing is the
 minimum over `--repeats` calls after a warm-up, all variants timed in
 alternation so that load on a shared machine hits them alike; medians are
-reported too. On GPU pass `--precision highest` for full float32 matmuls.
+reported too. Every side compiles as equivlab does (`xla_options.jit`: on
+CPU, YNNPACK's convolutions off). On GPU pass `--precision highest` for full
+float32 matmuls.
 """
 
 import argparse
@@ -34,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from equivlab import export, gconv, models
+from equivlab import export, gconv, models, xla_options
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
@@ -63,13 +65,16 @@ def _naive_group(f, w, precision):
 
 
 def _fwd_bwd(fn):
-  """jit(grad) of a scalar loss of `fn(x, w)` w.r.t. both arguments."""
+  """jit(grad) of a scalar loss of `fn(x, w)` w.r.t. both arguments.
+
+  Compiled as equivlab compiles (`xla_options.jit`), every side alike.
+  """
 
   def loss(x, w):
     out = fn(x, w)
     return jnp.mean(jnp.square(out))
 
-  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  return xla_options.jit(jax.value_and_grad(loss, argnums=(0, 1)))
 
 
 def _time_all(named_calls, repeats):
@@ -171,9 +176,14 @@ def run_export(batch=128, size=28, repeats=20, names=("p4cnn", "p4mcnn")):
     for _ in range(2):  # running statistics off their initial values
       variables = {**variables, **train(variables, x)[1]}
     plain, plain_vars = export.export_p4cnn(model, variables)
-    group_fn = jax.jit(lambda v, a, m=model: m.apply(v, a, train=False))
+    group_fn = xla_options.jit(
+      lambda v, a, m=model: m.apply(v, a, train=False), inference=True
+    )
     calls[f"{name} group"] = (group_fn, (variables, x))
-    calls[f"{name} exported"] = (jax.jit(plain.apply), (plain_vars, x))
+    calls[f"{name} exported"] = (
+      xla_options.jit(plain.apply, inference=True),
+      (plain_vars, x),
+    )
     np.testing.assert_allclose(  # the same logits before they are timed
       calls[f"{name} exported"][0](plain_vars, x),
       group_fn(variables, x),

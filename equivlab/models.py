@@ -486,7 +486,7 @@ def init_model(
   return dict(model.init(key, x, train=False))
 
 
-@functools.partial(xla_options.jit, static_argnums=0)
+@functools.partial(xla_options.jit, static_argnums=0, inference=True)
 def _apply_eval(model: nn.Module, variables: Any, x: jax.Array) -> jax.Array:
   # Modules hash by their attributes: one compilation per model and shape.
   return model.apply(variables, x, train=False)

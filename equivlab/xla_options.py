@@ -8,17 +8,22 @@ backward through YNNPACK and 0.7 s through XLA's own (Eigen) convolution,
 whose filter gradient is the main difference (`benchmarks/gconv_peers.py`
 and `benchmarks/train_step.py` measure it; figures in the README).
 `CPU_COMPILER_OPTIONS` keeps YNNPACK for matrix products and reductions
-and turns it off for convolutions.
+and turns it off for convolutions. A forward-only program gets
+`CPU_INFERENCE_OPTIONS`, YNNPACK for matrix products only: there a
+reduction fusion can take in a whole network, convolutions included, and
+run it on one thread (a P4CNN's inference 3-4x slower), while in a training
+step the same fusions are what makes a global-pooling CNN's step 1.5x
+faster.
 
 The options are compiler options of one `jax.jit`, not process flags:
 nothing global changes, and a GPU compilation gets none. `jit` is
 `jax.jit` with them, and it also traces its function with the
 convolutions' "auto" implementation resolved to one XLA convolution per
 call (`convolution.auto_impl("xla")`), which is the fastest choice once
-YNNPACK's convolutions are off. The training engine's steps, the
-adversarial attacks and the probes compile through it. Code that calls
-`jax.jit` itself keeps jaxlib's defaults, and with them the convolutions'
-CPU path. To get the faster setting there, pass the options:
+YNNPACK's convolutions are off. The training engine's steps, evaluation in
+batches, the adversarial attacks and the probes compile through it. Code
+that calls `jax.jit` itself keeps jaxlib's defaults, and with them the
+convolutions' CPU path. To get the faster setting there, pass the options:
 
   step = jax.jit(step_fn, compiler_options=xla_options.compiler_options())
 
@@ -46,23 +51,34 @@ CPU_COMPILER_OPTIONS = {
     "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
   ),
 }
+CPU_INFERENCE_OPTIONS = {
+  YNN_FUSION_OPTION: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+}
 
 
-def compiler_options(backend: str | None = None) -> dict[str, str]:
+def compiler_options(
+  backend: str | None = None, *, inference: bool = False
+) -> dict[str, str]:
   """The compiler options equivlab compiles with on `backend`.
 
   Args:
     backend: "cpu", "gpu", "tpu", ...; None for `jax.default_backend()`.
+    inference: for a forward-only program (no gradients).
 
   Returns:
-    A new dict: `CPU_COMPILER_OPTIONS` on the CPU, empty elsewhere.
+    A new dict: on the CPU `CPU_INFERENCE_OPTIONS` if `inference` else
+    `CPU_COMPILER_OPTIONS`; empty elsewhere.
   """
   backend = jax.default_backend() if backend is None else backend
-  return dict(CPU_COMPILER_OPTIONS) if backend == "cpu" else {}
+  if backend != "cpu":
+    return {}
+  return dict(CPU_INFERENCE_OPTIONS if inference else CPU_COMPILER_OPTIONS)
 
 
-def jit(fun: Callable, **jit_kwargs: Any):
+def jit(fun: Callable, *, inference: bool = False, **jit_kwargs: Any):
   """`jax.jit(fun, **jit_kwargs)` with `compiler_options()` merged in.
+
+  `inference=True` for a forward-only `fun` (see `compiler_options`).
 
   Options given in `jit_kwargs["compiler_options"]` win over equivlab's.
   While `fun` is traced, `convolution.conv2d(impl="auto")` runs one XLA
@@ -75,7 +91,7 @@ def jit(fun: Callable, **jit_kwargs: Any):
     as usual.
   """
   options = {
-    **compiler_options(jit_kwargs.get("backend")),
+    **compiler_options(jit_kwargs.get("backend"), inference=inference),
     **(jit_kwargs.pop("compiler_options", None) or {}),
   }
 

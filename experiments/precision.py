@@ -285,7 +285,7 @@ def _time_steps(config: Config, compiled) -> dict[str, dict[str, float]]:
   return timings
 
 
-@functools.partial(xla_options.jit, static_argnums=0)
+@functools.partial(xla_options.jit, static_argnums=0, inference=True)
 def _apply(module: Any, variables: Any, x: jax.Array) -> jax.Array:
   # Modules hash by their attributes: one compilation per module, dtype
   # and shape, shared by every seed.

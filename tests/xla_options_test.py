@@ -46,6 +46,10 @@ def test_options_are_for_the_cpu_only_and_fresh_each_call():
     xla_options.CPU_COMPILER_OPTIONS
   )
   assert xla_options.compiler_options("gpu") == {}
+  assert xla_options.compiler_options("cpu", inference=True) == (
+    xla_options.CPU_INFERENCE_OPTIONS
+  )
+  assert xla_options.compiler_options("gpu", inference=True) == {}
   assert xla_options.compiler_options() == xla_options.compiler_options(
     jax.default_backend()
   )
@@ -119,3 +123,17 @@ def test_the_engines_train_step_compiles_without_ynnpack_convolutions():
     xla_options.YNN_FUSION_OPTION: xla_options.JAXLIB_DEFAULT_YNN_FUSIONS
   }
   assert _ynn_convolutions(lowered.compile(jaxlib_default).as_text()) > 0
+
+
+def test_the_eval_step_compiles_with_the_inference_options():
+  # With YNNPACK's reductions on, a forward-only P4CNN is one YNNPACK fusion
+  # that holds its convolutions (one thread, 3-4x slower); the eval step
+  # compiles without them.
+  config = train.TrainConfig(model="p4cnn", batch_size=8, progress=False)
+  images = np.random.default_rng(3).random((8, 28, 28, 1), np.float32)
+  batch = {"image": images, "label": np.zeros(8, np.int32)}
+  state, steps = train.prepare(config, images)
+  lowered = steps.eval_step.lower(state, batch)
+  assert _ynn_convolutions(lowered.compile().as_text()) == 0
+  training_options = xla_options.compiler_options("cpu")
+  assert _ynn_convolutions(lowered.compile(training_options).as_text()) > 0

@@ -274,5 +274,5 @@ def make_steps(
   """
   return Steps(
     train_step=xla_options.jit(train_step_fn(model, tx, spec)),
-    eval_step=xla_options.jit(eval_step_fn(model, spec)),
+    eval_step=xla_options.jit(eval_step_fn(model, spec), inference=True),
   )
