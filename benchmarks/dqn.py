@@ -13,6 +13,11 @@ r"""DQN throughput: the fully jitted loop against a Python-driven loop.
     in turn in one process (alternating run by run, the fastest of
     `--repeats` runs of each side kept).
 
+(d) the seeds in vmapped groups, one group per CPU core in threads
+    (`dqn.seed_runner`), against one `jit(vmap)` program over all of them
+    and against the first implementation's, at each seed count >= 2,
+    timed in turn.
+
 Prints the env-steps-per-second figures and ratios, and writes them to
 `--output` as JSON.
 
@@ -389,6 +394,52 @@ def part_b_and_c(config: dqn.DQNConfig, seed_counts, repeats: int):
   return part_b, part_c
 
 
+def part_d(config: dqn.DQNConfig, seed_counts, repeats: int) -> dict:
+  """(d) `dqn.seed_runner` against one program, and the first version's."""
+  results = {}
+  for num_seeds in [n for n in seed_counts if n >= 2]:
+    keys = jax.random.split(jax.random.key(0), num_seeds)
+    runner = dqn.seed_runner(config)
+    jax.block_until_ready(runner(keys))  # compiles every group size
+
+    def grouped(runner=runner, keys=keys):
+      start = time.perf_counter()
+      jax.block_until_ready(runner(keys))
+      return time.perf_counter() - start
+
+    runs = {
+      "groups": grouped,
+      "one program": _timer(compile_train(config, num_seeds)[0]),
+      "before": _timer(
+        compile_train(config, num_seeds, dqn_reference.make_train)[0]
+      ),
+    }
+    best = dict.fromkeys(runs, math.inf)
+    for _ in range(repeats):
+      for name, run in runs.items():
+        best[name] = min(best[name], run())
+    steps = num_seeds * config.total_env_steps
+    sps = {name: steps / seconds for name, seconds in best.items()}
+    groups = min(num_seeds, os.cpu_count() or 1)
+    results[str(num_seeds)] = {
+      "groups": groups,
+      "env_steps_per_second": sps,
+      "groups_over_one_program": sps["groups"] / sps["one program"],
+      "groups_over_before": sps["groups"] / sps["before"],
+    }
+    print(
+      f"(d) {num_seeds} seeds in {groups} vmapped groups on threads: "
+      f"{sps['groups']:,.0f} env steps/s, "
+      f"{sps['groups'] / sps['one program']:.2f}x one vmapped program, "
+      f"{sps['groups'] / sps['before']:.2f}x the first implementation's"
+    )
+  return results
+
+
+def _timer(run):
+  return lambda: run()[0]
+
+
 def main(argv):
   del argv
   config = benchmark_config(_TOTAL_ENV_STEPS.value)
@@ -402,6 +453,7 @@ def main(argv):
   logging.info("(a) %s", results["a"])
   seed_counts = [int(s) for s in _SEED_COUNTS.value]
   results["b"], results["c"] = part_b_and_c(config, seed_counts, _REPEATS.value)
+  results["d"] = part_d(config, seed_counts, _REPEATS.value)
   with open(_OUTPUT.value, "w") as f:
     json.dump(results, f, indent=2)
   print(f"wrote {_OUTPUT.value}")

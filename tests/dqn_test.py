@@ -321,3 +321,39 @@ class SeedTest(chex.TestCase):
     )
     # Greedy policy after training walks straight to the end: 4 steps.
     np.testing.assert_allclose(metrics["eval_return"][:, -1], -4.0)
+
+
+class SeedRunnerTest(chex.TestCase):
+  def test_groups_give_what_vmap_gives_over_each_group(self):
+    config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
+    keys = jax.random.split(jax.random.key(3), 3)
+    got = dqn.train_seeds(config, keys, groups=2)  # groups of 1 and 2 seeds
+    train = jax.jit(jax.vmap(dqn.make_train(config)))
+    want = jax.tree.map(
+      lambda a, b: np.concatenate([a, b]), train(keys[:1]), train(keys[1:])
+    )
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, got), want)
+    whole = dqn.seed_runner(config, groups=1)(keys)
+    chex.assert_trees_all_equal(whole, train(keys))
+    self.assertEqual(got["metrics"]["eval_return"].shape, (3, 1))
+
+  def test_benchmark_times_groups_from_two_seeds_on(self):
+    from benchmarks import dqn as bench  # noqa: PLC0415
+
+    config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
+    got = bench.part_d(config, [1, 2], repeats=1)
+    self.assertEqual(set(got), {"2"})
+    self.assertGreater(got["2"]["groups_over_before"], 0)
+    self.assertEqual(
+      set(got["2"]["env_steps_per_second"]), {"groups", "one program", "before"}
+    )
+
+  def test_bad_group_counts_are_refused(self):
+    config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
+    keys = jax.random.split(jax.random.key(0), 2)
+    with self.assertRaisesRegex(ValueError, "groups must be >= 1"):
+      dqn.seed_runner(config, groups=0)
+    with self.assertRaisesRegex(ValueError, "must not exceed"):
+      dqn.train_seeds(config, keys, groups=3)
+    with self.assertRaisesRegex(ValueError, "key array"):
+      dqn.train_seeds(config, keys[:0], groups=None)
