@@ -112,12 +112,17 @@ def test_auto_impl_scopes_nest_and_reject_unknown_names(monkeypatch):
       pass
 
 
-def test_the_engines_train_step_compiles_without_ynnpack_convolutions():
-  config = train.TrainConfig(model="z2cnn", batch_size=8, progress=False)
+def _engine_step(model: str, step: str):
+  """The engine's `step` ("train_step"/"eval_step") for `model`, lowered."""
+  config = train.TrainConfig(model=model, batch_size=8, progress=False)
   images = np.random.default_rng(2).random((8, 28, 28, 1), np.float32)
   batch = {"image": images, "label": np.zeros(8, np.int32)}
   state, steps = train.prepare(config, images)
-  lowered = steps.train_step.lower(state, batch)
+  return getattr(steps, step).lower(state, batch)
+
+
+def test_the_engines_train_step_compiles_without_ynnpack_convolutions():
+  lowered = _engine_step("z2cnn", "train_step")
   assert _ynn_convolutions(lowered.compile().as_text()) == 0
   jaxlib_default = {
     xla_options.YNN_FUSION_OPTION: xla_options.JAXLIB_DEFAULT_YNN_FUSIONS
@@ -129,11 +134,7 @@ def test_the_eval_step_compiles_with_the_inference_options():
   # With YNNPACK's reductions on, a forward-only P4CNN is one YNNPACK fusion
   # that holds its convolutions (one thread, 3-4x slower); the eval step
   # compiles without them.
-  config = train.TrainConfig(model="p4cnn", batch_size=8, progress=False)
-  images = np.random.default_rng(3).random((8, 28, 28, 1), np.float32)
-  batch = {"image": images, "label": np.zeros(8, np.int32)}
-  state, steps = train.prepare(config, images)
-  lowered = steps.eval_step.lower(state, batch)
+  lowered = _engine_step("p4cnn", "eval_step")
   assert _ynn_convolutions(lowered.compile().as_text()) == 0
   training_options = xla_options.compiler_options("cpu")
   assert _ynn_convolutions(lowered.compile(training_options).as_text()) > 0

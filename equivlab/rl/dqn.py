@@ -41,9 +41,7 @@ first implementation, op for op, is kept in `benchmarks/dqn_reference.py`
 for before/after timing.
 """
 
-import concurrent.futures
 import functools
-import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -65,6 +63,7 @@ from equivlab.rl.dqn_parts import (
   make_optimizer,
   q_values_at,
 )
+from equivlab.rl.dqn_seeds import seed_runner, train_seeds
 from equivlab.rl.evaluation import evaluate
 from equivlab.rl.schedules import (
   crossed_boundary,
@@ -591,76 +590,3 @@ def make_train(config: DQNConfig) -> Callable[[chex.PRNGKey], dict]:
     return {"state": state, "metrics": flatten_metrics(metrics)}
 
   return train
-
-
-def seed_runner(
-  config: DQNConfig, *, groups: int | None = None
-) -> Callable[[jax.Array], dict]:
-  """`run(keys)`: `jax.vmap(make_train(config))(keys)`, in vmapped groups.
-
-  XLA:CPU runs each of the learn step's batched matrix products on one
-  thread, so one program over all seeds keeps about one core busy. The
-  runner splits the seeds into `groups` consecutive groups, runs
-  `jax.jit(jax.vmap(train))` on each in a thread of its own and
-  concatenates the results along the seed axis: on 2 cores, 4 and 16
-  seeds ran 1.85-2.1x faster than one program (`benchmarks/dqn.py`,
-  part (d)). Each group's result is bit for bit that of `jax.vmap` over
-  the group; against one program over every seed, the float rounding may
-  differ with the group size.
-
-  Args:
-    config: the settings (validated here).
-    groups: how many groups run at once; None for as many as there are
-      CPUs (at most one per seed).
-
-  Returns:
-    `run(keys) -> {"state": ..., "metrics": ...}` for a key array `[S]`,
-    leaves `[S, ...]` as `jax.vmap(make_train(config))` gives them. It
-    compiles once per group size and key type, ahead of the threads.
-
-  Raises:
-    ValueError: for `groups < 1`, and in `run` for no keys or more groups
-      than keys.
-  """
-  if groups is not None and groups < 1:
-    raise ValueError(f"groups must be >= 1 or None, got {groups}.")
-  train = jax.jit(jax.vmap(make_train(config)))
-  compiled = {}
-
-  def compiled_for(keys):
-    signature = (keys.shape, keys.dtype)
-    if signature not in compiled:
-      compiled[signature] = train.lower(keys).compile()
-    return compiled[signature]
-
-  def run(keys: jax.Array) -> dict:
-    num_seeds = keys.shape[0] if keys.ndim else 0
-    if num_seeds < 1:
-      raise ValueError(f"expected a key array [S], S >= 1; got {keys.shape}.")
-    count = min(num_seeds, os.cpu_count() or 1) if groups is None else groups
-    if count > num_seeds:
-      raise ValueError(
-        f"groups ({count}) must not exceed the number of seeds ({num_seeds})."
-      )
-    bounds = [num_seeds * i // count for i in range(count + 1)]
-    chunks = [keys[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    programs = [compiled_for(chunk) for chunk in chunks]
-    if count == 1:
-      return programs[0](keys)
-    with concurrent.futures.ThreadPoolExecutor(count) as pool:
-      outs = list(
-        pool.map(
-          lambda job: jax.block_until_ready(job[0](job[1])),
-          zip(programs, chunks, strict=True),
-        )
-      )
-    return jax.tree.map(lambda *parts: jnp.concatenate(parts), *outs)
-
-  return run
-
-
-def train_seeds(
-  config: DQNConfig, keys: jax.Array, *, groups: int | None = None
-) -> dict:
-  """`seed_runner(config, groups=groups)(keys)`: every seed, trained."""
-  return seed_runner(config, groups=groups)(keys)
