@@ -15,6 +15,11 @@ import jax.numpy as jnp
 from equivlab.rl.dqn_config import DQNConfig
 
 
+def default_groups(num_seeds: int) -> int:
+  """The groups `seed_runner` makes by default: one per CPU, one per seed."""
+  return max(1, min(num_seeds, os.cpu_count() or 1))
+
+
 def seed_runner(
   config: DQNConfig, *, groups: int | None = None
 ) -> Callable[[jax.Array], dict]:
@@ -61,7 +66,7 @@ def seed_runner(
     num_seeds = keys.shape[0] if keys.ndim else 0
     if num_seeds < 1:
       raise ValueError(f"expected a key array [S], S >= 1; got {keys.shape}.")
-    count = min(num_seeds, os.cpu_count() or 1) if groups is None else groups
+    count = default_groups(num_seeds) if groups is None else groups
     if count > num_seeds:
       raise ValueError(
         f"groups ({count}) must not exceed the number of seeds ({num_seeds})."
