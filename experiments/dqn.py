@@ -1,11 +1,18 @@
 r"""DQN on CartPole-v1 (or any discrete gymnax env, the chain MDP, a probe).
 
 Trains `--num_seeds` independent agents at once (agent i from
-`jax.random.key(seed + i)`) with `jax.jit(jax.vmap(...))`, the seed axis
-sharded over the devices when their count divides it, and reports each
+`jax.random.key(seed + i)`) with `jax.jit(jax.vmap(...))` and reports each
 agent's greedy-evaluation curve, final greedy return and the env steps it
 took to reach `--target_return`. Mnih et al. (2015); van Hasselt et al.
 (2016); seed 004 3(c)-(d).
+
+Where the seeds go: on several devices whose count divides `--num_seeds`,
+the seed axis is sharded over them. On one CPU, the seeds are split into
+`--seed_groups` vmapped groups (by default one per core, as
+`dqn.seed_runner`), each run in a thread of its own: XLA:CPU runs the
+learn step's batched matrix products on one thread, so one program keeps
+about one core busy: on 2 cores, 4 seeds in 2 groups trained 1.75x faster.
+Each group's agents are bit for bit those of `jax.vmap` over that group.
 
     python -m experiments.dqn
 
@@ -27,6 +34,7 @@ Writes into --workdir (default runs/dqn): results.json, results.md (the
 table), timings.json, learning_curve.png and checkpoint.npz.
 """
 
+import concurrent.futures
 import dataclasses
 import math
 import pathlib
@@ -47,6 +55,7 @@ CHECKPOINT = "checkpoint.npz"
 # Fields that do not change what is trained: a checkpoint made with other
 # values of these is resumed.
 _RESUMABLE_FIELDS = (
+  "seed_groups",
   "target_return",
   "checkpoint_every_steps",
   "checkpoint_every_secs",
@@ -63,6 +72,11 @@ class Config(dqn.DQNConfig, _common.SeedOptions):
   Attributes:
     num_seeds: agents trained together under vmap.
     seed: the first agent's seed; agent i uses `jax.random.key(seed + i)`.
+    seed_groups: vmapped groups of consecutive seeds trained side by side,
+      each in a thread of its own; None for one per CPU core on a single
+      CPU device (`dqn.seed_runner`'s default), else one. The float
+      rounding of an agent may depend on its group's size; a checkpoint
+      of another grouping is resumed all the same.
     target_return: the greedy return that counts as solved.
     checkpoint_every_steps: also checkpoint after the evaluation period in
       which the env steps (per agent) cross a multiple of this (runs always
@@ -73,6 +87,7 @@ class Config(dqn.DQNConfig, _common.SeedOptions):
   """
 
   num_seeds: int = 4
+  seed_groups: int | None = None
   target_return: float = 475.0
   checkpoint_every_steps: int | None = None
   checkpoint_every_secs: float | None = 300.0
@@ -80,6 +95,14 @@ class Config(dqn.DQNConfig, _common.SeedOptions):
   def __post_init__(self):
     super().__post_init__()
     _common.check_config(self)
+    checks.check_int(
+      "seed_groups", self.seed_groups, minimum=1, allow_none=True
+    )
+    if self.seed_groups is not None and self.seed_groups > self.num_seeds:
+      raise ValueError(
+        f"seed_groups ({self.seed_groups}) must not exceed num_seeds "
+        f"({self.num_seeds})."
+      )
     checks.check_number("target_return", self.target_return)
     _common.check_checkpoint_cadence(self)
 
@@ -94,22 +117,29 @@ class Config(dqn.DQNConfig, _common.SeedOptions):
 # ---------------------------------------------------------------------------
 
 
-def seed_keys(config: Config) -> tuple[jax.Array, Any]:
-  """The agents' keys, and the mesh to shard the seed axis over.
+def seed_keys(config: Config) -> tuple[jax.Array, Any, list[slice]]:
+  """The agents' keys, the mesh to shard them over, and the seed groups.
 
   Returns:
-    `(keys [num_seeds], mesh)`: the seed axis is split over all devices
-    when their count divides it (`mesh` a one-axis "data" mesh), else kept
-    on one device (`mesh` None).
+    `(keys [num_seeds], mesh, groups)`. Without `seed_groups`, the seed
+    axis is split over all devices when their count divides it (`mesh` a
+    one-axis "data" mesh, one group); else, on one CPU device, cut into
+    one group per core (`dqn.default_groups`); else one group on one
+    device. With `seed_groups`, that many groups on the default device.
   """
   keys = jnp.stack([jax.random.key(s) for s in config.seeds])
+  count = config.seed_groups
   num_devices = jax.device_count()
-  if num_devices == 1 or config.num_seeds % num_devices:
-    return keys, None
-  from equivlab import parallel  # noqa: PLC0415
+  if count is None and num_devices > 1 and config.num_seeds % num_devices == 0:
+    from equivlab import parallel  # noqa: PLC0415
 
-  mesh = parallel.make_mesh(num_devices)
-  return jax.device_put(keys, _sharding(mesh, 0)), mesh
+    mesh = parallel.make_mesh(num_devices)
+    keys = jax.device_put(keys, _sharding(mesh, 0))
+    return keys, mesh, dqn.group_bounds(config.num_seeds, 1)
+  if count is None:
+    on_one_cpu = num_devices == 1 and jax.default_backend() == "cpu"
+    count = dqn.default_groups(config.num_seeds) if on_one_cpu else 1
+  return keys, None, dqn.group_bounds(config.num_seeds, count)
 
 
 def _sharding(mesh: Any, axis: int | None) -> Any:
@@ -225,45 +255,104 @@ def _joined(history: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   }
 
 
+def _split(axes: Any, state: Any, groups: list[slice]) -> list[Any]:
+  """The carry of every seed as one carry per group (shared leaves kept)."""
+  return [
+    jax.tree.map(
+      lambda axis, leaf, part=part: leaf if axis is None else leaf[part],
+      axes,
+      state,
+      is_leaf=lambda a: a is None,
+    )
+    for part in groups
+  ]
+
+
+def _join(axes: Any, states: list[Any]) -> Any:
+  """One carry per group as the carry of every seed (`_split`'s inverse)."""
+  if len(states) == 1:
+    return states[0]
+  return jax.tree.map(
+    lambda axis, *leaves: (
+      leaves[0] if axis is None else jnp.concatenate(leaves)
+    ),
+    axes,
+    *states,
+    is_leaf=lambda a: a is None,
+  )
+
+
 def train_agents(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
   """Trains every agent, resuming from `workdir`'s checkpoint if any.
 
+  Each group of seeds (`seed_keys`) runs its chunks in a thread of its own;
+  the checkpoint holds the carry of every seed, joined along the seed axis.
+
   Returns:
     {"state": the final carry, "metrics": per-period metrics `[S, P,
-    ...]`, "devices": shards of the seed axis, "resumed_at": periods done
-    before this call, "compile_seconds", "run_seconds": this call's}.
+    ...]`, "devices": shards of the seed axis, "groups": seed groups run
+    side by side, "resumed_at": periods done before this call,
+    "compile_seconds", "run_seconds": this call's}.
 
   Raises:
     FloatingPointError: if an agent's loss or Q-values stop being finite
       (the checkpoint before is kept).
   """
-  keys, mesh = seed_keys(config)
+  keys, mesh, groups = seed_keys(config)
   start = time.perf_counter()
   loop, init, chunk = _jitted_loop(config, mesh)
-  state = init(keys)
-  chunk = chunk.lower(keys, state, jnp.arange(1)).compile()
+  keys = [keys[part] for part in groups]
+  states = [init(k) for k in keys]
+  compiled = {}
+  for k, state in zip(keys, states, strict=True):
+    if k.shape not in compiled:
+      compiled[k.shape] = chunk.lower(k, state, jnp.arange(1)).compile()
   compile_s = time.perf_counter() - start
   path = workdir / CHECKPOINT
-  restored = load_checkpoint(path, config, state)
-  state, done, metrics = restored or (state, 0, None)
+  axes = loop.state_axes
+  restored = load_checkpoint(path, config, _join(axes, states))
+  done, metrics = 0, None
+  if restored:
+    state, done, metrics = restored
+    states = _split(axes, state, groups)
   history = [metrics] if metrics else []  # per-period metrics, in chunks
   resumed_at, saved_at, run_s = done, time.monotonic(), 0.0
-  while done < loop.num_periods:
-    start = time.perf_counter()
-    state, new = chunk(keys, state, jnp.arange(done, done + 1))
-    history.append(jax.device_get(new))
-    run_s += time.perf_counter() - start
-    done += 1
-    if not history[-1]["finite"].all():
-      dqn.raise_if_diverged(flat_metrics(_joined(history)))
-    if _checkpoint_due(config, done, saved_at, loop.num_periods):
-      history = [_joined(history)]
-      save_checkpoint(path, config, state, done, history[0])
-      saved_at = time.monotonic()
+
+  def run_group(job):
+    k, state, periods = job
+    state, new = compiled[k.shape](k, state, periods)
+    return state, jax.device_get(new)
+
+  with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
+    while done < loop.num_periods:
+      start = time.perf_counter()
+      periods = jnp.arange(done, done + 1)
+      jobs = [(k, s, periods) for k, s in zip(keys, states, strict=True)]
+      outs = (
+        list(pool.map(run_group, jobs))
+        if len(jobs) > 1
+        else [run_group(jobs[0])]
+      )
+      states = [state for state, _ in outs]
+      history.append(
+        {
+          name: np.concatenate([new[name] for _, new in outs])
+          for name in outs[0][1]
+        }
+      )
+      run_s += time.perf_counter() - start
+      done += 1
+      if not history[-1]["finite"].all():
+        dqn.raise_if_diverged(flat_metrics(_joined(history)))
+      if _checkpoint_due(config, done, saved_at, loop.num_periods):
+        history = [_joined(history)]
+        save_checkpoint(path, config, _join(axes, states), done, history[0])
+        saved_at = time.monotonic()
   return {
-    "state": state,
+    "state": _join(axes, states),
     "metrics": _joined(history),
     "devices": 1 if mesh is None else jax.device_count(),
+    "groups": len(groups),
     "resumed_at": resumed_at,
     "compile_seconds": compile_s,
     "run_seconds": run_s,
@@ -397,6 +486,7 @@ def _run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
       "run_seconds": trained["run_seconds"],
       "env_steps_per_second": trained_steps / max(trained["run_seconds"], 1e-9),
       "resumed_at_env_steps": trained["resumed_at"] * config.eval_every,
+      "seed_groups": trained["groups"],
       "jax_backend": jax.default_backend(),
     },
   )

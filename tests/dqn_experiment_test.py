@@ -5,6 +5,7 @@ The chunked, checkpointed training is checked bit for bit against
 resumes to the same results.json as an uninterrupted one.
 """
 
+import dataclasses
 import json
 
 import jax
@@ -14,7 +15,7 @@ import pytest
 from absl import flags
 
 from equivlab import training
-from equivlab.rl import dqn
+from equivlab.rl import dqn, dqn_seeds
 from experiments import dqn as dqn_experiment
 
 _TINY = dict(
@@ -114,6 +115,67 @@ def test_chunks_are_the_bits_of_make_train(tmp_path):
     axes, leaves, jax.tree.leaves(whole["state"]), strict=True
   ):
     np.testing.assert_array_equal(mine, theirs if axis == 0 else theirs[0])
+
+
+def test_seed_groups_are_the_bits_of_vmap_over_each_group(tmp_path):
+  config = _config(num_seeds=3, seed_groups=2)  # groups of 1 and 2 seeds
+  trained = dqn_experiment.train_agents(config, tmp_path)
+  assert trained["groups"] == 2 and trained["devices"] == 1
+  keys = jnp.stack([jax.random.key(s) for s in config.seeds])
+  train = jax.jit(jax.vmap(dqn.make_train(config.dqn_config())))
+  parts = [train(keys[:1]), train(keys[1:])]
+  flat = dqn_experiment.flat_metrics(trained["metrics"])
+  for name in flat:
+    want = np.concatenate([part["metrics"][name] for part in parts])
+    np.testing.assert_array_equal(flat[name], want, err_msg=name)
+  axes = jax.tree.leaves(
+    dqn.make_loop(config.dqn_config()).state_axes,
+    is_leaf=lambda a: a is None,
+  )
+  states = (trained["state"], parts[0]["state"], parts[1]["state"])
+  leaves = zip(axes, *map(jax.tree.leaves, states), strict=True)
+  for axis, mine, first, rest in leaves:
+    want = np.concatenate([first, rest]) if axis == 0 else first[0]
+    np.testing.assert_array_equal(mine, want)
+
+
+def test_default_seed_groups_follow_the_devices(monkeypatch):
+  """Sharded over devices that divide the seeds; else one group per core."""
+  config = _config(num_seeds=4)
+  monkeypatch.setattr(jax, "device_count", lambda: 4)
+  _, mesh, groups = dqn_experiment.seed_keys(config)
+  assert mesh is not None and groups == [slice(0, 4)]
+  monkeypatch.setattr(jax, "device_count", lambda: 1)
+  monkeypatch.setattr(dqn_seeds.os, "cpu_count", lambda: 2)
+  _, mesh, groups = dqn_experiment.seed_keys(config)
+  assert mesh is None and groups == [slice(0, 2), slice(2, 4)]
+  _, mesh, groups = dqn_experiment.seed_keys(
+    _config(num_seeds=4, seed_groups=1)
+  )
+  assert mesh is None and groups == [slice(0, 4)]
+
+
+def test_a_killed_run_in_groups_resumes_to_the_same_results(
+  tmp_path, monkeypatch
+):
+  config = _config(checkpoint_every_steps=100, seed_groups=2)
+  _spy(monkeypatch, kill_after_saves=1)
+  with pytest.raises(KeyboardInterrupt):
+    dqn_experiment.run(config, tmp_path / "killed")
+  saves = _spy(monkeypatch)
+  dqn_experiment.run(config, tmp_path / "killed")
+  assert saves == [2, 3] and _resumed_at(tmp_path / "killed") == 100
+  dqn_experiment.run(config, tmp_path / "fresh")
+  first, second = (
+    (tmp_path / n / "results.json").read_bytes() for n in ("killed", "fresh")
+  )
+  assert first == second
+  # The grouping may change between runs: the checkpoint is resumed.
+  saves = _spy(monkeypatch)
+  dqn_experiment.run(
+    dataclasses.replace(config, seed_groups=1), tmp_path / "fresh"
+  )
+  assert saves == [] and _resumed_at(tmp_path / "fresh") == 300
 
 
 def test_a_killed_run_resumes_to_the_same_results(tmp_path, monkeypatch):
@@ -234,6 +296,8 @@ def test_default_flags_are_the_default_config():
     (["--learning_rate=nan"], "learning_rate must be a finite number > 0"),
     (["--num_seeds=0"], "num_seeds must be an int >= 1, got 0"),
     (["--seed=-1"], "seed must be an int >= 0, got -1"),
+    (["--seed_groups=0"], "seed_groups must be an int >= 1"),
+    (["--seed_groups=5"], r"seed_groups \(5\) must not exceed num_seeds \(4\)"),
     (["--gamma=1.5"], r"gamma must lie in \[0, 1\], got 1.5"),
     (["--max_grad_norm=0"], "max_grad_norm must be a finite number > 0"),
     (["--hidden_sizes=64,x"], "--hidden_sizes must be a comma-separated list"),

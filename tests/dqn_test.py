@@ -348,6 +348,17 @@ class SeedRunnerTest(chex.TestCase):
       set(got["2"]["env_steps_per_second"]), {"groups", "one program", "before"}
     )
 
+  def test_group_bounds_cut_the_seeds_in_near_equal_runs(self):
+    cuts = dqn.group_bounds(5, 2)
+    self.assertEqual(cuts, [slice(0, 2), slice(2, 5)])
+    self.assertEqual(
+      dqn.group_bounds(4, 4), [slice(i, i + 1) for i in range(4)]
+    )
+    self.assertLen(dqn.group_bounds(16), dqn.default_groups(16))
+    self.assertEqual(dqn.group_bounds(1), [slice(0, 1)])
+    with self.assertRaisesRegex(ValueError, "at least one seed"):
+      dqn.group_bounds(0, 1)
+
   def test_bad_group_counts_are_refused(self):
     config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
     keys = jax.random.split(jax.random.key(0), 2)

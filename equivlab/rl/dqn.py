@@ -63,7 +63,12 @@ from equivlab.rl.dqn_parts import (
   make_optimizer,
   q_values_at,
 )
-from equivlab.rl.dqn_seeds import seed_runner, train_seeds
+from equivlab.rl.dqn_seeds import (
+  default_groups,
+  group_bounds,
+  seed_runner,
+  train_seeds,
+)
 from equivlab.rl.evaluation import evaluate
 from equivlab.rl.schedules import (
   crossed_boundary,
@@ -84,8 +89,10 @@ __all__ = [
   "batch_loss",
   "build",
   "crossed_boundary",
+  "default_groups",
   "evaluate",
   "flatten_metrics",
+  "group_bounds",
   "init_state",
   "iteration",
   "learn",

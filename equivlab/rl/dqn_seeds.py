@@ -20,6 +20,32 @@ def default_groups(num_seeds: int) -> int:
   return max(1, min(num_seeds, os.cpu_count() or 1))
 
 
+def group_bounds(num_seeds: int, groups: int | None = None) -> list[slice]:
+  """The seed axis cut into `groups` consecutive groups, as slices.
+
+  Group sizes differ by at most one, the larger ones last: 5 seeds in 2
+  groups are `[0:2]` and `[2:5]`.
+
+  Args:
+    num_seeds: the length of the seed axis, >= 1.
+    groups: how many groups; None for `default_groups(num_seeds)`.
+
+  Raises:
+    ValueError: for no seeds, `groups < 1`, or more groups than seeds.
+  """
+  if num_seeds < 1:
+    raise ValueError(f"expected at least one seed, got {num_seeds}.")
+  count = default_groups(num_seeds) if groups is None else groups
+  if count < 1:
+    raise ValueError(f"groups must be >= 1 or None, got {groups}.")
+  if count > num_seeds:
+    raise ValueError(
+      f"groups ({count}) must not exceed the number of seeds ({num_seeds})."
+    )
+  cuts = [num_seeds * i // count for i in range(count + 1)]
+  return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
 def seed_runner(
   config: DQNConfig, *, groups: int | None = None
 ) -> Callable[[jax.Array], dict]:
@@ -63,17 +89,11 @@ def seed_runner(
     return compiled[signature]
 
   def run(keys: jax.Array) -> dict:
-    num_seeds = keys.shape[0] if keys.ndim else 0
-    if num_seeds < 1:
+    if keys.ndim != 1 or keys.shape[0] < 1:
       raise ValueError(f"expected a key array [S], S >= 1; got {keys.shape}.")
-    count = default_groups(num_seeds) if groups is None else groups
-    if count > num_seeds:
-      raise ValueError(
-        f"groups ({count}) must not exceed the number of seeds ({num_seeds})."
-      )
-    bounds = [num_seeds * i // count for i in range(count + 1)]
-    chunks = [keys[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    chunks = [keys[part] for part in group_bounds(keys.shape[0], groups)]
     programs = [compiled_for(chunk) for chunk in chunks]
+    count = len(chunks)
     if count == 1:
       return programs[0](keys)
     with concurrent.futures.ThreadPoolExecutor(count) as pool:
