@@ -49,7 +49,7 @@ DEFAULT_MODELS = (
 VARIANTS = ("default", "cpu", "jaxlib")
 # variant -> (EQUIVLAB_CONV_IMPL while tracing, compiler options or None for
 # the engine's own).
-_SETTINGS = {
+SETTINGS = {
   "default": (None, None),
   "cpu": ("cpu", None),
   "jaxlib": (
@@ -92,7 +92,7 @@ def compiled_step(model: str, variant: str, batch_size: int, seed: int = 0):
       "label": rng.integers(0, 10, batch_size).astype(np.int32),
     }
   )
-  impl, options = _SETTINGS[variant]
+  impl, options = SETTINGS[variant]
   with _conv_impl(impl):
     state, steps = train.prepare(config, batch["image"])
     step = steps.train_step.lower(state, batch).compile(options)
