@@ -27,6 +27,7 @@ os.environ.setdefault(
 )
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 # Implicit rank promotion hides shape bugs: make it an error everywhere.
@@ -44,3 +45,21 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=10, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def tiny_rotated_digits():
+  """The main job's settings shrunk to a run of seconds (one model, 1 seed)."""
+  from experiments import rotated_digits  # noqa: PLC0415
+
+  return rotated_digits.Config(
+    models=("p4cnn_rotpool",),
+    num_seeds=1,
+    num_epochs=1,
+    batch_size=16,
+    train_limit=32,
+    test_limit=16,
+    num_invariance=4,
+    num_devices=1,
+    progress=False,
+  )

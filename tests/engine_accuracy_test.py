@@ -1,5 +1,6 @@
 """Tests of benchmarks/engine_accuracy.py on a tiny main job."""
 
+import dataclasses
 import json
 import os
 
@@ -7,23 +8,15 @@ import pytest
 
 from benchmarks import engine_accuracy
 from equivlab import convolution, xla_options
-from experiments import rotated_digits
-
-_TINY = rotated_digits.Config(
-  models=("p4cnn",),
-  num_seeds=2,
-  num_epochs=1,
-  batch_size=16,
-  train_limit=32,
-  test_limit=16,
-  num_invariance=4,
-  num_devices=1,
-  progress=False,
-)
 
 
-def test_compare_trains_each_variant_and_pairs_the_seeds(tmp_path, capsys):
-  results = engine_accuracy.compare(_TINY, ["default", "jaxlib"], tmp_path)
+def test_compare_trains_each_variant_and_pairs_the_seeds(
+  tmp_path, capsys, tiny_rotated_digits
+):
+  config = dataclasses.replace(
+    tiny_rotated_digits, models=("p4cnn",), num_seeds=2
+  )
+  results = engine_accuracy.compare(config, ["default", "jaxlib"], tmp_path)
   assert results["seeds"] == [0, 1]
   row = results["models"]["p4cnn"]
   for variant in ("default", "jaxlib"):

@@ -1,5 +1,6 @@
 """Smoke test and analysis functions of experiments/rotated_digits.py."""
 
+import dataclasses
 import json
 
 import jax.numpy as jnp
@@ -9,19 +10,10 @@ import pytest
 from experiments import rotated_digits
 
 
-def test_smoke_writes_results_and_pictures(tmp_path, capsys):
-  config = rotated_digits.Config(
-    models=("p4cnn_rotpool",),
-    num_seeds=1,
-    seed=3,
-    num_epochs=1,
-    batch_size=16,
-    train_limit=32,
-    test_limit=16,
-    num_invariance=4,
-    num_devices=1,
-    progress=False,
-  )
+def test_smoke_writes_results_and_pictures(
+  tmp_path, capsys, tiny_rotated_digits
+):
+  config = dataclasses.replace(tiny_rotated_digits, seed=3)
   results = rotated_digits.run(config, tmp_path)
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["table"] == results["table"]
@@ -79,18 +71,10 @@ def test_unknown_model():
     rotated_digits.Config(models=("z2cnn", "vit"))
 
 
-def test_same_command_writes_the_same_results_json(tmp_path):
-  config = rotated_digits.Config(
-    models=("p4cnn_rotpool",),
-    num_seeds=1,
-    num_epochs=1,
-    batch_size=16,
-    train_limit=32,
-    test_limit=16,
-    num_invariance=4,
-    num_devices=1,
-    progress=False,
-  )
+def test_same_command_writes_the_same_results_json(
+  tmp_path, tiny_rotated_digits
+):
+  config = tiny_rotated_digits
   for name in ("a", "b"):
     rotated_digits.run(config, tmp_path / name)
   first, second = ((tmp_path / n / "results.json").read_bytes() for n in "ab")
