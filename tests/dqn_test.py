@@ -1,6 +1,7 @@
 """Tests for equivlab.rl.dqn: schedules, target updates, probes, seeds."""
 
 import dataclasses
+import functools
 
 import chex
 import jax
@@ -235,6 +236,41 @@ class LoopTest(chex.TestCase):
       (whole["state"], whole["metrics"]),
       (state, dqn.flatten_metrics(metrics)),
     )
+
+  def test_reset_blocks_divide_the_period_in_two_or_more(self):
+    self.assertEqual(dqn.reset_block(1250), 25)
+    self.assertEqual(dqn.reset_block(2500), 25)
+    self.assertEqual(dqn.reset_block(64), 32)
+    self.assertEqual(dqn.reset_block(32), 16)
+    self.assertEqual(dqn.reset_block(100), 25)
+    for prime_or_tiny in (1, 2, 3, 37):
+      self.assertEqual(dqn.reset_block(prime_or_tiny), 1)
+
+  def test_period_resets_in_blocks_are_those_of_each_iteration(self):
+    """Blocked resets train as one reset per iteration does.
+
+    Equal up to float rounding: XLA may fuse a reset's arithmetic
+    otherwise in another program (the bits of chunks against a whole run
+    are checked above).
+    """
+    config = dataclasses.replace(_PROBE, eval_every=400)
+    parts = dqn.build(config)
+    state = dqn.make_loop(config).init(jax.random.key(0))
+    run_key, eval_key = jax.random.split(jax.random.key(2))
+    blocked_state, blocked = jax.jit(
+      lambda s: dqn.train_then_evaluate(parts, run_key, eval_key, s, 0)
+    )(state)
+
+    def one_by_one(state):
+      key = jax.random.fold_in(run_key, 0)
+      draws = dqn.noise.draw_noise(key, 100, 4, config.batch_size)
+      return jax.lax.scan(functools.partial(dqn.iteration, parts), state, draws)
+
+    state, metrics = jax.jit(one_by_one)(state)
+    chex.assert_trees_all_close(blocked_state, state, rtol=1e-4, atol=1e-6)
+    for name in ("episodes", "updated", "target_updated", "epsilon"):
+      np.testing.assert_array_equal(blocked[name], metrics[name], name)
+    np.testing.assert_allclose(blocked["loss"], metrics["loss"], rtol=1e-4)
 
   def test_state_axes_mark_the_shared_counters(self):
     axes = dqn.make_loop(_PROBE).state_axes

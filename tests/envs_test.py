@@ -123,6 +123,34 @@ class TruncationTest(chex.TestCase):
     self.assertGreater(abs(float(out.next_obs[2])), 12 * 2 * np.pi / 360)
     self.assertEqual(float(envs.bootstrap_discount(out.terminated, 0.9)), 0.0)
 
+  def test_auto_reset_is_the_reset_half_of_step(self):
+    env, params = envs.make("CartPole-v1")
+    _, state = env.reset(jax.random.key(0), params)
+    reset_key = jax.random.key(7)
+    reset = env.reset_env(reset_key, params)
+    for t in range(40):  # Until the pole falls and the episode restarts.
+      key = jax.random.key(100 + t)
+      want = envs.step(key, env, state, 1, params, reset_key=reset_key)
+      got = envs.auto_reset(envs.transition(key, env, state, 1, params), reset)
+      chex.assert_trees_all_equal(got, want)
+      state = want.state
+      if bool(want.done):
+        break
+    self.assertTrue(bool(want.done))
+    chex.assert_trees_all_equal(want.obs, reset[0])
+    self.assertFalse(np.array_equal(want.next_obs, reset[0]))
+
+  def test_reset_batch_resets_every_key(self):
+    env, params = envs.make("CartPole-v1")
+    keys = jax.random.split(jax.random.key(3), (5, 4))
+    obs, state = envs.reset_batch(env, keys, params)
+    chex.assert_shape(obs, (5, 4, 4))
+    chex.assert_shape(state.x, (5, 4))
+    one_obs, _ = env.reset_env(keys[2, 1], params)
+    np.testing.assert_allclose(obs[2, 1], one_obs, rtol=1e-6)
+    raw = jax.random.split(jax.random.PRNGKey(3), 6)  # uint32 [6, 2] keys
+    self.assertEqual(envs.reset_batch(env, raw, params)[0].shape, (6, 4))
+
   def test_discount_vectorised(self):
     np.testing.assert_allclose(
       envs.bootstrap_discount(jnp.array([True, False]), 0.99),

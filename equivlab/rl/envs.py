@@ -12,6 +12,7 @@ observation; only a transition into a terminal state (terminated) cuts the
 bootstrap. `step` below returns exactly what a TD target needs.
 """
 
+import functools
 from typing import Any, NamedTuple
 
 import chex
@@ -314,11 +315,34 @@ def step(
       truncated=jnp.asarray(truncated, bool),
     )
   out = transition(key, env, state, action, params)
-  obs_reset, state_reset = env.reset_env(reset_key, params)
-  done = out.done
+  return auto_reset(out, env.reset_env(reset_key, params))
+
+
+def reset_batch(env, keys: chex.PRNGKey, params) -> tuple[Any, Any]:
+  """`env.reset_env(key, params)` for every key of `keys` (any leading axes).
+
+  Returns:
+    `(obs, state)` with leaves `[*keys.shape, ...]`.
+  """
+  reset = functools.partial(env.reset_env, params=params)
+  typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+  for _ in range(keys.ndim if typed else keys.ndim - 1):
+    reset = jax.vmap(reset)
+  return reset(keys)
+
+
+def auto_reset(out: Step, reset: tuple[Any, Any]) -> Step:
+  """`out` continued from `reset = (obs, state)` where its episode ended.
+
+  `step(key, ..., reset_key=k)` is `auto_reset(transition(key, ...),
+  env.reset_env(k, params))`; callers that step many environments can
+  compute the resets only when some episode ended (`dqn.step_envs`).
+  `next_obs` keeps the observation reached.
+  """
+  obs_reset, state_reset = reset
 
   def select(reset_leaf, step_leaf):
-    return jax.lax.select(done, reset_leaf, step_leaf)
+    return jax.lax.select(out.done, reset_leaf, step_leaf)
 
   return out._replace(
     obs=jax.tree.map(select, obs_reset, out.obs),
