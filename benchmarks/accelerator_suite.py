@@ -99,7 +99,8 @@ def exactness(tiny: bool) -> dict:
   import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from equivlab import gconv, models, rnn  # noqa: PLC0415
+  from equivlab import gconv, rnn  # noqa: PLC0415
+  from equivlab.nn import models  # noqa: PLC0415
 
   rng = np.random.default_rng(0)
   n, size, c = (2, 9, 4) if tiny else (16, 28, 16)

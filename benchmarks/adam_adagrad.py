@@ -14,7 +14,7 @@ import sys
 
 import jax
 
-from equivlab import optim
+from equivlab.fundamentals import optimizer_theory
 
 B2S = (0.9, 0.99, 0.999, 0.9999, 0.99999)
 SETTINGS = {
@@ -47,7 +47,9 @@ def run(
   results = {}
   with jax.enable_x64(True):
     for name, kwargs in SETTINGS.items():
-      rows = optim.adam_adagrad_gap(b2s, num_steps=num_steps, **kwargs)
+      rows = optimizer_theory.adam_adagrad_gap(
+        b2s, num_steps=num_steps, **kwargs
+      )
       results[name] = [row._asdict() for row in rows]
   lines = [
     f"Adam(b1=0, b2, lr=eta0/sqrt(t)) vs AdaGrad(eta0=0.5): {num_steps} "

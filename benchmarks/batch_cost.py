@@ -8,7 +8,7 @@ inputs of size d with K classes, the backward-pass compute
 and memory `(L - 1)(d_H^2 + d_H) + d_H (d + K) + K + 2 M d_H` numbers,
 both linear in M. This benchmark times the training engine's own jitted
 SGD step (`equivlab.train.prepare`: forward, backward and update) for M =
-1, 2, 4, ..., 1024 on a fixed "mlp" from `equivlab.models`, and reads three
+1, 2, 4, ..., 1024 on a fixed "mlp" from `equivlab.nn.models`, and reads three
 figures from XLA for the compiled step of each M:
 
 - seconds per step (median of `--repeats` runs of `--steps` steps);
@@ -39,7 +39,8 @@ import time
 import jax
 import numpy as np
 
-from equivlab import train, viz
+from equivlab import train
+from equivlab.analysis import viz
 
 _IMAGE_SHAPE = (28, 28, 1)
 _NUM_CLASSES = 10

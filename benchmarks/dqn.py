@@ -39,7 +39,7 @@ import optax
 from absl import app, flags, logging
 
 from benchmarks import dqn_reference
-from equivlab.rl import dqn, dqn_seeds, tabular, value_learning
+from equivlab.rl import dqn, evaluation, tabular, value_learning
 from equivlab.rl import envs as envs_lib
 
 _TOTAL_ENV_STEPS = flags.DEFINE_integer(
@@ -203,7 +203,7 @@ def _python_parts(config: dqn.DQNConfig) -> _PythonParts:
     act=act,
     update=update,
     evaluate=jax.jit(
-      lambda key, params: dqn.evaluate(
+      lambda key, params: evaluation.evaluate(
         key, network, params, env, env_params, config.eval_episodes
       )
     ),
@@ -420,7 +420,7 @@ def part_d(config: dqn.DQNConfig, seed_counts, repeats: int) -> dict:
         best[name] = min(best[name], run())
     steps = num_seeds * config.total_env_steps
     sps = {name: steps / seconds for name, seconds in best.items()}
-    groups = dqn_seeds.default_groups(num_seeds)
+    groups = dqn.default_groups(num_seeds)
     results[str(num_seeds)] = {
       "groups": groups,
       "env_steps_per_second": sps,

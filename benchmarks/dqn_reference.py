@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from equivlab.rl import dqn, replay, tabular
+from equivlab.rl import dqn, replay, schedules, tabular
 from equivlab.rl import envs as envs_lib
 
 
@@ -57,7 +57,7 @@ def _skip(state: dqn.DQNState, key):
 def _act_and_store(parts: dqn.DQNParts, state: dqn.DQNState, act_key, env_key):
   config, env, env_params = parts.config, parts.env, parts.env_params
   num_envs = config.num_envs
-  epsilon = dqn.linear_epsilon(
+  epsilon = schedules.linear_epsilon(
     state.env_steps,
     config.epsilon_start,
     config.epsilon_end,
@@ -103,14 +103,14 @@ def _iteration(parts: dqn.DQNParts, loop_key, state: dqn.DQNState, unused):
   state, metrics = _act_and_store(parts, state, act_key, env_key)
   steps_after = state.env_steps
   should_learn = (
-    dqn.crossed_boundary(steps_before, steps_after, config.train_every)
+    schedules.crossed_boundary(steps_before, steps_after, config.train_every)
     & (steps_after >= config.learning_starts)
     & replay.can_sample(state.buffer, config.batch_size)
   )
   state, loss = jax.lax.cond(
     should_learn, functools.partial(_learn, parts), _skip, state, learn_key
   )
-  target_params = dqn.update_target(
+  target_params = schedules.update_target(
     state.params,
     state.target_params,
     steps_before,
@@ -123,7 +123,7 @@ def _iteration(parts: dqn.DQNParts, loop_key, state: dqn.DQNState, unused):
   metrics.update(
     loss=loss,
     updated=should_learn,
-    target_updated=dqn.crossed_boundary(
+    target_updated=schedules.crossed_boundary(
       steps_before, steps_after, config.target_period
     ),
   )

@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator, Sequence
 
 from benchmarks import train_step as step_bench
-from equivlab import convolution, xla_options
+from equivlab.ops import convolution, xla_options
 from experiments import rotated_digits
 
 

@@ -10,7 +10,7 @@ float32, forward + backward (gradients w.r.t. input and filters) under jit.
   (c) each against a naive implementation that loops over the 4 rotations
       in Python (4 convolutions, each with a quarter of the output channels,
       then a stack);
-  (d) export (`equivlab.export`): inference (eval-mode logits under jit) of
+  (d) export (`equivlab.nn.export`): inference (eval-mode logits under jit) of
       the exported plain CNN / the group network, for P4CNN and P4MCNN at
       their default widths on 28x28 images, batch statistics from two
       train-mode steps.
@@ -36,7 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from equivlab import export, gconv, models, xla_options
+from equivlab import gconv
+from equivlab.nn import export, models
+from equivlab.ops import xla_options
 
 _DN = ("NHWC", "HWIO", "NHWC")
 

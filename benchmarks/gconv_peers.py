@@ -51,7 +51,9 @@ def jax_side(group, layer, fields, batch, size, repeats, variant) -> dict:
   import jax.numpy as jnp  # noqa: PLC0415
   import numpy as np  # noqa: PLC0415
 
-  from equivlab import gconv, regularization, xla_options  # noqa: PLC0415
+  from equivlab import gconv  # noqa: PLC0415
+  from equivlab.nn import normalization  # noqa: PLC0415
+  from equivlab.ops import xla_options  # noqa: PLC0415
 
   order = 4 if group == "p4" else 8
   conv = {
@@ -73,7 +75,7 @@ def jax_side(group, layer, fields, batch, size, repeats, variant) -> dict:
   impl = "auto" if variant == "default" else "cpu"
 
   def loss(x, w, b):  # the bias as `layers.GroupConv` adds it
-    out = regularization.channel_affine(conv(x, w, impl=impl), bias=b)
+    out = normalization.channel_affine(conv(x, w, impl=impl), bias=b)
     return jnp.mean(jnp.square(out))
 
   grads = jax.value_and_grad(loss, argnums=(0, 1, 2))

@@ -38,7 +38,7 @@ def _parse(argv):
     help="Comma-separated device counts to time.",
   )
   parser.add_argument(
-    "--model", default="cnn", help="equivlab.models name (cnn, p4cnn, ...)."
+    "--model", default="cnn", help="equivlab.nn.models name (cnn, p4cnn, ...)."
   )
   parser.add_argument(
     "--model_kwargs",
@@ -172,7 +172,7 @@ def run(args):
 
 def format_rows(rows, header):
   """The rows as a markdown table under a one-line header."""
-  from equivlab import viz  # noqa: PLC0415
+  from equivlab.analysis import viz  # noqa: PLC0415
 
   table = viz.format_table(
     [

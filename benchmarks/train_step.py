@@ -36,7 +36,9 @@ import jax
 import numpy as np
 
 import equivlab
-from equivlab import convolution, models, train, xla_options
+from equivlab import train
+from equivlab.nn import models
+from equivlab.ops import convolution, xla_options
 
 DEFAULT_MODELS = (
   "z2cnn",

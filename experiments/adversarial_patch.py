@@ -5,9 +5,9 @@ This trains the CNN (seed 003's, dense head) and Cohen & Welling's P4CNN on
 the digits, takes the first test digit of class `digit` that every model
 classifies correctly, and for each model and each other class finds the
 smallest square patch whose content, optimised by projected gradient within
-[0, 1] at searched positions (`equivlab.adversarial.smallest_patches`),
+[0, 1] at searched positions (`equivlab.analysis.adversarial.smallest_patches`),
 makes the model predict that class. Beside it, the grid search of grey
-patches (`equivlab.occlusion.find_flipping_patch`, every side up to
+patches (`equivlab.analysis.occlusion.find_flipping_patch`, every side up to
 `max_size`, every centre): the smallest grey patch that changes the
 prediction, and which classes grey patches reach at all.
 
@@ -28,7 +28,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from equivlab import adversarial, checks, data, models, occlusion, train, viz
+from equivlab import checks, data, train
+from equivlab.analysis import adversarial, occlusion, viz
+from equivlab.nn import models
 from experiments import _common
 
 
@@ -37,7 +39,7 @@ class Config(_common.TrainingOptions):
   """Settings of the adversarial-patch study.
 
   Attributes:
-    models: model names for `equivlab.models.get_model`.
+    models: model names for `equivlab.nn.models.get_model`.
     num_epochs: training epochs per model.
     batch_size: training batch size.
     learning_rate: Adam's peak learning rate (cosine decay to 0).

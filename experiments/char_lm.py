@@ -38,7 +38,8 @@ import numpy as np
 import optax
 from absl import logging
 
-from equivlab import checks, rnn, viz
+from equivlab import checks, rnn
+from equivlab.analysis import viz
 from equivlab.training import checkpoint, npz
 from experiments import _common
 

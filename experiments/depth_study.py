@@ -7,12 +7,13 @@ non-saturating activations (ReLU) are the remedies. This measures it.
 
 The grid: every activation (sigmoid, tanh, relu), with and without
 residual connections, with and without batch norm, and every depth L
-(hidden layers, 2..32) of `equivlab.models.DeepMLP` (model "deep_mlp") or
+(hidden layers, 2..32) of `equivlab.nn.models.DeepMLP` (model "deep_mlp") or
 `DeepCNN` ("deep_cnn", `--architecture=cnn`). Each variant trains through
 `equivlab.train.train_and_evaluate` with momentum SGD at a constant
 learning rate (plain SGD-type steps show vanishing gradients as slow
 learning, whereas Adam would rescale them away), and
-`equivlab.probes.make_probe` measures on a fixed batch of training digits
+`equivlab.analysis.probes.make_probe` measures on a fixed batch of training
+digits
 
 - the gradient norm `||dL/dW_l||` of every layer's kernel;
 - the fraction of saturated hidden units (`act'(z) < 0.1 act'(0+)`) and
@@ -53,7 +54,9 @@ import jax
 import numpy as np
 from absl import logging
 
-from equivlab import checks, data, models, probes, train, viz
+from equivlab import checks, data, train
+from equivlab.analysis import probes, viz
+from equivlab.nn import models
 from experiments import _common
 
 ARCHITECTURES = {"mlp": "deep_mlp", "cnn": "deep_cnn"}

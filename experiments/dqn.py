@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from equivlab import checks, viz
+from equivlab import checks
+from equivlab.analysis import viz
 from equivlab.rl import dqn
 from equivlab.training import checkpoint, npz
 from experiments import _common

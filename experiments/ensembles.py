@@ -34,7 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from equivlab import checks, data, models, regularization, train, viz
+from equivlab import checks, data, train
+from equivlab.analysis import viz
+from equivlab.nn import models
+from equivlab.training import regularization
 from experiments import _common
 
 NORMS = (None, "batch")

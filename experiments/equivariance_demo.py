@@ -36,7 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivlab import checks, data, gconv, groups, layers, testing, viz
+from equivlab import checks, data, gconv, groups, testing
+from equivlab.analysis import viz
+from equivlab.nn import layers
 from experiments import _common
 
 _LIFTING = {"p4": gconv.lifting_conv, "p4m": gconv.lifting_conv_p4m}

@@ -31,7 +31,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from equivlab import checks, data, models, occlusion, train, viz
+from equivlab import checks, data, train
+from equivlab.analysis import occlusion, viz
+from equivlab.nn import models
 from experiments import _common
 
 # The embedded digits' side; tfds images are checked against their own.
@@ -342,7 +344,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     "shifted" (the digit moved left, unmoved and right: predictions and
     probabilities), "occlusion" (index, label, smallest true-class
     probability and where, the labels the map shows), "flip_search" (from
-    `equivlab.occlusion.find_flipping_patch`), "files" and "summary".
+    `equivlab.analysis.occlusion.find_flipping_patch`), "files" and "summary".
 
   Raises:
     ValueError: if the test digits lack a class asked for, or a size does

@@ -41,7 +41,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from equivlab import checks, data, groups, testing, train, viz
+from equivlab import checks, data, groups, testing, train
+from equivlab.analysis import viz
 from experiments import _common
 
 # Models with a `features` width (hidden channels, or G-channels), and the

@@ -51,7 +51,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivlab import checks, data, layers, testing, train, viz, xla_options
+from equivlab import checks, data, testing, train
+from equivlab.analysis import viz
+from equivlab.nn import layers
+from equivlab.ops import xla_options
 from equivlab.training import steps as steps_lib
 from experiments import _common
 

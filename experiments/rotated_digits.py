@@ -31,7 +31,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from equivlab import checks, data, gconv, models, train, viz
+from equivlab import checks, data, gconv, train
+from equivlab.analysis import viz
+from equivlab.nn import models
 from experiments import _common
 
 # Cohen & Welling 2016, Table 1 (rotated MNIST), test error in percent.
@@ -48,7 +50,7 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
   seeds).
 
   Attributes:
-    models: model names for `equivlab.models.get_model`.
+    models: model names for `equivlab.nn.models.get_model`.
     num_epochs: training epochs per run.
     batch_size: training batch size.
     learning_rate: peak learning rate of Adam (cosine decay to 0).

@@ -2,7 +2,7 @@ r"""Where the dense-head CNN loses translation invariance, layer by layer.
 
 Seed 002 problem 1(3) and seed 003 question 3: convolutions commute with
 shifts, so why does seed 003's CNN do worse on shifted digits? This trains
-the "cnn" of `equivlab.models` (3x3 conv, ReLU, 2x2 stride-2 max pool,
+the "cnn" of `equivlab.nn.models` (3x3 conv, ReLU, 2x2 stride-2 max pool,
 twice; then a dense hidden layer and dense logits) on the embedded digits
 through `equivlab.train.train_and_evaluate` (Adam), once per padding
 (circular and zero, "SAME"), then shifts test digits circularly by
@@ -10,7 +10,8 @@ through `equivlab.train.train_and_evaluate` (Adam), once per padding
 
   error = min_t ||f(shift x) - roll(f(x), t)|| / ||f(x)||
 
-with `equivlab.probes.shift_equivariance_error` (t over all shifts of the
+with `equivlab.analysis.probes.shift_equivariance_error` (t over all shifts of
+the
 feature map; for the dense layers, whose outputs no shift acts on, the
 invariance error `||f(shift x) - f(x)|| / ||f(x)||`). The stages are the
 outputs of conv1, pool1 (ReLU + pool), conv2, pool2, dense (the hidden
@@ -39,7 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivlab import checks, data, models, probes, train, viz
+from equivlab import checks, data, train
+from equivlab.analysis import probes, viz
+from equivlab.nn import models
 from experiments import _common
 
 STAGES = ("conv1", "pool1", "conv2", "pool2", "dense", "logits")

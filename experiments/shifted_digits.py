@@ -29,7 +29,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from equivlab import checks, data, models, train, viz
+from equivlab import checks, data, train
+from equivlab.analysis import viz
+from equivlab.nn import models
 from experiments import _common
 
 # Seed 003's measurements (MNIST, its own MLP and CNN): (test, shifted test).
@@ -42,7 +44,7 @@ _SHIFT_SEED = 3
 # (shift augmentation, using --max_shift; a wider network), and the
 # shift-invariant P4CNN keeping the orientation (not invariant to rot90:
 # tells a 6 from a 9). Any other name in --models is a model of
-# `equivlab.models.MODEL_NAMES` with the base settings.
+# `equivlab.nn.models.MODEL_NAMES` with the base settings.
 VARIANTS = {
   "mlp+shift_aug": _common.Variant({"model": "mlp", "augment": "shift"}),
   "mlp_wide": _common.Variant(
@@ -59,7 +61,7 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
   """Settings of the shifted-digits experiment.
 
   Attributes:
-    models: model names for `equivlab.models.get_model`, or names from
+    models: model names for `equivlab.nn.models.get_model`, or names from
       `VARIANTS` (a model trained with other settings).
     max_shift: test digits move by up to this many pixels along each axis;
       also the largest shift of "mlp+shift_aug"'s augmentation.

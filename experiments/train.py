@@ -31,7 +31,8 @@ import pathlib
 import jax
 from absl import logging
 
-from equivlab import checks, parallel, train, viz
+from equivlab import checks, parallel, train
+from equivlab.analysis import viz
 from experiments import _common
 
 
@@ -40,7 +41,7 @@ class LaunchConfig(train.TrainConfig):
   """A training run, and how this process joins a multi-process run.
 
   Attributes:
-    model: an equivlab.models name (mlp, cnn, cnn_gap, z2cnn, p4cnn, ...).
+    model: an equivlab.nn.models name (mlp, cnn, cnn_gap, z2cnn, p4cnn, ...).
     model_kwargs: the model's keyword arguments as a JSON object, e.g.
       '{"norm": "batch"}'.
     coordinator_address: host:port of process 0's jax.distributed

@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from equivlab import checks, train, viz
+from equivlab import checks, train
+from equivlab.analysis import viz
 from experiments import _common
 
 # The baseline's settings; every variant changes some of them.

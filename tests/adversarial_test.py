@@ -1,11 +1,12 @@
-"""Tests of equivlab.adversarial (seed 002 problem 2 (3), optimised patches)."""
+"""Tests of equivlab.analysis.adversarial: optimised adversarial patches."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivlab import adversarial, models
+from equivlab.analysis import adversarial
+from equivlab.nn import models
 
 
 def test_box_mask_and_apply_patch_by_hand():

@@ -1,4 +1,4 @@
-"""equivlab.convolution: the CPU path equals one XLA convolution."""
+"""equivlab.ops.convolution: the CPU path equals one XLA convolution."""
 
 import json
 import os
@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from jax import lax
 
-from equivlab import convolution, gconv, layers, models
+from equivlab import gconv
+from equivlab.nn import layers, models
+from equivlab.ops import convolution
 
 _DN = ("NHWC", "HWIO", "NHWC")
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from equivlab import data, gconv
+from equivlab.data import datasets
 
 
 def test_embedded_digits_shapes_split_and_cache(tmp_path):
@@ -426,14 +427,14 @@ def _prepare_as_mnist(data_dir, num_train, num_test):
   """Embedded digits written by tfds as a prepared "mnist" 3.0.1 folder."""
   import tensorflow_datasets as tfds
 
-  from equivlab import tfds_data
+  from equivlab.data import tfds_builder
 
-  class AsMnist(tfds_data.EquivlabDigits, skip_registration=True):
+  class AsMnist(tfds_builder.EquivlabDigits, skip_registration=True):
     name = "mnist"
     VERSION = tfds.core.Version("3.0.1")
     NUM_EXAMPLES = {"train": num_train, "test": num_test}
 
-  return tfds_data.prepare_offline(AsMnist(data_dir=str(data_dir)))
+  return tfds_builder.prepare_offline(AsMnist(data_dir=str(data_dir)))
 
 
 def test_dataset_mnist_path_reads_real_array_record_files(tmp_path):
@@ -470,11 +471,11 @@ def test_tfds_names_with_a_bad_config_or_version_are_clear_errors(tmp_path):
 
 
 def test_derived_splits_are_computed_once_and_handed_out_as_copies():
-  data._derived_split.cache_clear()
+  datasets._derived_split.cache_clear()
   first, labels = data.load_dataset("embedded_rot90", "test")
   first[0] = -1.0  # the caller's copy: the cached split is untouched
   again, labels_again = data.load_dataset("embedded_rot90", "test")
-  assert data._derived_split.cache_info().hits == 1
+  assert datasets._derived_split.cache_info().hits == 1
   assert again.min() >= 0.0 and again.flags.writeable
   np.testing.assert_array_equal(labels, labels_again)
   np.testing.assert_array_equal(first[1:], again[1:])

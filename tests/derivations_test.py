@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from equivlab import derivations, gradcheck
+from equivlab.fundamentals import derivations, gradcheck
 
 # ---------------------------------------------------------------------------
 # Convolution output shapes.

@@ -15,7 +15,8 @@ import pytest
 from absl import flags
 
 from equivlab import training
-from equivlab.rl import dqn, dqn_seeds
+from equivlab.rl import dqn
+from equivlab.rl.dqn import runner
 from experiments import dqn as dqn_experiment
 
 _TINY = dict(
@@ -146,7 +147,7 @@ def test_default_seed_groups_follow_the_devices(monkeypatch):
   _, mesh, groups = dqn_experiment.seed_keys(config)
   assert mesh is not None and groups == [slice(0, 4)]
   monkeypatch.setattr(jax, "device_count", lambda: 1)
-  monkeypatch.setattr(dqn_seeds.os, "cpu_count", lambda: 2)
+  monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
   _, mesh, groups = dqn_experiment.seed_keys(config)
   assert mesh is None and groups == [slice(0, 2), slice(2, 4)]
   _, mesh, groups = dqn_experiment.seed_keys(

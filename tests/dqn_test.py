@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from equivlab.rl import dqn
+from equivlab.rl import dqn, schedules
 
 # Tiny settings shared by the learning tests (probe envs, 2k env steps).
 _PROBE = dqn.DQNConfig(
@@ -37,7 +37,10 @@ class EpsilonScheduleTest(chex.TestCase):
     expected = [1.0, 0.8, 0.6, 0.4, 0.2, 0.2, 0.2, 0.2]
     for t, eps in enumerate(expected):
       np.testing.assert_allclose(
-        dqn.linear_epsilon(t, 1.0, 0.2, 4), eps, atol=1e-6, err_msg=f"t={t}"
+        schedules.linear_epsilon(t, 1.0, 0.2, 4),
+        eps,
+        atol=1e-6,
+        err_msg=f"t={t}",
       )
 
   def test_loop_uses_schedule_at_every_iteration(self):
@@ -69,7 +72,7 @@ class EpsilonScheduleTest(chex.TestCase):
   @parameterized.parameters((-0.1, 0.1), (1.1, 0.1), (1.0, -0.5), (1.0, 2.0))
   def test_bad_epsilon(self, start, end):
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
-      dqn.linear_epsilon(0, start, end, 10)
+      schedules.linear_epsilon(0, start, end, 10)
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
       dqn.make_train(
         dataclasses.replace(_PROBE, epsilon_start=start, epsilon_end=end)
@@ -82,7 +85,9 @@ class TargetUpdateTest(chex.TestCase):
     target = {"w": jnp.array([0.0, 0.0])}
     start = period - 2 * num_envs if start is None else start
     update = jax.jit(
-      lambda b, a, tg: dqn.update_target(online, tg, b, a, period, mode, tau)
+      lambda b, a, tg: schedules.update_target(
+        online, tg, b, a, period, mode, tau
+      )
     )
     rows = []
     for i in range(iterations):
@@ -124,18 +129,20 @@ class TargetUpdateTest(chex.TestCase):
     online = {"w": jnp.array([1.0])}
     target = {"w": jnp.array([0.0])}
     for t in range(4):
-      target = dqn.update_target(online, target, t, t + 1, 1, "polyak", 0.5)
+      target = schedules.update_target(
+        online, target, t, t + 1, 1, "polyak", 0.5
+      )
       np.testing.assert_allclose(target["w"], [1.0 - 0.5 ** (t + 1)])
 
   def test_period_zero(self):
     with pytest.raises(ValueError, match="target_period must be"):
-      dqn.update_target({}, {}, 0, 1, 0)
+      schedules.update_target({}, {}, 0, 1, 0)
     with pytest.raises(ValueError, match="target_period must be"):
       dqn.make_train(dataclasses.replace(_PROBE, target_period=0))
 
   def test_bad_mode_and_tau(self):
     with pytest.raises(ValueError, match="'hard' or 'polyak'"):
-      dqn.update_target({}, {}, 0, 1, 1, "soft")
+      schedules.update_target({}, {}, 0, 1, 1, "soft")
     with pytest.raises(ValueError, match=r"tau must lie in \(0, 1\]"):
       dqn.make_train(dataclasses.replace(_PROBE, tau=0.0))
 
@@ -238,13 +245,13 @@ class LoopTest(chex.TestCase):
     )
 
   def test_reset_blocks_divide_the_period_in_two_or_more(self):
-    self.assertEqual(dqn.reset_block(1250), 25)
-    self.assertEqual(dqn.reset_block(2500), 25)
-    self.assertEqual(dqn.reset_block(64), 32)
-    self.assertEqual(dqn.reset_block(32), 16)
-    self.assertEqual(dqn.reset_block(100), 25)
+    self.assertEqual(schedules.reset_block(1250), 25)
+    self.assertEqual(schedules.reset_block(2500), 25)
+    self.assertEqual(schedules.reset_block(64), 32)
+    self.assertEqual(schedules.reset_block(32), 16)
+    self.assertEqual(schedules.reset_block(100), 25)
     for prime_or_tiny in (1, 2, 3, 37):
-      self.assertEqual(dqn.reset_block(prime_or_tiny), 1)
+      self.assertEqual(schedules.reset_block(prime_or_tiny), 1)
 
   def test_period_resets_in_blocks_are_those_of_each_iteration(self):
     """Blocked resets train as one reset per iteration does.

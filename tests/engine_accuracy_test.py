@@ -7,7 +7,7 @@ import os
 import pytest
 
 from benchmarks import engine_accuracy
-from equivlab import convolution, xla_options
+from equivlab.ops import convolution, xla_options
 
 
 def test_compare_trains_each_variant_and_pairs_the_seeds(

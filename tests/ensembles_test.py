@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from absl import flags
 
-from equivlab import data, models, train
-from equivlab import regularization as reg
+from equivlab import data, train
+from equivlab.nn import models
+from equivlab.training import regularization as reg
 from experiments import ensembles
 
 # Three members of a very small CNN, one epoch each.

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from equivlab import data, groups, layers
+from equivlab import data, groups
+from equivlab.nn import layers
 from experiments import equivariance_demo
 
 

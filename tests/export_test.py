@@ -1,4 +1,4 @@
-"""equivlab.export: a trained G-CNN as a plain CNN with the same logits.
+"""equivlab.nn.export: a trained G-CNN as a plain CNN with the same logits.
 
 The group networks are trained for a few Adam steps (so the parameters and
 the batch statistics are far from their initial values), exported, and
@@ -15,7 +15,8 @@ import numpy as np
 import optax
 import pytest
 
-from equivlab import export, gconv, layers, models, testing
+from equivlab import gconv, testing
+from equivlab.nn import export, layers, models
 
 _NAMES = ["p4cnn", "p4cnn_rotpool", "p4mcnn"]
 

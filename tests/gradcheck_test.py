@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivlab import gradcheck
+from equivlab.fundamentals import gradcheck
 
 
 def _quadratic(params, x):

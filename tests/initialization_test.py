@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivlab import initialization as init
+from equivlab.fundamentals import initialization as init
+from equivlab.nn import initializers
 
 # Small but deep: 20 layers of width 128, averaged over 8 networks.
 _STUDY = {"width": 128, "depth": 20, "batch": 32, "num_nets": 8}
@@ -56,15 +57,19 @@ def test_naive_tanh_saturates_and_its_gradients_explode():
 
 
 def test_weight_std_values_and_bad_input():
-  assert init.weight_std("he", 50, 10) == pytest.approx(np.sqrt(2 / 50))
-  assert init.weight_std("xavier", 50, 30) == pytest.approx(np.sqrt(2 / 80))
-  assert init.weight_std("lecun", 50, 30) == pytest.approx(np.sqrt(1 / 50))
-  assert init.weight_std("naive", 5, 3) == 1.0
-  assert init.weight_std("zero", 5, 3) == 0.0
+  assert initializers.weight_std("he", 50, 10) == pytest.approx(np.sqrt(2 / 50))
+  assert initializers.weight_std("xavier", 50, 30) == pytest.approx(
+    np.sqrt(2 / 80)
+  )
+  assert initializers.weight_std("lecun", 50, 30) == pytest.approx(
+    np.sqrt(1 / 50)
+  )
+  assert initializers.weight_std("naive", 5, 3) == 1.0
+  assert initializers.weight_std("zero", 5, 3) == 0.0
   with pytest.raises(ValueError, match="scheme must be one of"):
-    init.weight_std("kaiming", 5, 5)
+    initializers.weight_std("kaiming", 5, 5)
   with pytest.raises(ValueError, match="fan_in and fan_out must be >= 1"):
-    init.weight_std("he", 0, 5)
+    initializers.weight_std("he", 0, 5)
   with pytest.raises(ValueError, match="activation must be one of"):
     init.depth_study(jax.random.key(0), "he", "gelu")
   with pytest.raises(ValueError, match="widths needs at least two"):
@@ -128,25 +133,25 @@ def test_seed004_4d_zero_init_weight_gradients_are_zero_forever():
   assert init.relu_regression_loss(he, x, y) < 0.5 * zero_loss
 
 
-@pytest.mark.parametrize("scheme", init.SCHEMES)
+@pytest.mark.parametrize("scheme", initializers.SCHEMES)
 def test_kernel_initializer_draws_with_weight_std(scheme):
   # The one registry: what every model draws has the std weight_std says,
   # with flax's default fans (all axes but the last are fan-in).
   shape = (3, 3, 32, 48)
-  kernel = init.kernel_initializer(scheme)(jax.random.key(0), shape)
-  expected = init.weight_std(scheme, 3 * 3 * 32, 48 * 1)
+  kernel = initializers.kernel_initializer(scheme)(jax.random.key(0), shape)
+  expected = initializers.weight_std(scheme, 3 * 3 * 32, 48 * 1)
   if scheme == "xavier":  # fan_avg over receptive field too, as Glorot.
-    expected = init.weight_std(scheme, 3 * 3 * 32, 3 * 3 * 48)
+    expected = initializers.weight_std(scheme, 3 * 3 * 32, 3 * 3 * 48)
   np.testing.assert_allclose(float(jnp.std(kernel)), expected, rtol=0.03)
 
 
 def test_kernel_initializer_counts_the_given_fan_in_axes():
   shape = (3, 3, 8, 4, 16)  # A group conv kernel: the group axis feeds in.
-  kernel = init.kernel_initializer("he", in_axis=(0, 1, 2, 3))(
+  kernel = initializers.kernel_initializer("he", in_axis=(0, 1, 2, 3))(
     jax.random.key(1), shape
   )
   np.testing.assert_allclose(
     float(jnp.std(kernel)), np.sqrt(2 / (3 * 3 * 8 * 4)), rtol=0.03
   )
   with pytest.raises(ValueError, match="scheme must be one of"):
-    init.kernel_initializer("orthogonal")
+    initializers.kernel_initializer("orthogonal")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from equivlab import data, occlusion, train
+from equivlab import data, train
+from equivlab.analysis import occlusion
 from experiments import inspect_cnn
 
 _TINY = dict(

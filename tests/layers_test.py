@@ -17,7 +17,8 @@ import pytest
 from absl.testing import parameterized
 from jax.flatten_util import ravel_pytree
 
-from equivlab import groups, layers, testing
+from equivlab import groups, testing
+from equivlab.nn import layers
 
 
 def _key(seed):

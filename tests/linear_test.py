@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivlab import gradcheck
+from equivlab.fundamentals import gradcheck
 from equivlab.rl import linear
 
 # Seed 000 3(b): w, w-, the sample (s, a, r, s') and alpha.

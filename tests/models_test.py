@@ -1,4 +1,4 @@
-"""Tests of equivlab.models."""
+"""Tests of equivlab.nn.models."""
 
 import chex
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivlab import models
+from equivlab.nn import models
 
 # Counted once by hand for the small models and then pinned; Z2CNN:
 # 3*3*1*20+20 + 5*(3*3*20*20+20) + 4*4*20*10+10 + 6*(20+20) batch norm.

@@ -1,11 +1,11 @@
-"""Tests of equivlab.occlusion (seed 002 problem 2)."""
+"""Tests of equivlab.analysis.occlusion (seed 002 problem 2)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivlab import occlusion
+from equivlab.analysis import occlusion
 
 
 def _corner_model(x):

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from equivlab import optim
+from equivlab.fundamentals import optimizer_theory
 
 
 def _quadratic_grad(w):
@@ -29,7 +29,7 @@ def test_adam_moments_closed_form_match_optax_state_over_50_steps():
       grads.append(g)
       mus.append(state[0].mu)
       nus.append(state[0].nu)
-    m, v = optim.adam_moments_closed_form(jnp.stack(grads), b1, b2)
+    m, v = optimizer_theory.adam_moments_closed_form(jnp.stack(grads), b1, b2)
     np.testing.assert_allclose(m, jnp.stack(mus), rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(v, jnp.stack(nus), rtol=1e-12, atol=1e-14)
 
@@ -37,19 +37,21 @@ def test_adam_moments_closed_form_match_optax_state_over_50_steps():
 def test_adam_moments_closed_form_coefficients():
   # A = 1 - b1, B_i = b1^(t-i): a unit impulse at step 1 decays as b1^(t-1).
   g = jnp.zeros((6, 1)).at[0, 0].set(1.0)
-  m, v = optim.adam_moments_closed_form(g, 0.5, 0.9)
+  m, v = optimizer_theory.adam_moments_closed_form(g, 0.5, 0.9)
   np.testing.assert_allclose(m[:, 0], 0.5 * 0.5 ** np.arange(6), rtol=1e-6)
   np.testing.assert_allclose(v[:, 0], 0.1 * 0.9 ** np.arange(6), rtol=1e-5)
   # b1 = 0: m_t = g_t, the step of seed 001 (b).
   g = jnp.arange(1.0, 5.0)[:, None]
-  np.testing.assert_allclose(optim.adam_moments_closed_form(g, 0.0, 0.5)[0], g)
+  np.testing.assert_allclose(
+    optimizer_theory.adam_moments_closed_form(g, 0.0, 0.5)[0], g
+  )
 
 
 def test_bias_corrected_v_tends_to_the_mean_square_as_b2_to_1():
   with jax.enable_x64(True):
     g = jax.random.normal(jax.random.key(0), (20, 2), jnp.float64)
     b2 = 1.0 - 1e-9
-    _, v = optim.adam_moments_closed_form(g, 0.0, b2)
+    _, v = optimizer_theory.adam_moments_closed_form(g, 0.0, b2)
     t = jnp.arange(1, 21, dtype=jnp.float64)[:, None]
     v_hat = v / (1.0 - b2**t)
     mean_sq = jnp.cumsum(g**2, axis=0) / t
@@ -58,7 +60,7 @@ def test_bias_corrected_v_tends_to_the_mean_square_as_b2_to_1():
 
 def test_adam_approaches_adagrad_as_b2_to_1():
   with jax.enable_x64(True):
-    rows = optim.adam_adagrad_gap(
+    rows = optimizer_theory.adam_adagrad_gap(
       (0.9, 0.99, 0.999, 0.9999), num_steps=200, dim=4
     )
   gaps = [r.relative_gap for r in rows]
@@ -69,7 +71,7 @@ def test_adam_approaches_adagrad_as_b2_to_1():
 
 def test_adam_as_adagrad_first_step_is_eta0_times_sign():
   # t = 1, b1 = 0: v_hat = g^2, so the step is -eta0 * sign(g) for any b2.
-  opt = optim.adam_as_adagrad(0.3, 0.99)
+  opt = optimizer_theory.adam_as_adagrad(0.3, 0.99)
   g = jnp.array([2.0, -0.01])
   updates, _ = opt.update(g, opt.init(g), g)
   np.testing.assert_allclose(updates, [-0.3, 0.3], rtol=1e-6)
@@ -77,7 +79,7 @@ def test_adam_as_adagrad_first_step_is_eta0_times_sign():
 
 def test_rmsprop_matches_seed004_equations_and_optax():
   with jax.enable_x64(True):
-    ours = optim.rmsprop(0.01, decay=0.9, eps=1e-8)
+    ours = optimizer_theory.rmsprop(0.01, decay=0.9, eps=1e-8)
     ref = optax.rmsprop(0.01, decay=0.9, eps=1e-8)
     w_ours = w_ref = jnp.array([0.3, -1.0, 2.0])
     s_ours, s_ref = ours.init(w_ours), ref.init(w_ref)
@@ -106,7 +108,7 @@ def test_rmsprop_steps_ignore_the_gradient_scale_unlike_sgd():
       w = optax.apply_updates(w, u)
     return w
 
-  ours = optim.rmsprop(0.05, eps=1e-12)
+  ours = optimizer_theory.rmsprop(0.05, eps=1e-12)
   np.testing.assert_allclose(run(ours, 1.0), run(ours, 1000.0), rtol=1e-4)
   sgd = optax.sgd(1e-3)
   assert np.max(np.abs(run(sgd, 1.0) - run(sgd, 1000.0))) > 0.5
@@ -118,15 +120,15 @@ def _quadratic_grad3(w):
 
 def test_rmsprop_bad_input():
   with pytest.raises(ValueError, match="learning_rate must be positive"):
-    optim.rmsprop(0.0)
+    optimizer_theory.rmsprop(0.0)
   with pytest.raises(ValueError, match=r"decay must be in \[0, 1\)"):
-    optim.rmsprop(0.1, decay=1.0)
+    optimizer_theory.rmsprop(0.1, decay=1.0)
   with pytest.raises(ValueError, match="eps must be positive"):
-    optim.rmsprop(0.1, eps=0.0)
+    optimizer_theory.rmsprop(0.1, eps=0.0)
 
 
 def test_robbins_monro_schedule_values_and_conditions():
-  schedule = optim.robbins_monro_schedule(2.0, 4.0)
+  schedule = optimizer_theory.robbins_monro_schedule(2.0, 4.0)
   np.testing.assert_allclose(
     [schedule(k) for k in range(3)], [0.5, 0.4, 2.0 / 6.0], rtol=1e-6
   )
@@ -156,7 +158,7 @@ def test_robbins_monro_sgd_computes_the_running_mean():
   # With alpha_k = 1 / (1 + k) the iterate is exactly the sample mean.
   with jax.enable_x64(True):
     xs = 5.0 + jax.random.normal(jax.random.key(1), (500,), jnp.float64)
-    schedule = optim.robbins_monro_schedule(1.0, 1.0)
+    schedule = optimizer_theory.robbins_monro_schedule(1.0, 1.0)
     ws = _sgd_iterates(optax.sgd(schedule), jnp.array(-40.0), xs)
     running_mean = np.cumsum(xs) / np.arange(1, 501)
     np.testing.assert_allclose(ws, running_mean, rtol=1e-10)
@@ -167,19 +169,19 @@ def test_robbins_monro_sgd_computes_the_running_mean():
 
 def test_schedules_bad_input():
   with pytest.raises(ValueError, match="c0 must be positive"):
-    optim.robbins_monro_schedule(0.0, 1.0)
+    optimizer_theory.robbins_monro_schedule(0.0, 1.0)
   with pytest.raises(ValueError, match="c1 must be positive"):
-    optim.robbins_monro_schedule(1.0, 0.0)
+    optimizer_theory.robbins_monro_schedule(1.0, 0.0)
   with pytest.raises(ValueError, match="eta0 must be positive"):
-    optim.inverse_sqrt_schedule(-1.0)
+    optimizer_theory.inverse_sqrt_schedule(-1.0)
   with pytest.raises(ValueError, match=r"b2 must be in \[0, 1\)"):
-    optim.adam_moments_closed_form(jnp.ones((3, 1)), 0.9, 1.0)
+    optimizer_theory.adam_moments_closed_form(jnp.ones((3, 1)), 0.9, 1.0)
   with pytest.raises(ValueError, match="grads must be stacked"):
-    optim.adam_moments_closed_form(jnp.ones(()), 0.9, 0.9)
+    optimizer_theory.adam_moments_closed_form(jnp.ones(()), 0.9, 0.9)
   with pytest.raises(ValueError, match=r"every b2 must be in \(0, 1\)"):
-    optim.adam_adagrad_gap((0.9, 1.0))
+    optimizer_theory.adam_adagrad_gap((0.9, 1.0))
   with pytest.raises(ValueError, match="num_steps must be >= 1"):
-    optim.adam_adagrad_gap(num_steps=0)
+    optimizer_theory.adam_adagrad_gap(num_steps=0)
 
 
 def test_adam_adagrad_benchmark_prints_and_writes_the_table(tmp_path, capsys):

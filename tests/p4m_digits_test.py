@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from equivlab import data, models, testing
+from equivlab import data, testing
+from equivlab.nn import models
 from experiments import p4m_digits
 
 # One seed of tiny P4CNN and P4MCNN, one epoch on a few dozen digits.

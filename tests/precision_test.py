@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from equivlab import data, gconv, models
+from equivlab import data, gconv
+from equivlab.nn import models
 from experiments import precision
 
 # Both models, float32 and float16, one seed, one epoch of 4 steps.

@@ -1,4 +1,4 @@
-"""Tests of equivlab.probes (seed 004 2(c); seed 002 problem 1(3)).
+"""Tests of equivlab.analysis.probes (seed 004 2(c); seed 002 problem 1(3)).
 
 The depth-study probes are checked against computations written here by
 hand: slopes and saturation counts of each activation from their closed
@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivlab import models, probes
+from equivlab.analysis import probes
+from equivlab.nn import models
 
 
 class _TwoDense(nn.Module):

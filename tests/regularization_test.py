@@ -7,7 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from equivlab import regularization as reg
+from equivlab.nn import normalization
+from equivlab.training import regularization as reg
 
 # ---------------------------------------------------------------------------
 # Dropout.
@@ -218,11 +219,11 @@ def _maps():
 )
 def test_norm_statistics_shapes_and_normalised_moments(kind, axes, stat_shape):
   x = _maps()
-  mean, var = reg.norm_statistics(x, kind)
+  mean, var = normalization.norm_statistics(x, kind)
   assert mean.shape == var.shape == stat_shape
   np.testing.assert_allclose(mean, x.mean(axis=axes, keepdims=True), 1e-5)
   np.testing.assert_allclose(var, x.var(axis=axes, keepdims=True), 1e-4)
-  y = reg.normalize(x, kind, eps=0.0)
+  y = normalization.normalize(x, kind, eps=0.0)
   assert y.shape == x.shape
   np.testing.assert_allclose(y.mean(axis=axes), 0.0, atol=1e-5)
   np.testing.assert_allclose(y.var(axis=axes), 1.0, rtol=1e-4)
@@ -231,16 +232,16 @@ def test_norm_statistics_shapes_and_normalised_moments(kind, axes, stat_shape):
 def test_group_norm_interpolates_layer_and_instance_norm():
   x = _maps()
   np.testing.assert_allclose(
-    reg.normalize(x, "group", num_groups=1),
-    reg.normalize(x, "layer"),
+    normalization.normalize(x, "group", num_groups=1),
+    normalization.normalize(x, "layer"),
     atol=1e-5,
   )
   np.testing.assert_allclose(
-    reg.normalize(x, "group", num_groups=6),
-    reg.normalize(x, "instance"),
+    normalization.normalize(x, "group", num_groups=6),
+    normalization.normalize(x, "instance"),
     atol=1e-5,
   )
-  y = reg.normalize(x, "group", num_groups=2).reshape(4, 5, 5, 2, 3)
+  y = normalization.normalize(x, "group", num_groups=2).reshape(4, 5, 5, 2, 3)
   np.testing.assert_allclose(y.mean(axis=(1, 2, 4)), 0.0, atol=1e-5)
   np.testing.assert_allclose(y.var(axis=(1, 2, 4)), 1.0, rtol=1e-4)
 
@@ -267,7 +268,7 @@ def test_normalize_matches_flax_layers():
       params = {"scale": scale, "bias": bias}
     variables = {**variables, "params": params}
     want, _ = module.apply(variables, x, mutable=["batch_stats"])
-    got = reg.normalize(x, kind, num_groups=3, scale=scale, bias=bias)
+    got = normalization.normalize(x, kind, num_groups=3, scale=scale, bias=bias)
     np.testing.assert_allclose(got, want, atol=1e-4, err_msg=kind)
 
 
@@ -275,37 +276,39 @@ def test_batch_norm_couples_examples_and_layer_norm_does_not():
   x = _maps()
   changed = x.at[1:].multiply(10.0)
   for kind, coupled in (("batch", True), ("layer", False), ("instance", False)):
-    a = reg.normalize(x, kind)[0]
-    b = reg.normalize(changed, kind)[0]
+    a = normalization.normalize(x, kind)[0]
+    b = normalization.normalize(changed, kind)[0]
     assert (not np.allclose(a, b, atol=1e-3)) == coupled, kind
 
 
 def test_normalize_bad_input():
   x = _maps()
   with pytest.raises(ValueError, match=r"x must be \[N, C\], \[N, H, W, C\]"):
-    reg.norm_statistics(x[0], "batch")
+    normalization.norm_statistics(x[0], "batch")
   with pytest.raises(ValueError, match="kind must be one of"):
-    reg.norm_statistics(x, "weight")
+    normalization.norm_statistics(x, "weight")
   with pytest.raises(ValueError, match="num_groups must divide the 6"):
-    reg.norm_statistics(x, "group", num_groups=4)
+    normalization.norm_statistics(x, "group", num_groups=4)
   with pytest.raises(ValueError, match=r"scale must have shape \(6,\)"):
-    reg.normalize(x, "batch", scale=jnp.ones(3))
+    normalization.normalize(x, "batch", scale=jnp.ones(3))
 
 
 def test_group_maps_share_statistics_over_the_group_axis():
   f = jax.random.normal(jax.random.key(5), (3, 4, 4, 6, 4)) + 2.0
-  mean, var = reg.norm_statistics(f, "batch")
+  mean, var = normalization.norm_statistics(f, "batch")
   # Independently: channels last, every other axis pooled.
   flat = np.moveaxis(np.asarray(f), 3, -1).reshape(-1, 6)
   np.testing.assert_allclose(mean.reshape(6), flat.mean(0), rtol=1e-5)
   np.testing.assert_allclose(var.reshape(6), flat.var(0), rtol=1e-4)
   assert mean.shape == (1, 1, 1, 6, 1)
   # Layer norm of a group map: one pair per example over H, W, C and G.
-  mean, _ = reg.norm_statistics(f, "layer")
+  mean, _ = normalization.norm_statistics(f, "layer")
   np.testing.assert_allclose(
     mean.reshape(3), np.asarray(f).reshape(3, -1).mean(1), rtol=1e-5
   )
-  y = reg.normalize(f, "batch", scale=jnp.full(6, 2.0), bias=jnp.ones(6))
+  y = normalization.normalize(
+    f, "batch", scale=jnp.full(6, 2.0), bias=jnp.ones(6)
+  )
   np.testing.assert_allclose(
     np.moveaxis(np.asarray(y), 3, -1).reshape(-1, 6).mean(0), 1.0, atol=1e-5
   )
@@ -313,12 +316,12 @@ def test_group_maps_share_statistics_over_the_group_axis():
 
 def test_features_batch_and_layer_statistics():
   x = jax.random.normal(jax.random.key(6), (8, 5))
-  mean, var = reg.norm_statistics(x, "batch")
+  mean, var = normalization.norm_statistics(x, "batch")
   np.testing.assert_allclose(mean[0], np.asarray(x).mean(0), rtol=1e-5)
-  mean, var = reg.norm_statistics(x, "layer")
+  mean, var = normalization.norm_statistics(x, "layer")
   np.testing.assert_allclose(var[:, 0], np.asarray(x).var(1), rtol=1e-5)
   with pytest.raises(ValueError, match="instance norm needs spatial axes"):
-    reg.norm_statistics(x, "instance")
+    normalization.norm_statistics(x, "instance")
 
 
 @pytest.mark.parametrize("shape", [(4, 3), (2, 3, 3, 4), (2, 3, 3, 4, 8)])
@@ -332,18 +335,20 @@ def test_channel_affine_is_the_broadcast_formula_with_its_gradients(shape):
     vectors = [jnp.asarray(rng.standard_normal(c)) for _ in range(3)]
 
     def want(x, shift, scale, bias):
-      per = lambda v: reg.per_channel(v, x.ndim)  # noqa: E731
+      per = lambda v: normalization.per_channel(v, x.ndim)  # noqa: E731
       return (x - per(shift)) * per(scale) + per(bias)
 
     np.testing.assert_allclose(
-      reg.channel_affine(x, *vectors), want(x, *vectors), rtol=1e-14
+      normalization.channel_affine(x, *vectors), want(x, *vectors), rtol=1e-14
     )
     loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))  # noqa: E731
-    got = jax.grad(loss(reg.channel_affine), argnums=(0, 1, 2, 3))(x, *vectors)
+    got = jax.grad(loss(normalization.channel_affine), argnums=(0, 1, 2, 3))(
+      x, *vectors
+    )
     expected = jax.grad(loss(want), argnums=(0, 1, 2, 3))(x, *vectors)
     for g, e in zip(got, expected, strict=True):
       np.testing.assert_allclose(g, e, rtol=1e-12)
-    only_bias = reg.channel_affine(x, bias=vectors[2])
+    only_bias = normalization.channel_affine(x, bias=vectors[2])
     np.testing.assert_allclose(
       only_bias, want(x, jnp.zeros(c), jnp.ones(c), vectors[2])
     )
@@ -356,11 +361,13 @@ def test_group_batch_moments_and_their_gradient_match_the_axis_reduction():
 
     def want(f):
       mean = jnp.mean(f, axis=(0, 1, 2, 4))
-      var = jnp.mean((f - reg.per_channel(mean, 5)) ** 2, axis=(0, 1, 2, 4))
+      var = jnp.mean(
+        (f - normalization.per_channel(mean, 5)) ** 2, axis=(0, 1, 2, 4)
+      )
       return mean, var
 
     def got(f):
-      mean, var = reg.norm_statistics(f, "batch")
+      mean, var = normalization.norm_statistics(f, "batch")
       return mean.reshape(5), var.reshape(5)
 
     for a, b in zip(got(f), want(f), strict=True):

@@ -10,7 +10,8 @@ import optax
 import pytest
 from jax.experimental import checkify
 
-from equivlab import gradcheck, rnn
+from equivlab import rnn
+from equivlab.fundamentals import gradcheck
 
 
 def _problem(seed, t, d, h, k, batch=None, dtype=np.float32):

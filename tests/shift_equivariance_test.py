@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from equivlab import models, train
+from equivlab import train
+from equivlab.nn import models
 from experiments import shift_equivariance
 
 

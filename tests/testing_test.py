@@ -21,7 +21,8 @@ import optax
 import pytest
 from hypothesis import strategies as st
 
-from equivlab import gconv, groups, layers, testing
+from equivlab import gconv, groups, testing
+from equivlab.nn import layers
 from equivlab.testing import strategies
 
 _README = pathlib.Path(__file__).resolve().parents[1] / "README.md"

@@ -1,9 +1,10 @@
-"""Tests of equivlab.viz: every picture is a real PNG; bad input is named."""
+"""Tests of equivlab.analysis.viz: every picture is a real PNG; bad input
+is named."""
 
 import numpy as np
 import pytest
 
-from equivlab import viz
+from equivlab.analysis import viz
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 

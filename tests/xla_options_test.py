@@ -1,4 +1,5 @@
-"""equivlab.xla_options: per-jit CPU compiler options, and "auto" under them."""
+"""equivlab.ops.xla_options: per-jit CPU compiler options, and "auto" under
+them."""
 
 import re
 
@@ -7,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from equivlab import convolution, gconv, train, xla_options
+from equivlab import gconv, train
+from equivlab.ops import convolution, xla_options
 
 # Big enough that jaxlib hands the convolution to YNNPACK by default.
 _X = np.random.default_rng(0).standard_normal((4, 12, 12, 8, 4), np.float32)

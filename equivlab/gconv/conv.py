@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivlab import convolution, groups
+from equivlab import groups
 from equivlab.gconv.actions import check_group_map
 from equivlab.gconv.banks import (
   check_square_kernel,
@@ -20,6 +20,7 @@ from equivlab.gconv.padding import (
   normalize_padding,
   padding_amounts,
 )
+from equivlab.ops import convolution
 
 
 def check_fits(x, name, side, stride, padding, dilation=1, what="kernel"):
@@ -154,7 +155,7 @@ def lifting_conv(
     dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
     impl: "auto", "xla" or "cpu": how the convolution runs
-      (`equivlab.convolution`; the same values either way).
+      (`equivlab.ops.convolution`; the same values either way).
 
   Returns:
     p4 feature maps `[N, H', W', Cout, 4]`.
@@ -194,7 +195,7 @@ def group_conv(
     dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
     impl: "auto", "xla" or "cpu": how the convolution runs
-      (`equivlab.convolution`; the same values either way).
+      (`equivlab.ops.convolution`; the same values either way).
 
   Returns:
     p4 feature maps `[N, H', W', Cout, 4]`.
@@ -234,7 +235,7 @@ def lifting_conv_p4m(
     dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
     impl: "auto", "xla" or "cpu": how the convolution runs
-      (`equivlab.convolution`; the same values either way).
+      (`equivlab.ops.convolution`; the same values either way).
 
   Returns:
     p4m feature maps `[N, H', W', Cout, 8]`.
@@ -271,7 +272,7 @@ def group_conv_p4m(
     dilation: the kernel dilation (an int, the same on both axes).
     precision: passed to `lax.conv_general_dilated`.
     impl: "auto", "xla" or "cpu": how the convolution runs
-      (`equivlab.convolution`; the same values either way).
+      (`equivlab.ops.convolution`; the same values either way).
 
   Returns:
     p4m feature maps `[N, H', W', Cout, 8]`.

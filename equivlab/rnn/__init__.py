@@ -56,8 +56,8 @@ from equivlab.rnn.esn import (
   readout_apply,
   ridge_readout,
 )
+from equivlab.rnn.gradient_flow import carry_gradient_norms
 from equivlab.rnn.modules import Recurrent
-from equivlab.rnn.probes import carry_gradient_norms
 from equivlab.rnn.scan import elman_unroll, sequence_mask, unroll
 from equivlab.rnn.tbptt import (
   elman_segment_loss,

@@ -33,11 +33,7 @@ from equivlab.training.loop import prepare, train_and_evaluate
 from equivlab.training.metrics import evaluate
 from equivlab.training.optimizers import make_optimizer, make_schedule
 from equivlab.training.result import TrainResult
-from equivlab.training.state import (
-  TrainState,
-  build_model,
-  create_train_state,
-)
+from equivlab.training.state import TrainState, build_model, create_train_state
 from equivlab.training.steps import (
   Steps,
   StepSpec,

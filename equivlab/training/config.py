@@ -43,7 +43,7 @@ class TrainConfig:
   """Everything a training run depends on; every field has a default.
 
   Attributes:
-    model: a name for `equivlab.models.get_model` ("mlp", "cnn", ...). When
+    model: a name for `equivlab.nn.models.get_model` ("mlp", "cnn", ...). When
       `train_and_evaluate` is given a module (`model=`), this is only the
       run's label.
     model_kwargs: keyword arguments of the named model, as a mapping or a

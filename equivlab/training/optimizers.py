@@ -2,8 +2,8 @@
 
 import optax
 
-from equivlab.regularization import weight_mask
 from equivlab.training.config import TrainConfig
+from equivlab.training.regularization import weight_mask
 
 
 def make_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:

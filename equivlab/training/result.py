@@ -94,7 +94,7 @@ class TrainResult(Mapping):
       batch_size: images per call (the last batch is padded, so the model
         compiles once per image size).
     """
-    from equivlab import models  # noqa: PLC0415 (models imports layers)
+    from equivlab.nn import models  # noqa: PLC0415 (models imports layers)
 
     return np.asarray(
       models.apply_in_batches(

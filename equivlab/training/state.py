@@ -70,9 +70,9 @@ def build_model(config: TrainConfig) -> nn.Module:
 
   Raises:
     ValueError: for an unknown name or bad keyword arguments (see
-      `equivlab.models.get_model`), or `num_classes` unresolved.
+      `equivlab.nn.models.get_model`), or `num_classes` unresolved.
   """
-  from equivlab import models  # noqa: PLC0415 (models imports layers, gconv)
+  from equivlab.nn import models  # noqa: PLC0415 (models imports layers, gconv)
 
   return models.get_model(
     config.model,

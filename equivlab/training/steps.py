@@ -28,7 +28,9 @@ import jax.numpy as jnp
 import jmp
 import optax
 
-from equivlab import data, regularization, xla_options
+from equivlab import data
+from equivlab.ops import xla_options
+from equivlab.training import regularization
 from equivlab.training.config import TrainConfig
 from equivlab.training.state import TrainState
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from equivlab.rl.dqn_config import DQNConfig
+from equivlab.rl.dqn.config import DQNConfig
+from equivlab.rl.dqn.loop import make_train
 
 
 def default_groups(num_seeds: int) -> int:
@@ -77,7 +78,6 @@ def seed_runner(
   """
   if groups is not None and groups < 1:
     raise ValueError(f"groups must be >= 1 or None, got {groups}.")
-  from equivlab.rl.dqn import make_train  # noqa: PLC0415 (dqn imports this)
 
   train = jax.jit(jax.vmap(make_train(config)))
   compiled = {}

@@ -8,7 +8,8 @@ prediction. Occluded images are built with a mask from traced positions and
 sizes, so a whole grid of them comes from one `jax.vmap`; the classifier
 sees them in batches of one size (the last padded), so a jitted `apply_fn`
 compiles once however many positions and sizes are tried. A patch whose
-content is optimised by gradient instead of grey is `equivlab.adversarial`.
+content is optimised by gradient instead of grey is
+`equivlab.analysis.adversarial`.
 """
 
 from collections.abc import Callable, Sequence

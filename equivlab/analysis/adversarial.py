@@ -2,7 +2,7 @@
 
 Seed 002 problem 2 (3) asks whether covering part of a digit can change the
 classifier's answer; a grey patch slid over the digit rarely does
-(`equivlab.occlusion.find_flipping_patch`). Here the patch's content is
+(`equivlab.analysis.occlusion.find_flipping_patch`). Here the patch's content is
 optimised instead. For a side `s` and a target class `t`, candidate
 positions are searched (a regular grid of top-left corners plus the windows
 where the gradient of the target margin is largest), and at every position
@@ -30,7 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from equivlab import checks, occlusion, xla_options
+from equivlab import checks
+from equivlab.analysis import occlusion
+from equivlab.ops import xla_options
 
 ApplyFn = Callable[[jax.Array], jax.Array]
 

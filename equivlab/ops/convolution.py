@@ -1,7 +1,7 @@
 """2-D convolution with a CPU fast path; one XLA convolution elsewhere.
 
 Every convolution of equivlab (the lifting and group convolutions of
-`equivlab.gconv`, the flax `nn.Conv` layers of `equivlab.models`) goes
+`equivlab.gconv`, the flax `nn.Conv` layers of `equivlab.nn.models`) goes
 through `conv2d` (NHWC inputs, HWIO kernels). Two implementations:
 
   "xla"  one `lax.conv_general_dilated`, forward and backward as XLA
@@ -24,7 +24,7 @@ through `conv2d` (NHWC inputs, HWIO kernels). Two implementations:
   "auto" (the default): "cpu" when `jax.default_backend()` is "cpu" and the
          call is one the fast path covers (float32 or float64, 2-D, no
          input dilation, no feature groups), else "xla". Inside
-         `auto_impl(impl)` (which `equivlab.xla_options.jit` enters while
+         `auto_impl(impl)` (which `equivlab.ops.xla_options.jit` enters while
          it traces) "auto" means `impl`. The environment variable
          `EQUIVLAB_CONV_IMPL` ("xla" or "cpu") overrides both, for a whole
          process (set it before the first trace).

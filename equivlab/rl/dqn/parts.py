@@ -15,7 +15,7 @@ import optax
 
 from equivlab.rl import envs as envs_lib
 from equivlab.rl import value_learning
-from equivlab.rl.dqn_config import DQNConfig, validate_config
+from equivlab.rl.dqn.config import DQNConfig, validate_config
 
 
 class QNetwork(nn.Module):

@@ -19,27 +19,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from equivlab import (
-  checks,
-  convolution,
-  gconv,
-  groups,
-  initialization,
-  regularization,
-)
+from equivlab import checks, gconv, groups
+from equivlab.nn import initializers, normalization
+from equivlab.ops import convolution
 
 _LIFTING = {"p4": gconv.lifting_conv, "p4m": gconv.lifting_conv_p4m}
 _GROUP = {"p4": gconv.group_conv, "p4m": gconv.group_conv_p4m}
 
 
 def he_init(in_axes: tuple[int, ...]) -> Callable:
-  """He's initialiser (`initialization.kernel_initializer("he")`) whose
+  """He's initialiser (`initializers.kernel_initializer("he")`) whose
   fan-in is the product of `in_axes`.
 
   For a group conv kernel `[k, k, Cin, G, Cout]` the fan-in is
   `k * k * Cin * G`: every input group channel feeds each output.
   """
-  return initialization.kernel_initializer("he", in_axis=in_axes, out_axis=-1)
+  return initializers.kernel_initializer("he", in_axis=in_axes, out_axis=-1)
 
 
 def _check_conv_module(module) -> None:
@@ -76,7 +71,7 @@ def _conv_with_bias(module, conv, x, kernel_shape):
     dilation=module.kernel_dilation,
     impl=module.conv_impl,
   )
-  return regularization.channel_affine(y, bias=bias)
+  return normalization.channel_affine(y, bias=bias)
 
 
 class LiftingConv(nn.Module):
@@ -94,7 +89,7 @@ class LiftingConv(nn.Module):
     param_dtype: the parameters' dtype.
     kernel_init: initializer of the `[k, k, C, F]` kernel.
     conv_impl: "auto", "xla" or "cpu", how the convolution runs
-      (`equivlab.convolution`).
+      (`equivlab.ops.convolution`).
   """
 
   features: int
@@ -143,7 +138,7 @@ class GroupConv(nn.Module):
     kernel_init: initializer of the `[k, k, C, G, F]` kernel (He, with the
       input group axis counted in the fan-in).
     conv_impl: "auto", "xla" or "cpu", how the convolution runs
-      (`equivlab.convolution`).
+      (`equivlab.ops.convolution`).
   """
 
   features: int
@@ -178,7 +173,7 @@ class GroupConv(nn.Module):
 class Normalization(nn.Module):
   """Batch, layer, instance or group norm, the one normalisation of equivlab.
 
-  The statistics are `regularization.norm_statistics` of the input, which
+  The statistics are `normalization.norm_statistics` of the input, which
   may be features `[N, C]`, maps `[N, H, W, C]` or group maps
   `[N, H, W, C, G]` (statistics shared over the group axis, so the layer
   commutes with the group action); there is one scale and one shift per
@@ -206,7 +201,7 @@ class Normalization(nn.Module):
   param_dtype: Any = jnp.float32
 
   def __post_init__(self):
-    checks.check_choice("kind", self.kind, regularization.NORM_KINDS)
+    checks.check_choice("kind", self.kind, normalization.NORM_KINDS)
     checks.check_int("num_groups", self.num_groups, minimum=1, allow_none=True)
     checks.check_number(
       "momentum", self.momentum, minimum=0, maximum=1, strict_maximum=True
@@ -229,12 +224,12 @@ class Normalization(nn.Module):
       mean, var = self._batch_statistics(stats, channels, use_running_average)
     else:
       groups_ = self.num_groups or math.gcd(channels, 8)
-      mean, var = regularization.norm_statistics(stats, self.kind, groups_)
+      mean, var = normalization.norm_statistics(stats, self.kind, groups_)
     dtype = self.dtype or x.dtype
     if self.kind == "batch":  # one statistic per channel: `channel_affine`
       mean, var = mean.reshape(channels), var.reshape(channels)
       mul = (jax.lax.rsqrt(var + self.epsilon) * scale).astype(dtype)
-      return regularization.channel_affine(
+      return normalization.channel_affine(
         x, mean.astype(dtype), mul, bias.astype(dtype)
       ).astype(dtype)
     mul = (jax.lax.rsqrt(var + self.epsilon) * _channel(scale, x)).astype(dtype)
@@ -253,7 +248,7 @@ class Normalization(nn.Module):
     )
     if use_running_average:
       return _channel(ra_mean.value, x), _channel(ra_var.value, x)
-    mean, var = regularization.norm_statistics(x, "batch")
+    mean, var = normalization.norm_statistics(x, "batch")
     if not self.is_initializing():
       m = self.momentum
       ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(channels)
@@ -262,7 +257,7 @@ class Normalization(nn.Module):
 
 
 def _channel(v: jax.Array, x: jax.Array) -> jax.Array:
-  return regularization.per_channel(v, x.ndim)
+  return normalization.per_channel(v, x.ndim)
 
 
 class GroupBatchNorm(Normalization):

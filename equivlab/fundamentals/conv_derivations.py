@@ -1,7 +1,7 @@
 """Hand-derived convolutions: output shapes and the 3-D cross-correlation.
 
-Re-exported by `equivlab.derivations` (import them from there); kept apart
-so that neither module outgrows its concept.
+Re-exported by `equivlab.fundamentals.derivations` (import them from
+there); kept apart so that neither module outgrows its concept.
 
 - Convolution output shapes (seed 001; seed 004 5(a), 5(d), 5(e)):
   `floor((n + 2p - k) / s) + 1` per spatial axis, and the channel change.

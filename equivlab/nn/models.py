@@ -22,16 +22,16 @@ a model accepts in the message.
 - "deep_mlp", "deep_cnn": `DeepMLP` and `DeepCNN`, the networks of the
   depth study (seed 004 2(c)): L layers of one width, a chosen activation,
   optional residual connections and batch norm.
-- "p4cnn", "p4cnn_rotpool", "p4mcnn": `equivlab.layers.P4CNN`, the same
+- "p4cnn", "p4cnn_rotpool", "p4mcnn": `equivlab.nn.layers.P4CNN`, the same
   network with p4 (or p4m) group convolutions, with or without rotation
   pooling after every layer.
-- "p4cnn_gap": `equivlab.layers.P4GapCNN`, "cnn_gap" made of p4 group
+- "p4cnn_gap": `equivlab.nn.layers.P4GapCNN`, "cnn_gap" made of p4 group
   convolutions: invariant to circular shifts and to rot90 at once.
 
 The normalisations are `layers.Normalization` (one implementation over
-`regularization.norm_statistics`), the weight initialisers come from
-`initialization.kernel_initializer`, the activations from
-`initialization.ACTIVATIONS`.
+`normalization.norm_statistics`), the weight initialisers come from
+`initializers.kernel_initializer`, the activations from
+`initializers.ACTIVATIONS`.
 """
 
 import dataclasses
@@ -44,16 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivlab import (
-  checks,
-  convolution,
-  gconv,
-  initialization,
-  layers,
-  xla_options,
-)
+from equivlab import checks, gconv
+from equivlab.nn import initializers, layers
+from equivlab.ops import convolution, xla_options
 
-# flax's convolution through `equivlab.convolution` (its CPU fast path;
+# flax's convolution through `equivlab.ops.convolution` (its CPU fast path;
 # one XLA convolution on accelerators). Still `nn.Conv`: same parameter
 # names and checkpoints.
 Conv = functools.partial(
@@ -73,7 +68,7 @@ MODEL_NAMES = (
   "p4cnn_gap",
 )
 NORMS = (None, "batch", "layer", "group", "instance")
-KERNEL_INITS = initialization.SCHEMES
+KERNEL_INITS = initializers.SCHEMES
 PADDINGS = ("SAME", "VALID", "CIRCULAR")
 DEPTH_ACTIVATIONS = ("sigmoid", "tanh", "relu")
 
@@ -176,7 +171,7 @@ class CNN(nn.Module):
     dense_features: width of the hidden dense layer of the "dense" head.
     norm: None, "batch", "layer", "group" (gcd(C, 8) groups) or "instance".
     dropout_rate: dropout before the last dense layer when training.
-    kernel_init: a scheme of `initialization.kernel_initializer` ("lecun",
+    kernel_init: a scheme of `initializers.kernel_initializer` ("lecun",
       "he", "xavier", "normal", ...), for every convolution and dense layer.
   """
 
@@ -229,7 +224,7 @@ class CNN(nn.Module):
         `min_size()` pixels a side.
     """
     check_images(x, "CNN", min_size=self.min_size())
-    init = initialization.kernel_initializer(self.kernel_init)
+    init = initializers.kernel_initializer(self.kernel_init)
     dilations = self.dilations or (1,) * len(self.features)
     for width, dilation in zip(self.features, dilations, strict=True):
       x = Conv(
@@ -339,7 +334,7 @@ class DeepMLP(nn.Module):
       z = layers.Normalization(
         "batch", use_running_average=not train, name=f"bn_{index:02d}"
       )(z)
-    a = initialization.ACTIVATIONS[self.activation](z)
+    a = initializers.ACTIVATIONS[self.activation](z)
     return h + a if self.residual and index > 0 else a
 
   @nn.compact

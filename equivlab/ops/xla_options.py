@@ -36,7 +36,7 @@ from typing import Any
 
 import jax
 
-from equivlab import convolution
+from equivlab.ops import convolution
 
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 # What jaxlib 0.10.2 offloads to YNNPACK by default, and this project's

@@ -36,7 +36,9 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from equivlab import checks, initialization, xla_options
+from equivlab import checks
+from equivlab.nn import initializers
+from equivlab.ops import xla_options
 
 _TINY = 1e-30
 # A unit is saturated when act'(z) < SATURATION_THRESHOLD * act'(0+).
@@ -131,10 +133,8 @@ def intermediates(
 
 
 def _activation_fn(activation: str) -> Callable[[jax.Array], jax.Array]:
-  checks.check_choice(
-    "activation", activation, tuple(initialization.ACTIVATIONS)
-  )
-  return initialization.ACTIVATIONS[activation]
+  checks.check_choice("activation", activation, tuple(initializers.ACTIVATIONS))
+  return initializers.ACTIVATIONS[activation]
 
 
 def activation_slope(z: Any, activation: str) -> jax.Array:
@@ -145,7 +145,7 @@ def activation_slope(z: Any, activation: str) -> jax.Array:
 
   Args:
     z: pre-activations, any shape, floating point.
-    activation: a name of `initialization.ACTIVATIONS` ("sigmoid",
+    activation: a name of `initializers.ACTIVATIONS` ("sigmoid",
       "tanh", "relu", "linear").
 
   Returns:
@@ -183,7 +183,7 @@ def saturated_fraction(
 
   Args:
     z: pre-activations, any shape, floating point (at least one entry).
-    activation: a name of `initialization.ACTIVATIONS`.
+    activation: a name of `initializers.ACTIVATIONS`.
     threshold: the fraction of the slope at 0 below which a unit counts as
       saturated, in (0, 1].
 

@@ -289,7 +289,7 @@ def plot_occlusion(
 
   Args:
     image: `[H, W]` or `[H, W, 1]`.
-    maps: the dict of `equivlab.occlusion.occlusion_maps`: "true_prob",
+    maps: the dict of `equivlab.analysis.occlusion.occlusion_maps`: "true_prob",
       "top_prob" and "label", each `[H', W']`.
     path: where the PNG goes.
     label: the true class, for the captions.

@@ -55,22 +55,12 @@ import optax
 
 from equivlab.rl import envs as envs_lib
 from equivlab.rl import noise, replay, tabular, value_learning
-from equivlab.rl.dqn_config import DQNConfig, validate_config
-from equivlab.rl.dqn_metrics import flatten_metrics, raise_if_diverged
-from equivlab.rl.dqn_parts import (
+from equivlab.rl.dqn.config import DQNConfig
+from equivlab.rl.dqn.metrics import flatten_metrics
+from equivlab.rl.dqn.parts import (
   DQNParts,
   QNetwork,
   build,
-  make_env,
-  make_network,
-  make_optimizer,
-  q_values_at,
-)
-from equivlab.rl.dqn_seeds import (
-  default_groups,
-  group_bounds,
-  seed_runner,
-  train_seeds,
 )
 from equivlab.rl.evaluation import evaluate
 from equivlab.rl.schedules import (
@@ -80,44 +70,22 @@ from equivlab.rl.schedules import (
   update_target,
 )
 
-# The API, with the names re-exported from the modules the loop is built
-# of (config, parts, metrics, schedules, evaluation).
 __all__ = [
-  "DQNConfig",
   "DQNLoop",
-  "DQNParts",
   "DQNState",
-  "QNetwork",
   "Transition",
   "act",
   "batch_loss",
-  "build",
-  "crossed_boundary",
-  "default_groups",
-  "evaluate",
-  "flatten_metrics",
-  "group_bounds",
   "init_state",
   "iteration",
   "learn",
-  "linear_epsilon",
-  "make_env",
   "make_loop",
-  "make_network",
-  "make_optimizer",
   "make_train",
   "maybe_learn",
-  "seed_runner",
-  "q_values_at",
-  "raise_if_diverged",
-  "reset_block",
   "step_envs",
   "store",
   "td_errors",
-  "train_seeds",
   "train_then_evaluate",
-  "update_target",
-  "validate_config",
 ]
 
 

@@ -1,0 +1,9 @@
+"""Looking inside trained models: probes, occlusion, adversarial patches and
+pictures.
+
+- `probes`: gradient norms per layer, activation saturation, intermediate
+  outputs, shift-equivariance errors.
+- `occlusion`: occlusion sensitivity maps (Zeiler & Fergus, ECCV 2014).
+- `adversarial`: the smallest patch whose content flips a prediction.
+- `viz`: filters, feature maps, occlusion maps, curves and tables.
+"""
