@@ -3,7 +3,9 @@
 Every plotting function takes arrays and a path, draws on its own
 `matplotlib.figure.Figure` (the Agg canvas: no display and no pyplot state),
 writes a PNG and returns the path. `format_table` renders the tables the
-experiments print. Seed 002 problems 1-2 ask for most of these pictures.
+experiments print. Most of these pictures (filters, feature maps, occlusion
+maps) follow Zeiler & Fergus 2014, "Visualizing and Understanding
+Convolutional Networks".
 """
 
 import math
@@ -285,7 +287,7 @@ def plot_occlusion(
   patch_size: int | None = None,
   title: str | None = None,
 ) -> str:
-  """Draws an image and its occlusion maps (seed 002 problem 2 (a)-(c)).
+  """Draws an image and its occlusion maps (Zeiler & Fergus 2014).
 
   Args:
     image: `[H, W]` or `[H, W, 1]`.

@@ -8,8 +8,8 @@ when a model is made (a bad one is a ValueError or TypeError naming it), and
 the input when it is first called (at `init`), with the smallest image size
 a model accepts in the message.
 
-- "mlp": a multilayer perceptron on the flattened pixels (seed 003's MLP).
-- "cnn": seed 003's convolutional model, conv blocks and a dense head.
+- "mlp": a multilayer perceptron on the flattened pixels.
+- "cnn": a convolutional model, conv blocks and a dense head.
 - "cnn_gap": a CNN with a global-average-pooling head and no striding:
   four 3x3 convolutions with circular padding and dilations 1, 2, 4, 8 (a
   31-pixel receptive field) and batch norm, so every layer commutes with
@@ -20,7 +20,8 @@ a model accepts in the message.
   convolutions (4x4 in the last), 20 channels, ReLU, batch norm, a 2x2 max
   pool after layer 2; 21,750 parameters.
 - "deep_mlp", "deep_cnn": `DeepMLP` and `DeepCNN`, the networks of the
-  depth study (seed 004 2(c)): L layers of one width, a chosen activation,
+  depth study (vanishing gradients; Glorot & Bengio 2010, He et al. 2016
+  "Deep Residual Learning"): L layers of one width, a chosen activation,
   optional residual connections and batch norm.
 - "p4cnn", "p4cnn_rotpool", "p4mcnn": `equivlab.nn.layers.P4CNN`, the same
   network with p4 (or p4m) group convolutions, with or without rotation
@@ -114,7 +115,7 @@ def _normalize(x: jax.Array, norm: str | None, train: bool) -> jax.Array:
 
 
 class MLP(nn.Module):
-  """A multilayer perceptron on flattened images (seed 003's MLP).
+  """A multilayer perceptron on flattened images.
 
   Attributes:
     num_classes: number of logits.
@@ -155,7 +156,7 @@ class CNN(nn.Module):
 
   Each block is a 3x3 convolution (padding `padding`, dilation from
   `dilations`), the normalisation `norm`, ReLU and, if `pool`, a 2x2 max
-  pool. The "dense" head (seed 003's convolutional model) flattens the last
+  pool. The "dense" head (the classic CNN head) flattens the last
   feature map into a hidden dense layer, so its output depends on WHERE
   features are; the "gap" head averages the last feature map over space
   first, so a shift of the digit only moves what gets averaged (exactly
@@ -293,7 +294,7 @@ class DeepMLP(nn.Module):
 
   Hidden layer l computes `z_l = W_l h_{l-1} + b_l` (batch-normalised if
   `batch_norm`) and `h_l = act(z_l)`, or `h_l = h_{l-1} + act(z_l)` with
-  `residual` (seed 004 2(c)'s F(x) + x; not for l = 0, which changes the
+  `residual` (He et al. 2016's F(x) + x; not for l = 0, which changes the
   width). Layers are named "layer_00", "layer_01", ..., their norms
   "bn_00", ..., the logits "output", so per-layer gradient norms sort in
   depth order and the pre-activations can be read by name

@@ -1,6 +1,7 @@
 """Data parallelism over devices and hosts with JAX's own sharding runtime.
 
-Seed 004 6(g) averages gradients across workers by hand: an all-reduce sum
+Synchronous data-parallel SGD (Goyal et al. 2017, "Accurate, Large
+Minibatch SGD") averages gradients across workers: an all-reduce sum
 (`dist.all_reduce(g, op=SUM)`) followed by a division by the worker count.
 Here the same average comes from GSPMD: the batch is sharded along a "data"
 mesh axis, parameters are replicated, and `jax.jit` of an ordinary
