@@ -1,4 +1,4 @@
-"""Seed 001 (b): how close Adam(b1=0, b2, eta0/sqrt(t)) comes to AdaGrad.
+"""How close Adam(b1=0, b2, eta0/sqrt(t)) comes to AdaGrad (Kingma & Ba 2015).
 
 Prints the gap table for b2 = 0.9 ... 0.99999 twice: with every stabiliser
 at zero (the exact limit of the derivation) and with optax's defaults (Adam
