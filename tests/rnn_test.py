@@ -15,7 +15,7 @@ from equivlab.fundamentals import gradcheck
 
 
 def _problem(seed, t, d, h, k, batch=None, dtype=np.float32):
-  """Random seed 000 parameters and one sequence (or a batch), via NumPy.
+  """Random Elman parameters and one sequence (or a batch), via NumPy.
 
   NumPy keeps test set-up free of XLA compiles (eager jax.random would
   compile each op for each new shape).
@@ -92,7 +92,7 @@ def test_bptt_equals_autodiff_and_finite_differences_float64(t, d, h, k):
     assert grads["W_hh"].dtype == jnp.float64
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-10)
     _assert_tree_allclose(grads, ref, rtol=1e-10, atol=1e-13)
-    # Central differences (seed 002 problem 3's method) through the shared
+    # Central differences (gradient checking) through the shared
     # checker; the quotient's own error, not the gradients', sets the bound.
     bptt_grad = lambda *a: _bptt(*a)[1]
     autodiff_grad = lambda *a: _value_and_grad(*a)[1]
@@ -116,7 +116,7 @@ def test_batched_bptt_equals_autodiff_of_batched_loss():
 
 
 def _numpy_elman(p, xs, ys, h0):
-  """Seed 000's forward and backward equations, one loop per direction."""
+  """The Elman forward and BPTT backward equations, one loop per direction."""
   hs, probs, loss = [h0], [], 0.0
   for x, y in zip(xs, ys, strict=True):
     a = p["W_xh"] @ x + p["W_hh"] @ hs[-1] + p["b_h"]
@@ -146,7 +146,7 @@ _FIXTURE = {
   "W_xh": np.array([[1.0, -0.5], [0.5, 1.0]]),
   "W_hh": np.array([[0.5, -1.0], [1.0, 0.5]]),
   "b_h": np.array([-1.0, 1.0]),
-  "W_hz": np.array([[-2.0, 1.0], [-1.0, 0.0]]),  # seed 002's V
+  "W_hz": np.array([[-2.0, 1.0], [-1.0, 0.0]]),
   "b_z": np.array([0.0, 0.0]),
 }
 _FIX_XS = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
@@ -167,8 +167,8 @@ def test_two_unit_fixture_matches_numpy_loops_and_sgd_lowers_loss():
     lr = 0.1
     new = jax.tree.map(lambda p, g: p - lr * g, params, grads)
     assert _loss(new, *args) < loss
-    # Seed 002 problem 3 updated the bias with b + lr * g and saw its loss
-    # rise; the same wrong sign here must raise the loss too.
+    # A gradient step is b - lr * g: it lowers the loss, and the opposite
+    # sign, b + lr * g, raises it.
     wrong = dict(params, b_h=params["b_h"] + lr * grads["b_h"])
     assert _loss(wrong, *args) > loss
     right = dict(params, b_h=params["b_h"] - lr * grads["b_h"])
@@ -580,7 +580,7 @@ def test_labels_at_padded_steps_are_ignored_concrete_and_traced():
 
 def test_traced_out_of_range_labels_give_nan_not_a_wrong_loss():
   # Inside the caller's jit the labels are tracers: no eager check can run.
-  # A -1 used to wrap around to class K-1 and give a finite, wrong loss.
+  # A -1 must not wrap around to class K-1 and give a finite, wrong loss.
   params, xs, ys, h0 = _good()
   for label in (-1, 3):
     bad = ys.at[1].set(label)
