@@ -30,7 +30,7 @@ def test_detects_a_wrong_gradient():
 
     def wrong_grad(p, x):
       g = jax.grad(_quadratic)(p, x)
-      return {"w": g["w"], "b": -g["b"]}  # the sign error of seed 002.
+      return {"w": g["w"], "b": -g["b"]}  # the bias gradient's sign flipped.
 
     assert gradcheck.check_gradients(_quadratic, wrong_grad, params, x) > 1.0
 

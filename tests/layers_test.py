@@ -1,6 +1,6 @@
 """Every flax layer is equivariant; P4CNN/P4MCNN logits are invariant.
 
-Cohen & Welling (ICML 2016); seed 000 part 1. The checks are
+Cohen & Welling (ICML 2016). The checks are
 `equivlab.testing`'s (group actions applied in NumPy on the host, so only
 the layers get compiled), with explicit tolerances on the relative error
 `max |f(g x) - g f(x)| / max |g f(x)|`.
@@ -22,8 +22,8 @@ from equivlab.nn import layers
 
 
 def _key(seed):
-  # XLA's RngBitGenerator: its inits compile ~10x faster than threefry's on
-  # CPU, which dominates these tests' run time.
+  # XLA's RngBitGenerator: its inits compile faster than threefry's on CPU,
+  # and compiling them dominates these tests' run time.
   return jax.random.key(seed, impl="rbg")
 
 

@@ -1,4 +1,4 @@
-"""Tests of equivlab.analysis.occlusion (seed 002 problem 2)."""
+"""Tests of equivlab.analysis.occlusion (Zeiler & Fergus 2014)."""
 
 import jax
 import jax.numpy as jnp

@@ -257,7 +257,7 @@ def test_initialize_distributed_unreachable_or_undetected_cluster():
   assert "within 2 s" in timeout
 
 
-# --- Data-parallel training equals single-device training (seed 004 6(g)) --
+# --- Data-parallel training equals single-device training -----------------
 
 _STEPS = 20
 _GLOBAL_BATCH = 16
@@ -353,8 +353,9 @@ def test_data_parallel_trajectory_equals_single_device():
 
 
 def test_shard_map_with_pmean_equals_single_device():
-  # The explicit form of seed 004 6(g): per-device gradients averaged with
-  # an all-reduce (pmean), batch norm statistics pmean'd over the data axis.
+  # The explicit form of synchronous data parallelism: per-device gradients
+  # averaged with an all-reduce (pmean), batch norm statistics pmean'd over
+  # the data axis.
   num_devices = 8
   model = _TinyNet()
   tx = optax.sgd(0.1, momentum=0.9)
