@@ -235,7 +235,7 @@ def main():
       f"--export times P4CNN/P4MCNN, which need --size >= 28, got "
       f"{args.size} (or pass --no-export)"
     )
-  # The JSON keeps the convolutions' results at its top level, as before.
+  # The JSON keeps the convolutions' results at its top level.
   results = _main_convs(args) if args.convs else {}
   if args.export:
     results["export"] = _main_export(args)

@@ -1,4 +1,4 @@
-r"""(e) equivlab's p4/p4m convolutions against escnn's, layer for layer.
+r"""equivlab's p4/p4m convolutions against escnn's, layer for layer.
 
 Each measurement runs in a process of its own, pinned to the first 1 or 2
 CPU cores (PyTorch also gets that many threads), so that the two sides
@@ -14,8 +14,8 @@ basis on every call, as when training). equivlab's sides (`--variants`):
            per call with YNNPACK's convolutions off;
   cpu      the convolutions' CPU path, same compiler options;
   jaxlib   the CPU path under a plain `jax.jit` (jaxlib's default options,
-           YNNPACK convolutions on): what equivlab ran before it set
-           compiler options.
+           YNNPACK convolutions on): what code that calls `jax.jit`
+           itself gets.
 
   python -m benchmarks.gconv_peers --peer_python=/path/to/venv/bin/python
 

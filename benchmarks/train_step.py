@@ -11,7 +11,7 @@ of `--variants`:
   cpu      the convolutions' CPU path (`EQUIVLAB_CONV_IMPL=cpu`), with the
            same compiler options;
   jaxlib   the CPU path under jaxlib's default options (YNNPACK
-           convolutions on): what the engine ran before it set options.
+           convolutions on): what a plain `jax.jit` of the step gets.
 
 The steps are timed in alternation, `--rounds` rounds of `--steps` steps
 each; the best round counts. Prints one line per model with the ratios to

@@ -134,7 +134,7 @@ def test_the_engines_train_step_compiles_without_ynnpack_convolutions():
 
 def test_the_eval_step_compiles_with_the_inference_options():
   # With YNNPACK's reductions on, a forward-only P4CNN is one YNNPACK fusion
-  # that holds its convolutions (one thread, 3-4x slower); the eval step
+  # that holds its convolutions and runs on one thread; the eval step
   # compiles without them.
   lowered = _engine_step("p4cnn", "eval_step")
   assert _ynn_convolutions(lowered.compile().as_text()) == 0

@@ -72,7 +72,7 @@ def _mosaic(
   """Tiles RGBA panels into one white-backed RGBA image.
 
   A grid of panels drawn as one image costs one `imshow`; a grid of axes
-  costs one layout and one draw per panel (seconds for a few hundred).
+  costs one layout and one draw per panel.
 
   Args:
     cells: `(row, col, rgba)` with `rgba` `[h, w, 4]`; panels of other

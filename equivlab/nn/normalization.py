@@ -100,8 +100,8 @@ def _group_batch_moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Batch mean and biased variance `[C]` of group maps `[N, H, W, C, G]`.
 
   Summed as columns of `[N * H * W, C * G]`, then over G: XLA:CPU reduces
-  the leading axis of that matrix about 9x faster than axes (0, 1, 2, 4) of
-  the map, and so does the gradient.
+  the leading axis of that matrix much faster than axes (0, 1, 2, 4) of the
+  map, and so does the gradient.
   """
   c, g = x.shape[-2:]
   flat = x.reshape(-1, c * g)

@@ -7,17 +7,17 @@ through `conv2d` (NHWC inputs, HWIO kernels). Two implementations:
   "xla"  one `lax.conv_general_dilated`, forward and backward as XLA
          differentiates it. What accelerators get: a single cuDNN-style
          convolution per call.
-  "cpu"  the same function, arranged around two slow spots of XLA:CPU
-         (jaxlib 0.10.2; `benchmarks/gconv.py` measures both):
-         - a convolution without any padding ("VALID") takes a path 3-4x
-           slower than a padded one of the same size, so it runs with one
-           extra zero row and column at the high end and the extra output
-           is cropped (same values: those outputs are never kept);
+  "cpu"  the same function, arranged around two slow spots of XLA:CPU's
+         YNNPACK convolutions (`benchmarks/gconv.py` measures both):
+         - a convolution without any padding ("VALID") takes a slower path
+           than a padded one of the same size, so it runs with one extra
+           zero row and column at the high end and the extra output is
+           cropped (same values: those outputs are never kept);
          - the filter gradient is a convolution whose window is the whole
-           image, run at 10-30 GFLOP/s; here it is `kh` matrix products
-           per chunk of a few images (`lax.scan`) on the images' `kw`
-           column shifts laid side by side (`filter_gradient`), through a
-           custom VJP: as fast as the forward convolution. Used where the
+           image, which XLA:CPU runs far below its matrix-product speed;
+           here it is `kh` matrix products per chunk of a few images
+           (`lax.scan`) on the images' `kw` column shifts laid side by side
+           (`filter_gradient`), through a custom VJP. Used where the
            products are big enough to win (`kh * kw * Cin >= 80` and at
            least 100 output pixels per image); below that XLA's own
            gradient is kept.
@@ -30,12 +30,12 @@ through `conv2d` (NHWC inputs, HWIO kernels). Two implementations:
          process (set it before the first trace).
 
 Which is faster depends on the compiler options. The slow spots above are
-those of XLA:CPU's YNNPACK convolutions, on by default in jaxlib 0.10.2.
-With YNNPACK's convolutions off (`xla_options.CPU_COMPILER_OPTIONS`),
-XLA's own convolution and its gradient beat the "cpu" path by 5-20% per
-training step. So `xla_options.jit` turns them off and traces with "xla";
-a plain `jax.jit` keeps jaxlib's defaults, and "auto" keeps the "cpu" path,
-the faster one there (1.3-2x).
+those of XLA:CPU's YNNPACK convolutions, on by default in jaxlib. With
+YNNPACK's convolutions off (`xla_options.CPU_COMPILER_OPTIONS`), XLA's own
+convolution and its gradient beat the "cpu" path per training step. So
+`xla_options.jit` turns them off and traces with "xla"; a plain `jax.jit`
+keeps jaxlib's defaults, and "auto" keeps the "cpu" path, the faster one
+there. `benchmarks/train_step.py` times the three settings side by side.
 
 The two agree to float rounding in values and in gradients (the filter
 gradient sums in another order). A custom VJP passes reverse-mode autodiff,
@@ -61,8 +61,8 @@ ENV_VAR = "EQUIVLAB_CONV_IMPL"
 _DN = ("NHWC", "HWIO", "NHWC")
 # The matrix-product filter gradient beats XLA's from this contraction size
 # (kh * kw * Cin) and this many output pixels per image on; below either,
-# XLA's own gradient is kept (measured over Cin 1-64, 7x7 to 28x28 maps,
-# batch 64, at 1 and 2 threads).
+# the products are too small to amortise the scan, so XLA's own gradient is
+# kept.
 _MIN_GEMM_DEPTH = 80
 _MIN_GEMM_PIXELS = 100
 # Bytes of column-shifted images per scan step: they stay in cache.

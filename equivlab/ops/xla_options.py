@@ -1,19 +1,16 @@
 """Per-compilation XLA options for the CPU, and the `jit` that applies them.
 
-jaxlib 0.10.2's XLA:CPU hands large convolutions to YNNPACK by default
-(fusions named `__ynn_fusion` in the compiled HLO). For the convolutions of
-this project that path is the slow one: on a 2-core Xeon (AVX-512), a
-128 -> 128 channel 3x3 layer at batch 128 of 28x28 takes 1.5 s forward and
-backward through YNNPACK and 0.7 s through XLA's own (Eigen) convolution,
-whose filter gradient is the main difference (`benchmarks/gconv_peers.py`
-and `benchmarks/train_step.py` measure it; figures in the README).
-`CPU_COMPILER_OPTIONS` keeps YNNPACK for matrix products and reductions
-and turns it off for convolutions. A forward-only program gets
-`CPU_INFERENCE_OPTIONS`, YNNPACK for matrix products only: there a
-reduction fusion can take in a whole network, convolutions included, and
-run it on one thread (a P4CNN's inference 3-4x slower), while in a training
-step the same fusions are what makes a global-pooling CNN's step 1.5x
-faster.
+jaxlib's XLA:CPU hands large convolutions to YNNPACK by default (fusions
+named `__ynn_fusion` in the compiled HLO). For the convolutions of this
+project that path is the slow one: XLA's own (Eigen) convolution runs a
+layer's forward and backward pass faster, above all its filter gradient
+(`benchmarks/gconv_peers.py` and `benchmarks/train_step.py` measure it;
+figures in docs/results). `CPU_COMPILER_OPTIONS` keeps YNNPACK for matrix
+products and reductions and turns it off for convolutions. A forward-only
+program gets `CPU_INFERENCE_OPTIONS`, YNNPACK for matrix products only:
+there a reduction fusion can take in a whole network, convolutions
+included, and run it on one thread, while in a training step the same
+fusions make a global-pooling CNN's step faster.
 
 The options are compiler options of one `jax.jit`, not process flags:
 nothing global changes, and a GPU compilation gets none. `jit` is
@@ -39,7 +36,7 @@ import jax
 from equivlab.ops import convolution
 
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
-# What jaxlib 0.10.2 offloads to YNNPACK by default, and this project's
+# What jaxlib offloads to YNNPACK by default, and this project's
 # choice: the same without convolutions.
 JAXLIB_DEFAULT_YNN_FUSIONS = (
   "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
