@@ -1,4 +1,4 @@
-"""Tests of the initialisation studies (seeds 000 4(b), 004 4(c), 4(d))."""
+"""Tests of the initialisation studies (He et al. 2015, Glorot & Bengio)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Tests of the optimiser claims of seeds 001 and 004."""
+"""Tests of the optimiser identities (Adam, AdaGrad, RMSProp, Robbins-Monro)."""
 
 import jax
 import jax.numpy as jnp
