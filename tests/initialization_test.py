@@ -1,4 +1,4 @@
-"""Tests of the initialisation studies (He et al. 2015, Glorot & Bengio)."""
+"""Tests of initialisation studies (He et al. 2015; Glorot & Bengio 2010)."""
 
 import jax
 import jax.numpy as jnp
