@@ -16,7 +16,7 @@ def test_fit_line_recovers_a_line_and_rejects_bad_input():
     batch_cost.fit_line([1.0, 1.0], [2.0, 3.0])
 
 
-def test_seed_formulas_hand_computed():
+def test_hand_count_formulas_hand_computed():
   # L = 2 hidden layers of d_H = 8, d = 784 inputs, K = 10 classes:
   # (L-1)(3 d_H^2 + d_H) + d_H (2 d_H + d + 3K + 1) + 2K
   # = 200 + 8 * 831 + 20 = 6868 per example;
