@@ -1,7 +1,7 @@
-r"""Seed 004 6(b): cost of a training step against the mini-batch size M.
+r"""Cost of a training step against the mini-batch size M.
 
-Seed 004 6(b) counts, for an MLP with L hidden layers of width d_H on
-inputs of size d with K classes, the backward-pass compute
+The hand count of a backward pass gives, for an MLP with L hidden layers
+of width d_H on inputs of size d with K classes, the compute
 
   M [(L - 1)(3 d_H^2 + d_H) + d_H (2 d_H + d + 3K + 1) + 2K]
 
@@ -22,7 +22,7 @@ figures from XLA for the compiled step of each M:
 It fits `y = a + b M` by least squares to each figure (over M >= 64 for
 the time, where the fixed per-call overhead no longer dominates on a CPU;
 the memory also over the largest M alone, since XLA's buffer assignment
-changes with M) and prints the slopes next to the seed's per-example
+changes with M) and prints the slopes next to the hand counts' per-example
 predictions.
 
   python -m benchmarks.batch_cost                    # writes runs/batch_cost
@@ -47,7 +47,7 @@ _NUM_CLASSES = 10
 
 
 def seed_compute(m: int, num_hidden: int, width: int, d: int, k: int) -> int:
-  """Seed 004 6(b)'s operation count of one backward pass.
+  """The hand count of one backward pass's operations.
 
   Args:
     m: mini-batch size M.
@@ -68,7 +68,7 @@ def seed_compute(m: int, num_hidden: int, width: int, d: int, k: int) -> int:
 
 
 def seed_memory(m: int, num_hidden: int, width: int, d: int, k: int) -> int:
-  """Seed 004 6(b)'s memory count (numbers) of one backward pass.
+  """The hand count of one backward pass's memory (numbers).
 
   Args:
     m: mini-batch size M.
@@ -252,7 +252,7 @@ def fit_figures(
 
 
 def compare_with_seed(hidden, fits, rows) -> dict[str, float]:
-  """The fitted slopes next to seed 004 6(b)'s per-example counts."""
+  """The fitted slopes next to the hand counts per example."""
   num_hidden, width = len(hidden), hidden[0]
   d, k = int(np.prod(_IMAGE_SHAPE)), _NUM_CLASSES
   seed_flops_slope = seed_compute(1, num_hidden, width, d, k)
@@ -335,7 +335,7 @@ def run(
 
   Args:
     out_dir: where `results.json`, `batch_cost.md` and `batch_cost.png` go.
-    hidden: widths of the MLP's hidden layers (L = len(hidden); the seed's
+    hidden: widths of the MLP's hidden layers (L = len(hidden); the hand
       formulas assume equal widths, d_H = hidden[0]).
     max_batch: the largest M; M runs over the powers of two up to it.
     steps: steps per timed repeat.
@@ -398,7 +398,7 @@ def _plot(batch_sizes, rows, path) -> None:
     ax.set_xlabel("mini-batch size M")
     ax.set_ylabel(label)
     ax.grid(alpha=0.3, which="both")
-  fig.suptitle("train_step cost vs batch size (seed 004 6(b))", fontsize=10)
+  fig.suptitle("train_step cost vs batch size", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
 
