@@ -11,7 +11,6 @@ import pathlib
 import re
 import sys
 
-from sphinx.util import logging as sphinx_logging
 
 _DOCS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(_DOCS.parent))
@@ -77,10 +76,16 @@ class _DocstringMarkup(logging.Filter):
     self.messages = []
 
   def filter(self, record):
-    text = record.getMessage()
+    location = getattr(record, "location", None)
+    if isinstance(location, tuple):
+      where = str(location[0])
+    elif hasattr(location, "source"):
+      where = str(location.source)
+    else:
+      where = str(location or "")
     is_docutils = getattr(record, "type", None) == "docutils"
-    if is_docutils and ("docstring of" in text or "<autosummary>" in text):
-      self.messages.append(text)
+    if is_docutils and ("docstring of" in where or "<autosummary>" in where):
+      self.messages.append(f"{where}: {record.getMessage()}")
       return False
     return True
 
@@ -105,6 +110,6 @@ def _report_markup(app, exception):
 def setup(app):
   app.connect("autodoc-process-docstring", _markdown_code_spans, priority=400)
   app.connect("build-finished", _report_markup)
-  sphinx_logging.getLogger("sphinx").logger.addFilter(_MARKUP)
+  # First in line, before Sphinx's own filters count the warning.
   for handler in logging.getLogger("sphinx").handlers:
-    handler.addFilter(_MARKUP)
+    handler.filters.insert(0, _MARKUP)
