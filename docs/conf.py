@@ -11,7 +11,6 @@ import pathlib
 import re
 import sys
 
-
 _DOCS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(_DOCS.parent))
 sys.path.insert(0, str(_DOCS))
