@@ -41,6 +41,9 @@ autodoc_member_order = "bysource"
 autodoc_mock_imports = []
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+# "Attributes:" sections as fields, so that they do not describe the same
+# attribute a second time beside `:members:`.
+napoleon_use_ivar = True
 add_module_names = False
 
 html_theme = "furo"
@@ -72,7 +75,7 @@ class _DocstringMarkup(logging.Filter):
 
   def __init__(self):
     super().__init__()
-    self.messages = []
+    self.messages = {}  # In order, each once (every handler asks).
 
   def filter(self, record):
     location = getattr(record, "location", None)
@@ -84,7 +87,7 @@ class _DocstringMarkup(logging.Filter):
       where = str(location or "")
     is_docutils = getattr(record, "type", None) == "docutils"
     if is_docutils and ("docstring of" in where or "<autosummary>" in where):
-      self.messages.append(f"{where}: {record.getMessage()}")
+      self.messages[f"{where}: {record.getMessage()}"] = None
       return False
     return True
 

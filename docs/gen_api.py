@@ -130,6 +130,8 @@ def render(modname: str, tables, mods) -> str:
       lines.append(f".. {directive}:: {modname}.{name}")
       if kind == "data":
         lines.append("   :no-value:")
+      if kind == "class":
+        lines.append("   :members:")
       lines.append("")
     lines += ["```", ""]
   return "\n".join(lines)
