@@ -15,9 +15,9 @@ In order, each part under its own time limit, one JSON at the end:
   tests        the equivariance and gradient test files under pytest, on
                the accelerator (tests/conftest.py sets "highest" precision).
 
-On a single GPU the whole suite is sized to finish in about 8 minutes;
-`--tiny` shrinks every part so that it runs in a minute or two on CPU (the
-test `tests/accelerator_suite_test.py` keeps it working). A failing part is
+The default sizes are meant for a single GPU; `--tiny` shrinks every part
+so that the suite runs on a CPU (the test
+`tests/accelerator_suite_test.py` keeps it working). A failing part is
 recorded (exit code, the end of its output) and the suite goes on.
 """
 

@@ -6,8 +6,8 @@ errors seed by seed:
 
   default  the engine as it is (one XLA convolution, equivlab's compiler
            options);
-  jaxlib   the previous round's engine: the CPU path (filter gradients as
-           matrix products) under jaxlib's default options.
+  jaxlib   the CPU convolution path (filter gradients as matrix
+           products) under jaxlib's default options.
 
 The two sum the convolutions' gradients in other orders, so the same seed
 follows another trajectory; the question is whether the errors differ in
