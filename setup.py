@@ -36,6 +36,12 @@ _EXTRAS = {
     # change with a new ruff release.
     "ruff==0.17.6",
   ],
+  # The documentation site: `sphinx-build -W --keep-going docs OUT`.
+  "docs": [
+    "furo>=2024.8",
+    "myst-parser>=4.0",
+    "sphinx>=8.0",
+  ],
   "tf": ["tensorflow-cpu>=2.16"],
   # Peer implementations that benchmarks compare against, when present.
   "peers": ["torch>=2.4"],

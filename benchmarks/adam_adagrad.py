@@ -5,12 +5,13 @@ at zero (the exact limit of the derivation) and with optax's defaults (Adam
 eps 1e-8 outside the root; AdaGrad eps 1e-7 inside the root and an initial
 accumulator of 0.1), and writes it as Markdown and JSON.
 
-  python -m benchmarks.adam_adagrad [OUT_DIR]   # default ./runs/adam_adagrad
+  python -m benchmarks.adam_adagrad [--output_dir=runs/adam_adagrad]
+      [--num_steps=1000]
 """
 
+import argparse
 import json
 import pathlib
-import sys
 
 import jax
 
@@ -73,5 +74,49 @@ def run(
   return results
 
 
+def _positive_int(text: str) -> int:
+  """An argparse type: an integer >= 1."""
+  try:
+    value = int(text)
+  except ValueError:
+    value = 0
+  if value < 1:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}.")
+  return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  """Parses the command line (`--help` prints the options and exits).
+
+  Args:
+    argv: the arguments without the program name; `None` reads `sys.argv`.
+
+  Returns:
+    The namespace with `output_dir` and `num_steps`.
+  """
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.adam_adagrad",
+    description=__doc__.splitlines()[0],
+  )
+  parser.add_argument(
+    "--output_dir",
+    default="runs/adam_adagrad",
+    help="where adam_adagrad.md and adam_adagrad.json are written.",
+  )
+  parser.add_argument(
+    "--num_steps",
+    type=_positive_int,
+    default=1000,
+    help="the length of each optimisation trajectory.",
+  )
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+  """Runs the benchmark with the options of `argv` (see `parse_args`)."""
+  args = parse_args(argv)
+  return run(args.output_dir, num_steps=args.num_steps)
+
+
 if __name__ == "__main__":
-  run(sys.argv[1] if len(sys.argv) > 1 else "runs/adam_adagrad")
+  main()

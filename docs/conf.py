@@ -1,0 +1,117 @@
+"""Sphinx configuration of the equivlab documentation (MyST Markdown).
+
+The API pages are generated from the code at every build (`gen_api.py`);
+the results pages are generated from `docs/results/*.json` by
+`build_results.py` and committed (a test checks that they are current).
+Nothing is fetched from the network: no intersphinx.
+"""
+
+import logging
+import pathlib
+import re
+import sys
+
+_DOCS = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(_DOCS.parent))
+sys.path.insert(0, str(_DOCS))
+
+import gen_api  # noqa: E402
+
+gen_api.write_pages(_DOCS / "api" / "generated")
+
+project = "equivlab"
+author = "the equivlab authors"
+copyright = "the equivlab authors, Apache-2.0"  # noqa: A001
+
+extensions = [
+  "myst_parser",
+  "sphinx.ext.autodoc",
+  "sphinx.ext.autosummary",
+  "sphinx.ext.napoleon",
+]
+source_suffix = {".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "results/*.txt", "**/.ipynb_checkpoints"]
+myst_enable_extensions = ["colon_fence", "dollarmath"]
+myst_heading_anchors = 3
+
+autosummary_generate = False
+autodoc_typehints = "description"
+autodoc_member_order = "bysource"
+autodoc_mock_imports = []
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+# "Attributes:" sections as fields, so that they do not describe the same
+# attribute a second time beside `:members:`.
+napoleon_use_ivar = True
+add_module_names = False
+
+html_theme = "furo"
+html_title = "equivlab"
+html_static_path = []
+html_show_sourcelink = False
+
+# The docstrings are Google style with Markdown code spans (`x`): make the
+# spans RST literals before napoleon reads them.
+_CODE_SPAN = re.compile(r"(?<![`\w])`([^`\n]+)`(?![`\w])")
+
+
+def _markdown_code_spans(app, what, name, obj, options, lines):
+  del app, what, name, obj, options
+  for i, line in enumerate(lines):
+    lines[i] = _CODE_SPAN.sub(r"``\1``", line)
+
+
+class _DocstringMarkup(logging.Filter):
+  """Keeps markup warnings inside docstrings out of the failing warnings.
+
+  Docstrings are written for `help()` and the source reader first; where
+  their layout is not valid reStructuredText (an indented formula after a
+  paragraph line, say) the page still renders, and the problem is listed
+  in `_build/docstring_markup.txt` of the output folder instead of failing
+  the build. Markup problems anywhere else (the guides, the generated
+  pages) stay errors under `-W`.
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.messages = {}  # In order, each once (every handler asks).
+
+  def filter(self, record):
+    location = getattr(record, "location", None)
+    if isinstance(location, tuple):
+      where = str(location[0])
+    elif hasattr(location, "source"):
+      where = str(location.source)
+    else:
+      where = str(location or "")
+    is_docutils = getattr(record, "type", None) == "docutils"
+    if is_docutils and ("docstring of" in where or "<autosummary>" in where):
+      self.messages[f"{where}: {record.getMessage()}"] = None
+      return False
+    return True
+
+
+_MARKUP = _DocstringMarkup()
+
+
+def _report_markup(app, exception):
+  del exception
+  out = pathlib.Path(app.outdir) / "_build"
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "docstring_markup.txt").write_text(
+    "".join(f"{m}\n" for m in _MARKUP.messages), encoding="utf-8"
+  )
+  if _MARKUP.messages:
+    print(
+      f"{len(_MARKUP.messages)} markup problems inside docstrings "
+      f"(not fatal): {out / 'docstring_markup.txt'}"
+    )
+
+
+def setup(app):
+  app.connect("autodoc-process-docstring", _markdown_code_spans, priority=400)
+  app.connect("build-finished", _report_markup)
+  # First in line, before Sphinx's own filters count the warning.
+  for handler in logging.getLogger("sphinx").handlers:
+    handler.filters.insert(0, _MARKUP)
