@@ -178,8 +178,12 @@ def test_overrides_shifts_and_json():
   )
   assert report[""].error is None and report[""].action == "none"
   assert "shift (1, 2)" in report.elements
+  # Zero padding does not commute with circular shifts: the lifting conv
+  # breaks first, and the report says so.
+  assert report.broken.path == "LiftingConv_0"
+  assert "shift" in report.broken.element and "CIRCULAR" in report.why
   data = json.loads(json.dumps(report.to_dict()))
-  assert data["first_break_path"] == "Conv_0"
+  assert data["first_break_path"] == "LiftingConv_0"
   assert [r["path"] for r in data["rows"]] == report.paths
 
 

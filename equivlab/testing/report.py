@@ -26,6 +26,7 @@ intermediate output, plus the comparisons on the host.
 """
 
 import dataclasses
+import functools
 import inspect
 import math
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,7 @@ import numpy as np
 
 from equivlab import checks, gconv
 from equivlab.nn import layers
+from equivlab.ops import xla_options
 from equivlab.testing import equivariance
 
 NOT_MEASURED = "none"
@@ -293,6 +295,15 @@ def _capturing_forward(model, kwargs, mutable, meta):
   return forward
 
 
+@functools.lru_cache(maxsize=32)
+def _forward(model, kwargs, mutable, jit):
+  """The capturing forward pass and its metadata list, compiled once per
+  model and mode (flax modules hash by their attributes)."""
+  meta: list = []
+  forward = _capturing_forward(model, dict(kwargs), list(mutable), meta)
+  return (xla_options.jit(forward, inference=True) if jit else forward), meta
+
+
 def _check_overrides(actions, paths, group, elements):
   if actions is None:
     return {}
@@ -318,6 +329,11 @@ def _worst(errors: dict[str, float]) -> tuple[str, float]:
 
 
 def _why(row: Row, previous: Row | None) -> str:
+  if row.element and "shift" in row.element:
+    return (
+      f"the worst element {row.element!r} is a circular shift, which a "
+      f"{row.layer} commutes with only with 'CIRCULAR' padding and stride 1"
+    )
   if row.exact_expected is False:
     return row.reason
   if row.layer in ("Conv", "ConvTranspose", "ConvLocal"):
@@ -352,7 +368,7 @@ def _call_options(model, variables, train):
       f"takes no 'train' argument: leave train=False."
     )
   kwargs = {"train": train} if has_train else {}
-  mutable = [c for c in variables if c != "params"] if train else False
+  mutable = tuple(c for c in variables if c != "params") if train else ()
   return kwargs, mutable
 
 
@@ -406,10 +422,12 @@ def equivariance_report(
   equivariance.check_array(x, input, "x")
   checks.check_number("rtol", rtol, minimum=0.0, allow_none=True)
   kwargs, mutable = _call_options(model, variables, train)
-  meta: list = []
-  forward = _capturing_forward(model, kwargs, mutable, meta)
-  if jit:
-    forward = jax.jit(forward)
+  try:
+    forward, meta = _forward(model, tuple(kwargs.items()), mutable, jit)
+  except TypeError:  # an unhashable module (a list attribute): no cache
+    forward, meta = _forward.__wrapped__(
+      model, tuple(kwargs.items()), mutable, jit
+    )
   host = np.asarray(x)
   to_fn = jnp.asarray
   with jax.default_matmul_precision("highest"):
