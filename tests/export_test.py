@@ -78,7 +78,7 @@ class OwnGroupLayer(nn.Module):
   @nn.compact
   def __call__(self, f):
     w = self.param("w", nn.initializers.ones, (f.shape[-1],))
-    return f * w
+    return f * w.reshape(1, 1, 1, 1, -1)
 
 
 class WithOwnLayer(nn.Module):

@@ -227,3 +227,15 @@ def test_plot_draws_the_report(tmp_path):
   assert (tmp_path / "r.png").stat().st_size > 1000
   viz.plot_equivariance_report(report.to_dict(), tmp_path / "d.png")
   assert path.endswith("r.png")
+
+
+def test_the_compiled_forward_is_reused_across_shapes():
+  # One compiled forward per model; each input shape keeps its own rows.
+  model = Strided()
+  breaks = []
+  for size in (16, 15, 16):
+    x = _images(size=size)
+    report = testing.equivariance_report(model, _init(model, x), x)
+    breaks.append(report.first_break is not None)
+    assert report["LiftingConv_0"].shape[1] == size - 2
+  assert breaks == [True, False, True]

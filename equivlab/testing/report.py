@@ -259,11 +259,22 @@ def _default_action(shape, group: str, mirrors: bool) -> str:
   return NOT_MEASURED
 
 
+def _signature(variables, x) -> tuple:
+  """What a trace depends on: shapes and dtypes of the arguments."""
+  leaves = jax.tree.leaves((variables, x))
+  dtype = jax.dtypes.canonicalize_dtype
+  return tuple(
+    (np.shape(a), str(dtype(getattr(a, "dtype", None) or np.result_type(a))))
+    for a in leaves
+  )
+
+
 def _capturing_forward(model, kwargs, mutable, meta):
-  """`forward(variables, x) -> [outputs]`; fills `meta` when traced."""
+  """`forward(variables, x) -> [outputs]`; when traced, it records each
+  output's metadata in `meta[_signature(variables, x)]`."""
 
   def forward(variables, x):
-    meta.clear()
+    info = meta[_signature(variables, x)] = []
     outs, seen = [], {}
 
     def record(next_fun, args, kw, context):
@@ -281,7 +292,7 @@ def _capturing_forward(model, kwargs, mutable, meta):
         if not hasattr(leaf, "shape"):
           continue
         name = path if len(leaves) == 1 else f"{path}[{i}]"
-        meta.append((name, type(module).__name__, tuple(leaf.shape), exact))
+        info.append((name, type(module).__name__, tuple(leaf.shape), exact))
         outs.append(leaf)
       return y
 
@@ -299,7 +310,7 @@ def _capturing_forward(model, kwargs, mutable, meta):
 def _forward(model, kwargs, mutable, jit):
   """The capturing forward pass and its metadata list, compiled once per
   model and mode (flax modules hash by their attributes)."""
-  meta: list = []
+  meta: dict = {}
   forward = _capturing_forward(model, dict(kwargs), list(mutable), meta)
   return (xla_options.jit(forward, inference=True) if jit else forward), meta
 
@@ -432,7 +443,7 @@ def equivariance_report(
   to_fn = jnp.asarray
   with jax.default_matmul_precision("highest"):
     refs = [np.asarray(y) for y in forward(variables, to_fn(host))]
-    info = list(meta)
+    info = list(meta[_signature(variables, to_fn(host))])
     mirrors = any(g.mirror for g in elems)
     paths = [name for name, *_ in info]
     overrides = _check_overrides(actions, paths, group, elems)
