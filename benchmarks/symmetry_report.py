@@ -77,12 +77,13 @@ def _variables(model, x):
   return {**variables, **train(variables)}  # running statistics moved
 
 
-def run_report(batch=32, size=28, repeats=10):
+def run_report(batch=32, size=28, repeats=10, names=("p4cnn", "p4mcnn")):
   """(a): the report's time over `1 + elements` forward passes."""
   x = np.random.default_rng(0).standard_normal((batch, size, size, 1))
   x = x.astype(np.float32)
   calls, elements, xj = {}, {}, jnp.asarray(x)
-  for name, group in (("p4cnn", "p4"), ("p4mcnn", "p4m")):
+  for name in names:
+    group = "p4m" if name == "p4mcnn" else "p4"
     model = models.get_model(name)
     v = _variables(model, xj)
     fwd = xla_options.jit(lambda v, a, m=model: m.apply(v, a), inference=True)

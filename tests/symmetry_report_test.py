@@ -47,3 +47,22 @@ def test_bad_flags_are_refused():
     symmetry_report.Config(image_size=20)
   with pytest.raises(ValueError, match="model"):
     symmetry_report.Config(model="resnet")
+
+
+def test_benchmark_smoke_and_help(monkeypatch, capsys):
+  from benchmarks import symmetry_report as bench  # noqa: PLC0415
+
+  report = bench.run_report(batch=1, repeats=1, names=("p4cnn",))
+  (key,) = report["ratios"]
+  assert key == "(a) p4cnn report / (4 forward passes)"
+  assert report["ratios"][key] > 0
+  exported = bench.run_export(batch=1, repeats=1, names=("user",))
+  assert exported["ratios"]["(b) user exported / group"] > 0
+  monkeypatch.setattr("sys.argv", ["symmetry_report", "--help"])
+  with pytest.raises(SystemExit) as info:
+    bench.main()
+  assert info.value.code == 0 and "--repeats" in capsys.readouterr().out
+  monkeypatch.setattr("sys.argv", ["symmetry_report", "--size=20"])
+  with pytest.raises(SystemExit):
+    bench.main()
+  assert "--size >= 28, got 20" in capsys.readouterr().err

@@ -19,6 +19,7 @@ plain convolution with an expanded filter bank.
 `save_inference` serialises it with `jax.export` (StableHLO).
 """
 
+import functools
 import inspect
 import math
 import os
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 _CONVS = (layers.LiftingConv, layers.GroupConv)
-_KEPT = (layers.GroupPool, layers.SpatialMaxPool)
 # Relative float error of a whole network's outputs, by dtype.
 _RTOL = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-4}
 _MISMATCH = "variables do not match the model"
@@ -63,11 +63,9 @@ _SIZES = (32, 28, 64, 128)  # spatial sizes tried when no input shape is given
 def lifting_layer_params(
   kernel: Any, bias: Any | None, group: str = "p4"
 ) -> tuple[np.ndarray, np.ndarray]:
-  """A lifting conv's plain kernel and bias.
-
-  From `kernel [k, k, Cin, F]` and `bias [F]` (or None) to
-  `(kernel [k, k, Cin, F * G], bias [F * G])`, channel `o * G + g`: a plain
-  correlation gives `lifting_conv` reshaped to `[N, H', W', F * G]`.
+  """A lifting conv's plain `(kernel [k, k, Cin, F * G], bias [F * G])`,
+  channel `o * G + g`, from `kernel [k, k, Cin, F]` and `bias [F]` (or
+  None): a plain correlation gives `lifting_conv` as `[N, H', W', F * G]`.
   """
   bank = np.asarray(gconv.lifting_filter_bank(kernel, group))
   return bank, _repeat_bias(bias, kernel, groups.group_order(group))
@@ -76,12 +74,9 @@ def lifting_layer_params(
 def group_layer_params(
   kernel: Any, bias: Any | None, group: str = "p4"
 ) -> tuple[np.ndarray, np.ndarray]:
-  """A group conv's plain kernel and bias.
-
-  From `kernel [k, k, Cin, G, F]` and `bias [F]` (or None) to
-  `(kernel [k, k, Cin * G, F * G], bias [F * G])` for maps laid out as
-  `[N, H, W, C * G]` (channel `c * G + g`).
-  """
+  """A group conv's plain `(kernel [k, k, Cin * G, F * G], bias [F * G])`
+  from `kernel [k, k, Cin, G, F]` and `bias [F]` (or None), for maps laid
+  out as `[N, H, W, C * G]` (channel `c * G + g`)."""
   bank = np.asarray(gconv.group_filter_bank(kernel, group))
   return bank, _repeat_bias(bias, kernel, groups.group_order(group))
 
@@ -195,10 +190,9 @@ def _is_batch_norm(module) -> bool:
 def _plain_conv(module, x, kernel, bias):
   """A `LiftingConv` / `GroupConv` call as one plain convolution."""
   order = groups.group_order(module.group)
-  lifting = isinstance(module, layers.LiftingConv)
-  if not lifting:
+  if isinstance(module, layers.GroupConv):
     x = x.reshape(*x.shape[:3], x.shape[3] * x.shape[4])
-  if kernel.shape[2] != x.shape[-1] or kernel.shape[3] % order:
+  if kernel.shape[2:] != (x.shape[-1], module.features * order):
     raise ValueError(
       f"exported variables of {_path(module)!r} do not match the module: "
       f"kernel {kernel.shape} on an input of {x.shape[-1]} channels (shape "
@@ -209,13 +203,9 @@ def _plain_conv(module, x, kernel, bias):
   stride, dilation = module.strides, module.kernel_dilation
   if padding == "CIRCULAR":
     x, padding = wrap_pad(x, kernel.shape[0], stride, dilation), "VALID"
+  s, d = (stride, stride), (dilation, dilation)
   y = convolution.conv2d(
-    x,
-    kernel,
-    stride=(stride, stride),
-    padding=padding,
-    dilation=(dilation, dilation),
-    impl=module.conv_impl,
+    x, kernel, stride=s, padding=padding, dilation=d, impl=module.conv_impl
   )
   y = y + bias.reshape(1, 1, 1, -1)
   return y.reshape(*y.shape[:3], -1, order)
@@ -224,12 +214,10 @@ def _plain_conv(module, x, kernel, bias):
 class ExportedNetwork(nn.Module):
   """A network of equivlab layers run as plain convolutions (eval only).
 
-  Runs `network` (sharing its variable scope: the exported variables have
-  the network's own paths) with every `LiftingConv` / `GroupConv` replaced
-  by one `conv2d` with its expanded filter bank, and every eval-mode batch
-  norm by its affine map, or by nothing where `folded` names it (folded into
-  the convolution before it). Use `apply` with `export`'s variables; `init`
-  is not supported (the variables come from `export`).
+  Runs `network` in its own variable scope (the exported variables keep
+  its paths), each group conv as one `conv2d` with its expanded bank, each
+  batch norm as its affine map or, where `folded` names it, as nothing.
+  Only `apply`, with `export`'s variables.
 
   Attributes:
     network: the group network.
@@ -246,12 +234,8 @@ class ExportedNetwork(nn.Module):
 
   def __call__(self, x: jax.Array) -> Any:
     """The network's eval-mode output at `x`."""
-    folded = self.folded  # a closure, not a method: methods are intercepted
-
-    def swap(next_fun, args, kwargs, context):
-      return _swap(folded, next_fun, args, kwargs, context)
-
-    with nn.intercept_methods(swap):
+    # A partial, not a method: the module's own methods are intercepted.
+    with nn.intercept_methods(functools.partial(_swap, self.folded)):
       return self.network(x, **dict(self.call_kwargs))
 
 
@@ -300,13 +284,14 @@ def _call_kwargs(model) -> tuple[tuple[str, Any], ...]:
   return (("train", False),) if "train" in params else ()
 
 
+class _NotExportable(ValueError):
+  """A model export refuses whatever its input."""
+
+
 def _own_variables(module) -> bool:
   """Whether the bound `module` holds variables itself (not its children)."""
-  return any(
-    not isinstance(v, dict | flax.core.FrozenDict)
-    for tree in module.variables.values()
-    for v in tree.values()
-  )
+  trees = module.variables.values()
+  return any(not hasattr(v, "items") for t in trees for v in t.values())
 
 
 def _trace(model, variables, x, kwargs) -> list[tuple]:
@@ -315,12 +300,19 @@ def _trace(model, variables, x, kwargs) -> list[tuple]:
   calls = []
 
   def record(next_fun, args, kw, context):
-    out = next_fun(*args, **kw)
     module = context.module
-    if context.method_name == "__call__" and module.path:
-      x = args[0] if args else None
-      own = _own_variables(module)
-      calls.append((module, tuple(module.path), x, out, kw, own))
+    if context.method_name != "__call__" or not module.path:
+      return next_fun(*args, **kw)
+    if _is_batch_norm(module) and not kw.get(
+      "use_running_average", module.use_running_average
+    ):
+      raise _NotExportable(
+        f"batch norm {_path(module)!r} normalises with the batch's "
+        f"statistics in the exported call: export needs eval mode."
+      )
+    x, own = (args[0] if args else None), _own_variables(module)
+    out = next_fun(*args, **kw)
+    calls.append((module, tuple(module.path), x, out, kw, own))
     return out
 
   def run(a):
@@ -371,7 +363,9 @@ def _traced(model, variables, input_shape, kwargs):
       return _trace(model, variables, x, kwargs), x
     except Exception as e:
       shape_error = isinstance(e.__cause__, flax.errors.ScopeParamShapeError)
-      if input_shape is not None or (_MISMATCH in str(e) and not shape_error):
+      if input_shape is not None or isinstance(e, _NotExportable):
+        raise
+      if _MISMATCH in str(e) and not shape_error:
         raise
       if i == len(shapes) - 1:
         raise ValueError(
@@ -379,10 +373,7 @@ def _traced(model, variables, input_shape, kwargs):
           f"(tried {shapes}; the last gave {type(e).__name__}: {e}): pass "
           f"input_shape=(N, H, W, C)."
         ) from e
-  raise ValueError(
-    f"export found no kernel to guess an input for {type(model).__name__} "
-    f"from: pass input_shape=(N, H, W, C)."
-  )
+  raise ValueError("export found no kernel: pass input_shape=(N, H, W, C).")
 
 
 # --------------------------------------------------------------------------
@@ -397,11 +388,9 @@ def _set(tree: dict, path: tuple[str, ...], value) -> None:
 
 def _drop(tree: dict, path: tuple[str, ...]) -> None:
   """Removes `tree[path]` and every dict it leaves empty."""
-  if path[0] not in tree:
-    return
-  if len(path) > 1:
+  if path[0] in tree and len(path) > 1:
     _drop(tree[path[0]], path[1:])
-  if len(path) == 1 or not tree[path[0]]:
+  if path[0] in tree and (len(path) == 1 or not tree[path[0]]):
     del tree[path[0]]
 
 
@@ -439,12 +428,9 @@ def _export_conv(module, path, out):
 
 
 def _check_exportable(module, path: str, own: bool) -> None:
-  kept = isinstance(module, _KEPT) or (
-    isinstance(module, layers.Normalization) and module.kind != "batch"
-  )
-  if kept or type(module).__module__.startswith("flax."):
-    return
-  if own:
+  # Other normalisations compute from the sample: they run as they are.
+  kept = isinstance(module, layers.Normalization)
+  if own and not kept and not type(module).__module__.startswith("flax."):
     raise TypeError(
       f"cannot export layer {path!r} of type {type(module).__name__}: a "
       f"layer with its own variables must be an equivlab layer (LiftingConv, "
@@ -473,25 +459,13 @@ def _plan(calls, variables, fold: bool):
 
 
 def _export_norm(module, x, kw, name, path, out, last_conv, folded, fold):
-  running = kw.get("use_running_average", module.use_running_average)
-  if not running:
-    raise ValueError(
-      f"batch norm {name!r} normalises with the batch's statistics in "
-      f"the exported call: export needs eval mode (use_running_average)."
-    )
   norm = _get(out["params"], path)
-  stats = _get(out.get("batch_stats", {}), path) or None
-  if stats is None:
-    raise ValueError(
-      f"variables lack 'batch_stats' for batch norm {name!r}: pass the "
-      f"trained network's variables with its running statistics."
-    )
+  stats = _get(out.get("batch_stats", {}), path)
   try:
     if fold and last_conv is not None and last_conv[1] is x:
       conv_path, _, kernel, bias = last_conv
-      order = x.shape[-1]
       kernel, bias = fold_batch_norm(
-        kernel, bias, norm, stats, order=order, epsilon=module.epsilon
+        kernel, bias, norm, stats, order=x.shape[-1], epsilon=module.epsilon
       )
       _set(out["params"], conv_path, {"kernel": kernel, "bias": bias})
       folded.append(name)
@@ -507,31 +481,19 @@ def _export_norm(module, x, kw, name, path, out, last_conv, folded, fold):
     del out["batch_stats"]
 
 
-def _rtol(*arrays) -> float:
-  dtypes = [np.asarray(a).dtype for a in arrays]
-  return max(_RTOL.get(d, 1e-4) for d in dtypes)
-
-
-def _relative_error(got, want) -> float:
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  if got.shape != want.shape or not want.size:
-    return math.inf if got.shape != want.shape else 0.0
-  diff, scale = np.max(np.abs(got - want)), np.max(np.abs(want))
-  return float(diff / scale) if scale > 0 else float(diff and math.inf)
-
-
 def _max_error(model, variables, plain, plain_vars, x, kwargs) -> float:
+  """The largest difference of the outputs, in units of float error."""
   want = jax.tree.leaves(model.apply(variables, x, **kwargs))
   got = jax.tree.leaves(plain.apply(plain_vars, x))
-  if len(got) != len(want):
-    return math.inf
-  return max(
-    (
-      _relative_error(g, w) / _rtol(g, w)
-      for g, w in zip(got, want, strict=True)
-    ),
-    default=0.0,
-  )
+  worst = 0.0 if len(got) == len(want) else math.inf
+  for g, w in zip(got, want, strict=False):
+    rtol = max(_RTOL.get(np.dtype(a.dtype), 1e-4) for a in (g, w))
+    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+    if g.shape != w.shape:
+      return math.inf
+    scale = rtol * max(float(np.max(np.abs(w), initial=0.0)), 1e-30)
+    worst = max(worst, float(np.max(np.abs(g - w), initial=0.0)) / scale)
+  return worst
 
 
 def export(
@@ -544,8 +506,7 @@ def export(
   """The plain network that computes a group network's eval-mode outputs.
 
   For any flax module whose group layers are equivlab's (module
-  docstring). The model is traced once to see which layers run, and the
-  exported network is checked against it on a random input.
+  docstring); checked against the model on a random input.
 
   Args:
     model: the group network; called with `train=False` if it takes `train`.
@@ -555,15 +516,13 @@ def export(
     check_on: optional inputs on which the outputs are compared as well.
 
   Returns:
-    `(exported, exported_variables)`: call
-    `exported.apply(exported_variables, x)` for the outputs.
+    `(exported, exported_variables)`, for `exported.apply(variables, x)`.
 
   Raises:
-    TypeError: if `model` is not a flax module, or for a layer that cannot
+    TypeError: for a model that is no flax module, or a layer that cannot
       be exported (naming its path and type).
-    ValueError: if the variables do not match the model (widths, missing
-      statistics, a negative running variance), for a batch norm in train
-      mode, or if no input shape fits.
+    ValueError: for variables that do not match the model (widths, missing
+      statistics, a negative variance), a batch norm in train mode.
     RuntimeError: if the exported outputs differ by more than float error.
   """
   if not isinstance(model, nn.Module):
@@ -592,21 +551,15 @@ def export(
 def export_p4cnn(
   model: layers.P4CNN, variables: Any, *, check_on: Any | None = None
 ) -> tuple[ExportedNetwork, dict[str, Any]]:
-  """`export` for a `layers.P4CNN` / `P4MCNN` (traced on 28x28 images).
-
-  Raises:
-    TypeError: if `model` is not a `layers.P4CNN`.
-    ValueError, RuntimeError: as `export`.
-  """
+  """`export` for a `layers.P4CNN` / `P4MCNN` (traced on 28x28 images);
+  a TypeError for any other model."""
   if not isinstance(model, layers.P4CNN):
     raise TypeError(
       f"model must be a layers.P4CNN or P4MCNN (models 'p4cnn', "
       f"'p4cnn_rotpool', 'p4mcnn'), got {type(model).__name__}."
     )
-  size = model.MIN_SIZE
-  return export(
-    model, variables, input_shape=(1, size, size, 1), check_on=check_on
-  )
+  shape = (1, model.MIN_SIZE, model.MIN_SIZE, 1)
+  return export(model, variables, input_shape=shape, check_on=check_on)
 
 
 # --------------------------------------------------------------------------
@@ -625,8 +578,8 @@ def save_inference(
 ) -> Any:
   """Serialises the exported network's inference function to `path`.
 
-  `x -> outputs` of the exported network (`export`), its variables baked
-  in as constants, as portable StableHLO. It runs with jax alone::
+  `x -> outputs` of `export`'s network, variables baked in, as portable
+  StableHLO that runs with jax alone::
 
     exported = jax.export.deserialize(open(path, "rb").read())
     logits = exported.call(x)
@@ -676,13 +629,14 @@ def load_inference(path: str | os.PathLike) -> Callable[[Any], Any]:
   """The inference function `save_inference` wrote: `x -> outputs`.
 
   Raises:
-    FileNotFoundError: if `path` does not exist.
-    ValueError: if the file is not a `jax.export` artifact.
+    FileNotFoundError / ValueError: if `path` does not exist / is not a
+      `jax.export` artifact.
   """
-  with open(path, "rb") as f:
-    blob = f.read()
   try:
-    exported = jax.export.deserialize(bytearray(blob))
+    with open(path, "rb") as f:
+      exported = jax.export.deserialize(bytearray(f.read()))
+  except OSError:
+    raise
   except Exception as e:  # noqa: BLE001 (flatbuffers errors vary)
     raise ValueError(
       f"{os.fspath(path)!r} is not a jax.export artifact (as save_inference "
