@@ -33,6 +33,7 @@ import numpy as np
 from equivlab import export, testing
 from equivlab.nn import layers, models
 from equivlab.ops import xla_options
+from equivlab.testing import report as report_module
 
 
 class UserNet(nn.Module):
@@ -77,30 +78,61 @@ def _variables(model, x):
   return {**variables, **train(variables)}  # running statistics moved
 
 
+def _cold(fn):
+  """Seconds of one call after every compiled program is dropped."""
+  jax.clear_caches()
+  report_module._forward.cache_clear()
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
 def run_report(batch=32, size=28, repeats=10, names=("p4cnn", "p4mcnn")):
-  """(a): the report's time over `1 + elements` forward passes."""
+  """(a): the report's time over `1 + elements` forward passes.
+
+  Warm: the minimum over repeated calls, the report's programs compiled
+  (plain forward passes, and the report's capturing forward, which returns
+  every intermediate output). Cold: one first call each, compilation
+  included (the report against one compiled forward and `elements` more).
+  """
   x = np.random.default_rng(0).standard_normal((batch, size, size, 1))
   x = x.astype(np.float32)
-  calls, elements, xj = {}, {}, jnp.asarray(x)
+  calls, passes, xj, cold = {}, {}, jnp.asarray(x), {}
   for name in names:
     group = "p4m" if name == "p4mcnn" else "p4"
     model = models.get_model(name)
     v = _variables(model, xj)
-    fwd = xla_options.jit(lambda v, a, m=model: m.apply(v, a), inference=True)
+
+    def forward(m=model, v=v):
+      return xla_options.jit(lambda v, a: m.apply(v, a), inference=True)
+
+    def report(m=model, v=v, g=group):
+      return testing.equivariance_report(m, v, x, group=g).rows[-1].error
+
+    fwd = forward()
+    capture, _ = report_module._forward(model, (("train", False),), (), True)
     calls[f"{name} forward"] = lambda f=fwd, v=v: f(v, xj)
-    calls[f"{name} report"] = lambda m=model, v=v, g=group: (
-      testing.equivariance_report(m, v, x, group=g).rows[-1].error
-    )
-    elements[name] = 8 if group == "p4m" else 4
+    calls[f"{name} capturing forward"] = lambda f=capture, v=v: f(v, xj)
+    calls[f"{name} report"] = report
+    passes[name] = 8 if group == "p4m" else 4
+    cold[f"{name} report"] = _cold(report)
+    cold[f"{name} forward"] = _cold(lambda f=forward, v=v: f()(v, xj))
   timings = _time(calls, repeats)
-  ratios = {
-    f"(a) {name} report / ({n} forward passes)": timings[f"{name} report"][
-      "min_s"
-    ]
-    / (n * timings[f"{name} forward"]["min_s"])
-    for name, n in elements.items()
-  }
-  return {"timings": timings, "ratios": ratios}
+  ratios = {}
+  for name, n in passes.items():
+    t = {k: timings[f"{name} {k}"]["min_s"] for k in ("report", "forward")}
+    t["capture"] = timings[f"{name} capturing forward"]["min_s"]
+    ratios[f"(a) {name} report / ({n} forward passes), warm"] = t["report"] / (
+      n * t["forward"]
+    )
+    ratios[f"(a) {name} report / ({n} capturing passes), warm"] = t[
+      "report"
+    ] / (n * t["capture"])
+    first = cold[f"{name} forward"] + (n - 1) * t["forward"]
+    ratios[f"(a) {name} report / ({n} forward passes), cold"] = (
+      cold[f"{name} report"] / first
+    )
+  return {"timings": timings, "first_call_s": cold, "ratios": ratios}
 
 
 def run_export(batch=32, size=28, repeats=10, names=("p4cnn", "user")):

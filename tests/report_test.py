@@ -239,3 +239,45 @@ def test_the_compiled_forward_is_reused_across_shapes():
     breaks.append(report.first_break is not None)
     assert report["LiftingConv_0"].shape[1] == size - 2
   assert breaks == [True, False, True]
+
+
+class P4mBroken(nn.Module):
+  """p4m layers, then a plain conv: rows of every action."""
+
+  @nn.compact
+  def __call__(self, x):
+    h = layers.LiftingConv(2, 3, group="p4m", padding="CIRCULAR")(x)
+    h = layers.GroupConv(2, 3, group="p4m", padding="CIRCULAR")(h)
+    h = nn.Conv(3, (3, 3))(h.reshape(*h.shape[:3], 16))
+    return jnp.mean(h, axis=(1, 2))
+
+
+def test_errors_match_equivariance_error_on_each_output():
+  model = P4mBroken()
+  x = _images(size=9)
+  variables = _init(model, x)
+  report = testing.equivariance_report(
+    model, variables, x, group="p4m", shifts=[(2, -1)]
+  )
+
+  def output(path, a):
+    _, state = model.apply(
+      variables, a, capture_intermediates=True, mutable=["intermediates"]
+    )
+    tree = state["intermediates"]
+    for part in path.split("/") if path else []:
+      tree = tree[part]
+    return tree["__call__"][0]
+
+  for row in report:
+    want = testing.equivariance_error(
+      lambda a, p=row.path: output(p, a),
+      x,
+      group="p4m",
+      output=row.action,
+      shifts=[(2, -1)],
+    )
+    name, err = testing.worst(want)
+    np.testing.assert_allclose(row.error, err, rtol=1e-3, atol=1e-7)
+  assert [r.action for r in report] == ["p4m", "p4m", "image", "invariant"]
+  assert report.broken.path == "Conv_0"

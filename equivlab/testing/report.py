@@ -440,37 +440,77 @@ def equivariance_report(
       model, tuple(kwargs.items()), mutable, jit
     )
   host = np.asarray(x)
-  to_fn = jnp.asarray
   with jax.default_matmul_precision("highest"):
-    refs = [np.asarray(y) for y in forward(variables, to_fn(host))]
-    info = list(meta[_signature(variables, to_fn(host))])
+    refs = forward(variables, jnp.asarray(host))
+    info = list(meta[_signature(variables, jnp.asarray(host))])
     mirrors = any(g.mirror for g in elems)
     paths = [name for name, *_ in info]
     overrides = _check_overrides(actions, paths, group, elems)
-    acts = [
+    acts = tuple(
       overrides.get(name, _default_action(shape, group, mirrors))
       for name, _, shape, _ in info
-    ]
+    )
     errors = [{} for _ in info]
-    for g in elems:
-      moved = forward(variables, to_fn(equivariance._act(g, host, input)))
-      for i, (y, ref) in enumerate(zip(moved, refs, strict=True)):
-        if acts[i] != NOT_MEASURED:
-          want = equivariance._act(g, ref, acts[i])
-          errors[i][equivariance.element_name(g)] = equivariance.relative_error(
-            np.asarray(y), want
+    for i, g in enumerate(elems):
+      moved = forward(variables, jnp.asarray(equivariance._act(g, host, input)))
+      diffs, scales = _compare(acts, tuple(elems), i, moved, refs)
+      diffs, scales = np.asarray(diffs), np.asarray(scales)
+      for j, action in enumerate(acts):
+        if action != NOT_MEASURED:
+          errors[j][equivariance.element_name(g)] = _relative(
+            float(diffs[j]), float(scales[j])
           )
-  return _make_report(info, acts, errors, refs, host, group, elems, rtol)
+  dtypes = [np.dtype(r.dtype) for r in refs]
+  return _make_report(info, acts, errors, dtypes, host, group, elems, rtol)
 
 
-def _make_report(info, acts, errors, refs, host, group, elems, rtol):
+def _relative(diff: float, scale: float) -> float:
+  """`diff / scale` as `equivariance.relative_error` defines it."""
+  if math.isnan(diff) or math.isnan(scale):
+    return math.nan
+  if diff == 0.0:
+    return 0.0
+  return diff / scale if scale > 0 else math.inf
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _compare(acts, elements, index, moved, refs):
+  """`max |y(g x) - g y(x)|` and `max |y(x)|` of every output, on the
+  device, for `g = elements[index]`: one program for all the elements (a
+  `lax.switch` over their static rot90s, flips and rolls)."""
+
+  def one(g):
+    def branch(moved, refs):
+      diffs, scales = [], []
+      for action, got, ref in zip(acts, moved, refs, strict=True):
+        if action == NOT_MEASURED or got.shape != ref.shape:
+          bad = action != NOT_MEASURED
+          diffs.append(jnp.asarray(jnp.inf if bad else 0.0, jnp.float32))
+          scales.append(jnp.asarray(1.0, jnp.float32))
+          continue
+        ref = jnp.asarray(ref, jnp.promote_types(ref.dtype, jnp.float32))
+        diff = jnp.abs(jnp.asarray(got, ref.dtype) - _act(g, ref, action))
+        diffs.append(jnp.max(diff, initial=0.0).astype(jnp.float32))
+        scales.append(jnp.max(jnp.abs(ref), initial=0.0).astype(jnp.float32))
+      return jnp.stack(diffs), jnp.stack(scales)
+
+    return branch
+
+  return jax.lax.switch(index, [one(g) for g in elements], moved, refs)
+
+
+def _act(g, a, action):
+  return a if action == "invariant" else equivariance._act(g, a, action)
+
+
+def _make_report(info, acts, errors, dtypes, host, group, elems, rtol):
   rows = []
   for (name, layer, shape, (exact, reason)), action, errs in zip(
     info, acts, errors, strict=True
   ):
     element, error = _worst(errs) if errs else (None, None)
     rows.append(Row(name, layer, action, shape, error, element, exact, reason))
-  dtypes = [host.dtype] + [r.dtype for r in refs]
+  dtypes = [host.dtype, *dtypes]
   floats = [d for d in dtypes if jnp.issubdtype(d, jnp.floating)]
   dtype = max(floats, key=equivariance.default_rtol) if floats else None
   tol = float(rtol) if rtol is not None else equivariance.default_rtol(dtype)
