@@ -450,3 +450,23 @@ def test_benchmark_refuses_bad_sizes_before_timing(
   with pytest.raises(SystemExit):
     bench.main()
   assert message in capsys.readouterr().err
+
+
+def test_other_normalisations_and_no_train_argument_run_as_they_are():
+  class LayerNormNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = layers.LiftingConv(2, 3, group="p4m")(x)
+      h = layers.Normalization(kind="layer")(h)
+      h = layers.SpatialMaxPool(2)(nn.relu(h))
+      return nn.Dense(3)(jnp.max(h, axis=(1, 2, 4)))
+
+  model = LayerNormNet()
+  x = jnp.asarray(_images(0, size=16))
+  variables = model.init(_key(0), x)
+  plain, plain_vars = export.export(model, variables)
+  assert plain.call_kwargs == ()
+  assert set(plain_vars["params"]["Normalization_0"]) == {"scale", "bias"}
+  np.testing.assert_allclose(
+    plain.apply(plain_vars, x), model.apply(variables, x), rtol=1e-5, atol=1e-6
+  )

@@ -281,3 +281,23 @@ def test_errors_match_equivariance_error_on_each_output():
     np.testing.assert_allclose(row.error, err, rtol=1e-3, atol=1e-7)
   assert [r.action for r in report] == ["p4m", "p4m", "image", "invariant"]
   assert report.broken.path == "Conv_0"
+
+
+def test_a_block_on_group_maps():
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, f):
+      h = layers.GroupConv(2, 3, group="p4m")(f)
+      return nn.relu(layers.Normalization(kind="layer")(h))
+
+  f = np.random.default_rng(1).standard_normal((2, 7, 7, 3, 8))
+  f = f.astype(np.float32)
+  model = Block()
+  report = testing.equivariance_report(
+    model, _init(model, f), f, group="p4m", input="p4m"
+  )
+  assert report.paths == ["GroupConv_0", "Normalization_0", ""]
+  assert [r.action for r in report] == ["p4m"] * 3
+  assert report.first_break is None
+  with pytest.raises(ValueError, match="group axis"):
+    testing.equivariance_report(model, _init(model, f), f, input="p4")
