@@ -401,6 +401,24 @@ def test_module_check_errors():
     )
 
 
+def test_options_that_do_not_apply_are_refused():
+  conv = layers.LiftingConv(3)  # no `train` argument, so one mode
+  with pytest.raises(ValueError, match="takes no 'train' argument"):
+    testing.module_equivariance_errors(conv, _X, modes=("eval",))
+
+  class NoParams(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return gconv.group_pool(x, "max")
+
+  with pytest.raises(ValueError, match="no parameters, so there is no"):
+    testing.module_equivariance_errors(
+      NoParams(), _F, input="p4", output="image", optimizer=optax.sgd(0.1)
+    )
+  with pytest.raises(ValueError, match=r"shifts\[1\] is \(0, 0\)"):
+    testing.equivariance_error(_LIFT, _X, shifts=[(1, 0), (0, 0)])
+
+
 # --------------------------------------------------------------------------
 # Strategies.
 

@@ -504,3 +504,56 @@ def format_table(
   )
   rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
   return "\n".join([line(columns), rule, *(line(r) for r in cells)])
+
+
+def plot_equivariance_report(
+  report: Any, path: PathLike, *, title: str | None = None
+) -> str:
+  """Equivariance error per layer on a log axis, with the float-error band.
+
+  Args:
+    report: an `equivlab.testing.equivariance_report` result, or its
+      `to_dict()` (as the experiments write it to JSON).
+    path: where the PNG goes.
+    title: figure title.
+
+  Returns:
+    `path` as a string.
+
+  Raises:
+    ValueError: if the report measured no row.
+  """
+  data = report.to_dict() if hasattr(report, "to_dict") else dict(report)
+  rows = [r for r in data["rows"] if r["error"] is not None]
+  if not rows:
+    raise ValueError("the report has no measured row to plot.")
+  floor = data["rtol"] * 1e-6 if data["rtol"] > 0 else 1e-18
+  errors = [max(float(r["error"]), floor) for r in rows]
+  names = [r["path"] or "(output)" for r in rows]
+  broken = data.get("first_break_path")
+  fig = Figure(figsize=(max(4.0, 0.45 * len(rows) + 2.0), 4.2))
+  ax = fig.subplots()
+  x = np.arange(len(rows))
+  ax.axhspan(floor, data["rtol"], color="C2", alpha=0.15, label="float error")
+  colours = ["C3" if not (e <= data["rtol"]) else "C0" for e in errors]
+  ax.plot(x, errors, color="0.6", lw=1, zorder=1)
+  ax.scatter(x, errors, c=colours, zorder=2)
+  for i, r in enumerate(rows):
+    if r["exact_expected"] is False:
+      ax.annotate(
+        "inexact",
+        (i, errors[i]),
+        fontsize=7,
+        xytext=(3, 4),
+        textcoords="offset points",
+      )
+  if broken is not None and broken in [r["path"] for r in rows]:
+    i = [r["path"] for r in rows].index(broken)
+    ax.axvline(i, color="C3", ls="--", lw=1, label="first break")
+  ax.set_yscale("log")
+  ax.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+  ax.set_ylabel("worst relative error")
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize=8, loc="upper left")
+  ax.set_title(title or f"equivariance per layer ({data['group']})")
+  return _save(fig, path)

@@ -17,6 +17,10 @@ translations. Failures are `AssertionError`s naming the worst element
 ("rot 270", "mirror then rot 90", "shift (2, 3)"), its relative error and
 the tolerance.
 
+When a network is not equivariant, `equivariance_report(model, variables,
+x)` measures every submodule's output and names the first layer that
+breaks the symmetry, and why ("stride 2 on an even input").
+
 Hypothesis strategies (images, group maps, group elements, convolution
 shapes on which `gconv.is_exactly_equivariant` holds) live in
 `equivlab.testing.strategies`, which needs the `test` extra (hypothesis);
@@ -44,11 +48,19 @@ from equivlab.testing.modules import (
   assert_module_equivariant,
   module_equivariance_errors,
 )
+from equivlab.testing.report import (
+  Report,
+  Row,
+  equivariance_report,
+  why_inexact,
+)
 
 __all__ = [
   "ACTIONS",
   "GROUPS",
   "Measurement",
+  "Report",
+  "Row",
   "assert_equivariant",
   "assert_invariant",
   "assert_module_equivariant",
@@ -56,10 +68,12 @@ __all__ = [
   "default_rtol",
   "element_name",
   "equivariance_error",
+  "equivariance_report",
   "module_equivariance_errors",
   "relative_error",
   "resolve_elements",
   "strategies",
+  "why_inexact",
   "worst",
 ]
 

@@ -142,6 +142,11 @@ def resolve_elements(
     if len(shift) != 2:
       raise ValueError(f"shifts[{i}] must be a pair (dy, dx), got {shift!r}.")
     checks.check_ints(f"shifts[{i}]", list(shift))
+    if tuple(shift) == (0, 0):
+      raise ValueError(
+        f"shifts[{i}] is (0, 0), the identity, which checks nothing: give "
+        f"non-zero shifts."
+      )
     t = groups.Element(0, 0, (int(shift[0]), int(shift[1])))
     moved += [t] + [groups.compose(t, g) for g in base]
   unique = {element_name(g): g for g in [*base, *moved]}

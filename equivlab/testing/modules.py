@@ -100,13 +100,23 @@ def _check_module_args(module, steps, seed, modes, train_kwarg):
     )
   checks.check_int("steps", steps, minimum=1)
   checks.check_int("seed", seed, minimum=0)
+  given = modes is not None
+  modes = _MODES if modes is None else modes
   if isinstance(modes, str) or not modes or not isinstance(modes, Sequence):
     raise ValueError(
       f"modes must be a non-empty subset of {_MODES}, got {modes!r}."
     )
   for i, mode in enumerate(modes):
     checks.check_choice(f"modes[{i}]", mode, _MODES)
-  return tuple(modes) if _has_kwarg(module, train_kwarg) else ("apply",)
+  if _has_kwarg(module, train_kwarg):
+    return tuple(modes)
+  if given:
+    raise ValueError(
+      f"modes={tuple(modes)!r} picks train or eval mode, but "
+      f"{type(module).__name__}.__call__ takes no {train_kwarg!r} argument, "
+      f"so it has one mode: leave modes=None."
+    )
+  return ("apply",)
 
 
 def module_equivariance_errors(
@@ -121,7 +131,7 @@ def module_equivariance_errors(
   steps: int = 3,
   optimizer: optax.GradientTransformation | None = None,
   loss_fn: Callable[[jax.Array], jax.Array] | None = None,
-  modes: Sequence[str] = _MODES,
+  modes: Sequence[str] | None = None,
   train_kwarg: str | None = "train",
   seed: int = 0,
 ) -> dict[str, equivariance.Measurement]:
@@ -139,7 +149,8 @@ def module_equivariance_errors(
       squared distance to a fixed random target near the initial output
       (the initial output plus its standard deviation times N(0, 1)).
     modes: "train" (batch statistics) and/or "eval" (running averages),
-      passed as `train_kwarg=True/False` to the module.
+      passed as `train_kwarg=True/False` to the module; None: both (or
+      the one mode of a module without `train_kwarg`).
     train_kwarg: the name of the module's mode argument; if the module's
       `__call__` has no such argument (or it is None) the module is
       checked in its one mode, named "apply". Training updates every
@@ -166,6 +177,11 @@ def module_equivariance_errors(
   mutable = [c for c in variables if c != "params"]
   applies = {m: _make_apply(module, m, mutable, train_kwarg) for m in modes}
   stages = [("init", variables)]
+  if not variables.get("params") and (optimizer or loss_fn):
+    raise ValueError(
+      f"{type(module).__name__} has no parameters, so there is no training "
+      f"stage and optimizer / loss_fn would be ignored: leave them None."
+    )
   if variables.get("params"):
     train_mode = "apply" if modes == ("apply",) else "train"
     trained = _train(
@@ -211,7 +227,7 @@ def assert_module_equivariant(
   steps: int = 3,
   optimizer: optax.GradientTransformation | None = None,
   loss_fn: Callable[[jax.Array], jax.Array] | None = None,
-  modes: Sequence[str] = _MODES,
+  modes: Sequence[str] | None = None,
   train_kwarg: str | None = "train",
   seed: int = 0,
 ) -> dict[str, dict[str, float]]:
