@@ -8,6 +8,7 @@ _INSTALL_REQUIRES = [
   # 3.10 only gets jax 0.6 / flax 0.10 / orbax 0.11, which equivlab does not
   # run on (no jax.enable_x64, checkpoint and mesh failures).
   "chex>=0.1.90",
+  "flatbuffers>=24",  # jax.export serialises inference artifacts with it.
   "flax>=0.12",
   "gymnax>=1.0.1,<2",
   # tensorflow-datasets imports it on Python >= 3.9 without declaring it.

@@ -424,6 +424,42 @@ EXPERIMENTS = {
     [],
     [_gconv_peers],
   ),
+  "symmetry_report_p4cnn": (
+    "Where symmetry is lost: P4CNN",
+    "python -m experiments.symmetry_report --model=p4cnn",
+    "The equivariance error of every layer's output of a P4CNN under the "
+    "rotations of p4 (`equivlab.testing.equivariance_report`).",
+    ["symmetry_report_p4cnn.png"],
+    [],
+  ),
+  "symmetry_report_p4cnn_strided": (
+    "Where symmetry is lost: a stride-2 group convolution on an even map",
+    "python -m experiments.symmetry_report --model=p4cnn_strided "
+    "--image_size=28",
+    "P4CNN's layout with its max pool replaced by a stride-2 group "
+    "convolution, on 28x28 digits: the report names the strided layer, "
+    "and the exactness predictor says why.",
+    ["symmetry_report_p4cnn_strided.png"],
+    [],
+  ),
+  "symmetry_report_z2cnn": (
+    "Where symmetry is lost: Z2CNN",
+    "python -m experiments.symmetry_report --model=z2cnn",
+    "A plain CNN of the same depth: its first convolution breaks rotation "
+    "equivariance.",
+    ["symmetry_report_z2cnn.png"],
+    [],
+  ),
+  "symmetry_report_benchmark": (
+    "The equivariance report's cost, and exported inference",
+    "python -m benchmarks.symmetry_report --batch 32 --repeats 20 "
+    "--json docs/results/symmetry_report_benchmark.json",
+    "The report's time against one forward pass per group element, and "
+    "the exported plain network's inference time against the group "
+    "network's, on the CPU.",
+    [],
+    [],
+  ),
   "train_step": (
     "One training step per model",
     "python -m benchmarks.train_step",
