@@ -74,11 +74,6 @@ def test_run_and_flags_write_the_same_checked_results(tmp_path, capsys):
   assert (tmp_path / "run" / "results.json").read_bytes() == first
 
 
-def test_accuracy_by_hand():
-  logits = np.array([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])
-  assert shifted_digits.accuracy(logits, np.array([1, 1, 1])) == 2 / 3
-
-
 def _shift_by_hand(image, dy, dx):
   out = np.zeros_like(image)
   h, w = image.shape[:2]
