@@ -610,3 +610,18 @@ def plot_curve_panels(
   if title:
     fig.suptitle(title, fontsize=9)
   return _save(fig, path)
+
+
+def format_error(
+  value: float, *, bound: float = 1e-5, spec: str = ".1e"
+) -> str:
+  """A relative error as a table prints it, the same on every machine.
+
+  Errors below `bound` are float rounding, whose digits change with the CPU
+  and XLA's choice of kernels: they print as "< 1e-05". Larger ones, which
+  are properties of the network, print with the format `spec`.
+  """
+  if value >= bound:
+    return format(value, spec)
+  mantissa, exponent = f"{bound:.0e}".split("e")
+  return f"< {mantissa}e{int(exponent)}"
