@@ -555,10 +555,11 @@ def plot_curve_panels(
   xlabel: str | None = None,
   ylabel: str | None = None,
   log_y: bool = False,
+  sharey: bool = False,
   ncols: int = 4,
   title: str | None = None,
 ) -> str:
-  """One panel per key, several named curves in each (shared y axis).
+  """One panel per key, several named curves in each.
 
   Args:
     panels: panel title -> curve name -> values.
@@ -569,6 +570,7 @@ def plot_curve_panels(
     xlabel: x-axis label of every panel.
     ylabel: y-axis label of the first panel of each row.
     log_y: logarithmic y axes; values <= 0 cannot show on them.
+    sharey: one y range for every panel.
     ncols: panels per row.
     title: figure title.
 
@@ -582,7 +584,7 @@ def plot_curve_panels(
     raise ValueError("panels must hold curves in every panel, got none.")
   rows, cols = _grid(len(panels), ncols)
   fig = Figure(figsize=(3.6 * cols, 3.0 * rows + 0.4), layout="constrained")
-  axes = fig.subplots(rows, cols, squeeze=False, sharey=True).ravel()
+  axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel()
   for ax in axes[len(panels) :]:
     ax.axis("off")
   for n, (ax, (name, curves)) in enumerate(
