@@ -18,7 +18,19 @@ def test_accuracy_and_error_percent_by_hand():
   assert metrics.accuracy(logits[:3], np.array([1, 0, 0])) == 2 / 3
 
 
-@pytest.mark.parametrize("fn", [metrics.accuracy, metrics.error_percent])
+def test_nll_by_hand():
+  probs = np.array([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])
+  want = -(math.log(0.5) + math.log(0.1) + math.log(0.8)) / 3
+  assert metrics.nll(probs, np.array([0, 1, 1])) == pytest.approx(want)
+  # A zero probability is floored, not an infinite loss.
+  assert metrics.nll(np.array([[1.0, 0.0]]), np.array([1])) == pytest.approx(
+    300 * math.log(10)
+  )
+
+
+@pytest.mark.parametrize(
+  "fn", [metrics.accuracy, metrics.error_percent, metrics.nll]
+)
 def test_mismatched_shapes_are_clear_errors(fn):
   with pytest.raises(ValueError, match=r"logits must be \[N, K\]"):
     fn(np.zeros((3, 2)), np.zeros(4, int))

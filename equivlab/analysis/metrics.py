@@ -2,6 +2,7 @@
 
 - `accuracy`, `error_percent`: how often the argmax of the logits is the
   label.
+- `nll`: the mean negative log-likelihood of predicted probabilities.
 - `confusion_matrix`, `top_confusions`: which classes are taken for which.
 - `mean_std`: mean and SAMPLE standard deviation over seeds, the one
   convention of every "mean +- std" table.
@@ -30,6 +31,7 @@ __all__ = [
   "error_percent",
   "logit_changes",
   "mean_std",
+  "nll",
   "prediction_changes",
   "top_confusions",
 ]
@@ -70,6 +72,25 @@ def error_percent(logits: Any, labels: Any) -> float:
   """The percentage of rows whose argmax is not the label (see `accuracy`)."""
   predicted, labels = _predictions(logits, labels)
   return float(100.0 * np.mean(predicted != labels))
+
+
+def nll(probs: Any, labels: Any) -> float:
+  """Mean negative log-likelihood (nats) of the true labels' probabilities.
+
+  Args:
+    probs: `[N, K]` predicted probabilities (rows summing to 1).
+    labels: int `[N]`.
+
+  Returns:
+    `-mean(log probs[n, labels[n]])`, probabilities floored at 1e-300.
+
+  Raises:
+    ValueError: if the shapes do not match.
+  """
+  _, labels = _predictions(probs, labels)
+  probs = np.asarray(probs, np.float64)
+  picked = probs[np.arange(len(labels)), labels]
+  return float(-np.mean(np.log(np.maximum(picked, 1e-300))))
 
 
 def confusion_matrix(
