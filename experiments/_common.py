@@ -38,7 +38,6 @@ import dataclasses
 import inspect
 import json
 import logging as std_logging
-import math
 import os
 import pathlib
 import re
@@ -48,12 +47,12 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from absl import app, flags, logging
 
 from equivlab import checks
-from equivlab.training import checkpoint
+from equivlab.training import checkpoint, sweeps
 from equivlab.training.config import check_checkpoint_cadence
+from equivlab.training.sweeps import to_json, write_results  # noqa: F401
 
 # Default workdirs live under ./runs (git-ignored), so no folder named
 # after the package appears in a directory Python may start from.
@@ -451,10 +450,8 @@ def entry_points(
 class _BelowWarningFrom(std_logging.Filter):
   """Quiets one package: only its warnings pass, without tracebacks.
 
-  orbax logs hundreds of INFO records per run. A failure inside its
-  threads (a full disk) it logs as several ERROR records with tracebacks
-  and then raises to equivlab, which reports it in one line naming the
-  path; so its errors are left to that line.
+  Its errors are left out too: equivlab reports the failure it raises in
+  one line naming the path.
   """
 
   def __init__(self, package: str):
@@ -496,9 +493,7 @@ USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
 def use_compilation_cache() -> pathlib.Path | None:
   """Keeps compiled XLA programs on disk, for the runs that follow.
 
-  The seeds of a study compile the very same steps, and so does the next
-  command: jax's persistent compilation cache (programs that took more
-  than a second to compile) saves those compilations, 3-5 s each on CPU.
+  The seeds of a study, and the next command, compile the very same steps.
   In `$JAX_COMPILATION_CACHE_DIR` if set, else `<equivlab's cache dir>/jax`
   (`equivlab.data.default_cache_dir`); `EQUIVLAB_JAX_CACHE=0` turns it off.
 
@@ -557,65 +552,6 @@ def _exit_with(error: BaseException) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Results.
-# ---------------------------------------------------------------------------
-
-
-def to_json(value: Any) -> Any:
-  """`value` with NumPy/JAX scalars and arrays, tuples and NaN made JSON."""
-  if isinstance(value, Mapping):
-    return {str(k): to_json(v) for k, v in value.items()}
-  if isinstance(value, list | tuple):
-    return [to_json(v) for v in value]
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    return to_json(dataclasses.asdict(value))
-  if hasattr(value, "tolist") and hasattr(value, "dtype"):
-    return to_json(value.tolist())
-  if isinstance(value, float) and not math.isfinite(value):
-    return repr(value)  # "nan", "inf": JSON has no such numbers.
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
-
-
-def write_results(
-  workdir: str | pathlib.Path,
-  results: Mapping[str, Any],
-  *,
-  table: str | None = None,
-  timings: Mapping[str, Any] | None = None,
-) -> pathlib.Path:
-  """Writes `results.json`, `results.md` (the table) and `timings.json`.
-
-  `results` must not hold wall times: two runs of the same command write
-  the same `results.json`, byte for byte. Times go to `timings`.
-
-  Args:
-    workdir: the experiment's directory (created if missing).
-    results: JSON-able results (see `to_json`).
-    table: a Markdown table (or tables) to write and print.
-    timings: seconds per run or phase.
-
-  Returns:
-    The path of results.json.
-  """
-  workdir = pathlib.Path(workdir)
-  checkpoint.ensure_directory(workdir)
-  path = workdir / "results.json"
-  files = {path: json.dumps(to_json(results), indent=2, sort_keys=True)}
-  if table is not None:
-    files[workdir / "results.md"] = table
-  if timings is not None:
-    files[workdir / "timings.json"] = json.dumps(to_json(timings), indent=2)
-  for name, text in files.items():
-    with checkpoint.write_errors(str(name)):
-      name.write_text(text + "\n")
-  if table is not None:
-    print(table)
-  return path
-
-
-# ---------------------------------------------------------------------------
 # Training runs.
 # ---------------------------------------------------------------------------
 
@@ -639,8 +575,6 @@ def train_variants(
     name -> one score per seed (empty without `score`), and name -> the
     wall time of each run.
   """
-  from equivlab.training import sweeps  # noqa: PLC0415 (imports jax)
-
   seeds = getattr(config, "seeds", (config.seed,))
   done = {}
 

@@ -33,6 +33,7 @@ import numpy as np
 from equivlab import checks, train
 from equivlab.analysis import adversarial, occlusion, viz
 from equivlab.nn import models
+from equivlab.training import sweeps
 from experiments import _common
 
 
@@ -298,7 +299,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     "models": records,
     "table": table,
   }
-  _common.write_results(workdir, results, table=table, timings=seconds)
+  sweeps.write_results(workdir, results, table=table, timings=seconds)
   return results
 
 

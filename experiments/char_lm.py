@@ -40,7 +40,7 @@ from absl import logging
 
 from equivlab import checks, rnn
 from equivlab.analysis import viz
-from equivlab.training import checkpoint, npz
+from equivlab.training import checkpoint, npz, sweeps
 from experiments import _common
 
 # Updates per jitted chunk when --checkpoint_every_steps is unset: how often
@@ -353,7 +353,7 @@ def _valid_bpc_fn(data: Data):
 def _settings(config: Config) -> dict[str, Any]:
   """The fields the trained parameters depend on, as JSON values."""
   fields = dataclasses.asdict(config)
-  return _common.to_json(
+  return sweeps.to_json(
     {k: v for k, v in fields.items() if k not in _RESUMABLE_FIELDS}
   )
 
@@ -541,7 +541,7 @@ def _run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
     "\n\n----\n\n".join(results["samples"]) + "\n"
   )
   _figure(workdir, results)
-  _common.write_results(
+  sweeps.write_results(
     workdir,
     results,
     table=results["table"],

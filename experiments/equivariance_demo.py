@@ -37,6 +37,7 @@ import numpy as np
 from equivlab import checks, data, gconv, groups, testing
 from equivlab.analysis import metrics, viz
 from equivlab.nn import layers, models
+from equivlab.training import sweeps
 from experiments import _common
 
 _LIFTING = {"p4": gconv.lifting_conv, "p4m": gconv.lifting_conv_p4m}
@@ -250,7 +251,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     "float_error_bound": FLOAT_ERROR_BOUND,
     "table": table,
   }
-  _common.write_results(
+  sweeps.write_results(
     workdir,
     results,
     table=table,

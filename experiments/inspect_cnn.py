@@ -34,6 +34,7 @@ import numpy as np
 from equivlab import checks, data, train
 from equivlab.analysis import occlusion, viz
 from equivlab.nn import models
+from equivlab.training import sweeps
 from experiments import _common
 
 # The embedded digits' side; tfds images are checked against their own.
@@ -358,7 +359,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   }
   results["summary"] = _summary(results)
   seconds["total"] = time.perf_counter() - start
-  _common.write_results(
+  sweeps.write_results(
     workdir, results, table=results["summary"], timings=seconds
   )
   return results

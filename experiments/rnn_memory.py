@@ -42,7 +42,7 @@ from absl import logging
 from equivlab import checks, rnn
 from equivlab.analysis import viz
 from equivlab.rnn import esn
-from equivlab.training import checkpoint, npz
+from equivlab.training import checkpoint, npz, sweeps
 from experiments import _common
 
 RNN_MODELS = ("elman", "lstm", "gru")
@@ -329,7 +329,7 @@ def run_esn(key, lag: int, eval_batch, config: Config) -> dict[str, float]:
 def _settings(config: Config) -> dict[str, Any]:
   """The fields a run's measurements depend on, as JSON values."""
   fields = dataclasses.asdict(config)
-  return _common.to_json(
+  return sweeps.to_json(
     {k: v for k, v in fields.items() if k not in _SWEEP_FIELDS}
   )
 
@@ -365,7 +365,7 @@ def _load_record(path: pathlib.Path, config: Config) -> dict | None:
 def _save_record(path: pathlib.Path, config: Config, record: dict) -> None:
   """Writes a record atomically: a killed write leaves no half file."""
   text = json.dumps(
-    _common.to_json({**record, "settings": _settings(config)}),
+    sweeps.to_json({**record, "settings": _settings(config)}),
     indent=2,
     sort_keys=True,
   )
@@ -536,7 +536,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     results = _results(config, records)
     results["table"] = _table(config, results)
     _figures(workdir, results)
-    _common.write_results(
+    sweeps.write_results(
       workdir, results, table=results["table"], timings=seconds
     )
   return results

@@ -33,6 +33,7 @@ import numpy as np
 from equivlab import checks, data
 from equivlab.analysis import metrics, viz
 from equivlab.nn import models
+from equivlab.training import sweeps
 from experiments import _common
 
 # Cohen & Welling 2016, Table 1 (rotated MNIST), test error in percent.
@@ -221,7 +222,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     "paper_error": PAPER_ERROR,
     "table": table,
   }
-  _common.write_results(workdir, results, table=table, timings=seconds)
+  sweeps.write_results(workdir, results, table=table, timings=seconds)
   return results
 
 

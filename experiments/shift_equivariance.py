@@ -42,6 +42,7 @@ import numpy as np
 from equivlab import checks, data
 from equivlab.analysis import metrics, probes, viz
 from equivlab.nn import models
+from equivlab.training import sweeps
 from experiments import _common
 
 STAGES = ("conv1", "pool1", "conv2", "pool2", "dense", "logits")
@@ -265,7 +266,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   results["table"] = _table(results)
   workdir.mkdir(parents=True, exist_ok=True)
   _plot(results, workdir / "shift_equivariance.png")
-  _common.write_results(
+  sweeps.write_results(
     workdir, results, table=results["table"], timings=seconds
   )
   return results

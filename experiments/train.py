@@ -33,6 +33,7 @@ from absl import logging
 
 from equivlab import checks, parallel, train
 from equivlab.analysis import viz
+from equivlab.training import sweeps
 from experiments import _common
 
 
@@ -127,7 +128,7 @@ def run(config: LaunchConfig, workdir: str | pathlib.Path) -> dict:
     "backend": jax.default_backend(),
   }
   if parallel.is_primary():
-    _common.write_results(workdir, results)
+    sweeps.write_results(workdir, results)
     _plot(result.history, pathlib.Path(workdir) / "learning_curves.png")
     logging.info("results in %s: %s", workdir, results["final"])
   return results

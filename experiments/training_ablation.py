@@ -279,7 +279,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     },
     "table": table,
   }
-  _common.write_results(workdir, results, table=table, timings=seconds)
+  sweeps.write_results(workdir, results, table=table, timings=seconds)
   return results
 
 

@@ -1,9 +1,7 @@
 """Tests of experiments/_common.py, what every experiment shares."""
 
 import dataclasses
-import json
 import logging
-import math
 import os
 import pathlib
 import subprocess
@@ -96,26 +94,6 @@ def test_flag_values_become_the_config():
 def test_bad_flags_are_flag_errors_naming_the_flag(argv, message):
   with pytest.raises(flags.IllegalFlagValueError, match=message):
     _parse(*argv)
-
-
-def test_write_results_is_deterministic_json(tmp_path, capsys):
-  import numpy as np  # noqa: PLC0415
-
-  results = {"b": np.float32(0.5), "a": (1, np.arange(2)), "c": math.nan}
-  _common.write_results(
-    tmp_path / "one", results, table="| t |", timings={"run": 1.5}
-  )
-  _common.write_results(tmp_path / "two", dict(reversed(results.items())))
-  one, two = (
-    (tmp_path / n / "results.json").read_text() for n in ("one", "two")
-  )
-  assert one == two
-  assert json.loads(one) == {"a": [1, [0, 1]], "b": 0.5, "c": "nan"}
-  assert (tmp_path / "one" / "results.md").read_text() == "| t |\n"
-  assert json.loads((tmp_path / "one" / "timings.json").read_text()) == {
-    "run": 1.5
-  }
-  assert "| t |" in capsys.readouterr().out
 
 
 def _record(path: str, level: int, exc_info=None) -> logging.LogRecord:

@@ -3,7 +3,9 @@
 import dataclasses
 import json
 import logging
+import math
 
+import numpy as np
 import pytest
 
 from equivlab.training import sweeps
@@ -100,3 +102,21 @@ def test_an_unwritable_record_names_its_path(tmp_path):
   store = sweeps.RecordStore(tmp_path, {})
   with pytest.raises(OSError, match="lag2"):
     store.save({"accuracy": 1.0}, "lag2", "gru")
+
+
+def test_write_results_is_deterministic_json(tmp_path, capsys):
+  results = {"b": np.float32(0.5), "a": (1, np.arange(2)), "c": math.nan}
+  sweeps.write_results(
+    tmp_path / "one", results, table="| t |", timings={"run": 1.5}
+  )
+  sweeps.write_results(tmp_path / "two", dict(reversed(results.items())))
+  one, two = (
+    (tmp_path / n / "results.json").read_text() for n in ("one", "two")
+  )
+  assert one == two
+  assert json.loads(one) == {"a": [1, [0, 1]], "b": 0.5, "c": "nan"}
+  assert (tmp_path / "one" / "results.md").read_text() == "| t |\n"
+  assert json.loads((tmp_path / "one" / "timings.json").read_text()) == {
+    "run": 1.5
+  }
+  assert "| t |" in capsys.readouterr().out

@@ -10,23 +10,34 @@
   not go through the engine (a scanned RNN, say), written atomically and
   checked against the settings it was made with, so a rerun skips every
   finished cell.
+- `write_results(workdir, results, table=...)`: a study's `results.json`
+  (deterministic: the same command writes the same bytes; wall times go to
+  `timings.json`) and `results.md`; `to_json` makes NumPy values JSON.
 """
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from absl import logging
 
 from equivlab import checks, parallel
 from equivlab.training import checkpoint, npz
 from equivlab.training.config import TrainConfig
 
-__all__ = ["RecordStore", "Variant", "train_grid"]
+__all__ = [
+  "RecordStore",
+  "Variant",
+  "to_json",
+  "train_grid",
+  "write_results",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +192,7 @@ class RecordStore:
     """
     path = self.path(*parts)
     text = json.dumps(
-      {**record, "settings": self.settings}, indent=2, sort_keys=True
+      to_json({**record, "settings": self.settings}), indent=2, sort_keys=True
     )
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with checkpoint.write_errors(f"the record {path}"):
@@ -191,3 +202,60 @@ class RecordStore:
         os.replace(tmp, path)
       finally:
         tmp.unlink(missing_ok=True)
+
+
+def to_json(value: Any) -> Any:
+  """`value` with NumPy/JAX scalars and arrays, tuples and NaN made JSON."""
+  if isinstance(value, Mapping):
+    return {str(k): to_json(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [to_json(v) for v in value]
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return to_json(dataclasses.asdict(value))
+  if hasattr(value, "tolist") and hasattr(value, "dtype"):
+    return to_json(value.tolist())
+  if isinstance(value, float) and not math.isfinite(value):
+    return repr(value)  # "nan", "inf": JSON has no such numbers.
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def write_results(
+  workdir: str | pathlib.Path,
+  results: Mapping[str, Any],
+  *,
+  table: str | None = None,
+  timings: Mapping[str, Any] | None = None,
+) -> pathlib.Path:
+  """Writes `results.json`, `results.md` (the table) and `timings.json`.
+
+  `results` must not hold wall times: two runs of the same command write
+  the same `results.json`, byte for byte. Times go to `timings`.
+
+  Args:
+    workdir: the study's directory (created if missing).
+    results: JSON-able results (see `to_json`).
+    table: a Markdown table (or tables) to write and print.
+    timings: seconds per run or phase.
+
+  Returns:
+    The path of results.json.
+
+  Raises:
+    OSError: naming the file that cannot be written.
+  """
+  workdir = pathlib.Path(workdir)
+  checkpoint.ensure_directory(workdir)
+  path = workdir / "results.json"
+  files = {path: json.dumps(to_json(results), indent=2, sort_keys=True)}
+  if table is not None:
+    files[workdir / "results.md"] = table
+  if timings is not None:
+    files[workdir / "timings.json"] = json.dumps(to_json(timings), indent=2)
+  for name, text in files.items():
+    with checkpoint.write_errors(str(name)):
+      name.write_text(text + "\n")
+  if table is not None:
+    print(table)
+  return path
