@@ -175,26 +175,35 @@ class SeedOptions:
 
 
 def check_config(config: Any) -> None:
-  """Checks the shared fields of an experiment config (see the mixins)."""
-  if hasattr(config, "seed"):
-    checks.check_int("seed", config.seed, minimum=0)
-  if isinstance(config, SeedOptions):
-    checks.check_int("num_seeds", config.num_seeds, minimum=1)
-  if hasattr(config, "checkpoint_every_secs"):
-    check_checkpoint_cadence(config)
-  if not isinstance(config, TrainingOptions):
-    return
-  if not isinstance(config.dataset, str) or not config.dataset:
+  """Checks the shared fields of an experiment config, where it has them.
+
+  The fields of `TrainingOptions` and `SeedOptions`, and those of the same
+  names in any other experiment's config (`num_epochs`, `batch_size`,
+  `learning_rate`, `seed`, the checkpoint cadence, ...), mean the same
+  thing everywhere and are checked here once.
+
+  Raises:
+    ValueError / TypeError: naming the first bad field.
+  """
+  present = lambda name: hasattr(config, name)  # noqa: E731
+  if present("dataset") and (
+    not isinstance(config.dataset, str) or not config.dataset
+  ):
     raise ValueError(
       f"dataset must be a non-empty name, got {config.dataset!r}."
     )
-  for name in ("num_epochs", "batch_size"):
+  for name in filter(present, ("num_seeds", "num_epochs", "batch_size")):
     checks.check_int(name, getattr(config, name), minimum=1)
-  for name in ("num_devices", "train_limit", "test_limit"):
+  for name in filter(present, ("num_devices", "train_limit", "test_limit")):
     checks.check_int(name, getattr(config, name), minimum=1, allow_none=True)
-  checks.check_number(
-    "learning_rate", config.learning_rate, minimum=0, strict_minimum=True
-  )
+  if present("learning_rate"):
+    checks.check_number(
+      "learning_rate", config.learning_rate, minimum=0, strict_minimum=True
+    )
+  if present("seed"):
+    checks.check_int("seed", config.seed, minimum=0)
+  if present("checkpoint_every_secs"):
+    check_checkpoint_cadence(config)
 
 
 def check_names(
