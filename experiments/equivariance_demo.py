@@ -49,7 +49,7 @@ FLOAT_ERROR_BOUND = 1e-5
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Settings of the equivariance demo (seconds on one CPU core).
+  """Settings of the equivariance demo.
 
   Attributes:
     group: "p4" (rotations by 90 degrees) or "p4m" (and mirrors).

@@ -71,7 +71,7 @@ _COUNTS = (
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Settings of the lag sweep (defaults: a few minutes on 2 CPU cores).
+  """Settings of the lag sweep.
 
   Attributes:
     lags: the lags L to sweep (distractor steps between the signal and

@@ -23,7 +23,6 @@ resumes there).
 
 import dataclasses
 import pathlib
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -97,34 +96,6 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
     checks.check_int("max_shift", self.max_shift, minimum=0, maximum=upper)
     checks.check_int("num_examples", self.num_examples, minimum=1)
     checks.check_choice("schedule", self.schedule, train.SCHEDULES)
-
-
-def shift_sweep(
-  logits_fn: Callable[[np.ndarray], Any],
-  images: np.ndarray,
-  labels: np.ndarray,
-  max_shift: int,
-) -> list[float]:
-  """Accuracy on the images shifted by up to k pixels, for k = 0..max_shift.
-
-  Args:
-    logits_fn: images `[N, H, W, C]` -> logits `[N, K]`.
-    images: `[N, H, W, C]`.
-    labels: `[N]`.
-    max_shift: the largest k.
-
-  Returns:
-    `max_shift + 1` accuracies; shift k draws each image's `(dy, dx)` from
-    the key `fold_in(key(0), k)` (`data.random_shift`).
-  """
-  key = jax.random.key(0)
-  return [
-    metrics.accuracy(
-      logits_fn(data.random_shift(jax.random.fold_in(key, k), images, k)),
-      labels,
-    )
-    for k in range(max_shift + 1)
-  ]
 
 
 def _test_sets(config: Config):
@@ -258,7 +229,9 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
       "params": result["num_params"],
       "test_accuracy": metrics.accuracy(result.logits(test_x), test_y),
       "shifted_accuracy": metrics.accuracy(shifted_logits, test_y),
-      "sweep": shift_sweep(result.logits, test_x, test_y, config.max_shift),
+      "sweep": metrics.accuracy_under_shifts(
+        result.logits, test_x, test_y, config.max_shift
+      ),
       "history": result.history,
       "predictions": predictions.tolist(),
     }

@@ -1,4 +1,4 @@
-"""Tests of experiments/ensembles.py and the ensemble functions (4(e))."""
+"""Tests of experiments/ensembles.py and the ensemble functions."""
 
 import dataclasses
 import json

@@ -77,7 +77,7 @@ def test_invariance_errors_match_a_hand_rotation():
 
 
 def test_p4cnn_weights_are_the_seeds():
-  """The measured network is P4CNN(features) with the seed's first key."""
+  """The measured network is P4CNN(features) with the first key of its seed."""
   config = equivariance_demo.Config(features=2, seed=4)
   digit = data.embedded_digits("test")[0][:1]
   eq_vars, networks = equivariance_demo._networks(config, digit)

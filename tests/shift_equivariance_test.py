@@ -1,4 +1,4 @@
-"""Tests of experiments/shift_equivariance.py (seed 003 question 3).
+"""Tests of experiments/shift_equivariance.py, the per-layer shift study.
 
 The stage outputs are checked against the CNN written out with
 `lax.conv_general_dilated` and `lax.reduce_window`, and the errors against

@@ -1,7 +1,7 @@
 """Classification metrics of trained networks, one definition of each.
 
 - `accuracy`, `error_percent`: how often the argmax of the logits is the
-  label.
+  label; `accuracy_under_shifts`: the accuracy as the inputs move.
 - `nll`: the mean negative log-likelihood of predicted probabilities.
 - `confusion_matrix`, `top_confusions`: which classes are taken for which.
 - `mean_std`: mean and SAMPLE standard deviation over seeds, the one
@@ -21,12 +21,14 @@ invariant network scores float rounding (about 1e-6 in float32).
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
-from equivlab import groups, testing
+from equivlab import data, groups, testing
 
 __all__ = [
   "accuracy",
+  "accuracy_under_shifts",
   "confusion_matrix",
   "error_percent",
   "logit_changes",
@@ -66,6 +68,38 @@ def accuracy(logits: Any, labels: Any) -> float:
   predicted, labels = _predictions(logits, labels)
   right = predicted == labels
   return int(right.sum()) / max(right.size, 1)
+
+
+def accuracy_under_shifts(
+  logits_fn: LogitsFn, images: Any, labels: Any, max_shift: int
+) -> list[float]:
+  """Accuracy on the images shifted by up to k pixels, k = 0..max_shift.
+
+  Shift k moves each image by its own `(dy, dx)`, uniform in `-k..k`
+  (`equivlab.data.random_shift` with the key `fold_in(key(0), k)`, so the
+  shifts are the same on every call), filling the border with zeros.
+
+  Args:
+    logits_fn: images `[N, H, W, C]` -> logits `[N, K]`.
+    images: `[N, H, W, C]`.
+    labels: int `[N]`.
+    max_shift: the largest k, an int >= 0 that fits the images.
+
+  Returns:
+    `max_shift + 1` accuracies; the first is the unshifted one.
+
+  Raises:
+    ValueError: for a `max_shift` the images cannot take, or mismatched
+      shapes.
+  """
+  key = jax.random.key(0)
+  return [
+    accuracy(
+      logits_fn(data.random_shift(jax.random.fold_in(key, k), images, k)),
+      labels,
+    )
+    for k in range(max_shift + 1)
+  ]
 
 
 def error_percent(logits: Any, labels: Any) -> float:
