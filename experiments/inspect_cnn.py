@@ -27,12 +27,11 @@ import pathlib
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 
 from equivlab import checks, data, train
-from equivlab.analysis import occlusion, viz
+from equivlab.analysis import occlusion, probes, viz
 from equivlab.nn import models
 from equivlab.training import sweeps
 from experiments import _common
@@ -121,27 +120,21 @@ def pick_digit(labels: np.ndarray, predicted: np.ndarray, digit: int) -> int:
 def conv_activations(
   model: models.CNN, variables: Any, image: np.ndarray
 ) -> list[np.ndarray]:
-  """The ReLU outputs of every conv block of a `models.CNN` for one image.
+  """The ReLU outputs `[H_l, W_l, C_l]` of every conv block, before the pool.
 
-  Args:
-    model: a `models.CNN` (no normalisation between conv and ReLU, so the
-      ReLU of the captured conv output is the block's activation).
-    variables: its variables.
-    image: `[H, W, C]`.
-
-  Returns:
-    One `[H_l, W_l, C_l]` array per conv layer, before the max pool.
+  `model` is a `models.CNN` without normalisation, so the ReLU of each
+  convolution's output (`probes.intermediates`) is its block's activation;
+  `image` is `[H, W, C]`.
   """
-  _, state = model.apply(
-    variables,
-    np.asarray(image, np.float32)[None],
-    train=False,
-    capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Conv),
-    mutable=["intermediates"],
-  )
-  convs = state["intermediates"]
-  names = sorted(convs, key=lambda n: int(n.split("_")[-1]))
-  return [np.maximum(np.asarray(convs[n]["__call__"][0][0]), 0) for n in names]
+  x = np.asarray(image, np.float32)[None]
+  found = probes.intermediates(model, variables, x, train=False)
+  names = sorted((n for n in found if n.startswith("Conv_")), key=_index)
+  return [np.maximum(np.asarray(found[n][0]), 0) for n in names]
+
+
+def _index(name: str) -> int:
+  """The layer index of a flax name such as "Conv_2"."""
+  return int(name.split("_")[-1])
 
 
 def _test_digits(config: Config):
@@ -160,10 +153,7 @@ def _digits(config: Config) -> tuple[int, ...]:
 
 def _filters(result, workdir: pathlib.Path) -> list[str]:
   params = result.params
-  names = sorted(
-    (n for n in params if n.startswith("Conv_")),
-    key=lambda n: int(n.split("_")[-1]),
-  )
+  names = sorted((n for n in params if n.startswith("Conv_")), key=_index)
   return [
     viz.plot_filters(
       np.asarray(params[name]["kernel"]),
@@ -193,12 +183,14 @@ def _feature_maps(config, result, images, workdir) -> list[str]:
   return files
 
 
-def shifted_predictions(apply_fn, image: np.ndarray, shift: int) -> list[dict]:
+def shifted_predictions(
+  apply_fn, image: np.ndarray, shift: int
+) -> tuple[list[dict], np.ndarray]:
   """Predictions for `image` `[H, W, C]` moved left by `shift`, not, right.
 
   Returns:
-    Three records: "shift_px" (-shift, 0, shift), "predicted" and its
-    "probability".
+    Three records, "shift_px" (-shift, 0, shift), "predicted" and its
+    "probability", and the three moved images `[3, H, W, C]`.
   """
   shifts = np.array([[0, -shift], [0, 0], [0, shift]], np.int32)
   moved = np.asarray(data.translate(np.repeat(image[None], 3, 0), shifts))
@@ -206,17 +198,15 @@ def shifted_predictions(apply_fn, image: np.ndarray, shift: int) -> list[dict]:
   return [
     {
       "shift_px": int(dx),
-      "predicted": int(np.argmax(p)),
-      "probability": float(np.max(p)),
+      "predicted": int(p.argmax()),
+      "probability": float(p.max()),
     }
     for (_, dx), p in zip(shifts, probs, strict=True)
-  ]
+  ], moved
 
 
 def _shifted(config, apply_fn, image, workdir) -> tuple[list[dict], str]:
-  shifted = shifted_predictions(apply_fn, image, config.shift)
-  shifts = np.array([[0, s["shift_px"]] for s in shifted], np.int32)
-  moved = np.asarray(data.translate(np.repeat(image[None], 3, 0), shifts))
+  shifted, moved = shifted_predictions(apply_fn, image, config.shift)
   names = (f"left {config.shift}px", "original", f"right {config.shift}px")
   file = viz.plot_images(
     moved,

@@ -96,8 +96,7 @@ def _rows(config: Config, records: dict[str, list[dict]]) -> list[dict]:
         "model": name,
         "params": mine[0]["params"],
         "test error %": f"{mean:.2f} +- {std:.2f}",
-        # Float rounding moves across machines; only its order does not.
-        "rot90 logit change": "< 1e-5" if change < 1e-5 else f"{change:.1e}",
+        "rot90 logit change": viz.format_error(change),
         "rot90 pred. changes": "{:.3f}".format(
           np.mean([r["rot90"]["pred_change"] for r in mine])
         ),
