@@ -19,6 +19,11 @@ def test_smoke_writes_results_and_pictures(
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["table"] == results["table"]
   assert saved["test_set"] == "embedded_rot"
+  # The engine trains and tests on the rotated split too.
+  run = json.loads(
+    (tmp_path / "runs/p4cnn_rotpool/seed3/config.json").read_text()
+  )
+  assert (run["dataset"], run["augment"]) == ("embedded_rot", "none")
   assert [(r["model"], r["seed"]) for r in saved["runs"]] == [
     ("p4cnn_rotpool", 3)
   ]
