@@ -175,7 +175,7 @@ def layer_errors(
     [0, 0] for the dense stages), plus "prediction_changed": the fraction
     of images whose predicted class changes.
   """
-  errors, shifts, changed = jax.device_get(
+  errors, shifts, logits = jax.device_get(
     _layer_errors(model, variables, jnp.asarray(images), jnp.asarray(shift))
   )
   out = {
@@ -185,7 +185,7 @@ def layer_errors(
     }
     for name in STAGES
   }
-  out["prediction_changed"] = float(changed)
+  out["prediction_changed"] = metrics.changed_fraction(*logits)
   return out
 
 
@@ -200,8 +200,7 @@ def _layer_errors(model, variables, images, shift):
     errors[name], shifts[name] = probes.shift_equivariance_error(
       before[name], after[name]
     )
-  changed = jnp.argmax(before["logits"], -1) != jnp.argmax(after["logits"], -1)
-  return errors, shifts, jnp.mean(changed)
+  return errors, shifts, (before["logits"], after["logits"])
 
 
 def _test_digits(config: Config) -> tuple[np.ndarray, np.ndarray]:

@@ -39,6 +39,15 @@ def test_mismatched_shapes_are_clear_errors(fn):
     fn(np.zeros(3), np.zeros(3, int))
 
 
+def test_changed_fraction_by_hand():
+  before = np.array([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
+  after = np.array([[1.0, 0.0], [2.0, 1.0], [0.0, 3.0], [0.0, 1.0]])
+  assert metrics.changed_fraction(before, after) == 0.5
+  assert metrics.changed_fraction(before, before) == 0.0
+  with pytest.raises(ValueError, match="of one shape"):
+    metrics.changed_fraction(before, after[:3])
+
+
 def test_confusion_matrix_and_top_confusions_by_hand():
   labels = np.array([0, 0, 1, 2, 2, 2])
   predicted = np.array([0, 1, 1, 1, 0, 1])

@@ -6,6 +6,7 @@
 - `confusion_matrix`, `top_confusions`: which classes are taken for which.
 - `mean_std`: mean and SAMPLE standard deviation over seeds, the one
   convention of every "mean +- std" table.
+- `changed_fraction`: how many predictions two sets of logits disagree on.
 - `logit_changes`, `prediction_changes`: how a network's output moves
   when its input is rotated (and mirrored) by the elements of p4 or p4m.
 
@@ -29,6 +30,7 @@ from equivlab import data, groups, testing
 __all__ = [
   "accuracy",
   "accuracy_under_shifts",
+  "changed_fraction",
   "confusion_matrix",
   "error_percent",
   "logit_changes",
@@ -125,6 +127,21 @@ def nll(probs: Any, labels: Any) -> float:
   probs = np.asarray(probs, np.float64)
   picked = probs[np.arange(len(labels)), labels]
   return float(-np.mean(np.log(np.maximum(picked, 1e-300))))
+
+
+def changed_fraction(before: Any, after: Any) -> float:
+  """The fraction of rows whose argmax differs between two `[N, K]` logits.
+
+  Raises:
+    ValueError: if the shapes differ or are not `[N, K]`.
+  """
+  before, after = np.asarray(before), np.asarray(after)
+  if before.ndim != 2 or before.shape != after.shape:
+    raise ValueError(
+      f"before and after must be logits [N, K] of one shape, got "
+      f"{before.shape} and {after.shape}."
+    )
+  return float(np.mean(before.argmax(-1) != after.argmax(-1)))
 
 
 def confusion_matrix(
@@ -243,12 +260,13 @@ def prediction_changes(
     ValueError: as `logit_changes`.
   """
   images = _square(images)
-  base = np.argmax(np.asarray(logits_fn(images)), -1)
-  changes = {}
-  for g in testing.resolve_elements(group, elements):
-    moved = np.asarray(logits_fn(np.asarray(groups.act_on_image(g, images))))
-    changes[testing.element_name(g)] = float(np.mean(moved.argmax(-1) != base))
-  return changes
+  base = logits_fn(images)
+  return {
+    testing.element_name(g): changed_fraction(
+      base, logits_fn(np.asarray(groups.act_on_image(g, images)))
+    )
+    for g in testing.resolve_elements(group, elements)
+  }
 
 
 def _square(images: Any) -> np.ndarray:
