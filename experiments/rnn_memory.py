@@ -300,7 +300,7 @@ def _store(config: Config, workdir: pathlib.Path) -> sweeps.RecordStore:
   """The finished (lag, network) runs, `runs/lag<L>/<network>.json`."""
   fields = dataclasses.asdict(config)
   settings = {k: v for k, v in fields.items() if k not in _SWEEP_FIELDS}
-  return sweeps.RecordStore(workdir, sweeps.to_json(settings))
+  return sweeps.RecordStore(workdir, settings)
 
 
 def _measure_rnn(config: Config, name: str, lag: int, keys, eval_batch):

@@ -74,13 +74,7 @@ class Config(_common.TrainingOptions):
 
   def __post_init__(self):
     _common.check_config(self)
-    if isinstance(self.paddings, str) or not self.paddings:
-      raise ValueError(
-        f"paddings must name at least one of {models.PADDINGS}, got "
-        f"{self.paddings!r}."
-      )
-    for padding in self.paddings:
-      checks.check_choice("paddings", padding, models.PADDINGS)
+    _common.check_names("paddings", self.paddings, models.PADDINGS)
     parse_shifts(self.shifts)
     checks.check_ints("features", self.features, minimum=1)
     if len(self.features) != 2:

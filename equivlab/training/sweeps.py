@@ -60,8 +60,6 @@ def _jobs(base, variants, seeds, workdir) -> list[tuple]:
   if not variants:
     raise ValueError("variants must name at least one run, got none.")
   checks.check_ints("seeds", list(seeds), minimum=0)
-  if not seeds:
-    raise ValueError("seeds must hold at least one seed, got none.")
   jobs = []
   # Seed by seed: the runs that start together train different variants,
   # so no two of them compile the same steps at once; a variant's later
@@ -149,12 +147,13 @@ class RecordStore:
 
   Args:
     workdir: the sweep's directory.
-    settings: JSON-able settings every record must share.
+    settings: the settings every record must share (made JSON by
+      `to_json`).
   """
 
   def __init__(self, workdir: str | pathlib.Path, settings: Mapping[str, Any]):
     self.root = pathlib.Path(workdir) / "runs"
-    self.settings = json.loads(json.dumps(settings))
+    self.settings = json.loads(json.dumps(to_json(settings)))
 
   def path(self, *parts: str) -> pathlib.Path:
     """`<workdir>/runs/<part>/.../<last part>.json`."""
