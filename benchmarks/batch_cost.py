@@ -42,7 +42,7 @@ import jax
 import numpy as np
 
 from equivlab import train
-from equivlab.analysis import viz
+from equivlab.analysis import tables
 
 _IMAGE_SHAPE = (28, 28, 1)
 _NUM_CLASSES = 10
@@ -284,7 +284,7 @@ def compare_with_seed(hidden, fits, rows) -> dict[str, float]:
 
 def _text(results: dict) -> str:
   """The measurement, fit and comparison tables (Markdown)."""
-  table = viz.format_table(
+  table = tables.format_table(
     [
       {
         "M": r["batch_size"],
@@ -296,7 +296,7 @@ def _text(results: dict) -> str:
       for r in results["rows"]
     ]
   )
-  fit_table = viz.format_table(
+  fit_table = tables.format_table(
     [
       {
         "figure": name,
@@ -317,7 +317,7 @@ def _text(results: dict) -> str:
       f"{results['large_m_fit_min_batch']}, the rest over all M):",
       fit_table,
       "Against the hand count (per example):",
-      viz.format_table(
+      tables.format_table(
         [{"quantity": k, "value": float(v)} for k, v in comparison.items()]
       ),
     ]

@@ -172,9 +172,9 @@ def run(args):
 
 def format_rows(rows, header):
   """The rows as a markdown table under a one-line header."""
-  from equivlab.analysis import viz  # noqa: PLC0415
+  from equivlab.analysis import tables  # noqa: PLC0415
 
-  table = viz.format_table(
+  table = tables.format_table(
     [
       {
         "devices": r["devices"],

@@ -1,6 +1,6 @@
 """What every experiment shares: flags from its config, results files, runs.
 
-An experiment module reads as the study it runs. Its shape is always:
+An experiment module reads as a config and the study it runs:
 
     @dataclasses.dataclass(frozen=True)
     class Config(_common.TrainingOptions):   # or a plain frozen dataclass
@@ -9,7 +9,7 @@ An experiment module reads as the study it runs. Its shape is always:
       Attributes:
         num_epochs: training epochs per run.
       '''
-      num_epochs: int = 3
+      num_epochs: int = 3   # a shared option with this study's default
 
     def run(config: Config, workdir) -> dict: ...   # returns the results
 
@@ -20,11 +20,12 @@ An experiment module reads as the study it runs. Its shape is always:
 
 `define_flags` registers one absl flag per config field, named as the field,
 typed from its annotation, with the help text of its line under
-"Attributes:" in the docstring, plus `--workdir`. The flags are checked
+"Attributes:" in the docstrings, plus `--workdir`. The flags are checked
 together by constructing the config at parse time, so a bad value is an
-absl flag error naming the flag before anything trains. The same names mean
-the same thing everywhere: `--num_epochs`, `--num_seeds`, `--seed`,
-`--dataset`, `--data_dir`, `--download`, `--workdir`, ...
+absl flag error naming the flag before anything trains. The shared training
+options (`TrainingOptions`, `SeedOptions`) are declared and checked here
+once; `config.train_config(**overrides)` is the `TrainConfig` of a study's
+runs and `train_variants` trains a grid of them (`equivlab.training.sweeps`).
 
 Results: `write_results(workdir, results, table=...)` writes
 `results.json` (deterministic: the same command gives the same bytes; wall
@@ -33,28 +34,30 @@ times go to `timings.json`) and `results.md`, and prints the table.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import inspect
 import json
 import logging as std_logging
-import math
 import os
 import pathlib
 import re
 import sys
-import time
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from absl import app, flags, logging
 
 from equivlab import checks
-from equivlab.training import checkpoint
+from equivlab.analysis import metrics
+from equivlab.training import checkpoint, sweeps
 from equivlab.training.config import check_checkpoint_cadence
+
+# The library's names other experiments reach through this module.
+mean_std = metrics.mean_std
+Variant, train_grid = sweeps.Variant, sweeps.train_grid
+to_json, write_results = sweeps.to_json, sweeps.write_results
 
 # Default workdirs live under ./runs (git-ignored), so no folder named
 # after the package appears in a directory Python may start from.
@@ -69,7 +72,11 @@ _QUIET_PACKAGES = ("orbax",)
 
 @dataclasses.dataclass(frozen=True)
 class TrainingOptions:
-  """Settings of where data come from and how runs are kept.
+  """The settings every experiment that trains through the engine shares.
+
+  A study re-declares a field to change its default; the checks here hold
+  for every study (`check_config`), and `train_config` turns the settings
+  into the `equivlab.train.TrainConfig` its runs start from.
 
   Attributes:
     dataset: "embedded" (the 5,000 embedded MNIST digits, no network) or a
@@ -85,6 +92,12 @@ class TrainingOptions:
     checkpoint_every_secs: also checkpoint when this many seconds have
       passed since the last checkpoint.
     progress: show progress bars.
+    num_epochs: training epochs per run.
+    batch_size: training batch size.
+    learning_rate: the optimizer's peak learning rate, > 0.
+    train_limit: use only this many training digits (default: all).
+    test_limit: use only this many test digits (default: all).
+    seed: seed of the runs (initialisation, data order, dropout).
   """
 
   dataset: str = "embedded"
@@ -94,11 +107,58 @@ class TrainingOptions:
   checkpoint_every_steps: int | None = None
   checkpoint_every_secs: float | None = 300.0
   progress: bool = True
+  num_epochs: int = 3
+  batch_size: int = 64
+  learning_rate: float = 3e-3
+  train_limit: int | None = None
+  test_limit: int | None = None
+  seed: int = 0
 
   def train_options(self) -> dict[str, Any]:
-    """These settings as `equivlab.train.TrainConfig` keyword arguments."""
+    """Where data come from and how runs are kept, as `TrainConfig` fields.
+
+    The first seven fields: the ones a study passes on unchanged.
+    """
+    return {name: getattr(self, name) for name in _RUN_FIELDS}
+
+  def train_config(self, **overrides: Any) -> Any:
+    """The `TrainConfig` of all these settings, `overrides` replacing some.
+
+    Raises:
+      ValueError / TypeError: for a bad override, naming the field.
+    """
+    from equivlab import train  # noqa: PLC0415 (jax and flax are slow)
+
     names = [f.name for f in dataclasses.fields(TrainingOptions)]
-    return {name: getattr(self, name) for name in names}
+    fields = {name: getattr(self, name) for name in names}
+    return train.TrainConfig(**{**fields, **overrides})
+
+  def test_digits(self, name: str | None = None) -> tuple[Any, Any]:
+    """The "test" split of `name` (default `dataset`), cut to test_limit.
+
+    Raises:
+      FileNotFoundError: if a tfds data set is not prepared.
+    """
+    from equivlab import data  # noqa: PLC0415
+
+    images, labels = data.load_dataset(
+      name or self.dataset,
+      "test",
+      data_dir=self.data_dir,
+      download=self.download,
+    )
+    return images[: self.test_limit], labels[: self.test_limit]
+
+
+_RUN_FIELDS = (
+  "dataset",
+  "data_dir",
+  "download",
+  "num_devices",
+  "checkpoint_every_steps",
+  "checkpoint_every_secs",
+  "progress",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,19 +180,55 @@ class SeedOptions:
 
 
 def check_config(config: Any) -> None:
-  """Checks the shared fields of an experiment config (see the mixins)."""
-  if isinstance(config, SeedOptions):
-    checks.check_int("num_seeds", config.num_seeds, minimum=1)
-    checks.check_int("seed", config.seed, minimum=0)
-  if isinstance(config, TrainingOptions):
-    if not isinstance(config.dataset, str) or not config.dataset:
-      raise ValueError(
-        f"dataset must be a non-empty name, got {config.dataset!r}."
-      )
-    checks.check_int(
-      "num_devices", config.num_devices, minimum=1, allow_none=True
+  """Checks the shared fields of an experiment config, where it has them.
+
+  The fields of `TrainingOptions` and `SeedOptions`, and those of the same
+  names in any other experiment's config (`num_epochs`, `batch_size`,
+  `learning_rate`, `seed`, the checkpoint cadence, ...), mean the same
+  thing everywhere and are checked here once.
+
+  Raises:
+    ValueError / TypeError: naming the first bad field.
+  """
+  present = lambda name: hasattr(config, name)  # noqa: E731
+  if present("dataset") and (
+    not isinstance(config.dataset, str) or not config.dataset
+  ):
+    raise ValueError(
+      f"dataset must be a non-empty name, got {config.dataset!r}."
     )
+  for name in filter(present, ("num_seeds", "num_epochs", "batch_size")):
+    checks.check_int(name, getattr(config, name), minimum=1)
+  for name in filter(present, ("num_devices", "train_limit", "test_limit")):
+    checks.check_int(name, getattr(config, name), minimum=1, allow_none=True)
+  if present("learning_rate"):
+    checks.check_number(
+      "learning_rate", config.learning_rate, minimum=0, strict_minimum=True
+    )
+  if present("seed"):
+    checks.check_int("seed", config.seed, minimum=0)
+  if present("checkpoint_every_secs"):
     check_checkpoint_cadence(config)
+
+
+def check_names(
+  name: str, values: Any, known: Sequence[str], *, minimum: int = 1
+) -> None:
+  """`values` must be distinct names from `known`, at least `minimum`.
+
+  Raises:
+    TypeError: if `values` is not a sequence of names.
+    ValueError: naming the unknown or repeated ones.
+  """
+  if isinstance(values, str) or not isinstance(values, tuple | list):
+    raise TypeError(f"{name} must be a sequence of names, got {values!r}.")
+  unknown = [v for v in values if v not in known]
+  if len(values) < minimum or unknown or len(set(values)) < len(values):
+    raise ValueError(
+      f"{name} must be distinct names from {tuple(known)}, at least "
+      f"{minimum}, got {tuple(values)}"
+      + (f" (unknown: {unknown})." if unknown else ".")
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -368,10 +464,8 @@ def entry_points(
 class _BelowWarningFrom(std_logging.Filter):
   """Quiets one package: only its warnings pass, without tracebacks.
 
-  orbax logs hundreds of INFO records per run. A failure inside its
-  threads (a full disk) it logs as several ERROR records with tracebacks
-  and then raises to equivlab, which reports it in one line naming the
-  path; so its errors are left to that line.
+  Its errors are left out too: equivlab reports the failure it raises in
+  one line naming the path.
   """
 
   def __init__(self, package: str):
@@ -413,9 +507,7 @@ USER_ERRORS = (ValueError, TypeError, OSError, FloatingPointError)
 def use_compilation_cache() -> pathlib.Path | None:
   """Keeps compiled XLA programs on disk, for the runs that follow.
 
-  The seeds of a study compile the very same steps, and so does the next
-  command: jax's persistent compilation cache (programs that took more
-  than a second to compile) saves those compilations, 3-5 s each on CPU.
+  The seeds of a study, and the next command, compile the very same steps.
   In `$JAX_COMPILATION_CACHE_DIR` if set, else `<equivlab's cache dir>/jax`
   (`equivlab.data.default_cache_dir`); `EQUIVLAB_JAX_CACHE=0` turns it off.
 
@@ -474,180 +566,41 @@ def _exit_with(error: BaseException) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Results.
+# Training runs.
 # ---------------------------------------------------------------------------
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-  """Mean and SAMPLE standard deviation (ddof=1; 0 for a single value).
-
-  The one convention of every "mean +- std over seeds" in equivlab's
-  tables.
-  """
-  values = np.asarray(values, np.float64)
-  if values.size == 0:
-    raise ValueError("mean_std needs at least one value, got none.")
-  std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-  return float(values.mean()), std
-
-
-def to_json(value: Any) -> Any:
-  """`value` with NumPy/JAX scalars and arrays, tuples and NaN made JSON."""
-  if isinstance(value, Mapping):
-    return {str(k): to_json(v) for k, v in value.items()}
-  if isinstance(value, list | tuple):
-    return [to_json(v) for v in value]
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    return to_json(dataclasses.asdict(value))
-  if hasattr(value, "tolist") and hasattr(value, "dtype"):
-    return to_json(value.tolist())
-  if isinstance(value, float) and not math.isfinite(value):
-    return repr(value)  # "nan", "inf": JSON has no such numbers.
-  if isinstance(value, np.generic):
-    return value.item()
-  return value
-
-
-def write_results(
-  workdir: str | pathlib.Path,
-  results: Mapping[str, Any],
-  *,
-  table: str | None = None,
-  timings: Mapping[str, Any] | None = None,
-) -> pathlib.Path:
-  """Writes `results.json`, `results.md` (the table) and `timings.json`.
-
-  `results` must not hold wall times: two runs of the same command write
-  the same `results.json`, byte for byte. Times go to `timings`.
-
-  Args:
-    workdir: the experiment's directory (created if missing).
-    results: JSON-able results (see `to_json`).
-    table: a Markdown table (or tables) to write and print.
-    timings: seconds per run or phase.
-
-  Returns:
-    The path of results.json.
-  """
-  workdir = pathlib.Path(workdir)
-  checkpoint.ensure_directory(workdir)
-  path = workdir / "results.json"
-  files = {path: json.dumps(to_json(results), indent=2, sort_keys=True)}
-  if table is not None:
-    files[workdir / "results.md"] = table
-  if timings is not None:
-    files[workdir / "timings.json"] = json.dumps(to_json(timings), indent=2)
-  for name, text in files.items():
-    with checkpoint.write_errors(str(name)):
-      name.write_text(text + "\n")
-  if table is not None:
-    print(table)
-  return path
-
-
-# ---------------------------------------------------------------------------
-# Grids of training runs.
-# ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-  """One row of a study: `TrainConfig` overrides and, optionally, a module.
-
-  Attributes:
-    overrides: fields of `equivlab.train.TrainConfig` to change.
-    model: a flax module to train instead of the config's named model.
-  """
-
-  overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  model: Any = None
-
-
-def thread_map(
-  fn: Callable[[Any], Any], items: Sequence[Any], workers: int = 2
-) -> list[Any]:
-  """`[fn(item) for item in items]`, `workers` items at a time in threads.
-
-  XLA releases the GIL while it computes, so two threads keep two cores
-  busy with the small programs of these studies (one program alone keeps
-  about one busy). The results keep the order of `items`; the first
-  exception is raised.
-  """
-  checks.check_int("workers", workers, minimum=1)
-  with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-    return list(pool.map(fn, items))
-
-
-def train_grid(
-  base: Any,
-  variants: Mapping[str, Variant | Mapping[str, Any]],
-  seeds: Sequence[int],
+def train_variants(
+  config: TrainingOptions,
+  variants: Mapping[str, Any],
   workdir: str | pathlib.Path,
   *,
-  workers: int = 2,
-  on_done: Callable[[str, int, Any], None] | None = None,
-) -> tuple[dict[str, list[Any]], dict[str, list[float]]]:
-  """Trains every variant with every seed through `train_and_evaluate`.
+  score: Callable[[str, int, Any], Any] | None = None,
+  **overrides: Any,
+) -> tuple[dict[str, list[Any]], dict[str, list[Any]], dict[str, list[float]]]:
+  """`sweeps.train_grid` of `variants` from `config.train_config(**overrides)`.
 
-  Each run keeps its own workdir, `<workdir>/runs/<variant>/seed<seed>`,
-  so an interrupted study resumes where it stopped: finished runs return
-  from their last checkpoint at once, the interrupted one resumes.
-
-  `workers` runs go at once, in threads: XLA executes their steps side by
-  side (the small networks of these studies keep about one core busy per
-  step, so two runs on two cores take little more than one). Each run is
-  deterministic on its own, so the results do not depend on `workers`;
-  the wall time of each run does.
-
-  Args:
-    base: the `TrainConfig` every run starts from.
-    variants: name -> a `Variant` (or a mapping of overrides).
-    seeds: the seeds of every variant.
-    workdir: the study's directory.
-    workers: how many runs train at once (>= 1).
-    on_done: called as `on_done(name, seed, result)` in the worker thread
-      as each run finishes (not counted in its seconds): to evaluate a
-      finished run while the others train.
+  The seeds are `config.seeds` (or `(config.seed,)`). `score(name, seed,
+  result)` runs in the worker thread as each run finishes, while the
+  others train.
 
   Returns:
-    `(results, seconds)`: name -> one `TrainResult` per seed, and name ->
-    the wall time of each run.
+    `(results, records, seconds)`: name -> one `TrainResult` per seed,
+    name -> one score per seed (empty without `score`), and name -> the
+    wall time of each run.
   """
-  from equivlab import train  # noqa: PLC0415 (jax and flax are slow)
+  seeds = getattr(config, "seeds", (config.seed,))
+  done = {}
 
-  # Seed by seed: the runs that start together train different variants,
-  # so no two of them compile the same steps at once; a variant's later
-  # seeds find its steps in the persistent compilation cache.
-  jobs = []
-  for seed in seeds:
-    for name, variant in variants.items():
-      if not isinstance(variant, Variant):
-        variant = Variant(overrides=dict(variant))
-      config = dataclasses.replace(base, seed=seed, **variant.overrides)
-      run_dir = pathlib.Path(workdir) / "runs" / name / f"seed{seed}"
-      jobs.append((name, seed, config, run_dir, variant.model))
+  def on_done(name, seed, result):
+    done[name, seed] = score(name, seed, result)
 
-  def one(job):
-    name, seed, config, run_dir, model = job
-    start = time.perf_counter()
-    result = train.train_and_evaluate(config, run_dir, model=model)
-    elapsed = time.perf_counter() - start
-    logging.info(
-      "%s seed %d: test accuracy %.4f (%.0f s)",
-      name,
-      seed,
-      result["test_accuracy"],
-      elapsed,
-    )
-    if on_done is not None:
-      on_done(name, seed, result)
-    return result, elapsed
-
-  checks.check_int("workers", workers, minimum=1)
-  done = thread_map(one, jobs, workers)
-  results: dict[str, list[Any]] = {}
-  seconds: dict[str, list[float]] = {}
-  for (name, *_), (result, elapsed) in zip(jobs, done, strict=True):
-    results.setdefault(name, []).append(result)
-    seconds.setdefault(name, []).append(elapsed)
-  return results, seconds
+  results, seconds = sweeps.train_grid(
+    config.train_config(**overrides),
+    variants,
+    seeds,
+    workdir,
+    on_done=on_done if score else None,
+  )
+  records = {n: [done[n, s] for s in seeds] for n in results} if score else {}
+  return results, records, seconds

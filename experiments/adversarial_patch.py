@@ -1,13 +1,15 @@
-r"""Seed 002 problem 2 (3): the smallest patch that makes a 6 any other digit.
+r"""The smallest patch that makes a 6 any other digit.
 
-The seed slid grey patches over a 6 and could not change the CNN's answer.
-This trains the CNN (seed 003's, dense head) and Cohen & Welling's P4CNN on
-the digits, takes the first test digit of class `digit` that every model
-classifies correctly, and for each model and each other class finds the
-smallest square patch whose content, optimised by projected gradient within
-[0, 1] at searched positions (`equivlab.analysis.adversarial.smallest_patches`),
-makes the model predict that class. Beside it, the grid search of grey
-patches (`equivlab.analysis.occlusion.find_flipping_patch`, every side up to
+Grey patches slid over a 6 rarely change a CNN's answer (Zeiler & Fergus
+2014's occlusion experiment); an optimised patch is another matter (Brown
+et al. 2017, "Adversarial Patch"). This trains the CNN (dense head) and
+Cohen & Welling's P4CNN on the digits, takes the first test digit of class
+`digit` that every model classifies correctly, and for each model and each
+other class finds the smallest square patch whose content, optimised by
+projected gradient within [0, 1] at searched positions
+(`equivlab.analysis.adversarial.smallest_patches`), makes the model predict
+that class. Beside it, the grid search of grey patches
+(`equivlab.analysis.occlusion.find_flipping_patch`, every side up to
 `max_size`, every centre): the smallest grey patch that changes the
 prediction, and which classes grey patches reach at all.
 
@@ -28,25 +30,21 @@ from typing import Any
 import jax
 import numpy as np
 
-from equivlab import checks, data, train
-from equivlab.analysis import adversarial, occlusion, viz
+from equivlab import checks, train
+from equivlab.analysis import adversarial, occlusion, tables, viz
 from equivlab.nn import models
+from equivlab.training import sweeps
 from experiments import _common
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(_common.TrainingOptions):
-  """Settings of the adversarial-patch study.
+  """Settings of the adversarial-patch study (Adam, cosine decay to 0).
 
   Attributes:
     models: model names for `equivlab.nn.models.get_model`.
-    num_epochs: training epochs per model.
-    batch_size: training batch size.
-    learning_rate: Adam's peak learning rate (cosine decay to 0).
     seed: seed of the training runs and of the patches' random starts.
-    train_limit: use only this many training digits (default: all).
-    test_limit: use only this many test digits (default: all).
-    digit: the class of the attacked test digit (the seed's 6).
+    digit: the class of the attacked test digit.
     max_size: the largest patch side tried (optimised and grey), in
       [1, 28].
     grid: patch corners per axis of the regular grid of positions.
@@ -57,12 +55,6 @@ class Config(_common.TrainingOptions):
   """
 
   models: tuple[str, ...] = ("cnn", "p4cnn")
-  num_epochs: int = 3
-  batch_size: int = 64
-  learning_rate: float = 3e-3
-  seed: int = 0
-  train_limit: int | None = None
-  test_limit: int | None = None
   digit: int = 6
   max_size: int = 20
   grid: int = 4
@@ -73,24 +65,13 @@ class Config(_common.TrainingOptions):
 
   def __post_init__(self):
     _common.check_config(self)
-    unknown = [m for m in self.models if m not in models.MODEL_NAMES]
-    if not self.models or unknown or len(set(self.models)) < len(self.models):
-      raise ValueError(
-        f"models must be distinct names from {models.MODEL_NAMES}, got "
-        f"{self.models}" + (f" (unknown: {unknown})." if unknown else ".")
-      )
-    for name in ("num_epochs", "batch_size", "grid", "num_steps"):
+    _common.check_names("models", self.models, models.MODEL_NAMES)
+    for name in ("grid", "num_steps"):
       checks.check_int(name, getattr(self, name), minimum=1)
-    for name in ("train_limit", "test_limit"):
-      checks.check_int(name, getattr(self, name), minimum=1, allow_none=True)
-    checks.check_int("seed", self.seed, minimum=0)
     checks.check_int("num_salient", self.num_salient, minimum=0)
     checks.check_int("digit", self.digit, minimum=0, maximum=9)
     side = 28 if self.dataset == "embedded" else None
     checks.check_int("max_size", self.max_size, minimum=1, maximum=side)
-    checks.check_number(
-      "learning_rate", self.learning_rate, minimum=0, strict_minimum=True
-    )
     checks.check_number(
       "step_size", self.step_size, minimum=0, maximum=1, strict_minimum=True
     )
@@ -99,10 +80,7 @@ class Config(_common.TrainingOptions):
 
 def _test_digits(config: Config):
   """The test digits, checked against the settings before any training."""
-  test_x, test_y = data.load_dataset(
-    config.dataset, "test", data_dir=config.data_dir, download=config.download
-  )
-  test_x, test_y = test_x[: config.test_limit], test_y[: config.test_limit]
+  test_x, test_y = config.test_digits()
   side = min(test_x.shape[1:3])
   checks.check_int("max_size", config.max_size, minimum=1, maximum=side)
   if not np.any(test_y == config.digit):
@@ -114,23 +92,7 @@ def _test_digits(config: Config):
 
 def base_config(config: Config) -> train.TrainConfig:
   """The `TrainConfig` every model trains with (Adam, cosine decay)."""
-  return train.TrainConfig(
-    **config.train_options(),
-    train_limit=config.train_limit,
-    test_limit=config.test_limit,
-    num_epochs=config.num_epochs,
-    batch_size=config.batch_size,
-    learning_rate=config.learning_rate,
-    schedule="cosine",
-  )
-
-
-def _train(config: Config, workdir: pathlib.Path):
-  variants = {name: {"model": name} for name in config.models}
-  trained, seconds = _common.train_grid(
-    base_config(config), variants, [config.seed], workdir
-  )
-  return {name: results[0] for name, results in trained.items()}, seconds
+  return config.train_config(schedule="cosine")
 
 
 def pick_image(predictions: list[np.ndarray], labels, digit: int) -> int:
@@ -230,7 +192,7 @@ def _table(config: Config, records: dict[str, dict]) -> str:
         side = sides.get(target)
         row[f"-> {target}"] = "-" if side is None else side
       rows.append(row)
-  return viz.format_table(rows) + (
+  return tables.format_table(rows) + (
     f"\n(smallest side in pixels of a square patch that makes the model "
     f"call the {config.digit} each class; '-': none up to "
     f"{config.max_size} px)"
@@ -306,7 +268,10 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   workdir = pathlib.Path(workdir)
   test_x, test_y = _test_digits(config)
   start = time.perf_counter()
-  trained, seconds = _train(config, workdir)
+  trained, _, seconds = _common.train_variants(
+    config, {m: {"model": m} for m in config.models}, workdir, schedule="cosine"
+  )
+  trained = {name: result for name, (result,) in trained.items()}
   predictions = [np.argmax(r.logits(test_x), -1) for r in trained.values()]
   index = pick_image(predictions, test_y, config.digit)
   image = test_x[index]
@@ -334,7 +299,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     "models": records,
     "table": table,
   }
-  _common.write_results(workdir, results, table=table, timings=seconds)
+  sweeps.write_results(workdir, results, table=table, timings=seconds)
   return results
 
 

@@ -5,21 +5,21 @@ The text ships with Python: the help topics of `pydoc_data.topics` (the pages
 download is needed. The text is cut into `batch_size` parallel streams; each
 epoch runs `rnn.tbptt_train` over them: one Adam update per segment of `tau`
 characters, the LSTM state carried across segments with `stop_gradient`
-(seed 004 6(i)). Reports bits per character on a held-out tail of the text
-(against the unigram entropy as a baseline) and samples a few lines.
+(truncated BPTT, Williams & Peng 1990). Reports bits per character on a
+held-out tail of the text (against the unigram entropy as a baseline) and
+samples a few lines.
 
     python -m experiments.char_lm
 
 The updates of an epoch run in jitted chunks (`checkpoint_every_steps`
-updates, or 16); after a chunk the parameters, Adam's state, the LSTM
-state and the history are saved to `<workdir>/checkpoint.npz` at every
-epoch end, every `checkpoint_every_steps` updates and whenever
-`checkpoint_every_secs` have passed. The same command again resumes from
-there and ends with the same results.json as an uninterrupted run (the
-chunking does not change the arithmetic: a test checks it bit for bit).
-A checkpoint that cannot be read is reported in one line and training
-starts over; one of other settings is refused, naming them; a workdir in
-use by a live run is refused, naming that run.
+updates, or 16); the parameters, Adam's state, the LSTM state and the
+history go to `<workdir>/checkpoint.npz` at every epoch end, every
+`checkpoint_every_steps` updates and whenever `checkpoint_every_secs` have
+passed. The same command again resumes from there and ends with the same
+results.json as an uninterrupted run (the chunking does not change the
+arithmetic). An unreadable checkpoint is reported in one line and training
+starts over; one of other settings is refused, naming them, and so is a
+workdir in use by a live run.
 
 Writes into --workdir (default runs/char_lm): results.json, results.md
 (the table), timings.json, samples.txt, bpc.png and checkpoint.npz.
@@ -39,8 +39,8 @@ import optax
 from absl import logging
 
 from equivlab import checks, rnn
-from equivlab.analysis import viz
-from equivlab.training import checkpoint, npz
+from equivlab.analysis import tables, viz
+from equivlab.training import checkpoint, npz, sweeps
 from experiments import _common
 
 # Updates per jitted chunk when --checkpoint_every_steps is unset: how often
@@ -60,7 +60,7 @@ _VALID_STREAMS = 8
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Settings (defaults: a few minutes on 2 CPU cores).
+  """Settings of the character-level language model.
 
   Attributes:
     max_chars: characters of the help text to use (at most all of it).
@@ -101,14 +101,7 @@ class Config:
 
   def __post_init__(self):
     _common.check_config(self)
-    for name in (
-      "max_chars",
-      "hidden_size",
-      "batch_size",
-      "tau",
-      "num_epochs",
-      "sample_length",
-    ):
+    for name in ("max_chars", "hidden_size", "tau", "sample_length"):
       checks.check_int(name, getattr(self, name), minimum=1)
     checks.check_number(
       "valid_fraction",
@@ -118,12 +111,9 @@ class Config:
       strict_minimum=True,
       strict_maximum=True,
     )
-    for name in ("learning_rate", "clip_norm", "temperature"):
-      checks.check_number(
-        name, getattr(self, name), minimum=0, strict_minimum=True
-      )
-    checks.check_int("seed", self.seed, minimum=0)
-    _common.check_checkpoint_cadence(self)
+    for name in ("clip_norm", "temperature"):
+      value = getattr(self, name)
+      checks.check_number(name, value, minimum=0, strict_minimum=True)
     _check_text(self)
 
 
@@ -353,7 +343,7 @@ def _valid_bpc_fn(data: Data):
 def _settings(config: Config) -> dict[str, Any]:
   """The fields the trained parameters depend on, as JSON values."""
   fields = dataclasses.asdict(config)
-  return _common.to_json(
+  return sweeps.to_json(
     {k: v for k, v in fields.items() if k not in _RESUMABLE_FIELDS}
   )
 
@@ -476,7 +466,7 @@ def _table(results: dict[str, Any]) -> str:
     }
     for r in results["history"]
   ]
-  return viz.format_table(rows) + (
+  return tables.format_table(rows) + (
     f"\nHeld-out bits per character {results['valid_bpc']:.3f} against "
     f"{results['unigram_bpc']:.3f} for a unigram model "
     f"({results['num_chars']:,} characters, vocabulary "
@@ -541,7 +531,7 @@ def _run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
     "\n\n----\n\n".join(results["samples"]) + "\n"
   )
   _figure(workdir, results)
-  _common.write_results(
+  sweeps.write_results(
     workdir,
     results,
     table=results["table"],

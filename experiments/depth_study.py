@@ -55,7 +55,8 @@ import numpy as np
 from absl import logging
 
 from equivlab import checks, data, train
-from equivlab.analysis import probes, viz
+from equivlab.analysis import probes
+from equivlab.analysis.tables import format_table
 from equivlab.nn import models
 from experiments import _common
 
@@ -340,17 +341,17 @@ def tables(config: Config, variants: dict[str, dict[str, Any]]) -> str:
     [
       f"Test accuracy after {config.num_epochs} epochs (L = hidden layers; "
       f"{config.architecture}):",
-      viz.format_table(rows["accuracy"]),
+      format_table(rows["accuracy"]),
       "||dL/dW_2|| / ||dL/dW_L|| (hidden layer 2 over hidden layer L, "
       "counting from 1; layer 1's input has another size), at init / "
       "after 1 epoch:",
-      viz.format_table(rows["ratio"]),
+      format_table(rows["ratio"]),
       "Fraction of saturated hidden units (act'(z) < 0.1 act'(0+)), at "
       "init / after 1 epoch:",
-      viz.format_table(rows["saturation"]),
+      format_table(rows["saturation"]),
       "Mean activation slope act'(z) over hidden units, at init / after 1 "
       "epoch:",
-      viz.format_table(rows["slope"]),
+      format_table(rows["slope"]),
     ]
   )
 

@@ -47,7 +47,7 @@ import numpy as np
 from absl import logging
 
 from equivlab import checks
-from equivlab.analysis import viz
+from equivlab.analysis import tables, viz
 from equivlab.rl import dqn
 from equivlab.training import checkpoint, npz
 from experiments import _common
@@ -414,7 +414,7 @@ def _table(results: dict[str, Any]) -> str:
       strict=True,
     )
   ]
-  return viz.format_table(rows)
+  return tables.format_table(rows)
 
 
 def _figure(workdir: pathlib.Path, results: dict[str, Any]) -> None:

@@ -1,11 +1,11 @@
-r"""Ensembles (seed 004 4(e)): average predictions, not parameters.
+r"""Ensembles: average predictions, not parameters.
 
-Seed 004 4(e) points out that averaging the PARAMETERS of M independently
-trained networks is not an ensemble; averaging their PREDICTIONS,
-`g(x) = 1/M sum_m f(x; theta_m)`, is. This trains M CNNs on the embedded
-digits, one per seed (independent initialisations and batch orders, each
-through `equivlab.train.train_and_evaluate`), and for M = 1 .. num_seeds
-(the first M members) compares on the test digits:
+Averaging the PARAMETERS of M independently trained networks is not an
+ensemble; averaging their PREDICTIONS, `g(x) = 1/M sum_m f(x; theta_m)`, is
+(Goodfellow, Bengio & Courville 2016, section 7.11). This trains M CNNs on
+the embedded digits, one per seed (independent initialisations and batch
+orders, each through `equivlab.train.train_and_evaluate`), and for M = 1 ..
+num_seeds (the first M members) compares on the test digits:
 
 - the prediction average: the mean of the members' softmax outputs
   (`regularization.ensemble_predict`);
@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from equivlab import checks, data, train
-from equivlab.analysis import viz
+from equivlab import checks, train
+from equivlab.analysis import metrics, tables, viz
 from equivlab.nn import models
-from equivlab.training import regularization
+from equivlab.training import regularization, sweeps
 from experiments import _common
 
 NORMS = (None, "batch")
@@ -45,18 +45,11 @@ NORMS = (None, "batch")
 
 @dataclasses.dataclass(frozen=True)
 class Config(_common.TrainingOptions, _common.SeedOptions):
-  """Settings of the ensembles study.
-
-  The defaults take about 5 minutes on 2 shared CPU cores.
+  """Settings of the ensembles study (Adam, cosine decay to 0).
 
   Attributes:
     num_seeds: members trained (one per seed); ensembles of M = 1 ..
       num_seeds members are compared.
-    num_epochs: training epochs per member.
-    batch_size: training batch size.
-    learning_rate: peak learning rate of Adam (cosine decay to 0).
-    train_limit: use only this many training digits (default: all).
-    test_limit: use only this many test digits (default: all).
     features: channels of the CNN's convolution blocks.
     dense_features: width of the CNN's hidden dense layer.
     norm: None (no normalisation) or "batch" (batch norm after every
@@ -64,25 +57,14 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
   """
 
   num_seeds: int = 8
-  num_epochs: int = 3
-  batch_size: int = 64
-  learning_rate: float = 3e-3
-  train_limit: int | None = None
-  test_limit: int | None = None
   features: tuple[int, ...] = (32, 64)
   dense_features: int = 128
   norm: str | None = None
 
   def __post_init__(self):
     _common.check_config(self)
-    for name in ("num_epochs", "batch_size", "dense_features"):
-      checks.check_int(name, getattr(self, name), minimum=1)
-    for name in ("train_limit", "test_limit"):
-      checks.check_int(name, getattr(self, name), minimum=1, allow_none=True)
+    checks.check_int("dense_features", self.dense_features, minimum=1)
     checks.check_ints("features", self.features, minimum=1)
-    checks.check_number(
-      "learning_rate", self.learning_rate, minimum=0, strict_minimum=True
-    )
     norm = None if self.norm in (None, "", "none") else self.norm
     checks.check_choice("norm", norm, NORMS)
     object.__setattr__(self, "norm", norm)
@@ -90,19 +72,13 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
 
 def base_config(config: Config) -> train.TrainConfig:
   """The `TrainConfig` of every member (a CNN, Adam, cosine decay)."""
-  return train.TrainConfig(
-    **config.train_options(),
+  return config.train_config(
     model="cnn",
     model_kwargs={
       "features": tuple(config.features),
       "dense_features": config.dense_features,
       "norm": config.norm,
     },
-    train_limit=config.train_limit,
-    test_limit=config.test_limit,
-    num_epochs=config.num_epochs,
-    batch_size=config.batch_size,
-    learning_rate=config.learning_rate,
     schedule="cosine",
   )
 
@@ -110,27 +86,15 @@ def base_config(config: Config) -> train.TrainConfig:
 def softmax(logits: np.ndarray) -> np.ndarray:
   """Row-wise softmax of `[N, K]` logits, in float64."""
   z = np.asarray(logits, np.float64)
-  z = z - z.max(axis=-1, keepdims=True)
-  e = np.exp(z)
+  e = np.exp(z - z.max(axis=-1, keepdims=True))
   return e / e.sum(axis=-1, keepdims=True)
 
 
 def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """Accuracy and NLL (nats, mean over rows) of probabilities `[N, K]`.
-
-  Raises:
-    ValueError: if the shapes disagree.
-  """
-  probs, labels = np.asarray(probs, np.float64), np.asarray(labels)
-  if probs.ndim != 2 or labels.shape != probs.shape[:1]:
-    raise ValueError(
-      f"probs must be [N, K] and labels [N], got {probs.shape} and "
-      f"{labels.shape}."
-    )
-  picked = probs[np.arange(len(labels)), labels]
+  """Accuracy and NLL (nats, mean over rows) of probabilities `[N, K]`."""
   return {
-    "accuracy": float(np.mean(np.argmax(probs, -1) == labels)),
-    "nll": float(-np.mean(np.log(np.maximum(picked, 1e-300)))),
+    "accuracy": metrics.accuracy(probs, labels),
+    "nll": metrics.nll(probs, labels),
   }
 
 
@@ -178,8 +142,8 @@ def compare(members, test_x, test_y) -> list[dict[str, Any]]:
 def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
   rows = []
   for r in records:
-    acc = _common.mean_std([m["accuracy"] for m in r["members"]])
-    nll = _common.mean_std([m["nll"] for m in r["members"]])
+    acc = metrics.mean_std([m["accuracy"] for m in r["members"]])
+    nll = metrics.mean_std([m["nll"] for m in r["members"]])
     pred, param = r["prediction_average"], r["parameter_average"]
     rows.append(
       {
@@ -201,7 +165,7 @@ def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _table(config: Config, rows: list[dict[str, Any]]) -> str:
   columns = [c for c in rows[0] if not c.startswith("members_")]
-  return viz.format_table(rows, columns) + (
+  return tables.format_table(rows, columns) + (
     f"\n(test digits; members: mean +- sample standard deviation over the "
     f"first M of {config.num_seeds} CNNs trained from seeds "
     f"{config.seed}..{config.seed + config.num_seeds - 1}; NLL in nats per "
@@ -248,13 +212,10 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     FileNotFoundError: if a tfds data set is not prepared.
   """
   workdir = pathlib.Path(workdir)
-  trained, seconds = _common.train_grid(
+  trained, seconds = sweeps.train_grid(
     base_config(config), {"cnn": {}}, config.seeds, workdir
   )
-  test_x, test_y = data.load_dataset(
-    config.dataset, "test", data_dir=config.data_dir, download=config.download
-  )
-  test_x, test_y = test_x[: config.test_limit], test_y[: config.test_limit]
+  test_x, test_y = config.test_digits()
   members = trained["cnn"]
   records = compare(members, test_x, test_y)
   rows = _rows(records)
@@ -275,7 +236,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     "rows": rows,
     "table": table,
   }
-  _common.write_results(workdir, results, table=table, timings=seconds)
+  sweeps.write_results(workdir, results, table=table, timings=seconds)
   return results
 
 

@@ -1,11 +1,11 @@
 r"""Equivariance demo: a random P4CNN is rotation invariant, a plain CNN is not.
 
-Cohen & Welling, "Group Equivariant Convolutional Networks" (ICML 2016);
-seed 000 part 1. Takes a real digit from the embedded MNIST subset and
-feeds it, rotated by 0, 90, 180 and 270 degrees (and mirrored, for
-`--group=p4m`), to an untrained P4CNN and to an untrained plain CNN of the
-same layout. It measures with `equivlab.testing.equivariance_error` how far
-each network's logits move,
+Cohen & Welling, "Group Equivariant Convolutional Networks" (ICML 2016).
+Takes a real digit from the embedded MNIST subset and feeds it, rotated by
+0, 90, 180 and 270 degrees (and mirrored, for `--group=p4m`), to an
+untrained P4CNN and to an untrained `models.PlainCNN` of the same layout.
+It measures with `equivlab.analysis.metrics.logit_changes` how far each
+network's logits move,
 
     max_g max |logits(g x) - logits(x)| / max |logits(x)|,
 
@@ -14,10 +14,10 @@ cycled) maps of the unrotated digit, and draws those maps for each rotated
 input: as the digit turns, every map turns with it AND moves one step along
 the group axis (the columns cycle).
 
-The P4CNN's errors are float32 rounding alone (about 1e-6): their digits
-change with the CPU and XLA's choice of kernels, so the table prints them
-as a bound ("< 1e-5") that holds across machines; results.json keeps the
-measured values.
+The P4CNN's errors are float32 rounding alone: their digits change with the
+CPU and XLA's choice of kernels, so the table prints them as a bound
+("< 1e-5") that holds across machines; results.json keeps the measured
+values.
 
     python -m experiments.equivariance_demo
 
@@ -31,28 +31,25 @@ import pathlib
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from equivlab import checks, data, gconv, groups, testing
-from equivlab.analysis import viz
-from equivlab.nn import layers
+from equivlab.analysis import metrics, tables, viz
+from equivlab.nn import layers, models
+from equivlab.training import sweeps
 from experiments import _common
 
 _LIFTING = {"p4": gconv.lifting_conv, "p4m": gconv.lifting_conv_p4m}
 _NAMES = {"p4": "P4CNN", "p4m": "P4MCNN"}
 # Float32 rounding errors print as "< FLOAT_ERROR_BOUND": their exact value
-# moves across machines (7.05e-7 on one, 1.03e-6 on another), the bound
-# does not.
+# moves across machines, the bound does not.
 FLOAT_ERROR_BOUND = 1e-5
-_BOUND = "1e-5"
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Settings of the equivariance demo (seconds on one CPU core).
+  """Settings of the equivariance demo.
 
   Attributes:
     group: "p4" (rotations by 90 degrees) or "p4m" (and mirrors).
@@ -77,83 +74,42 @@ class Config:
     _common.check_config(self)
     checks.check_choice("group", self.group, tuple(_LIFTING))
     checks.check_int("features", self.features, minimum=1)
-    checks.check_int(
-      "digit_index",
-      self.digit_index,
-      minimum=0,
-      maximum=data.EMBEDDED_NUM_TEST - 1,
-    )
+    last = data.EMBEDDED_NUM_TEST - 1
+    checks.check_int("digit_index", self.digit_index, minimum=0, maximum=last)
     if checks.is_int(self.channel) and self.channel >= self.features:
       raise ValueError(
         f"channel must be an int in [0, {self.features - 1}] (a lifted "
         f"G-channel; features is {self.features}), got {self.channel}."
       )
     checks.check_int("channel", self.channel, minimum=0)
-    checks.check_int("seed", self.seed, minimum=0)
     if self.cache_dir is not None and not isinstance(self.cache_dir, str):
       raise TypeError(
         f"cache_dir must be a directory path or None, got {self.cache_dir!r}."
       )
 
 
-class PlainCNN(nn.Module):
-  """The P4CNN's layout with ordinary convolutions (the Z2CNN).
-
-  Attributes:
-    num_classes: the number of logits.
-    features: channels per hidden layer.
-  """
-
-  num_classes: int = 10
-  features: int = 20
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Images `[N, 28, 28, C]` -> logits `[N, num_classes]`."""
-    h = x
-    for layer in range(6):
-      h = nn.relu(nn.Conv(self.features, (3, 3), padding="VALID")(h))
-      if layer == 1:
-        h = nn.max_pool(h, (2, 2), (2, 2))
-    h = nn.Conv(self.num_classes, (4, 4), padding="VALID")(h)
-    return jnp.mean(h, axis=(1, 2))
-
-
-def reported_error(error: float) -> str:
-  """An invariance error as the table prints it, the same on every machine.
-
-  Errors below `FLOAT_ERROR_BOUND` are float rounding and print as that
-  bound ("< 1e-5"); larger ones, which are properties of the network and
-  not of the machine, with three significant digits.
-  """
-  if error < FLOAT_ERROR_BOUND:
-    return f"< {_BOUND}"
-  return f"{error:.3g}"
-
-
 def _networks(config: Config, digit: np.ndarray):
-  """The two untrained networks as `(name, jitted logits fn, #params)`."""
+  """The P4CNN's variables, and both untrained networks as `(name, jitted
+  logits fn, #params)`."""
+  # "rbg" (XLA's RngBitGenerator): the weights only need to be random.
+  keys = jax.random.split(jax.random.key(config.seed, impl="rbg"))
   order = groups.group_order(config.group)
-  # The "rbg" generator (XLA's RngBitGenerator) compiles the two inits ~10x
-  # faster than threefry on CPU; the weights only need to be random.
-  key_eq, key_plain = jax.random.split(jax.random.key(config.seed, impl="rbg"))
-  equivariant = layers.P4CNN(features=config.features, group=config.group)
-  plain = PlainCNN(features=config.features * order)
-  eq_vars = jax.jit(equivariant.init)(key_eq, digit)
-  plain_vars = jax.jit(plain.init)(key_plain, digit)
-  count = lambda v: int(sum(p.size for p in jax.tree.leaves(v["params"])))
-  return eq_vars, (
-    (
-      _NAMES[config.group],
-      jax.jit(functools.partial(equivariant.apply, eq_vars)),
-      count(eq_vars),
+  nets = {
+    _NAMES[config.group]: layers.P4CNN(
+      features=config.features, group=config.group
     ),
-    (
-      "plain CNN of the same layout",
-      jax.jit(functools.partial(plain.apply, plain_vars)),
-      count(plain_vars),
+    "plain CNN of the same layout": models.PlainCNN(
+      features=config.features * order
     ),
-  )
+  }
+  variables = [
+    jax.jit(model.init)(key, digit)
+    for model, key in zip(nets.values(), keys, strict=True)
+  ]
+  return variables[0], [
+    (name, jax.jit(functools.partial(model.apply, v)), models.count_params(v))
+    for (name, model), v in zip(nets.items(), variables, strict=True)
+  ]
 
 
 def _lifting_fn(config: Config, eq_vars):
@@ -173,23 +129,31 @@ def _measure(config: Config, digit: np.ndarray) -> dict[str, Any]:
   """Invariance of both networks' logits, equivariance of the lifting."""
   eq_vars, networks = _networks(config, digit)
   lifted = _lifting_fn(config, eq_vars)
-  rows = []
-  for name, logits_fn, num_params in networks:
-    errors = testing.equivariance_error(
-      logits_fn, digit, group=config.group, input="image", output="invariant"
-    )
-    rows.append({"network": name, "parameters": num_params, "errors": errors})
+  rows = [
+    {
+      "network": name,
+      "parameters": num_params,
+      "errors": metrics.logit_changes(logits_fn, digit, group=config.group),
+    }
+    for name, logits_fn, num_params in networks
+  ]
   lifting_errors = testing.equivariance_error(
     lifted, digit, group=config.group, input="image", output=config.group
   )
   return {"rows": rows, "lifting_errors": lifting_errors, "lifted": lifted}
 
 
+def reported_error(error: float) -> str:
+  """An error as the table prints it: below `FLOAT_ERROR_BOUND` as that
+  bound, else with three significant digits (`tables.format_error`)."""
+  return tables.format_error(error, bound=FLOAT_ERROR_BOUND, spec=".3g")
+
+
 def _table(config: Config, rows, lifting_error: float) -> str:
   order = groups.group_order(config.group)
   what = "rotations and mirrors" if config.group == "p4m" else "rotations"
   column = f"logit change under the {order} {what}"
-  table = viz.format_table(
+  table = tables.format_table(
     [
       {
         "network": r["network"],
@@ -204,7 +168,7 @@ def _table(config: Config, rows, lifting_error: float) -> str:
     f"{reported_error(lifting_error)}. (Untrained networks, test digit "
     f"{config.digit_index}, seed {config.seed}; errors are relative, "
     f"max_g max |f(g x) - g f(x)| / max |f(x)|, float32 rounding printed "
-    f"as < {_BOUND}.)"
+    f"as {reported_error(0.0)}.)"
   )
 
 
@@ -287,7 +251,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     "float_error_bound": FLOAT_ERROR_BOUND,
     "table": table,
   }
-  _common.write_results(
+  sweeps.write_results(
     workdir,
     results,
     table=table,

@@ -1,16 +1,16 @@
-r"""Seed 002 problems 1-2: look inside a trained CNN.
+r"""Look inside a trained CNN: filters, feature maps, shifts, occlusion.
 
-Trains seed 003's convolutional model (3x3 conv blocks and a dense head) on
-the digits, then draws
+Trains the "cnn" of `equivlab.nn.models` (3x3 conv blocks and a dense head)
+on the digits, then draws, after Zeiler & Fergus (ECCV 2014),
 1. the filters of every convolution layer as image grids;
 2. the feature maps (after ReLU) of every layer for a 0 and an 8;
 3. the predictions for a digit shifted left and right;
-4. occlusion sensitivity of a digit (a 6, as in the seed): a grey patch slid
-   over it, mapping (a) the true-class probability, (b) the highest
-   probability and (c) the predicted label;
+4. occlusion sensitivity of a digit (a 6): a grey patch slid over it,
+   mapping (a) the true-class probability, (b) the highest probability and
+   (c) the predicted label;
 5. a search over patch positions and sizes for a grey patch that flips the
-   prediction, reporting whether one exists (the seed could not find one;
-   `experiments.adversarial_patch` optimises the patch's content instead).
+   prediction, reporting whether one exists
+   (`experiments.adversarial_patch` optimises the patch's content instead).
 
 Every setting is checked before anything trains (a bad flag is a flag
 error).
@@ -27,13 +27,13 @@ import pathlib
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 
 from equivlab import checks, data, train
-from equivlab.analysis import occlusion, viz
+from equivlab.analysis import occlusion, probes, viz
 from equivlab.nn import models
+from equivlab.training import sweeps
 from experiments import _common
 
 # The embedded digits' side; tfds images are checked against their own.
@@ -42,30 +42,22 @@ _SIDE = 28
 
 @dataclasses.dataclass(frozen=True)
 class Config(_common.TrainingOptions):
-  """Settings of the CNN inspection.
+  """Settings of the CNN inspection (Adam, constant learning rate).
 
   Attributes:
     features: channels of the three conv blocks of the "cnn" model.
-    num_epochs: training epochs.
-    batch_size: training batch size.
-    learning_rate: Adam's learning rate.
-    seed: seed of the run (initialisation and data order).
-    train_limit: use only this many training digits (default: all).
-    feature_digits: classes whose feature maps are drawn (seed: 0 and 8).
-    shift_digit: class of the digit shifted left and right (seed: 1).
+    feature_digits: classes whose feature maps are drawn.
+    shift_digit: class of the digit shifted left and right.
     shift: pixels of the left and right shifts, in [0, 27].
-    occlusion_digit: class of the occluded digit (seed: 6).
+    occlusion_digit: class of the occluded digit.
     patch_size: side of the grey patch of the occlusion maps, in [1, 28].
     patch_value: grey level of the patch, in [0, 1] (ink is 1, paper 0).
     search_sizes: patch sides tried by the flip search, each in [1, 28].
   """
 
-  features: tuple[int, ...] = (16, 32, 64)
   num_epochs: int = 5
-  batch_size: int = 64
   learning_rate: float = 1e-3
-  seed: int = 0
-  train_limit: int | None = None
+  features: tuple[int, ...] = (16, 32, 64)
   feature_digits: tuple[int, ...] = (0, 8)
   shift_digit: int = 1
   shift: int = 4
@@ -77,15 +69,6 @@ class Config(_common.TrainingOptions):
   def __post_init__(self):
     _common.check_config(self)
     checks.check_ints("features", self.features, minimum=1)
-    for name in ("num_epochs", "batch_size"):
-      checks.check_int(name, getattr(self, name), minimum=1)
-    checks.check_int("seed", self.seed, minimum=0)
-    checks.check_int(
-      "train_limit", self.train_limit, minimum=1, allow_none=True
-    )
-    checks.check_number(
-      "learning_rate", self.learning_rate, minimum=0, strict_minimum=True
-    )
     checks.check_ints("feature_digits", self.feature_digits)
     for i, digit in enumerate(self.feature_digits):
       checks.check_int(f"feature_digits[{i}]", digit, minimum=0, maximum=9)
@@ -107,15 +90,8 @@ def _check_sizes(config: Config, side: int | None) -> None:
 
 def train_config(config: Config) -> train.TrainConfig:
   """The `TrainConfig` of the inspected CNN."""
-  return train.TrainConfig(
-    **config.train_options(),
-    model="cnn",
-    model_kwargs={"features": tuple(config.features)},
-    train_limit=config.train_limit,
-    num_epochs=config.num_epochs,
-    batch_size=config.batch_size,
-    learning_rate=config.learning_rate,
-    seed=config.seed,
+  return config.train_config(
+    model="cnn", model_kwargs={"features": tuple(config.features)}
   )
 
 
@@ -144,34 +120,26 @@ def pick_digit(labels: np.ndarray, predicted: np.ndarray, digit: int) -> int:
 def conv_activations(
   model: models.CNN, variables: Any, image: np.ndarray
 ) -> list[np.ndarray]:
-  """The ReLU outputs of every conv block of a `models.CNN` for one image.
+  """The ReLU outputs `[H_l, W_l, C_l]` of every conv block, before the pool.
 
-  Args:
-    model: a `models.CNN` (no normalisation between conv and ReLU, so the
-      ReLU of the captured conv output is the block's activation).
-    variables: its variables.
-    image: `[H, W, C]`.
-
-  Returns:
-    One `[H_l, W_l, C_l]` array per conv layer, before the max pool.
+  `model` is a `models.CNN` without normalisation, so the ReLU of each
+  convolution's output (`probes.intermediates`) is its block's activation;
+  `image` is `[H, W, C]`.
   """
-  _, state = model.apply(
-    variables,
-    np.asarray(image, np.float32)[None],
-    train=False,
-    capture_intermediates=lambda mdl, _: isinstance(mdl, nn.Conv),
-    mutable=["intermediates"],
-  )
-  convs = state["intermediates"]
-  names = sorted(convs, key=lambda n: int(n.split("_")[-1]))
-  return [np.maximum(np.asarray(convs[n]["__call__"][0][0]), 0) for n in names]
+  x = np.asarray(image, np.float32)[None]
+  found = probes.intermediates(model, variables, x, train=False)
+  names = sorted((n for n in found if n.startswith("Conv_")), key=_index)
+  return [np.maximum(np.asarray(found[n][0]), 0) for n in names]
+
+
+def _index(name: str) -> int:
+  """The layer index of a flax name such as "Conv_2"."""
+  return int(name.split("_")[-1])
 
 
 def _test_digits(config: Config):
   """The test digits, checked against the settings before any training."""
-  test_x, test_y = data.load_dataset(
-    config.dataset, "test", data_dir=config.data_dir, download=config.download
-  )
+  test_x, test_y = config.test_digits()
   _check_sizes(config, min(test_x.shape[1:3]))
   for digit in _digits(config):
     pick_digit(test_y, test_y, digit)  # The ValueError for a missing class.
@@ -185,10 +153,7 @@ def _digits(config: Config) -> tuple[int, ...]:
 
 def _filters(result, workdir: pathlib.Path) -> list[str]:
   params = result.params
-  names = sorted(
-    (n for n in params if n.startswith("Conv_")),
-    key=lambda n: int(n.split("_")[-1]),
-  )
+  names = sorted((n for n in params if n.startswith("Conv_")), key=_index)
   return [
     viz.plot_filters(
       np.asarray(params[name]["kernel"]),
@@ -218,12 +183,14 @@ def _feature_maps(config, result, images, workdir) -> list[str]:
   return files
 
 
-def shifted_predictions(apply_fn, image: np.ndarray, shift: int) -> list[dict]:
+def shifted_predictions(
+  apply_fn, image: np.ndarray, shift: int
+) -> tuple[list[dict], np.ndarray]:
   """Predictions for `image` `[H, W, C]` moved left by `shift`, not, right.
 
   Returns:
-    Three records: "shift_px" (-shift, 0, shift), "predicted" and its
-    "probability".
+    Three records, "shift_px" (-shift, 0, shift), "predicted" and its
+    "probability", and the three moved images `[3, H, W, C]`.
   """
   shifts = np.array([[0, -shift], [0, 0], [0, shift]], np.int32)
   moved = np.asarray(data.translate(np.repeat(image[None], 3, 0), shifts))
@@ -231,17 +198,15 @@ def shifted_predictions(apply_fn, image: np.ndarray, shift: int) -> list[dict]:
   return [
     {
       "shift_px": int(dx),
-      "predicted": int(np.argmax(p)),
-      "probability": float(np.max(p)),
+      "predicted": int(p.argmax()),
+      "probability": float(p.max()),
     }
     for (_, dx), p in zip(shifts, probs, strict=True)
-  ]
+  ], moved
 
 
 def _shifted(config, apply_fn, image, workdir) -> tuple[list[dict], str]:
-  shifted = shifted_predictions(apply_fn, image, config.shift)
-  shifts = np.array([[0, s["shift_px"]] for s in shifted], np.int32)
-  moved = np.asarray(data.translate(np.repeat(image[None], 3, 0), shifts))
+  shifted, moved = shifted_predictions(apply_fn, image, config.shift)
   names = (f"left {config.shift}px", "original", f"right {config.shift}px")
   file = viz.plot_images(
     moved,
@@ -333,7 +298,7 @@ def _summary(results: dict[str, Any]) -> str:
 
 
 def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
-  """Trains the CNN and writes every picture of seed 002 problems 1-2.
+  """Trains the CNN and draws what it learned (see the module docstring).
 
   Args:
     config: the experiment's settings.
@@ -384,7 +349,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   }
   results["summary"] = _summary(results)
   seconds["total"] = time.perf_counter() - start
-  _common.write_results(
+  sweeps.write_results(
     workdir, results, table=results["summary"], timings=seconds
   )
   return results

@@ -15,7 +15,7 @@ its predictions: its errors on a set and on its mirror image are equal.
 P4CNN is invariant to the 4 rotations only, Z2CNN to none. Per model the
 study measures, on the trained networks, the relative logit change
 `max |f(g x) - f(x)| / max |f(x)|` under each element g
-(`equivlab.testing.equivariance_error`) and the fraction of test digits
+(`equivlab.analysis.metrics.logit_changes`) and the fraction of test digits
 whose predicted class changes.
 
 A mirrored digit is often not a digit of its class: a mirrored 2 turned
@@ -33,17 +33,15 @@ there).
 """
 
 import dataclasses
-import math
 import pathlib
-from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
 
-from equivlab import checks, data, groups, testing, train
-from equivlab.analysis import viz
-from experiments import _common
+from equivlab import checks, groups, testing, train
+from equivlab.analysis import metrics, tables, viz
+from equivlab.training import sweeps
+from experiments import _common, rotated_digits
 
 # Models with a `features` width (hidden channels, or G-channels), and the
 # widths that match their parameter counts (21,750, 20,593, 21,750, 20,812).
@@ -62,29 +60,20 @@ ROTATIONS = ELEMENTS[1:4]
 MIRRORS = ELEMENTS[4:]
 # The left-right mirror (a flip of the W axis), as p4m defines it.
 MIRROR = groups.Element(rotation=0, mirror=1)
-# Seed of the fixed test-set rotations of tfds data sets.
-_TEST_ROTATION_SEED = 2
 # log axes cannot show 0: zero changes are drawn at this level.
 _FLOOR = 1e-10
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(_common.TrainingOptions, _common.SeedOptions):
-  """Settings of the p4m digits experiment.
+  """Settings of the p4m digits experiment (Adam, cosine decay to 0).
 
   Attributes:
-    models: model names from `MODELS` ("z2cnn", "p4cnn", "p4cnn_rotpool",
-      "p4mcnn").
-    features: the `features` of each model in --models, in order (hidden
-      channels of Z2CNN, G-channels of the G-CNNs); default: the widths of
-      `DEFAULT_FEATURES`, which match the parameter counts (about 21k).
+    models: networks to train, from `MODELS`.
+    features: the width (`features`) of each model of --models, in order
+      (default: `DEFAULT_FEATURES`, matched parameter counts).
     train_set: "rotated" (digits turned by uniform random angles, like
       mnist-rot) or "upright" (the digits as they are).
-    num_epochs: training epochs per run.
-    batch_size: training batch size.
-    learning_rate: peak learning rate of Adam (cosine decay to 0).
-    train_limit: use only this many training digits (default: all).
-    test_limit: use only this many test digits (default: all).
     num_invariance: test digits on which the logit changes under the 8
       elements of p4m are measured.
   """
@@ -92,25 +81,13 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
   models: tuple[str, ...] = ("z2cnn", "p4cnn", "p4mcnn")
   features: tuple[int, ...] | None = None
   train_set: str = "rotated"
-  num_epochs: int = 3
-  batch_size: int = 64
-  learning_rate: float = 3e-3
-  train_limit: int | None = None
-  test_limit: int | None = None
   num_invariance: int = 200
 
   def __post_init__(self):
     _common.check_config(self)
-    self._check_models()
-    self._check_training()
-
-  def _check_models(self) -> None:
-    unknown = [m for m in self.models if m not in MODELS]
-    if not self.models or unknown or len(set(self.models)) < len(self.models):
-      raise ValueError(
-        f"models must be distinct names from {MODELS}, got {self.models}"
-        + (f" (unknown: {unknown})." if unknown else ".")
-      )
+    _common.check_names("models", self.models, MODELS)
+    checks.check_choice("train_set", self.train_set, TRAIN_SETS)
+    checks.check_int("num_invariance", self.num_invariance, minimum=1)
     if self.features is None:
       return
     checks.check_ints("features", self.features, minimum=1)
@@ -120,16 +97,6 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
         f"({len(self.models)}), got {len(self.features)}: {self.features}."
       )
 
-  def _check_training(self) -> None:
-    checks.check_choice("train_set", self.train_set, TRAIN_SETS)
-    for name in ("num_epochs", "batch_size", "num_invariance"):
-      checks.check_int(name, getattr(self, name), minimum=1)
-    for name in ("train_limit", "test_limit"):
-      checks.check_int(name, getattr(self, name), minimum=1, allow_none=True)
-    checks.check_number(
-      "learning_rate", self.learning_rate, minimum=0, strict_minimum=True
-    )
-
   @property
   def widths(self) -> tuple[int, ...]:
     """The `features` of each model: --features, or `DEFAULT_FEATURES`."""
@@ -138,142 +105,40 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
     return tuple(DEFAULT_FEATURES[name] for name in self.models)
 
 
-LogitsFn = Callable[[np.ndarray], np.ndarray]
-
-
-def error_percent(logits: np.ndarray, labels: np.ndarray) -> float:
-  """Percentage of rows of `logits [N, K]` whose argmax is not `labels`."""
-  return float(100.0 * np.mean(np.argmax(np.asarray(logits), -1) != labels))
-
-
-def confusion(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-  """Counts `[K, K]`: row = true label, column = predicted class.
-
-  Args:
-    logits: `[N, K]`.
-    labels: int `[N]` in `[0, K)`.
-  """
-  logits = np.asarray(logits)
-  counts = np.zeros((logits.shape[-1],) * 2, np.int64)
-  np.add.at(counts, (np.asarray(labels), np.argmax(logits, -1)), 1)
-  return counts
-
-
-def top_mistakes(counts: np.ndarray, k: int = 3) -> list[tuple[int, ...]]:
-  """The `k` most frequent `(true, predicted, count)` of a confusion matrix.
-
-  Off the diagonal only, largest count first (ties: smaller true label,
-  then smaller predicted class); pairs never confused are left out.
-  """
-  counts = np.asarray(counts)
-  pairs = [
-    (int(counts[t, p]), t, p)
-    for t in range(len(counts))
-    for p in range(len(counts))
-    if t != p and counts[t, p] > 0
-  ]
-  pairs.sort(key=lambda c: (-c[0], c[1], c[2]))
-  return [(t, p, n) for n, t, p in pairs[:k]]
-
-
 def mirror(images: np.ndarray) -> np.ndarray:
   """Images `[N, H, W, C]` mirrored left-right (p4m's element "mirror")."""
   return np.asarray(groups.act_on_image(MIRROR, np.asarray(images)))
 
 
-def prediction_changes(logits_fn: LogitsFn, images: np.ndarray) -> dict:
-  """Per p4m element g, the fraction of images whose predicted class moves.
-
-  Args:
-    logits_fn: images `[N, H, W, C]` -> logits `[N, K]`.
-    images: square `[N, H, H, C]`.
-
-  Returns:
-    Element name (`ELEMENTS`) -> the fraction of images with
-    `argmax f(g x) != argmax f(x)` (0.0 for the identity).
-  """
-  base = np.argmax(np.asarray(logits_fn(images)), -1)
-  changes = {}
-  for name, g in zip(ELEMENTS, groups.elements("p4m"), strict=True):
-    moved = np.argmax(np.asarray(logits_fn(groups.act_on_image(g, images))), -1)
-    changes[name] = float(np.mean(moved != base))
-  return changes
-
-
-def logit_changes(logits_fn: LogitsFn, images: np.ndarray) -> dict:
-  """Per p4m element g, `max |f(g x) - f(x)| / max |f(x)|` over the images.
-
-  `equivlab.testing.equivariance_error` with the logits invariant.
-
-  Args:
-    logits_fn: images `[N, H, W, C]` -> logits `[N, K]`.
-    images: square `[N, H, H, C]`.
-
-  Returns:
-    Element name (`ELEMENTS`, the identity included) -> relative change.
-  """
-  return testing.equivariance_error(
-    logits_fn,
-    images,
-    group="p4m",
-    input="image",
-    output="invariant",
-    elements=list(range(len(ELEMENTS))),
-  )
-
-
-def _rotated_test(config: Config) -> tuple[np.ndarray, ...]:
-  """The upright and rotated test digits (same digits, same order), labels."""
-  if config.dataset == "embedded":
-    upright, labels = data.load_dataset("embedded", "test")
-    rotated, _ = data.load_dataset("embedded_rot", "test")
-    return upright, rotated, labels
-  upright, labels = data.load_dataset(
-    config.dataset, "test", data_dir=config.data_dir, download=config.download
-  )
-  upright, labels = upright[: config.test_limit], labels[: config.test_limit]
-  key = jax.random.key(_TEST_ROTATION_SEED)
-  angles = jax.random.uniform(key, (len(labels),), maxval=2 * math.pi)
-  return upright, np.asarray(data.rotate(upright, angles)), labels
-
-
 def evaluation_sets(config: Config) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """The four test sets (`TEST_SETS`) of the same digits, and their labels.
 
-  "rotated" is the "embedded_rot" test split (for tfds data sets: the test
-  digits turned by fixed uniform random angles); the mirrored sets are the
-  upright and rotated ones mirrored left-right.
+  "rotated" is `rotated_digits.rotated_test_set` (the "embedded_rot" test
+  split, or a tfds data set's test digits turned by fixed random angles);
+  the mirrored sets are the upright and rotated ones mirrored left-right.
 
   Returns:
     `({name: images [N, H, W, C]}, labels [N])`, cut to --test_limit.
   """
-  upright, rotated, labels = _rotated_test(config)
-  limit = config.test_limit
+  upright, labels = config.test_digits()
+  _, rotated, _ = rotated_digits.rotated_test_set(config)
   sets = {
-    "upright": upright[:limit],
-    "mirrored": mirror(upright[:limit]),
-    "rotated": rotated[:limit],
-    "rotated+mirrored": mirror(rotated[:limit]),
+    "upright": upright,
+    "mirrored": mirror(upright),
+    "rotated": rotated,
+    "rotated+mirrored": mirror(rotated),
   }
-  return sets, labels[:limit]
+  return sets, labels
 
 
 def base_config(config: Config) -> train.TrainConfig:
   """The `TrainConfig` every run starts from (model and seed set per run)."""
   embedded = config.dataset == "embedded"
   rotated = config.train_set == "rotated"
-  options = config.train_options()
-  if embedded and rotated:
-    options["dataset"] = "embedded_rot"
-  return train.TrainConfig(
+  return config.train_config(
+    dataset="embedded_rot" if embedded and rotated else config.dataset,
     augment="rotate" if rotated and not embedded else "none",
-    train_limit=config.train_limit,
-    test_limit=config.test_limit,
-    num_epochs=config.num_epochs,
-    batch_size=config.batch_size,
-    learning_rate=config.learning_rate,
     schedule="cosine",
-    **options,
   )
 
 
@@ -281,45 +146,40 @@ def train_models(config: Config, workdir: str | pathlib.Path):
   """Trains (or, when finished, restores) every model with every seed.
 
   Returns:
-    `_common.train_grid`'s `(results, seconds)`: model name -> one
+    `sweeps.train_grid`'s `(results, seconds)`: model name -> one
     `TrainResult` per seed, and the wall time of each run.
   """
   variants = {
     name: {"model": name, "model_kwargs": {"features": width}}
     for name, width in zip(config.models, config.widths, strict=True)
   }
-  return _common.train_grid(
-    base_config(config), variants, config.seeds, workdir
-  )
+  return sweeps.train_grid(base_config(config), variants, config.seeds, workdir)
 
 
 def _record(config, name, seed, result, sets, labels) -> dict[str, Any]:
   """One model and seed: errors per test set, changes per p4m element."""
   probe = sets[config.train_set][: config.num_invariance]
   logits = {key: result.logits(images) for key, images in sets.items()}
+  every = list(range(len(ELEMENTS)))
   return {
     "model": name,
     "seed": seed,
     "params": result["num_params"],
-    "errors": {k: error_percent(v, labels) for k, v in logits.items()},
-    "logit_change": logit_changes(result.logits, probe),
-    "pred_change": prediction_changes(result.logits, probe),
-    "confusion": {key: confusion(logits[key], labels) for key in MISTAKE_SETS},
+    "errors": {k: metrics.error_percent(v, labels) for k, v in logits.items()},
+    "logit_change": metrics.logit_changes(
+      result.logits, probe, group="p4m", elements=every
+    ),
+    "pred_change": metrics.prediction_changes(
+      result.logits, probe, group="p4m", elements=every
+    ),
+    "confusion": {
+      key: metrics.confusion_matrix(logits[key], labels) for key in MISTAKE_SETS
+    },
     "predictions": {
       k: np.argmax(v[:8], -1).tolist() for k, v in logits.items()
     },
     "history": result.history,
   }
-
-
-def _order_of_magnitude(value: float) -> str:
-  """Float-error levels as "< 1e-5" (they move across machines), else "%.1e".
-
-  An invariant network's logits move by float rounding alone, whose exact
-  value changes with the CPU and XLA's choice of kernels; only its order is
-  reproducible.
-  """
-  return "< 1e-5" if value < 1e-5 else f"{value:.1e}"
 
 
 def _row(config: Config, name: str, mine: list[dict]) -> dict[str, Any]:
@@ -330,37 +190,32 @@ def _row(config: Config, name: str, mine: list[dict]) -> dict[str, Any]:
   }
   stats = {}
   for key in TEST_SETS:
-    mean, std = _common.mean_std([r["errors"][key] for r in mine])
+    mean, std = metrics.mean_std([r["errors"][key] for r in mine])
     row[f"{key} error %"] = f"{mean:.2f} +- {std:.2f}"
     stats[key] = (mean, std)
   cost = [
     r["errors"]["rotated+mirrored"] - r["errors"]["rotated"] for r in mine
   ]
-  mean, std = _common.mean_std(cost)
+  mean, std = metrics.mean_std(cost)
   row["mirror cost (points)"] = f"{mean:+.2f} +- {std:.2f}"
   for label, names in (("rot90s", ROTATIONS), ("mirrors", MIRRORS)):
     largest = max(r["logit_change"][e] for r in mine for e in names)
-    row[f"logit change, {label}"] = _order_of_magnitude(largest)
+    row[f"logit change, {label}"] = tables.format_error(largest)
   row["pred. changes, mirrors"] = "{:.3f}".format(
     np.mean([r["pred_change"][e] for r in mine for e in MIRRORS])
   )
   mistakes = {
-    key: top_mistakes(sum(np.asarray(r["confusion"][key]) for r in mine))
+    key: metrics.top_confusions(
+      sum(np.asarray(r["confusion"][key]) for r in mine)
+    )
     for key in MISTAKE_SETS
   }
   return {**row, "stats": stats, "mistakes": mistakes}
 
 
-def _rows(config: Config, records: list[dict]) -> list[dict[str, Any]]:
-  return [
-    _row(config, name, [r for r in records if r["model"] == name])
-    for name in config.models
-  ]
-
-
 def _table(config: Config, rows: list[dict]) -> str:
   columns = [c for c in rows[0] if c not in ("stats", "mistakes")]
-  table = viz.format_table(rows, columns) + (
+  table = tables.format_table(rows, columns) + (
     f"\n(trained on {config.train_set} digits; errors: mean +- sample "
     f"standard deviation over {config.num_seeds} seeds; mirror cost: "
     f"rotated+mirrored error - rotated error, the same digits and angles; "
@@ -380,8 +235,7 @@ def _table(config: Config, rows: list[dict]) -> str:
 
 
 def _mean_over_seeds(records, name, key) -> list[float]:
-  mine = [r[key] for r in records if r["model"] == name]
-  return [float(np.mean([m[e] for m in mine])) for e in ELEMENTS]
+  return [float(np.mean([r[key][e] for r in records[name]])) for e in ELEMENTS]
 
 
 def _invariance_figures(config, workdir, records) -> None:
@@ -437,18 +291,16 @@ def _figures(config, workdir, rows, records, sets, labels) -> None:
     value_format="{:.1f}",
   )
   _invariance_figures(config, workdir, records)
-  first = {r["model"]: r["predictions"] for r in reversed(records)}
   n = min(4, len(labels))
-  shown = [("rotated", i) for i in range(n)]
-  shown += [("rotated+mirrored", i) for i in range(n)]
-  viz.plot_images(
+  shown = [(key, i) for key in MISTAKE_SETS for i in range(n)]
+  viz.plot_predictions(
     np.stack([sets[key][i] for key, i in shown]),
     workdir / "examples.png",
-    titles=[
-      f"{key}, label {labels[i]}\n"
-      + "\n".join(f"{m}: {first[m][key][i]}" for m in config.models)
-      for key, i in shown
-    ],
+    predictions={
+      m: [mine[0]["predictions"][key][i] for key, i in shown]
+      for m, mine in records.items()
+    },
+    captions=[f"{key}, label {labels[i]}" for key, i in shown],
     ncols=n,
     title=(
       f"Rotated test digits (top), mirrored (bottom); predictions of seed "
@@ -479,22 +331,24 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   workdir = pathlib.Path(workdir)
   sets, labels = evaluation_sets(config)
   trained, seconds = train_models(config, workdir)
-  records = [
-    _record(config, name, seed, result, sets, labels)
+  records = {
+    name: [
+      _record(config, name, seed, result, sets, labels)
+      for seed, result in zip(config.seeds, results, strict=True)
+    ]
     for name, results in trained.items()
-    for seed, result in zip(config.seeds, results, strict=True)
-  ]
-  rows = _rows(config, records)
+  }
+  rows = [_row(config, name, mine) for name, mine in records.items()]
   table = _table(config, rows)
   _figures(config, workdir, rows, records, sets, labels)
   results = {
     "config": dataclasses.asdict(config),
     "elements": ELEMENTS,
-    "runs": records,
+    "runs": [r for mine in records.values() for r in mine],
     "rows": rows,
     "table": table,
   }
-  _common.write_results(workdir, results, table=table, timings=seconds)
+  sweeps.write_results(workdir, results, table=table, timings=seconds)
   return results
 
 

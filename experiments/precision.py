@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from equivlab import checks, data, testing, train
-from equivlab.analysis import viz
+from equivlab.analysis import tables, viz
 from equivlab.nn import layers
 from equivlab.ops import xla_options
 from equivlab.training import steps as steps_lib
@@ -474,7 +474,7 @@ _HIDDEN = ("accuracy_mean", "accuracy_std", "memory")
 def _tables(config, rows, p4_rows) -> str:
   """The deterministic tables (no times)."""
   columns = [c for c in rows[0] if c not in _HIDDEN]
-  text = viz.format_table(rows, columns)
+  text = tables.format_table(rows, columns)
   text += (
     f"\n(test accuracy: mean +- sample standard deviation over "
     f"{config.num_seeds} seeds; memory of one train step of batch "
@@ -487,7 +487,7 @@ def _tables(config, rows, p4_rows) -> str:
     columns = [
       c for c in p4_rows[0] if not c.endswith(("_equivariance", "_rounding"))
     ]
-    text += "\n\n" + viz.format_table(p4_rows, columns)
+    text += "\n\n" + tables.format_table(p4_rows, columns)
     text += (
       "\n(P4CNN's p4 layers, trained parameters, "
       f"{config.num_equivariance} test digits: largest relative "
@@ -512,7 +512,7 @@ def _timing_table(config, timings) -> str:
           "vs float32": f"{seconds / timings[model]['float32']:.2f}",
         }
       )
-  return viz.format_table(rows) + (
+  return tables.format_table(rows) + (
     f"\n(median of {config.num_timed_steps} steps of batch "
     f"{config.batch_size} per precision, the precisions timed in turn, on "
     f"{jax.default_backend()})"

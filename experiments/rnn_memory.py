@@ -4,17 +4,17 @@ Each sequence opens with one of `num_symbols` signal symbols, followed by
 `lag` random distractor symbols; after the last step the network must name
 the opening symbol (chance = 1 / num_symbols). Elman, LSTM and GRU networks
 are trained end to end by backpropagation through time; an echo-state
-network keeps its random reservoir and fits only the readout, in closed form
-(ridge) and by gradient descent. Also recorded: ||dL_T/dh_t|| against T - t
-at initialisation and after training (seed 002 problem 4, seed 004 2(c)):
-in the Elman net it decays geometrically, which is why W_hh and W_xh are
-hard to train over long lags; the additive memory cell of the LSTM and the
-update gate of the GRU keep it from vanishing.
+network (Jaeger 2001) keeps its random reservoir and fits only the readout,
+in closed form (ridge) and by gradient descent. Also recorded:
+||dL_T/dh_t|| against T - t at initialisation and after training: in the
+Elman net it decays geometrically (Bengio, Simard & Frasconi 1994), which
+is why W_hh and W_xh are hard to train over long lags; the additive memory
+cell of the LSTM and the update gate of the GRU keep it from vanishing.
 
     python -m experiments.rnn_memory
 
-Each (lag, network) run is one jitted scan of `num_steps` Adam steps
-(seconds): as it finishes, its measurements are written to
+Each (lag, network) run is one jitted scan of `num_steps` Adam steps: as
+it finishes, its measurements are written to
 `<workdir>/runs/lag<L>/<network>.json`, so a killed sweep loses at most
 the run in progress, and the same command again skips every finished run
 (a workdir holding runs of other settings is refused, naming them, and so
@@ -27,8 +27,6 @@ and the per-run records under runs/.
 
 import dataclasses
 import functools
-import json
-import os
 import pathlib
 import time
 from typing import Any
@@ -40,9 +38,9 @@ import optax
 from absl import logging
 
 from equivlab import checks, rnn
-from equivlab.analysis import viz
+from equivlab.analysis import metrics, tables, viz
 from equivlab.rnn import esn
-from equivlab.training import checkpoint, npz
+from equivlab.training import checkpoint, sweeps
 from experiments import _common
 
 RNN_MODELS = ("elman", "lstm", "gru")
@@ -57,11 +55,23 @@ _DISPLAY = {
 # Fields that do not change what one (lag, network) run measures: a workdir
 # with runs of other lags, networks or plotted lag is resumed, not refused.
 _SWEEP_FIELDS = ("lags", "models", "grad_lag")
+# Settings that count something, each an int >= 1.
+_COUNTS = (
+  "num_distractors",
+  "hidden_size",
+  "num_steps",
+  "esn_size",
+  "esn_train_size",
+  "esn_readout_steps",
+  "eval_size",
+  "grad_lag",
+  "grad_probe_size",
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """Settings of the lag sweep (defaults: a few minutes on 2 CPU cores).
+  """Settings of the lag sweep.
 
   Attributes:
     lags: the lags L to sweep (distractor steps between the signal and
@@ -114,48 +124,19 @@ class Config:
     checks.check_ints("lags", self.lags, minimum=1)
     if len(set(self.lags)) != len(self.lags):
       raise ValueError(f"lags must be distinct, got {list(self.lags)}.")
-    _check_models(self.models)
+    _common.check_names("models", self.models, RNN_MODELS)
     checks.check_int("num_symbols", self.num_symbols, minimum=2)
-    for name in (
-      "num_distractors",
-      "hidden_size",
-      "batch_size",
-      "num_steps",
-      "esn_size",
-      "esn_train_size",
-      "esn_readout_steps",
-      "eval_size",
-      "grad_lag",
-      "grad_probe_size",
-    ):
+    for name in _COUNTS:
       checks.check_int(name, getattr(self, name), minimum=1)
-    for name in (
-      "learning_rate",
-      "clip_norm",
-      "esn_radius",
-      "esn_input_scale",
-    ):
-      checks.check_number(
-        name, getattr(self, name), minimum=0, strict_minimum=True
-      )
+    for name in ("clip_norm", "esn_radius", "esn_input_scale"):
+      value = getattr(self, name)
+      checks.check_number(name, value, minimum=0, strict_minimum=True)
     checks.check_number("ridge_l2", self.ridge_l2, minimum=0)
-    checks.check_int("seed", self.seed, minimum=0)
 
   @property
   def nearest_grad_lag(self) -> int:
     """The swept lag nearest `grad_lag` (the smaller one on a tie)."""
     return min(self.lags, key=lambda lag: (abs(lag - self.grad_lag), lag))
-
-
-def _check_models(models: Any) -> None:
-  if isinstance(models, str) or not isinstance(models, tuple | list):
-    raise TypeError(f"models must be a sequence of names, got {models!r}.")
-  unknown = [m for m in models if m not in RNN_MODELS]
-  if not models or unknown or len(set(models)) != len(models):
-    raise ValueError(
-      f"models must be distinct names from {RNN_MODELS}, at least one, got "
-      f"{list(models)}."
-    )
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
@@ -209,13 +190,7 @@ def final_logits(name: str, params, xs: jax.Array) -> jax.Array:
 
 def accuracy(name: str, params, xs, labels) -> float:
   """The fraction of sequences whose last-step argmax is the label."""
-  return _fraction_right(final_logits(name, params, xs), labels)
-
-
-def _fraction_right(logits: jax.Array, labels: jax.Array) -> float:
-  """Correct argmaxes over all rows, counted exactly (not a float32 mean)."""
-  right = np.argmax(np.asarray(logits), axis=-1) == np.asarray(labels)
-  return int(right.sum()) / right.size
+  return metrics.accuracy(final_logits(name, params, xs), labels)
 
 
 def train_rnn(key, name: str, lag: int, config: Config):
@@ -316,67 +291,16 @@ def run_esn(key, lag: int, eval_batch, config: Config) -> dict[str, float]:
     num_steps=config.esn_readout_steps,
   )
   return {
-    name: _fraction_right(esn.readout_apply(v, eval_feats), eval_batch[1])
+    name: metrics.accuracy(esn.readout_apply(v, eval_feats), eval_batch[1])
     for name, v in (("esn_ridge", ridge), ("esn_gradient", grad_readout))
   }
 
 
-# ---------------------------------------------------------------------------
-# One record per finished (lag, network) run: what a rerun skips.
-# ---------------------------------------------------------------------------
-
-
-def _settings(config: Config) -> dict[str, Any]:
-  """The fields a run's measurements depend on, as JSON values."""
+def _store(config: Config, workdir: pathlib.Path) -> sweeps.RecordStore:
+  """The finished (lag, network) runs, `runs/lag<L>/<network>.json`."""
   fields = dataclasses.asdict(config)
-  return _common.to_json(
-    {k: v for k, v in fields.items() if k not in _SWEEP_FIELDS}
-  )
-
-
-def _record_path(workdir: pathlib.Path, lag: int, name: str) -> pathlib.Path:
-  return workdir / "runs" / f"lag{lag}" / f"{name}.json"
-
-
-def _load_record(path: pathlib.Path, config: Config) -> dict | None:
-  """The finished run saved at `path`, or None if there is none (yet).
-
-  Raises:
-    ValueError: if the record was made with other settings.
-  """
-  if not path.exists():
-    return None
-  try:
-    record = json.loads(path.read_text())
-    saved = record["settings"]
-  except (OSError, ValueError, KeyError, TypeError) as error:
-    logging.warning("%s is unreadable (%s); running it again.", path, error)
-    return None
-  changes = npz.setting_changes(saved, _settings(config))
-  if changes:
-    raise ValueError(
-      f"workdir {path.parents[2]} holds runs of other settings ({changes}) "
-      f"in {path}: use another --workdir, or remove its runs/ folder to "
-      f"start over."
-    )
-  return record
-
-
-def _save_record(path: pathlib.Path, config: Config, record: dict) -> None:
-  """Writes a record atomically: a killed write leaves no half file."""
-  text = json.dumps(
-    _common.to_json({**record, "settings": _settings(config)}),
-    indent=2,
-    sort_keys=True,
-  )
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  with checkpoint.write_errors(f"the record {path}"):
-    try:
-      path.parent.mkdir(parents=True, exist_ok=True)
-      tmp.write_text(text + "\n")
-      os.replace(tmp, path)
-    finally:
-      tmp.unlink(missing_ok=True)
+  settings = {k: v for k, v in fields.items() if k not in _SWEEP_FIELDS}
+  return sweeps.RecordStore(workdir, settings)
 
 
 def _measure_rnn(config: Config, name: str, lag: int, keys, eval_batch):
@@ -406,15 +330,14 @@ def _sweep(config: Config, workdir: pathlib.Path):
     jax.random.key(config.seed), 4
   )
   keys = {"models": k_models, "probe": k_probe}
-  records, seconds = {}, {}
+  store, records, seconds = _store(config, workdir), {}, {}
   for lag in config.lags:
     eval_batch = _batch(
       config, jax.random.fold_in(k_eval, lag), config.eval_size, lag
     )
     records[lag] = {}
     for name in (*config.models, "esn"):
-      path = _record_path(workdir, lag, name)
-      record = _load_record(path, config)
+      record = store.load(f"lag{lag}", name)
       if record is None:
         start = time.perf_counter()
         if name == "esn":
@@ -422,7 +345,7 @@ def _sweep(config: Config, workdir: pathlib.Path):
           record = {"accuracy": run_esn(key, lag, eval_batch, config)}
         else:
           record = _measure_rnn(config, name, lag, keys, eval_batch)
-        _save_record(path, config, record)
+        store.save(record, f"lag{lag}", name)
         seconds[f"lag{lag}/{name}"] = time.perf_counter() - start
       logging.info("lag %d %s: %s", lag, name, record["accuracy"])
       records[lag][name] = record
@@ -474,7 +397,7 @@ def _table(config: Config, results: dict[str, Any]) -> str:
     }
     for i, lag in enumerate(results["lags"])
   ]
-  return viz.format_table(rows) + (
+  return tables.format_table(rows) + (
     f"\n(test accuracy on {config.eval_size} held-out sequences, chance "
     f"{results['chance']:.3f}; hidden {config.hidden_size}, "
     f"{config.num_steps} Adam steps, one seed: {config.seed})"
@@ -536,7 +459,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     results = _results(config, records)
     results["table"] = _table(config, results)
     _figures(workdir, results)
-    _common.write_results(
+    sweeps.write_results(
       workdir, results, table=results["table"], timings=seconds
     )
   return results

@@ -1,20 +1,19 @@
 r"""Where the dense-head CNN loses translation invariance, layer by layer.
 
-Seed 002 problem 1(3) and seed 003 question 3: convolutions commute with
-shifts, so why does seed 003's CNN do worse on shifted digits? This trains
-the "cnn" of `equivlab.nn.models` (3x3 conv, ReLU, 2x2 stride-2 max pool,
-twice; then a dense hidden layer and dense logits) on the embedded digits
-through `equivlab.train.train_and_evaluate` (Adam), once per padding
-(circular and zero, "SAME"), then shifts test digits circularly by
-`(dy, dx)` and measures at every stage
+Convolutions commute with shifts, so why does a CNN with a dense head do
+worse on shifted digits? This trains the "cnn" of `equivlab.nn.models`
+(3x3 conv, ReLU, 2x2 stride-2 max pool, twice; then a dense hidden layer
+and dense logits) on the embedded digits through
+`equivlab.train.train_and_evaluate` (Adam), once per padding (circular and
+zero, "SAME"), then shifts test digits circularly by `(dy, dx)` and
+measures at every stage
 
   error = min_t ||f(shift x) - roll(f(x), t)|| / ||f(x)||
 
-with `equivlab.analysis.probes.shift_equivariance_error` (t over all shifts of
-the
-feature map; for the dense layers, whose outputs no shift acts on, the
-invariance error `||f(shift x) - f(x)|| / ||f(x)||`). The stages are the
-outputs of conv1, pool1 (ReLU + pool), conv2, pool2, dense (the hidden
+with `equivlab.analysis.probes.shift_equivariance_error` (t over all shifts
+of the feature map; for the dense layers, whose outputs no shift acts on,
+the invariance error `||f(shift x) - f(x)|| / ||f(x)||`). The stages are
+the outputs of conv1, pool1 (ReLU + pool), conv2, pool2, dense (the hidden
 layer, before its ReLU) and logits; the conv and dense outputs are read
 with `probes.intermediates`, the pool outputs recomputed from them as
 `max_pool(relu(conv))`, as in `models.CNN`. It also reports how often the
@@ -40,9 +39,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivlab import checks, data, train
-from equivlab.analysis import probes, viz
+from equivlab import checks, data
+from equivlab.analysis import metrics, probes, tables, viz
 from equivlab.nn import models
+from equivlab.training import sweeps
 from experiments import _common
 
 STAGES = ("conv1", "pool1", "conv2", "pool2", "dense", "logits")
@@ -51,58 +51,38 @@ DEFAULT_SHIFTS = ("0:1", "0:2", "0:3", "0:4", "1:1", "2:2")
 
 @dataclasses.dataclass(frozen=True)
 class Config(_common.TrainingOptions):
-  """Settings of the per-layer shift-equivariance study.
+  """Settings of the per-layer shift-equivariance study (Adam, constant).
 
   Attributes:
     paddings: conv paddings to compare (CIRCULAR, SAME, VALID).
     shifts: input shifts as dy:dx, comma-separated (e.g. 0:1,2:2).
-    num_epochs: training epochs per padding.
-    batch_size: training batch size.
-    learning_rate: learning rate of Adam (constant).
     num_images: test digits the errors are measured on (the first ones).
     features: channels of the two conv blocks.
     dense_features: width of the dense hidden layer.
-    seed: seeds initialisation and shuffling.
-    train_limit: use only this many training digits (default: all).
     test_limit: use only this many test digits for the test accuracy
       (default: all).
   """
 
-  paddings: tuple[str, ...] = ("CIRCULAR", "SAME")
-  shifts: tuple[str, ...] = DEFAULT_SHIFTS
   num_epochs: int = 10
   batch_size: int = 128
   learning_rate: float = 1e-3
+  paddings: tuple[str, ...] = ("CIRCULAR", "SAME")
+  shifts: tuple[str, ...] = DEFAULT_SHIFTS
   num_images: int = 500
   features: tuple[int, ...] = (32, 64)
   dense_features: int = 128
-  seed: int = 0
-  train_limit: int | None = None
-  test_limit: int | None = None
 
   def __post_init__(self):
     _common.check_config(self)
-    if isinstance(self.paddings, str) or not self.paddings:
-      raise ValueError(
-        f"paddings must name at least one of {models.PADDINGS}, got "
-        f"{self.paddings!r}."
-      )
-    for padding in self.paddings:
-      checks.check_choice("paddings", padding, models.PADDINGS)
+    _common.check_names("paddings", self.paddings, models.PADDINGS)
     parse_shifts(self.shifts)
     checks.check_ints("features", self.features, minimum=1)
     if len(self.features) != 2:
       raise ValueError(
         f"features must have two entries, got {tuple(self.features)}."
       )
-    for name in ("num_epochs", "batch_size", "num_images", "dense_features"):
+    for name in ("num_images", "dense_features"):
       checks.check_int(name, getattr(self, name), minimum=1)
-    for name in ("train_limit", "test_limit"):
-      checks.check_int(name, getattr(self, name), minimum=1, allow_none=True)
-    checks.check_int("seed", self.seed, minimum=0)
-    checks.check_number(
-      "learning_rate", self.learning_rate, minimum=0, strict_minimum=True
-    )
 
 
 def parse_shifts(values: Any) -> list[tuple[int, int]]:
@@ -189,7 +169,7 @@ def layer_errors(
     [0, 0] for the dense stages), plus "prediction_changed": the fraction
     of images whose predicted class changes.
   """
-  errors, shifts, changed = jax.device_get(
+  errors, shifts, logits = jax.device_get(
     _layer_errors(model, variables, jnp.asarray(images), jnp.asarray(shift))
   )
   out = {
@@ -199,7 +179,7 @@ def layer_errors(
     }
     for name in STAGES
   }
-  out["prediction_changed"] = float(changed)
+  out["prediction_changed"] = metrics.changed_fraction(*logits)
   return out
 
 
@@ -214,34 +194,7 @@ def _layer_errors(model, variables, images, shift):
     errors[name], shifts[name] = probes.shift_equivariance_error(
       before[name], after[name]
     )
-  changed = jnp.argmax(before["logits"], -1) != jnp.argmax(after["logits"], -1)
-  return errors, shifts, jnp.mean(changed)
-
-
-def _train(config: Config, workdir: pathlib.Path):
-  """One trained "cnn" per padding: (padding -> `TrainResult`, seconds)."""
-  base = train.TrainConfig(
-    model="cnn",
-    num_epochs=config.num_epochs,
-    batch_size=config.batch_size,
-    optimizer="adam",
-    learning_rate=config.learning_rate,
-    train_limit=config.train_limit,
-    test_limit=config.test_limit,
-    **config.train_options(),
-  )
-  variants = {
-    padding: {
-      "model_kwargs": {
-        "padding": padding,
-        "features": tuple(config.features),
-        "dense_features": config.dense_features,
-      }
-    }
-    for padding in config.paddings
-  }
-  trained, seconds = _common.train_grid(base, variants, (config.seed,), workdir)
-  return {name: runs[0] for name, runs in trained.items()}, seconds
+  return errors, shifts, (before["logits"], after["logits"])
 
 
 def _test_digits(config: Config) -> tuple[np.ndarray, np.ndarray]:
@@ -257,10 +210,9 @@ def _measure(config: Config, result, images, labels) -> dict[str, Any]:
     f"{dy},{dx}": layer_errors(result.model, result.variables, images, (dy, dx))
     for dy, dx in parse_shifts(config.shifts)
   }
-  logits = result.logits(images)
   return {
     "test_accuracy": result["test_accuracy"],
-    "accuracy": float(np.mean(np.argmax(logits, -1) == labels)),
+    "accuracy": metrics.accuracy(result.logits(images), labels),
     "shifts": by_shift,
   }
 
@@ -283,19 +235,31 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   """
   workdir = pathlib.Path(workdir)
   images, labels = _test_digits(config)
-  trained, seconds = _train(config, workdir)
+  variants = {
+    padding: {
+      "model_kwargs": {
+        "padding": padding,
+        "features": tuple(config.features),
+        "dense_features": config.dense_features,
+      }
+    }
+    for padding in config.paddings
+  }
+  trained, _, seconds = _common.train_variants(
+    config, variants, workdir, model="cnn", optimizer="adam"
+  )
   results = {
     "config": dataclasses.asdict(config),
     "stages": list(STAGES),
     "models": {
       padding: _measure(config, result, images, labels)
-      for padding, result in trained.items()
+      for padding, (result,) in trained.items()
     },
   }
   results["table"] = _table(results)
   workdir.mkdir(parents=True, exist_ok=True)
   _plot(results, workdir / "shift_equivariance.png")
-  _common.write_results(
+  sweeps.write_results(
     workdir, results, table=results["table"], timings=seconds
   )
   return results
@@ -321,7 +285,7 @@ def _table(results: dict) -> str:
     for p, e in results["models"].items()
   )
   return (
-    viz.format_table(rows)
+    tables.format_table(rows)
     + "\n\nerror @(ty,tx): relative error at the best output shift; "
     + "prediction_changed: fraction of predictions changed by the shift.\n"
     + f"accuracy on the measured digits: {accuracies}"
@@ -330,30 +294,22 @@ def _table(results: dict) -> str:
 
 def _plot(results: dict, path: pathlib.Path) -> None:
   """Error per stage, one line per shift, one panel per padding."""
-  from matplotlib.figure import Figure  # noqa: PLC0415 (slow import)
-
-  paddings = list(results["models"])
-  fig = Figure(figsize=(4.2 * len(paddings) + 0.6, 3.8))
-  axes = fig.subplots(1, len(paddings), sharey=True, squeeze=False)[0]
-  for ax, padding in zip(axes, paddings, strict=True):
-    entry = results["models"][padding]
-    for i, (shift, errors) in enumerate(entry["shifts"].items()):
-      # Exact zeros cannot show on a log axis: floor them at 1e-9.
-      ax.semilogy(
-        range(len(STAGES)),
-        [max(errors[name]["error"], 1e-9) for name in STAGES],
-        "o-",
-        color=f"C{i}",
-        label=f"shift ({shift})",
-      )
-    ax.set_xticks(range(len(STAGES)), STAGES, fontsize=8)
-    ax.set_title(f"padding {padding} (accuracy {entry['accuracy']:.3f})")
-    ax.grid(alpha=0.3)
-  axes[0].set_ylabel("shift equivariance error (floor 1e-9 = exact)")
-  axes[-1].legend(fontsize=8)
-  fig.suptitle("Dense-head CNN: where shift equivariance is lost", fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  viz.plot_curve_panels(
+    {
+      f"padding {padding} (accuracy {entry['accuracy']:.3f})": {
+        # Exact zeros cannot show on a log axis: floor them at 1e-9.
+        f"shift ({shift})": [max(errors[n]["error"], 1e-9) for n in STAGES]
+        for shift, errors in entry["shifts"].items()
+      }
+      for padding, entry in results["models"].items()
+    },
+    path,
+    xticks=STAGES,
+    log_y=True,
+    sharey=True,
+    ylabel="shift equivariance error (floor 1e-9 = exact)",
+    title="Dense-head CNN: where shift equivariance is lost",
+  )
 
 
 define_flags, main = _common.entry_points(Config, run, "shift_equivariance")

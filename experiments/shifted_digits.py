@@ -1,17 +1,17 @@
-r"""Seed 003's shifted digits: which classifiers survive moving the digit?
+r"""Shifted digits: which classifiers survive moving the digit?
 
-Seed 003 trained an MLP and a CNN with a dense head on MNIST and tested them
-on the test digits moved by a few pixels: MLP 0.9488 -> 0.4037, CNN 0.9672 ->
-0.594. This trains each model on the unshifted digits and evaluates it on the
-test digits and on the same digits shifted by up to `max_shift` pixels along
-each axis (zero fill), plus a sweep over the shift amount. A CNN whose head
-averages over space ("cnn_gap", circular padding, no striding) and its p4
+An MLP and a CNN with a dense head trained on MNIST lose much of their
+accuracy on test digits moved by a few pixels (MLP 0.9488 -> 0.4037, CNN
+0.9672 -> 0.594 in the reference measurement, `REFERENCE`). This trains
+each model on the unshifted digits and evaluates it on the test digits and
+on the same digits shifted by up to `max_shift` pixels along each axis
+(zero fill), plus a sweep over the shift amount. A CNN whose head averages
+over space ("cnn_gap", circular padding, no striding) and its p4
 group-convolution twin ("p4cnn_gap") are invariant to the shift by
 construction, up to the pixels the shift pushes out of the frame; Cohen &
 Welling's P4CNN ("p4cnn"), which shrinks the image to 1x1 with "VALID"
-layers and a stride-2 pool, is not. `VARIANTS` answers seed 003's question 2
-("what could improve the MLP on shifted data?") by training: named
-`TrainConfig` overrides of a model.
+layers and a stride-2 pool, is not. `VARIANTS` are named `TrainConfig`
+overrides of a model: what could make the MLP robust to shifts.
 
     python -m experiments.shifted_digits
 
@@ -23,34 +23,34 @@ resumes there).
 
 import dataclasses
 import pathlib
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
 from equivlab import checks, data, train
-from equivlab.analysis import viz
+from equivlab.analysis import metrics, tables, viz
 from equivlab.nn import models
+from equivlab.training import sweeps
 from experiments import _common
 
-# Seed 003's measurements (MNIST, its own MLP and CNN): (test, shifted test).
-SEED_003 = {"mlp": (0.9488, 0.4037), "cnn": (0.9672, 0.594)}
+# The shifted-digits study's measurements (MNIST, its own MLP and CNN):
+# (test, shifted test accuracy).
+REFERENCE = {"mlp": (0.9488, 0.4037), "cnn": (0.9672, 0.594)}
 # Seed of the shifted test digits of tfds data sets (the embedded digits use
 # the fixed "embedded_shift<k>" set).
 _SHIFT_SEED = 3
 
-# Seed 003 question 2 answered by training: its two suggestions for the MLP
-# (shift augmentation, using --max_shift; a wider network), and the
-# shift-invariant P4CNN keeping the orientation (not invariant to rot90:
-# tells a 6 from a 9). Any other name in --models is a model of
-# `equivlab.nn.models.MODEL_NAMES` with the base settings.
+# What could make the MLP robust to shifts, answered by training: shift
+# augmentation (using --max_shift), a wider network, and the shift-invariant
+# P4CNN keeping the orientation (not invariant to rot90: tells a 6 from a
+# 9). Any other name in --models is a model of `models.MODEL_NAMES`.
 VARIANTS = {
-  "mlp+shift_aug": _common.Variant({"model": "mlp", "augment": "shift"}),
-  "mlp_wide": _common.Variant(
+  "mlp+shift_aug": sweeps.Variant({"model": "mlp", "augment": "shift"}),
+  "mlp_wide": sweeps.Variant(
     {"model": "mlp", "model_kwargs": {"hidden_sizes": (1024, 1024)}}
   ),
-  "p4cnn_gap+orientation": _common.Variant(
+  "p4cnn_gap+orientation": sweeps.Variant(
     {"model": "p4cnn_gap", "model_kwargs": {"pool_group": False}}
   ),
 }
@@ -58,23 +58,20 @@ VARIANTS = {
 
 @dataclasses.dataclass(frozen=True)
 class Config(_common.TrainingOptions, _common.SeedOptions):
-  """Settings of the shifted-digits experiment.
+  """Settings of the shifted-digits experiment (Adam).
 
   Attributes:
     models: model names for `equivlab.nn.models.get_model`, or names from
       `VARIANTS` (a model trained with other settings).
     max_shift: test digits move by up to this many pixels along each axis;
       also the largest shift of "mlp+shift_aug"'s augmentation.
-    num_epochs: training epochs per run.
-    batch_size: training batch size.
-    learning_rate: Adam's peak learning rate.
     schedule: the learning-rate schedule (`equivlab.train.SCHEDULES`).
-    train_limit: use only this many training digits (default: all).
-    test_limit: use only this many test digits (default: all).
     num_examples: shifted test digits drawn in examples.png.
   """
 
   num_seeds: int = 1
+  num_epochs: int = 6
+  batch_size: int = 128
   models: tuple[str, ...] = (
     "mlp",
     "mlp+shift_aug",
@@ -86,135 +83,38 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
     "p4cnn_gap+orientation",
   )
   max_shift: int = 4
-  num_epochs: int = 6
-  batch_size: int = 128
-  learning_rate: float = 3e-3
   schedule: str = "cosine"
-  train_limit: int | None = None
-  test_limit: int | None = None
   num_examples: int = 8
 
   def __post_init__(self):
     _common.check_config(self)
-    known = (*models.MODEL_NAMES, *VARIANTS)
-    unknown = [m for m in self.models if m not in known]
-    if not self.models or unknown or len(set(self.models)) < len(self.models):
-      raise ValueError(
-        f"models must be distinct names from {known}, got {self.models}"
-        + (f" (unknown: {unknown})." if unknown else ".")
-      )
+    _common.check_names("models", self.models, (*models.MODEL_NAMES, *VARIANTS))
     # 13 keeps a digit's centre in its 28x28 frame; tfds images are bounded
     # by their own size when the shifted test set is made.
     bound = data.largest_random_shift(28, 28)
     upper = bound if self.dataset == "embedded" else None
     checks.check_int("max_shift", self.max_shift, minimum=0, maximum=upper)
-    for name in ("num_epochs", "batch_size", "num_examples"):
-      checks.check_int(name, getattr(self, name), minimum=1)
-    for name in ("train_limit", "test_limit"):
-      checks.check_int(name, getattr(self, name), minimum=1, allow_none=True)
-    checks.check_number(
-      "learning_rate", self.learning_rate, minimum=0, strict_minimum=True
-    )
+    checks.check_int("num_examples", self.num_examples, minimum=1)
     checks.check_choice("schedule", self.schedule, train.SCHEDULES)
-
-
-LogitsFn = Callable[[np.ndarray], np.ndarray]
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-  """Fraction of rows of `logits [N, K]` whose argmax is `labels [N]`."""
-  return float(np.mean(np.argmax(np.asarray(logits), -1) == labels))
-
-
-def shift_sweep(
-  logits_fn: LogitsFn, images: np.ndarray, labels: np.ndarray, max_shift: int
-) -> list[float]:
-  """Accuracy on the images shifted by up to k pixels, for k = 0..max_shift.
-
-  Args:
-    logits_fn: images `[N, H, W, C]` -> logits `[N, K]`.
-    images: `[N, H, W, C]`.
-    labels: `[N]`.
-    max_shift: the largest k.
-
-  Returns:
-    `max_shift + 1` accuracies; shift k draws each image's `(dy, dx)` from
-    the key `fold_in(key(0), k)` (`data.random_shift`).
-  """
-  key = jax.random.key(0)
-  return [
-    accuracy(
-      logits_fn(data.random_shift(jax.random.fold_in(key, k), images, k)),
-      labels,
-    )
-    for k in range(max_shift + 1)
-  ]
-
-
-def variants(names: Sequence[str]) -> dict[str, _common.Variant]:
-  """Name -> the `Variant` it trains (a plain model name: that model)."""
-  return {
-    name: VARIANTS.get(name, _common.Variant({"model": name})) for name in names
-  }
 
 
 def _test_sets(config: Config):
   """(test images, labels, shifted test images, the shifted set's name)."""
-  options = dict(data_dir=config.data_dir, download=config.download)
-  test_x, test_y = data.load_dataset(config.dataset, "test", **options)
+  test_x, test_y = config.test_digits()
   if config.dataset == "embedded":
     shifted_name = f"embedded_shift{config.max_shift}"
-    shift_x, _ = data.load_dataset(shifted_name, "test", **options)
-  else:
-    shifted_name = None
-    key = jax.random.key(_SHIFT_SEED)
-    shift_x = np.asarray(data.random_shift(key, test_x, config.max_shift))
-  limit = config.test_limit
-  return test_x[:limit], test_y[:limit], shift_x[:limit], shifted_name
+    return test_x, test_y, config.test_digits(shifted_name)[0], shifted_name
+  key = jax.random.key(_SHIFT_SEED)
+  shift_x = np.asarray(data.random_shift(key, test_x, config.max_shift))
+  return test_x, test_y, shift_x, None
 
 
-def _train(
-  config: Config, workdir: pathlib.Path, shifted_name: str | None, on_done
-):
-  base = train.TrainConfig(
-    **config.train_options(),
-    extra_eval_datasets=(shifted_name,) if shifted_name else (),
-    train_limit=config.train_limit,
-    test_limit=config.test_limit,
-    num_epochs=config.num_epochs,
-    batch_size=config.batch_size,
-    learning_rate=config.learning_rate,
-    schedule=config.schedule,
-    max_shift=config.max_shift,
-  )
-  return _common.train_grid(
-    base, variants(config.models), config.seeds, workdir, on_done=on_done
-  )
-
-
-def _record(config: Config, name, seed, result, test_x, test_y, shift_x):
-  """The record of one run: accuracies, sweep, history."""
-  shifted_logits = result.logits(shift_x)
-  predictions = np.argmax(shifted_logits[: config.num_examples], -1)
-  return {
-    "model": name,
-    "seed": seed,
-    "params": result["num_params"],
-    "test_accuracy": accuracy(result.logits(test_x), test_y),
-    "shifted_accuracy": accuracy(shifted_logits, test_y),
-    "sweep": shift_sweep(result.logits, test_x, test_y, config.max_shift),
-    "history": result.history,
-    "predictions": predictions.tolist(),
-  }
-
-
-def _rows(config: Config, records: list[dict]) -> list[dict[str, Any]]:
+def _rows(records: dict[str, list[dict]]) -> list[dict[str, Any]]:
   """One row per model: accuracies as mean and sample std over seeds."""
   rows = []
-  for name in config.models:
-    mine = [r for r in records if r["model"] == name]
-    clean = _common.mean_std([r["test_accuracy"] for r in mine])
-    shifted = _common.mean_std([r["shifted_accuracy"] for r in mine])
+  for name, mine in records.items():
+    clean = metrics.mean_std([r["test_accuracy"] for r in mine])
+    shifted = metrics.mean_std([r["shifted_accuracy"] for r in mine])
     drops = [100 * (r["test_accuracy"] - r["shifted_accuracy"]) for r in mine]
     rows.append(
       {
@@ -224,7 +124,7 @@ def _rows(config: Config, records: list[dict]) -> list[dict[str, Any]]:
         "test_acc_std": clean[1],
         "shifted_acc_mean": shifted[0],
         "shifted_acc_std": shifted[1],
-        "drop_points": _common.mean_std(drops)[0],
+        "drop_points": metrics.mean_std(drops)[0],
         "sweep": np.mean([r["sweep"] for r in mine], axis=0).tolist(),
       }
     )
@@ -233,12 +133,10 @@ def _rows(config: Config, records: list[dict]) -> list[dict[str, Any]]:
 
 def _table(config: Config, rows: list[dict]) -> str:
   def acc(row, key):
-    text = f"{row[key + '_mean']:.4f}"
-    return text + (
-      f" +- {row[key + '_std']:.4f}" if config.num_seeds > 1 else ""
-    )
+    std = f" +- {row[key + '_std']:.4f}" if config.num_seeds > 1 else ""
+    return f"{row[key + '_mean']:.4f}{std}"
 
-  table = viz.format_table(
+  table = tables.format_table(
     [
       {
         "model": r["model"],
@@ -258,9 +156,8 @@ def _table(config: Config, rows: list[dict]) -> str:
 
 
 def _figures(config, workdir, rows, records, shift_x, test_y) -> None:
-  names = [r["model"] for r in rows]
   viz.plot_bars(
-    names,
+    [r["model"] for r in rows],
     {
       "test": [r["test_acc_mean"] for r in rows],
       f"shifted by <= {config.max_shift} px": [
@@ -269,7 +166,7 @@ def _figures(config, workdir, rows, records, shift_x, test_y) -> None:
     },
     workdir / "accuracy.png",
     ylabel="accuracy",
-    title="Digits trained unshifted, tested shifted (seed 003)",
+    title="Digits trained unshifted, tested shifted",
   )
   viz.plot_learning_curves(
     {r["model"]: r["sweep"] for r in rows},
@@ -280,8 +177,8 @@ def _figures(config, workdir, rows, records, shift_x, test_y) -> None:
     title="Accuracy against the largest shift of the test digits",
   )
   curves = {}
-  for name in names:
-    history = [r["history"] for r in records if r["model"] == name]
+  for name, mine in records.items():
+    history = [r["history"] for r in mine]
     for key in sorted(k for k in history[0][0] if k.endswith("test_accuracy")):
       label = "shifted" if "/" in key else "test"
       curves[f"{name} {label}"] = np.mean(
@@ -293,16 +190,12 @@ def _figures(config, workdir, rows, records, shift_x, test_y) -> None:
     ylabel="accuracy (mean over seeds)",
     title="Test and shifted-test accuracy per epoch",
   )
-  first = {r["model"]: r["predictions"] for r in records}
   n = min(config.num_examples, len(shift_x))
-  viz.plot_images(
+  viz.plot_predictions(
     shift_x[:n],
     workdir / "examples.png",
-    titles=[
-      f"label {test_y[i]}\n" + "\n".join(f"{m}: {first[m][i]}" for m in names)
-      for i in range(n)
-    ],
-    ncols=min(n, 4),
+    predictions={m: mine[0]["predictions"] for m, mine in records.items()},
+    captions=[f"label {y}" for y in test_y[:n]],
     title=f"Shifted test digits (up to {config.max_shift} px) and predictions",
   )
 
@@ -318,37 +211,54 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     The contents of results.json: "config", "runs" (one record per model
     and seed: test and shifted test accuracy, the sweep, the history),
     "rows" (one per model: parameters, accuracies as mean and sample std
-    over seeds, the drop in points, the mean sweep), "seed_003" and
-    "table" (the printed markdown).
+    over seeds, the drop in points, the mean sweep), "reference" (the
+    original study's MNIST accuracies) and "table" (the markdown).
 
   Raises:
     FileNotFoundError: if a tfds data set is not prepared.
   """
   workdir = pathlib.Path(workdir)
   test_x, test_y, shift_x, shifted_name = _test_sets(config)
-  done = {}  # each run is scored in its worker while the others train
 
   def score(name, seed, result):
-    done[name, seed] = _record(
-      config, name, seed, result, test_x, test_y, shift_x
-    )
+    shifted_logits = result.logits(shift_x)
+    predictions = np.argmax(shifted_logits[: config.num_examples], -1)
+    return {
+      "model": name,
+      "seed": seed,
+      "params": result["num_params"],
+      "test_accuracy": metrics.accuracy(result.logits(test_x), test_y),
+      "shifted_accuracy": metrics.accuracy(shifted_logits, test_y),
+      "sweep": metrics.accuracy_under_shifts(
+        result.logits, test_x, test_y, config.max_shift
+      ),
+      "history": result.history,
+      "predictions": predictions.tolist(),
+    }
 
-  trained, seconds = _train(config, workdir, shifted_name, score)
-  records = [done[name, seed] for name in trained for seed in config.seeds]
-  rows = _rows(config, records)
+  _, records, seconds = _common.train_variants(
+    config,
+    {m: VARIANTS.get(m, sweeps.Variant({"model": m})) for m in config.models},
+    workdir,
+    score=score,
+    extra_eval_datasets=(shifted_name,) if shifted_name else (),
+    schedule=config.schedule,
+    max_shift=config.max_shift,
+  )
+  rows = _rows(records)
   table = _table(config, rows)
   _figures(config, workdir, rows, records, shift_x, test_y)
   results = {
     "config": dataclasses.asdict(config),
-    "runs": records,
+    "runs": [r for mine in records.values() for r in mine],
     "rows": rows,
-    "seed_003": {
+    "reference": {
       m: {"test acc": a, "shifted test acc": b}
-      for m, (a, b) in SEED_003.items()
+      for m, (a, b) in REFERENCE.items()
     },
     "table": table,
   }
-  _common.write_results(workdir, results, table=table, timings=seconds)
+  sweeps.write_results(workdir, results, table=table, timings=seconds)
   return results
 
 

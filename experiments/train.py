@@ -4,8 +4,8 @@ Trains `--model` on `--dataset` with `equivlab.train.train_and_evaluate`
 over a data-parallel mesh of `--num_devices` devices (default: all). Every
 field of `equivlab.train.TrainConfig` is a flag of the same name. With
 `--coordinator_address`, `--num_processes` and `--process_id` it first joins
-a multi-process run through `jax.distributed` (seed 004 6(g): gradients
-averaged across workers; here the all-reduce comes from GSPMD). Writes to
+a multi-process run through `jax.distributed` (data parallelism: gradients
+averaged across workers, the all-reduce from GSPMD). Writes to
 `--workdir` (from process 0 only, except orbax's shared checkpoint):
   results.json          the config, the final metrics and per-epoch history,
                         the device and process counts;
@@ -33,6 +33,7 @@ from absl import logging
 
 from equivlab import checks, parallel, train
 from equivlab.analysis import viz
+from equivlab.training import sweeps
 from experiments import _common
 
 
@@ -120,23 +121,24 @@ def run(config: LaunchConfig, workdir: str | pathlib.Path) -> dict:
   result = train.train_and_evaluate(config.train_config(), workdir)
   results = {
     "config": result.config.to_json(),
-    "final": {k: v for k, v in result.metrics.items()},
+    "final": dict(result.metrics),
     "history": result.history,
     "num_devices": config.num_devices or jax.device_count(),
     "num_processes": jax.process_count(),
     "backend": jax.default_backend(),
   }
   if parallel.is_primary():
-    _common.write_results(workdir, results)
+    sweeps.write_results(workdir, results)
     _plot(result.history, pathlib.Path(workdir) / "learning_curves.png")
     logging.info("results in %s: %s", workdir, results["final"])
   return results
 
 
 def _plot(history: list[dict], path: pathlib.Path) -> None:
+  names = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
   curves = {
     name: [record[name] for record in history]
-    for name in ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
+    for name in names
     if history and name in history[0]
   }
   viz.plot_learning_curves(

@@ -1,10 +1,10 @@
-r"""Seed 000 part 4: which training ideas help a small CNN on the digits?
+r"""Which training ideas help a small CNN on the digits? An ablation.
 
-Seed 000 trained a small CNN (a) with the softmax loss and regularisation,
-(b) with He initialisation, (c) with batch norm, and (d) tried data
-augmentation, Adam, group/instance/layer norm and dropout, reporting that
-the (d) ideas did not help its simple network. This repeats the study on the
-digits over several seeds, one idea at a time:
+A small CNN is trained (a) with the softmax loss and regularisation, (b)
+with He initialisation (He et al. 2015), (c) with batch norm (Ioffe &
+Szegedy 2015), and (d) with data augmentation, Adam, group, instance or
+layer norm and dropout, on the digits over several seeds, one idea at a
+time:
 
 - "mse": the baseline without the softmax loss or L2 (squared error between
   the logits and the one-hot labels; momentum SGD; LeCun-normal init).
@@ -13,9 +13,9 @@ digits over several seeds, one idea at a time:
 - (b) "+he": softmax+l2 with He-normal initialisation.
 - (c) "+bn": +he with batch norm after every convolution.
 - (d) each a change of "+bn": "+shift_aug" (random shifts of up to 2 px,
-  the digit analogue of seed 000's random crop; flips would change the
-  digit), "+adam", "+dropout" (0.5 before the last layer), and
-  "group_norm" / "instance_norm" / "layer_norm" in place of batch norm.
+  the digit analogue of a random crop; flips would change the digit),
+  "+adam", "+dropout" (0.5 before the last layer), and "group_norm" /
+  "instance_norm" / "layer_norm" in place of batch norm.
 
     python -m experiments.training_ablation
 
@@ -33,35 +33,37 @@ from typing import Any
 import numpy as np
 
 from equivlab import checks, train
-from equivlab.analysis import viz
+from equivlab.analysis import metrics, tables, viz
+from equivlab.training import sweeps
 from experiments import _common
 
-# The baseline's settings; every variant changes some of them.
-_BASE = {
-  "loss": "softmax_ce",
-  "l2": 0.0,
-  "optimizer": "momentum",
-  "learning_rate": 0.05,
-  "kernel_init": "lecun",
-  "norm": None,
-  "augment": "none",
-  "dropout_rate": 0.0,
-}
 _L2 = 5e-4
+_ADAM_LEARNING_RATE = 1e-3
 
 
-def _settings() -> dict[str, dict[str, Any]]:
-  a = {**_BASE, "l2": _L2}
+def _settings(learning_rate: float) -> dict[str, dict[str, Any]]:
+  """Variant -> its settings; each changes some of the one before."""
+  base = {
+    "loss": "softmax_ce",
+    "l2": 0.0,
+    "optimizer": "momentum",
+    "learning_rate": learning_rate,
+    "kernel_init": "lecun",
+    "norm": None,
+    "augment": "none",
+    "dropout_rate": 0.0,
+  }
+  a = {**base, "l2": _L2}
   b = {**a, "kernel_init": "he"}
   c = {**b, "norm": "batch"}
   return {
-    "mse": {**_BASE, "loss": "mse"},
-    "softmax": dict(_BASE),
+    "mse": {**base, "loss": "mse"},
+    "softmax": base,
     "softmax+l2": a,
     "+he": b,
     "+bn": c,
     "+shift_aug": {**c, "augment": "shift"},
-    "+adam": {**c, "optimizer": "adam", "learning_rate": 1e-3},
+    "+adam": {**c, "optimizer": "adam", "learning_rate": _ADAM_LEARNING_RATE},
     "+dropout": {**c, "dropout_rate": 0.5},
     "group_norm": {**c, "norm": "group"},
     "instance_norm": {**c, "norm": "instance"},
@@ -69,7 +71,7 @@ def _settings() -> dict[str, dict[str, Any]]:
   }
 
 
-VARIANTS = tuple(_settings())
+VARIANTS = tuple(_settings(1.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,63 +79,44 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
   """Settings of the training ablation.
 
   Attributes:
+    learning_rate: momentum SGD's learning rate ("+adam": Adam's 1e-3).
     variants: names from `VARIANTS`, run in this order.
-    num_epochs: training epochs per run.
-    batch_size: training batch size.
     features: channels of the CNN's convolution blocks.
     dense_features: width of the CNN's hidden dense layer.
     max_shift: the largest shift of "+shift_aug", in pixels.
-    train_limit: use only this many training digits (default: all).
-    test_limit: use only this many test digits (default: all).
   """
 
-  variants: tuple[str, ...] = VARIANTS
   num_epochs: int = 10
   batch_size: int = 128
+  learning_rate: float = 0.05
+  variants: tuple[str, ...] = VARIANTS
   features: tuple[int, ...] = (16, 32)
   dense_features: int = 64
   max_shift: int = 2
-  train_limit: int | None = None
-  test_limit: int | None = None
 
   def __post_init__(self):
     _common.check_config(self)
-    unknown = [v for v in self.variants if v not in VARIANTS]
-    distinct = len(set(self.variants)) == len(self.variants)
-    if not self.variants or unknown or not distinct:
-      raise ValueError(
-        f"variants must be distinct names from {VARIANTS}, got "
-        f"{self.variants}" + (f" (unknown: {unknown})." if unknown else ".")
-      )
-    for name in ("num_epochs", "batch_size", "dense_features"):
-      checks.check_int(name, getattr(self, name), minimum=1)
+    _common.check_names("variants", self.variants, VARIANTS)
+    checks.check_int("dense_features", self.dense_features, minimum=1)
     checks.check_ints("features", self.features, minimum=1)
     checks.check_int("max_shift", self.max_shift, minimum=0, maximum=13)
-    for name in ("train_limit", "test_limit"):
-      checks.check_int(name, getattr(self, name), minimum=1, allow_none=True)
 
 
 def base_config(config: Config) -> train.TrainConfig:
   """The `TrainConfig` every run starts from (a CNN, momentum SGD)."""
-  return train.TrainConfig(
-    **config.train_options(),
-    model="cnn",
-    train_limit=config.train_limit,
-    test_limit=config.test_limit,
-    num_epochs=config.num_epochs,
-    batch_size=config.batch_size,
-    max_shift=config.max_shift,
+  return config.train_config(
+    model="cnn", optimizer="momentum", max_shift=config.max_shift
   )
 
 
-def variant(config: Config, name: str) -> _common.Variant:
+def variant(config: Config, name: str) -> sweeps.Variant:
   """The `TrainConfig` overrides of one variant.
 
   Raises:
     ValueError: if `name` is not in `VARIANTS`.
   """
   checks.check_choice("variant", name, VARIANTS)
-  v = _settings()[name]
+  v = _settings(config.learning_rate)[name]
   model_kwargs = {
     "features": tuple(config.features),
     "dense_features": config.dense_features,
@@ -142,7 +125,7 @@ def variant(config: Config, name: str) -> _common.Variant:
     "kernel_init": v["kernel_init"],
   }
   names = ("optimizer", "learning_rate", "l2", "loss", "augment")
-  return _common.Variant(
+  return sweeps.Variant(
     {"model_kwargs": model_kwargs} | {n: v[n] for n in names}
   )
 
@@ -169,12 +152,12 @@ def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict]:
 
   Returns:
     Rows with the final test accuracy's mean and SAMPLE standard deviation
-    over seeds (`_common.mean_std`), its change against "mse" and "+bn"
+    over seeds (`metrics.mean_std`), its change against "mse" and "+bn"
     where present, the mean epochs to 95% of the final accuracy and the
     mean final losses.
   """
   means = {
-    name: _common.mean_std([r["test_accuracy"] for r in rs])
+    name: metrics.mean_std([r["test_accuracy"] for r in rs])
     for name, rs in runs.items()
   }
   rows = []
@@ -201,7 +184,7 @@ def _table(rows: list[dict[str, Any]], num_seeds: int) -> str:
   def vs(r, key):
     return f"{100 * r[key]:+.2f} pt" if key in r else "-"
 
-  table = viz.format_table(
+  table = tables.format_table(
     [
       {
         "variant": r["variant"],
@@ -223,43 +206,26 @@ def _table(rows: list[dict[str, Any]], num_seeds: int) -> str:
   )
 
 
-def plot_losses(runs: Mapping[str, Sequence[Mapping]], path) -> None:
-  """Writes one panel per variant: train and test loss per epoch.
-
-  Args:
-    runs: variant -> per-seed results with a "history".
-    path: where the PNG goes.
-  """
-  from matplotlib.figure import Figure  # noqa: PLC0415
-
-  names = list(runs)
-  cols = min(len(names), 4)
-  rows = -(-len(names) // cols)
-  fig = Figure(figsize=(3.2 * cols, 2.6 * rows), layout="constrained")
-  axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
-  for ax in axes[len(names) :]:
-    ax.axis("off")
-  for ax, name in zip(axes, names, strict=False):
-    for key, style in (("train_loss", "-"), ("test_loss", "--")):
-      curves = np.array([[h[key] for h in r["history"]] for r in runs[name]])
-      epochs = np.arange(1, curves.shape[1] + 1)
-      ax.plot(epochs, curves.mean(0), style, marker=".", label=key[:-5])
-      ax.fill_between(epochs, curves.min(0), curves.max(0), alpha=0.2)
-    ax.set_yscale("log")
-    ax.set_title(name, fontsize=9)
-    ax.set_xlabel("epoch", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.suptitle(
-    "train (running mean over the epoch) and held-out test loss; mean and "
-    "range over seeds (mse: squared error, others: cross-entropy)",
-    fontsize=9,
-  )
-  fig.savefig(path, dpi=100)
-
-
 def _figures(workdir: pathlib.Path, trained: Mapping[str, Sequence]) -> None:
-  plot_losses(trained, workdir / "loss_curves.png")
+  losses, bands = {}, {}
+  for name, rs in trained.items():
+    losses[name], bands[name] = {}, {}
+    for key in ("train_loss", "test_loss"):
+      curves = np.array([[h[key] for h in r.history] for r in rs])
+      losses[name][key[:-5]] = curves.mean(0)
+      bands[name][key[:-5]] = (curves.min(0), curves.max(0))
+  viz.plot_curve_panels(
+    losses,
+    workdir / "loss_curves.png",
+    bands=bands,
+    log_y=True,
+    xlabel="epoch",
+    ylabel="loss",
+    title=(
+      "train (running mean over the epoch) and held-out test loss; mean and "
+      "range over seeds (mse: squared error, others: cross-entropy)"
+    ),
+  )
   viz.plot_learning_curves(
     {
       name: np.mean(
@@ -295,7 +261,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   """
   workdir = pathlib.Path(workdir)
   variants = {name: variant(config, name) for name in config.variants}
-  trained, seconds = _common.train_grid(
+  trained, seconds = sweeps.train_grid(
     base_config(config), variants, config.seeds, workdir
   )
   rows = summarize(trained)
@@ -313,7 +279,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     },
     "table": table,
   }
-  _common.write_results(workdir, results, table=table, timings=seconds)
+  sweeps.write_results(workdir, results, table=table, timings=seconds)
   return results
 
 

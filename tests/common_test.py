@@ -1,9 +1,7 @@
 """Tests of experiments/_common.py, what every experiment shares."""
 
 import dataclasses
-import json
 import logging
-import math
 import os
 import pathlib
 import subprocess
@@ -98,35 +96,6 @@ def test_bad_flags_are_flag_errors_naming_the_flag(argv, message):
     _parse(*argv)
 
 
-def test_mean_std_is_the_sample_std():
-  mean, std = _common.mean_std([1.0, 2.0, 3.0, 4.0])
-  assert mean == 2.5
-  assert std == pytest.approx(math.sqrt(5 / 3))  # ddof = 1, not sqrt(5/4).
-  assert _common.mean_std([7.0]) == (7.0, 0.0)
-  with pytest.raises(ValueError, match="at least one value"):
-    _common.mean_std([])
-
-
-def test_write_results_is_deterministic_json(tmp_path, capsys):
-  import numpy as np  # noqa: PLC0415
-
-  results = {"b": np.float32(0.5), "a": (1, np.arange(2)), "c": math.nan}
-  _common.write_results(
-    tmp_path / "one", results, table="| t |", timings={"run": 1.5}
-  )
-  _common.write_results(tmp_path / "two", dict(reversed(results.items())))
-  one, two = (
-    (tmp_path / n / "results.json").read_text() for n in ("one", "two")
-  )
-  assert one == two
-  assert json.loads(one) == {"a": [1, [0, 1]], "b": 0.5, "c": "nan"}
-  assert (tmp_path / "one" / "results.md").read_text() == "| t |\n"
-  assert json.loads((tmp_path / "one" / "timings.json").read_text()) == {
-    "run": 1.5
-  }
-  assert "| t |" in capsys.readouterr().out
-
-
 def _record(path: str, level: int, exc_info=None) -> logging.LogRecord:
   return logging.LogRecord("absl", level, path, 1, "message", None, exc_info)
 
@@ -185,38 +154,74 @@ def test_launch_ends_a_user_error_in_one_line_with_status_1(tmp_path):
   )
 
 
-def test_thread_map_keeps_order_and_raises_the_first_error():
-  assert _common.thread_map(lambda v: v * v, [3, 1, 2]) == [9, 1, 4]
+def test_shared_options_are_checked_once_for_every_study():
+  for field, value, message in [
+    ("num_epochs", 0, "num_epochs must be an int >= 1, got 0"),
+    ("batch_size", 1.5, "batch_size must be an int"),
+    ("learning_rate", 0.0, "learning_rate must be a finite number > 0"),
+    ("train_limit", 0, "train_limit must be an int >= 1 or None"),
+    ("test_limit", -2, "test_limit must be an int >= 1 or None"),
+    ("seed", -1, "seed must be an int >= 0"),
+    ("dataset", "", "dataset must be a non-empty name"),
+  ]:
+    with pytest.raises((ValueError, TypeError), match=message):
+      _Config(**{field: value})
 
-  def boom(v):
-    if v == 2:
-      raise ValueError("two")
-    return v
 
-  with pytest.raises(ValueError, match="two"):
-    _common.thread_map(boom, [1, 2, 3])
-  with pytest.raises(ValueError, match="workers"):
-    _common.thread_map(boom, [1], workers=0)
+def test_train_config_is_the_shared_options_with_overrides():
+  config = _Config(num_epochs=2, learning_rate=0.5, seed=7, test_limit=9)
+  base = config.train_config(model="cnn", learning_rate=0.25)
+  assert (base.model, base.num_epochs, base.seed) == ("cnn", 2, 7)
+  assert (base.learning_rate, base.test_limit) == (0.25, 9)
+  assert (base.dataset, base.progress) == ("embedded", True)
+  with pytest.raises(ValueError, match="optimizer"):
+    config.train_config(optimizer="lbfgs")
+  # The run options alone, as the studies that build their own pass them.
+  assert set(config.train_options()) == {
+    "dataset",
+    "data_dir",
+    "download",
+    "num_devices",
+    "checkpoint_every_steps",
+    "checkpoint_every_secs",
+    "progress",
+  }
 
 
-def test_train_grid_scores_each_run_once_as_it_finishes(tmp_path):
-  from tests.training_inputs_test import TINY  # noqa: PLC0415 (imports jax)
+def test_check_names():
+  _common.check_names("models", ("a", "b"), ("a", "b", "c"))
+  with pytest.raises(ValueError, match=r"distinct names .*unknown: \['x'\]"):
+    _common.check_names("models", ("a", "x"), ("a", "b"))
+  with pytest.raises(ValueError, match="models must be distinct names"):
+    _common.check_names("models", ("a", "a"), ("a", "b"))
+  with pytest.raises(ValueError, match="at least 1"):
+    _common.check_names("models", (), ("a",))
+  with pytest.raises(TypeError, match="a sequence of names, got 'a'"):
+    _common.check_names("models", "a", ("a",))
 
-  seen = []
-  results, seconds = _common.train_grid(
-    TINY,
-    {"a": {}, "b": {"learning_rate": 0.1}},
-    (0, 1),
-    tmp_path,
-    on_done=lambda name, seed, result: seen.append((name, seed, result)),
+
+def test_train_variants_scores_every_run_of_every_seed(tmp_path):
+  config = _Config(
+    num_seeds=2,
+    seed=3,
+    num_epochs=1,
+    batch_size=16,
+    train_limit=32,
+    test_limit=16,
+    num_devices=1,
+    progress=False,
   )
-  assert sorted((n, s) for n, s, _ in seen) == [
-    ("a", 0),
-    ("a", 1),
-    ("b", 0),
-    ("b", 1),
-  ]
-  assert list(results) == ["a", "b"] and len(seconds["b"]) == 2
-  for name, seed, result in seen:  # the very results, in seed order
-    assert results[name][seed] is result
-  assert (tmp_path / "runs" / "b" / "seed1").is_dir()
+  results, records, seconds = _common.train_variants(
+    config,
+    {"mlp": {}, "fast": {"learning_rate": 0.1}},
+    tmp_path,
+    score=lambda name, seed, result: (name, seed, result["test_accuracy"]),
+    model="mlp",
+    model_kwargs={"hidden_sizes": (8,)},
+  )
+  assert list(records) == ["mlp", "fast"] and len(seconds["fast"]) == 2
+  for name, mine in records.items():
+    assert [r[:2] for r in mine] == [(name, 3), (name, 4)]
+    assert [r[2] for r in mine] == [x["test_accuracy"] for x in results[name]]
+  assert results["fast"][1].config.learning_rate == 0.1
+  assert results["mlp"][0].config.num_epochs == 1

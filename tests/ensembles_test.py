@@ -69,7 +69,7 @@ def test_scores_by_hand():
   assert result["accuracy"] == pytest.approx(2 / 3)  # argmax ties -> 0.
   nll = -(math.log(0.5) + math.log(0.1) + math.log(0.8)) / 3
   assert result["nll"] == pytest.approx(nll)
-  with pytest.raises(ValueError, match=r"probs must be \[N, K\]"):
+  with pytest.raises(ValueError, match=r"logits must be \[N, K\]"):
     ensembles.scores(probs, np.array([0, 1]))
 
 

@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 
 from equivlab import data, groups
-from equivlab.nn import layers
+from equivlab.nn import layers, models
 from experiments import equivariance_demo
 
 
@@ -77,7 +77,7 @@ def test_invariance_errors_match_a_hand_rotation():
 
 
 def test_p4cnn_weights_are_the_seeds():
-  """The measured network is P4CNN(features) with the seed's first key."""
+  """The measured network is P4CNN(features) with the first key of its seed."""
   config = equivariance_demo.Config(features=2, seed=4)
   digit = data.embedded_digits("test")[0][:1]
   eq_vars, networks = equivariance_demo._networks(config, digit)
@@ -167,3 +167,17 @@ def test_the_lifting_layer_is_the_p4cnns_first_layer():
   )
   (captured,) = jax.tree.leaves(state["intermediates"])
   np.testing.assert_allclose(lifted, captured, rtol=1e-6, atol=1e-6)
+
+
+def test_plain_cnn_is_the_p4cnn_layout_without_symmetry():
+  model = models.PlainCNN(features=4, num_classes=3)
+  x = np.zeros((2, 28, 28, 1), np.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), x)
+  # Six 3x3 layers (1 -> 4, then 4 -> 4) and the 4x4 layer to 3 logits.
+  want = (9 * 4 + 4) + 5 * (9 * 16 + 4) + (16 * 4 * 3 + 3)
+  assert models.count_params(variables) == want
+  assert jax.eval_shape(model.apply, variables, x).shape == (2, 3)
+  with pytest.raises(ValueError, match="features must be an int >= 1"):
+    models.PlainCNN(features=0)
+  with pytest.raises(ValueError, match="28"):
+    model.init(jax.random.key(0), np.zeros((1, 20, 20, 1), np.float32))

@@ -146,7 +146,8 @@ def test_shifted_predictions_by_hand():
   def column_of_ink(x):  # Logit k: the ink in column k.
     return jnp.sum(x[..., 0], axis=1)
 
-  records = inspect_cnn.shifted_predictions(column_of_ink, image, 2)
+  records, moved = inspect_cnn.shifted_predictions(column_of_ink, image, 2)
+  np.testing.assert_array_equal(moved[2, 2, 4], [1.0])
   assert [r["shift_px"] for r in records] == [-2, 0, 2]
   assert [r["predicted"] for r in records] == [0, 2, 4]
   p = np.exp(1) / (np.exp(1) + 5)

@@ -25,7 +25,7 @@ ALLOWED = {
   "testing": _BASE | {"ops", "groups", "gconv", "nn"},
   "training": _BASE | {"ops", "groups", "gconv", "nn", "data", "parallel"},
   "analysis": _BASE
-  | {"ops", "groups", "gconv", "nn", "data", "parallel", "training"},
+  | {"ops", "groups", "gconv", "nn", "data", "parallel", "training", "testing"},
   "fundamentals": _BASE | {"ops", "groups", "gconv", "nn"},
   "rnn": _BASE | {"ops", "parallel"},
   "rl": _BASE | {"ops", "parallel"},

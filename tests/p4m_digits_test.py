@@ -4,12 +4,12 @@ import json
 import shutil
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
 
 from equivlab import data, testing
+from equivlab.analysis import metrics
 from equivlab.nn import models
 from experiments import p4m_digits
 
@@ -106,7 +106,7 @@ def test_run_writes_checked_results_and_figures(study):
       assert wrong == pytest.approx(record["errors"][key])
   for row, mine in zip(saved["rows"], saved["runs"], strict=True):
     assert row["mistakes"] == {
-      key: [list(m) for m in p4m_digits.top_mistakes(mine["confusion"][key])]
+      key: [list(m) for m in metrics.top_confusions(mine["confusion"][key])]
       for key in p4m_digits.MISTAKE_SETS
     }
     assert row["stats"]["rotated"] == [mine["errors"]["rotated"], 0.0]
@@ -142,7 +142,9 @@ def test_trained_p4mcnn_is_p4m_invariant_and_p4cnn_not_to_mirrors(study):
   )
   # The study's recorded changes are these models' changes.
   for record, model in zip(results["runs"], (p4cnn, p4mcnn), strict=True):
-    again = p4m_digits.logit_changes(model.logits, x)
+    again = metrics.logit_changes(
+      model.logits, x, group="p4m", elements=list(range(8))
+    )
     for name in p4m_digits.ELEMENTS:
       np.testing.assert_allclose(
         record["logit_change"][name], again[name], rtol=1e-6, atol=1e-9
@@ -199,41 +201,6 @@ def test_mirror_and_test_sets_by_hand():
   np.testing.assert_array_equal(sets["rotated+mirrored"], rotated[:5, :, ::-1])
 
 
-def test_changes_of_a_function_by_hand():
-  rng = np.random.default_rng(0)
-  images = rng.uniform(size=(3, 4, 4, 1)).astype(np.float32)
-
-  def corner(x):  # Logits: the top-left pixel against the mean.
-    x = jnp.asarray(x)
-    return jnp.stack([x[:, 0, 0, 0], x.mean(axis=(1, 2, 3))], axis=-1)
-
-  base = np.asarray(corner(images), np.float64)
-  pred = np.argmax(base, -1)
-  # By hand: which pixel each element brings to the top-left corner
-  # (np.rot90 turns counter-clockwise; the mirror flips W first). The mean
-  # moves by float rounding only.
-  corners = {
-    "identity": images[:, 0, 0, 0],
-    "rot 90": images[:, 0, 3, 0],
-    "rot 180": images[:, 3, 3, 0],
-    "rot 270": images[:, 3, 0, 0],
-    "mirror": images[:, 0, 3, 0],
-    "mirror then rot 90": images[:, 0, 0, 0],
-    "mirror then rot 180": images[:, 3, 0, 0],
-    "mirror then rot 270": images[:, 3, 3, 0],
-  }
-  changes = p4m_digits.logit_changes(corner, images)
-  moved = p4m_digits.prediction_changes(corner, images)
-  assert list(moved) == list(p4m_digits.ELEMENTS)
-  for name, pixel in corners.items():
-    logits = np.stack([pixel, base[:, 1]], axis=-1)
-    want = np.max(np.abs(logits - base)) / np.max(np.abs(base))
-    np.testing.assert_allclose(changes[name], want, rtol=1e-6, atol=1e-6)
-    assert moved[name] == np.mean(np.argmax(logits, -1) != pred)
-  assert changes["identity"] == 0.0 and moved["identity"] == 0.0
-  assert changes["rot 90"] > 0.1 and changes["mirror then rot 90"] < 1e-6
-
-
 @pytest.mark.parametrize(
   ("dataset", "train_set", "trained_on", "augment"),
   [
@@ -250,24 +217,6 @@ def test_what_each_train_set_trains_on(dataset, train_set, trained_on, augment):
   base = p4m_digits.base_config(config)
   assert (base.dataset, base.augment) == (trained_on, augment)
   assert (base.num_epochs, base.train_limit, base.schedule) == (2, 7, "cosine")
-
-
-def test_confusion_and_top_mistakes_by_hand():
-  labels = np.array([0, 0, 1, 2, 2, 2])
-  predicted = np.array([0, 1, 1, 1, 0, 1])
-  logits = np.eye(3)[predicted]
-  want = np.array([[1, 1, 0], [0, 1, 0], [1, 2, 0]])
-  np.testing.assert_array_equal(p4m_digits.confusion(logits, labels), want)
-  # 2 -> 1 twice; then the ties 0 -> 1 and 2 -> 0 by true label.
-  assert p4m_digits.top_mistakes(want) == [(2, 1, 2), (0, 1, 1), (2, 0, 1)]
-  assert p4m_digits.top_mistakes(want, k=1) == [(2, 1, 2)]
-  assert p4m_digits.top_mistakes(np.eye(3, dtype=int)) == []
-
-
-def test_error_percent():
-  logits = np.array([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
-  labels = np.array([1, 1, 1, 0])
-  assert p4m_digits.error_percent(logits, labels) == 25.0
 
 
 @pytest.mark.parametrize(

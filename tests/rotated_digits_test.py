@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from equivlab import data
 from experiments import rotated_digits
 
 
@@ -17,6 +18,12 @@ def test_smoke_writes_results_and_pictures(
   results = rotated_digits.run(config, tmp_path)
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["table"] == results["table"]
+  assert saved["test_set"] == "embedded_rot"
+  # The engine trains and tests on the rotated split too.
+  run = json.loads(
+    (tmp_path / "runs/p4cnn_rotpool/seed3/config.json").read_text()
+  )
+  assert (run["dataset"], run["augment"]) == ("embedded_rot", "none")
   assert [(r["model"], r["seed"]) for r in saved["runs"]] == [
     ("p4cnn_rotpool", 3)
   ]
@@ -27,11 +34,23 @@ def test_smoke_writes_results_and_pictures(
   assert row["params"] == 6_380
   # Invariant by construction, trained or not: float error only.
   for r in saved["runs"]:
-    assert r["rot90"]["max_rel_error"] < 1e-4
+    assert r["rot90"]["logit_change"] < 1e-4
     assert r["rot90"]["pred_change"] == 0.0
   for name in ("errors", "curves", "examples"):
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
   assert "| p4cnn_rotpool" in capsys.readouterr().out
+
+
+def test_the_main_job_tests_on_rotated_digits(tiny_rotated_digits):
+  name, images, labels = rotated_digits.rotated_test_set(tiny_rotated_digits)
+  upright, upright_labels = data.load_dataset("embedded", "test")
+  rotated, _ = data.load_dataset("embedded_rot", "test")
+  assert name == "embedded_rot" and len(images) == 16
+  np.testing.assert_array_equal(labels, upright_labels[:16])
+  np.testing.assert_array_equal(images, rotated[:16])
+  # Not the upright digits: most of them differ by far more than rounding.
+  moved = np.abs(images - upright[:16]).max(axis=(1, 2, 3))
+  assert np.mean(moved > 0.5) > 0.8
 
 
 def test_rot90_invariance_by_hand():
@@ -44,21 +63,13 @@ def test_rot90_invariance_by_hand():
     return jnp.stack([x[:, 0, 0, 0], jnp.ones(x.shape[0])], axis=-1)
 
   result = rotated_digits.rot90_invariance(invariant, images)
-  assert result == {"rel_error": 0.0, "max_rel_error": 0.0, "pred_change": 0.0}
+  assert result == {"logit_change": 0.0, "pred_change": 0.0}
   result = rotated_digits.rot90_invariance(corner, images)
-  # Image 0 has corners 0, 2, 8, 6 (turns 1, 2, 3 bring 2, 8, 6 to the
-  # top-left); logits (c, 1) move by |c - 0| against |(0, 1)| = 1.
-  first = np.array([2.0, 8.0, 6.0]) / 1.0
-  second = np.array([2.0, 8.0, 6.0]) / np.hypot(9.0, 1.0)
-  np.testing.assert_allclose(
-    result["rel_error"], np.mean([first, second]), rtol=1e-6
-  )
-  np.testing.assert_allclose(result["max_rel_error"], 8.0, rtol=1e-6)
-
-
-def test_error_percent():
-  logits = np.array([[0.0, 1.0], [2.0, 1.0]])
-  assert rotated_digits.error_percent(logits, np.array([1, 1])) == 50.0
+  # Corners of image 1: 9, 11, 17, 15; turns 1, 2, 3 bring 11, 17, 15 to
+  # the top-left. The largest move is 17 - 9 = 8 against max |f(x)| = 9.
+  np.testing.assert_allclose(result["logit_change"], 8.0 / 9.0, rtol=1e-6)
+  # argmax (c, 1): class 1 for image 0 before (0 < 1), class 0 after.
+  assert result["pred_change"] == 0.5
 
 
 def test_rejects_non_square_images():
@@ -67,7 +78,7 @@ def test_rejects_non_square_images():
 
 
 def test_unknown_model():
-  with pytest.raises(ValueError, match=r"unknown models \['vit'\]"):
+  with pytest.raises(ValueError, match=r"\(unknown: \['vit'\]\)"):
     rotated_digits.Config(models=("z2cnn", "vit"))
 
 
@@ -85,9 +96,10 @@ def test_same_command_writes_the_same_results_json(
   ("field", "value", "message"),
   [
     ("num_seeds", 0, "num_seeds must be an int >= 1, got 0"),
-    ("models", (), "models must be names from"),
+    ("models", (), "models must be distinct names from"),
     ("num_invariance", 0, "num_invariance must be an int >= 1"),
     ("learning_rate", float("nan"), "learning_rate must be a finite number"),
+    ("test_limit", 0, "test_limit must be an int >= 1"),
   ],
 )
 def test_bad_settings_are_clear_errors(field, value, message):

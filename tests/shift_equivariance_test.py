@@ -1,4 +1,4 @@
-"""Tests of experiments/shift_equivariance.py (translation equivariance).
+"""Tests of experiments/shift_equivariance.py, the per-layer shift study.
 
 The stage outputs are checked against the CNN written out with
 `lax.conv_general_dilated` and `lax.reduce_window`, and the errors against
@@ -207,7 +207,7 @@ def test_smoke_through_the_flags_measures_the_trained_model(tmp_path, capsys):
     ("features", (2, 2, 2), "features must have two entries"),
     ("shifts", ("1",), "shifts must be 'dy:dx' with integers"),
     ("shifts", (), "shifts must hold at least one"),
-    ("paddings", ("REFLECT",), "paddings must be one of"),
+    ("paddings", ("REFLECT",), r"paddings must be distinct names .*REFLECT"),
     ("num_epochs", 0, "num_epochs must be an int >= 1"),
     ("num_images", 0, "num_images must be an int >= 1"),
     ("learning_rate", -1.0, "learning_rate must be a finite number > 0"),
@@ -223,7 +223,7 @@ def test_bad_settings_are_named(field, value, message):
   [
     (["--shifts=1"], "flag --shifts=.*shifts must be 'dy:dx'"),
     (["--features=2,2,2"], "features must have two entries"),
-    (["--paddings=REFLECT"], "paddings must be one of"),
+    (["--paddings=REFLECT"], r"paddings must be distinct names .*REFLECT"),
     (["--num_epochs=0"], "flag --num_epochs=0: num_epochs must be an int"),
   ],
 )

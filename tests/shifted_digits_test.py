@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 from absl import flags
@@ -72,43 +71,6 @@ def test_run_and_flags_write_the_same_checked_results(tmp_path, capsys):
   argv += [f"--{k}={v}" for k, v in _TINY.items() if k != "models"]
   shifted_digits.main(["shifted_digits"], _flag_values(argv))
   assert (tmp_path / "run" / "results.json").read_bytes() == first
-
-
-def test_accuracy_by_hand():
-  logits = np.array([[0.0, 1.0], [2.0, 1.0], [0.0, 3.0]])
-  assert shifted_digits.accuracy(logits, np.array([1, 1, 1])) == 2 / 3
-
-
-def _shift_by_hand(image, dy, dx):
-  out = np.zeros_like(image)
-  h, w = image.shape[:2]
-  for i in range(h):
-    for j in range(w):
-      if 0 <= i - dy < h and 0 <= j - dx < w:
-        out[i, j] = image[i - dy, j - dx]
-  return out
-
-
-def test_shift_sweep_against_shifts_by_hand():
-  rng = np.random.default_rng(0)
-  images = (rng.random((12, 7, 7, 1)) > 0.6).astype(np.float32)
-  labels = (images[:, 3, 3, 0] > 0).astype(np.int32)
-
-  def centre_pixel(x):  # Class 1 iff the centre pixel has ink.
-    ink = np.asarray(x)[:, 3, 3, 0]
-    return np.stack([1 - ink, ink], axis=-1)
-
-  sweep = shifted_digits.shift_sweep(centre_pixel, images, labels, 2)
-  expected = []
-  for k in range(3):
-    key = jax.random.fold_in(jax.random.key(0), k)
-    shifts = np.asarray(jax.random.randint(key, (12, 2), -k, k + 1))
-    moved = [
-      _shift_by_hand(im, *s) for im, s in zip(images, shifts, strict=True)
-    ]
-    expected.append(np.mean((np.stack(moved)[:, 3, 3, 0] > 0) == labels))
-  assert sweep[0] == 1.0
-  np.testing.assert_allclose(sweep, expected)
 
 
 def test_variants_train_with_their_overrides(tmp_path):

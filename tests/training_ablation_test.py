@@ -1,4 +1,4 @@
-"""Tests of the training ablation (loss, init, batch norm), on tiny settings."""
+"""Tests of experiments/training_ablation.py, on tiny settings."""
 
 import json
 

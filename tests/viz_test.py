@@ -4,7 +4,7 @@ is named."""
 import numpy as np
 import pytest
 
-from equivlab.analysis import viz
+from equivlab.analysis import tables, viz
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -99,13 +99,13 @@ def test_format_table_by_hand():
     {"model": "mlp", "acc": 0.94881, "n": 12},
     {"model": "p4cnn", "acc": 1.0, "n": 3},
   ]
-  assert viz.format_table(rows) == (
+  assert tables.format_table(rows) == (
     "| model | acc    | n  |\n"
     "|-------|--------|----|\n"
     "| mlp   | 0.9488 | 12 |\n"
     "| p4cnn | 1.0000 | 3  |"
   )
-  assert viz.format_table(rows, ["n"]).splitlines()[2] == "| 12 |"
+  assert tables.format_table(rows, ["n"]).splitlines()[2] == "| 12 |"
 
 
 def test_bad_filters_rank(tmp_path):
@@ -146,6 +146,6 @@ def test_bars_lengths(tmp_path):
 
 def test_table_errors():
   with pytest.raises(ValueError, match="at least one row"):
-    viz.format_table([])
+    tables.format_table([])
   with pytest.raises(ValueError, match="row 1 lacks columns"):
-    viz.format_table([{"a": 1}, {"b": 2}])
+    tables.format_table([{"a": 1}, {"b": 2}])

@@ -5,5 +5,7 @@ pictures.
   outputs, shift-equivariance errors.
 - `occlusion`: occlusion sensitivity maps (Zeiler & Fergus, ECCV 2014).
 - `adversarial`: the smallest patch whose content flips a prediction.
-- `viz`: filters, feature maps, occlusion maps, curves and tables.
+- `metrics`: error, accuracy, confusion, prediction changes, invariance.
+- `viz`: filters, feature maps, occlusion maps, curves, per-layer reports.
+- `tables`: Markdown tables and float-level error figures.
 """

@@ -463,49 +463,6 @@ def plot_bars(
   return _save(fig, path)
 
 
-def format_table(
-  rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None
-) -> str:
-  """Renders rows of values as a GitHub-markdown table.
-
-  Floats print with 4 significant decimals; strings and ints as they are.
-
-  Args:
-    rows: one mapping per row, column name -> value.
-    columns: the columns in order; the keys of the first row by default.
-
-  Returns:
-    The table as one string (no trailing newline).
-
-  Raises:
-    ValueError: if `rows` is empty or a row lacks a column.
-  """
-  if not rows:
-    raise ValueError("rows must hold at least one row, got none.")
-  columns = list(columns or rows[0].keys())
-  cells = []
-  for n, row in enumerate(rows):
-    missing = [c for c in columns if c not in row]
-    if missing:
-      raise ValueError(f"row {n} lacks columns {missing}; it has {list(row)}.")
-    cells.append(
-      [
-        f"{v:.4f}" if isinstance(v, float) else str(v)
-        for v in map(row.get, columns)
-      ]
-    )
-  widths = [
-    max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)
-  ]
-  line = lambda vals: (
-    "| "
-    + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True))
-    + " |"
-  )
-  rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-  return "\n".join([line(columns), rule, *(line(r) for r in cells)])
-
-
 def plot_equivariance_report(
   report: Any, path: PathLike, *, title: str | None = None
 ) -> str:
@@ -556,4 +513,114 @@ def plot_equivariance_report(
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=8, loc="upper left")
   ax.set_title(title or f"equivariance per layer ({data['group']})")
+  return _save(fig, path)
+
+
+def plot_predictions(
+  images: np.ndarray,
+  path: PathLike,
+  *,
+  predictions: Mapping[str, Sequence[int]],
+  captions: Sequence[str],
+  ncols: int = 4,
+  title: str | None = None,
+) -> str:
+  """Images, each captioned with its own line and every model's prediction.
+
+  Args:
+    images: `[N, H, W]` or `[N, H, W, 1]`.
+    path: where the PNG goes.
+    predictions: model name -> one predicted class per image (at least N).
+    captions: the first caption line of each image (e.g. "label 6").
+    ncols: panels per row.
+    title: figure title.
+
+  Returns:
+    `path` as a string.
+
+  Raises:
+    ValueError: if `captions` or a model's predictions are fewer than the
+      images (and as `plot_images`).
+  """
+  short = [m for m, p in predictions.items() if len(p) < len(images)]
+  if len(captions) != len(images) or short:
+    raise ValueError(
+      f"need a caption and a prediction of every model per image "
+      f"({len(images)}), got {len(captions)} captions; short: {short}."
+    )
+  titles = [
+    "\n".join([caption] + [f"{m}: {p[i]}" for m, p in predictions.items()])
+    for i, caption in enumerate(captions)
+  ]
+  return plot_images(
+    images, path, titles=titles, ncols=min(ncols, len(images)), title=title
+  )
+
+
+def plot_curve_panels(
+  panels: Mapping[str, Mapping[str, Sequence[float]]],
+  path: PathLike,
+  *,
+  x: Sequence[float] | None = None,
+  xticks: Sequence[str] | None = None,
+  bands: Mapping[str, Mapping[str, tuple[Sequence, Sequence]]] | None = None,
+  xlabel: str | None = None,
+  ylabel: str | None = None,
+  log_y: bool = False,
+  sharey: bool = False,
+  ncols: int = 4,
+  title: str | None = None,
+) -> str:
+  """One panel per key, several named curves in each.
+
+  Args:
+    panels: panel title -> curve name -> values.
+    path: where the PNG goes.
+    x: the x values of every curve (default 1, 2, ...).
+    xticks: labels of the x positions 0, 1, ... instead of numbers.
+    bands: panel title -> curve name -> (low, high), shaded around it.
+    xlabel: x-axis label of every panel.
+    ylabel: y-axis label of the first panel of each row.
+    log_y: logarithmic y axes; values <= 0 cannot show on them.
+    sharey: one y range for every panel.
+    ncols: panels per row.
+    title: figure title.
+
+  Returns:
+    `path` as a string.
+
+  Raises:
+    ValueError: if `panels` or a panel is empty.
+  """
+  if not panels or not all(panels.values()):
+    raise ValueError("panels must hold curves in every panel, got none.")
+  rows, cols = _grid(len(panels), ncols)
+  fig = Figure(figsize=(3.6 * cols, 3.0 * rows + 0.4), layout="constrained")
+  axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel()
+  for ax in axes[len(panels) :]:
+    ax.axis("off")
+  for n, (ax, (name, curves)) in enumerate(
+    zip(axes, panels.items(), strict=False)
+  ):
+    for i, (label, values) in enumerate(curves.items()):
+      if xticks is not None:
+        xs = np.arange(len(values))
+      else:
+        xs = np.arange(1, len(values) + 1) if x is None else np.asarray(x)
+      ax.plot(xs, values, marker=".", color=f"C{i}", label=label)
+      low_high = (bands or {}).get(name, {}).get(label)
+      if low_high is not None:
+        ax.fill_between(xs, *low_high, color=f"C{i}", alpha=0.2)
+    if xticks is not None:
+      ax.set_xticks(range(len(xticks)), xticks, fontsize=8)
+    if log_y:
+      ax.set_yscale("log")
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel(xlabel or "", fontsize=8)
+    if n % cols == 0:
+      ax.set_ylabel(ylabel or "", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  if title:
+    fig.suptitle(title, fontsize=9)
   return _save(fig, path)

@@ -18,7 +18,9 @@ a model accepts in the message.
   shifts).
 - "z2cnn": Cohen & Welling 2016 (section 8.1, Table 1): 7 layers of 3x3
   convolutions (4x4 in the last), 20 channels, ReLU, batch norm, a 2x2 max
-  pool after layer 2; 21,750 parameters.
+  pool after layer 2; 21,750 parameters. `PlainCNN` (not a registered
+  name: the zoo's names are the studies' trained networks) is the same
+  layout without batch norm, the untrained baseline of equivariance checks.
 - "deep_mlp", "deep_cnn": `DeepMLP` and `DeepCNN`, the networks of the
   depth study (vanishing gradients; Glorot & Bengio 2010, He et al. 2016
   "Deep Residual Learning"): L layers of one width, a chosen activation,
@@ -283,6 +285,45 @@ class Z2CNN(nn.Module):
       x = _normalize(x, "batch", train)
       x = nn.relu(x)
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+      if layer == 1:
+        x = gconv.spatial_max_pool(x, 2)
+    x = Conv(self.num_classes, (4, 4), padding="VALID")(x)
+    return jnp.mean(x, axis=(1, 2))
+
+
+class PlainCNN(nn.Module):
+  """The P4CNN's layout with ordinary convolutions and no normalisation.
+
+  `Z2CNN` without batch norm or dropout: six 3x3 "VALID" convolutions of
+  `features` channels with ReLU (a 2x2 max pool after layer 2) and a last
+  4x4 convolution to the logits, averaged over space. With `features = 4 *`
+  a P4CNN's G-channels it is that network's plain counterpart (same
+  layout, no rotation symmetry), the baseline of equivariance checks.
+
+  Attributes:
+    num_classes: the number of logits.
+    features: channels per hidden layer.
+  """
+
+  num_classes: int = 10
+  features: int = 20
+
+  def __post_init__(self):
+    _check_common(self)
+    checks.check_int("features", self.features, minimum=1)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    """Images `[N, H, W, C]` (H, W >= 28) -> logits `[N, num_classes]`.
+
+    Raises:
+      ValueError: for images that are not rank 4 or smaller than 28x28.
+    """
+    del train  # No batch statistics or dropout.
+    check_images(x, "PlainCNN", min_size=28)
+    for layer in range(6):
+      x = nn.relu(Conv(self.features, (3, 3), padding="VALID")(x))
       if layer == 1:
         x = gconv.spatial_max_pool(x, 2)
     x = Conv(self.num_classes, (4, 4), padding="VALID")(x)
