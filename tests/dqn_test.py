@@ -391,23 +391,44 @@ class SeedRunnerTest(chex.TestCase):
       set(got["2"]["env_steps_per_second"]), {"groups", "one program", "before"}
     )
 
-  def test_group_bounds_cut_the_seeds_in_near_equal_runs(self):
-    cuts = dqn.group_bounds(5, 2)
-    self.assertEqual(cuts, [slice(0, 2), slice(2, 5)])
-    self.assertEqual(
-      dqn.group_bounds(4, 4), [slice(i, i + 1) for i in range(4)]
+  def test_keys_of_every_kind_jax_vmap_takes(self):
+    config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
+    legacy = jax.random.split(jax.random.PRNGKey(0), 2)  # uint32 [2, 2]
+    typed = jax.random.wrap_key_data(legacy)
+    want = jax.jit(jax.vmap(dqn.make_train(config)))(legacy)
+    run = dqn.seed_runner(config, groups=1)
+    for keys in (legacy, typed, list(legacy), [typed[0], typed[1]]):
+      got = run(keys)
+      np.testing.assert_array_equal(
+        got["metrics"]["loss"], want["metrics"]["loss"]
+      )
+    got = dqn.train_seeds(config, tuple(typed), groups=2)
+    np.testing.assert_array_equal(
+      got["metrics"]["eval_return"], want["metrics"]["eval_return"]
     )
-    self.assertLen(dqn.group_bounds(16), dqn.default_groups(16))
-    self.assertEqual(dqn.group_bounds(1), [slice(0, 1)])
-    with self.assertRaisesRegex(ValueError, "at least one seed"):
-      dqn.group_bounds(0, 1)
+
+  @parameterized.parameters(
+    (lambda: jax.random.key(0), r"got shape \(\), dtype key"),
+    (lambda: jax.random.PRNGKey(0), r"got shape \(2,\), dtype uint32"),
+    (lambda: jnp.zeros((2, 3), jnp.uint32), r"legacy uint32 keys \[S, 2\]"),
+    (lambda: jnp.zeros((2, 2), jnp.int32), "dtype int32"),
+    (lambda: [0, 1], r"keys\[0\] must be one PRNG key"),
+    (lambda: [], "got an empty list"),
+    (lambda: jax.random.split(jax.random.key(0), 0), "got no keys"),
+  )
+  def test_bad_keys_say_what_was_expected(self, make_keys, message):
+    config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
+    with self.assertRaisesRegex(ValueError, message):
+      dqn.train_seeds(config, make_keys())
 
   def test_bad_group_counts_are_refused(self):
     config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
     keys = jax.random.split(jax.random.key(0), 2)
-    with self.assertRaisesRegex(ValueError, "groups must be >= 1"):
+    with self.assertRaisesRegex(ValueError, "groups must be an int >= 1"):
       dqn.seed_runner(config, groups=0)
+    with self.assertRaisesRegex(TypeError, "groups must be an int >= 1"):
+      dqn.seed_runner(config, groups=1.5)
     with self.assertRaisesRegex(ValueError, "must not exceed"):
       dqn.train_seeds(config, keys, groups=3)
-    with self.assertRaisesRegex(ValueError, "key array"):
+    with self.assertRaisesRegex(ValueError, "typed key array"):
       dqn.train_seeds(config, keys[:0], groups=None)

@@ -40,12 +40,7 @@ from equivlab.rl.dqn.parts import (
   make_optimizer,
   q_values_at,
 )
-from equivlab.rl.dqn.runner import (
-  default_groups,
-  group_bounds,
-  seed_runner,
-  train_seeds,
-)
+from equivlab.rl.dqn.runner import seed_runner, train_seeds
 
 __all__ = [
   "DQNConfig",
@@ -57,9 +52,7 @@ __all__ = [
   "act",
   "batch_loss",
   "build",
-  "default_groups",
   "flatten_metrics",
-  "group_bounds",
   "init_state",
   "iteration",
   "learn",
