@@ -186,6 +186,12 @@ class ConfigTest(chex.TestCase):
     ("lr_zero", dict(learning_rate=0.0), "learning_rate must be"),
     ("width_zero", dict(hidden_sizes=(0,)), r"hidden_sizes\[0\] must be"),
     ("clip_zero", dict(max_grad_norm=0.0), "max_grad_norm must be"),
+    (
+      "learning_never_starts",
+      dict(learning_starts=2000),
+      r"learning_starts must be less than total_env_steps \(2000\)",
+    ),
+    ("decay_zero", dict(epsilon_decay_steps=0), "epsilon_decay_steps must"),
   )
   def test_bad_config(self, change, message):
     with pytest.raises(ValueError, match=message):
@@ -196,6 +202,42 @@ class ConfigTest(chex.TestCase):
       dataclasses.replace(_PROBE, learning_rate="fast")
     with pytest.raises(TypeError, match="total_env_steps must be"):
       dataclasses.replace(_PROBE, total_env_steps=2000.0)
+
+  def test_schedule_defaults_scale_with_the_run(self):
+    default = dqn.DQNConfig()
+    self.assertIsNone(default.learning_starts)
+    self.assertIsNone(default.epsilon_decay_steps)
+    resolved = default.resolved()
+    self.assertEqual(resolved.learning_starts, 10_000)
+    self.assertEqual(resolved.epsilon_decay_steps, 100_000)
+    short = dqn.DQNConfig(total_env_steps=20_000).resolved()
+    self.assertEqual(short.learning_starts, 666)
+    self.assertEqual(short.epsilon_decay_steps, 6_666)
+    tiny = dqn.DQNConfig(
+      num_envs=1, train_every=1, eval_every=2, total_env_steps=2
+    )
+    self.assertEqual(tiny.resolved().epsilon_decay_steps, 1)
+    self.assertEqual(tiny.resolved().learning_starts, 0)
+    # Given values are kept; the loop runs on the resolved config.
+    self.assertEqual(_PROBE.resolved(), _PROBE)
+    parts = dqn.build(dataclasses.replace(_PROBE, learning_starts=None))
+    self.assertEqual(parts.config.learning_starts, 2000 // 30)
+
+  def test_loop_follows_the_scaled_schedule(self):
+    config = dataclasses.replace(
+      _PROBE,
+      total_env_steps=600,
+      eval_every=600,
+      batch_size=16,
+      learning_starts=None,
+      epsilon_decay_steps=None,
+    )
+    metrics = jax.jit(dqn.make_train(config))(jax.random.key(0))["metrics"]
+    steps = np.arange(0, 600, config.num_envs)
+    want = schedules.linear_epsilon(steps, 1.0, config.epsilon_end, 200)
+    np.testing.assert_allclose(metrics["epsilon"], want, rtol=1e-6)
+    first = int(np.argmax(metrics["updated"]))
+    self.assertEqual((first + 1) * config.num_envs, 20)  # 600 // 30
 
   def test_env_kwargs_mapping_and_width_list(self):
     config = dataclasses.replace(

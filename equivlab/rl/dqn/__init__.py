@@ -10,6 +10,10 @@ Mnih et al., "Human-level control through deep reinforcement learning"
   `make_loop` for runs that stop and resume between evaluation periods.
 - `metrics`: flattening the per-iteration metrics, divergence checks.
 - `runner`: many seeds at once, in vmapped groups run in threads.
+- `driver`: `train_resumable(config, workdir, seeds=...)`, many seeds in
+  chunks of evaluation periods with npz checkpoints and resume (import it
+  as `from equivlab.rl.dqn import driver`; it needs the training engine's
+  checkpoint helpers, which this package does not import).
 """
 
 from equivlab.rl.dqn.config import DQNConfig, validate_config

@@ -83,10 +83,13 @@ class DQNParts(NamedTuple):
 def build(config: DQNConfig) -> DQNParts:
   """Validates `config` and builds the environment, network and optimizer.
 
+  The parts hold `config.resolved()`: the schedule defaults made numbers.
+
   Raises:
     TypeError, ValueError: as `validate_config` and `make_env`.
   """
   validate_config(config)
+  config = config.resolved()
   env, env_params = make_env(config)
   return DQNParts(
     config=config,
