@@ -422,17 +422,6 @@ class SeedRunnerTest(chex.TestCase):
     chex.assert_trees_all_equal(whole, train(keys))
     self.assertEqual(got["metrics"]["eval_return"].shape, (3, 1))
 
-  def test_benchmark_times_groups_from_two_seeds_on(self):
-    from benchmarks import dqn as bench  # noqa: PLC0415
-
-    config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
-    got = bench.part_d(config, [1, 2], repeats=1)
-    self.assertEqual(set(got), {"2"})
-    self.assertGreater(got["2"]["groups_over_before"], 0)
-    self.assertEqual(
-      set(got["2"]["env_steps_per_second"]), {"groups", "one program", "before"}
-    )
-
   def test_keys_of_every_kind_jax_vmap_takes(self):
     config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
     legacy = jax.random.split(jax.random.PRNGKey(0), 2)  # uint32 [2, 2]
