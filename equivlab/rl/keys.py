@@ -46,7 +46,7 @@ def _is_raw(value: Any, batch_rank: int) -> bool:
   )
 
 
-def check_key(key: Any, name: str = "key") -> None:
+def check_key(key: Any, name: str = "key", *, hint: str = "") -> None:
   """Raises unless `key` is one PRNG key, typed `[]` or legacy uint32 `[2]`.
 
   Tracers (inside `jit` or `vmap`) are checked by their shape and dtype,
@@ -55,6 +55,7 @@ def check_key(key: Any, name: str = "key") -> None:
   Args:
     key: the value to check.
     name: the argument's name, for the message.
+    hint: a sentence appended to the message (what to do with a batch).
 
   Raises:
     ValueError: for a list, a batch of keys, or any other array.
@@ -66,7 +67,7 @@ def check_key(key: Any, name: str = "key") -> None:
   raise ValueError(
     f"{name} must be one PRNG key: jax.random.key(seed) (a typed key, "
     f"shape []) or jax.random.PRNGKey(seed) (uint32 [{_data_width()}]); "
-    f"got {_describe(key)}."
+    f"got {_describe(key)}.{' ' + hint if hint else ''}"
   )
 
 

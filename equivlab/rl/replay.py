@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from equivlab.rl import keys as keys_lib
 from equivlab.rl import noise
 
 
@@ -183,10 +184,11 @@ def sample(
     A pytree of items with a leading axis `[batch_size, ...]`.
 
   Raises:
-    ValueError: if `batch_size` exceeds the capacity, or the buffer holds
-      fewer than `batch_size` items (at once when the size is concrete; from
-      the jitted computation otherwise).
+    ValueError: if `key` is not one PRNG key, `batch_size` exceeds the
+      capacity, or the buffer holds fewer than `batch_size` items (at once
+      when the size is concrete; from the jitted computation otherwise).
   """
+  keys_lib.check_key(key)
   if not isinstance(batch_size, int | np.integer) or batch_size < 1:
     raise ValueError(
       "replay.sample expects a positive integer batch_size, got "
@@ -224,5 +226,6 @@ def sample_with_bits(
       f"got shape {jnp.shape(bits)}."
     )
   _check_batch(state, int(jnp.shape(bits)[1]), check)
-  rows = noise.randint_from_bits(bits[0], bits[1], state.size)
+  span = jnp.maximum(state.size, 1)  # rows of an empty buffer: row 0
+  rows = noise.randint_from_bits(bits[0], bits[1], span)
   return jax.tree.map(lambda s: s[rows], state.storage)

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import optax
 
 from equivlab.rl import envs as envs_lib
+from equivlab.rl import keys as keys_lib
 from equivlab.rl import noise, replay, tabular, value_learning
 from equivlab.rl.dqn.config import DQNConfig
 from equivlab.rl.dqn.metrics import flatten_metrics
@@ -532,10 +533,12 @@ def make_loop(config: DQNConfig) -> DQNLoop:
   parts = build(config)
 
   def init(key: chex.PRNGKey) -> DQNState:
+    keys_lib.check_key(key, hint=_BATCH_HINT)
     init_key, reset_key, _, _ = jax.random.split(key, 4)
     return init_state(parts, init_key, reset_key)
 
   def run_periods(key: chex.PRNGKey, state: DQNState, periods: jax.Array):
+    keys_lib.check_key(key, hint=_BATCH_HINT)
     _, _, run_key, eval_key = jax.random.split(key, 4)
     period = functools.partial(train_then_evaluate, parts, run_key, eval_key)
     return jax.lax.scan(period, state, periods)
@@ -546,6 +549,12 @@ def make_loop(config: DQNConfig) -> DQNLoop:
     num_periods=config.total_env_steps // config.eval_every,
     state_axes=_state_axes(jax.eval_shape(init, jax.random.key(0))),
   )
+
+
+_BATCH_HINT = (
+  "For many seeds, jax.vmap the function over the keys, or call "
+  "dqn.train_seeds(config, keys)."
+)
 
 
 def _state_axes(state: DQNState) -> DQNState:
@@ -593,8 +602,10 @@ def make_train(config: DQNConfig) -> Callable[[chex.PRNGKey], dict]:
         network acts greedily with action 0 and trains on.
 
   Raises:
-    TypeError, ValueError: for a bad config, an unknown environment, or one
-      without a discrete action space.
+    TypeError, ValueError: for a bad config, an unknown environment or
+      option, or one without a discrete action space; `train` raises a
+      ValueError for a key that is not one PRNG key (a typed key `[]` or a
+      legacy uint32 `[2]`).
   """
   loop = make_loop(config)
 
