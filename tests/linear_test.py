@@ -1,4 +1,4 @@
-"""Tests for equivlab.rl.linear: seed 000 3(b)'s semi-gradient step."""
+"""Tests for equivlab.rl.linear: the semi-gradient Q-learning step."""
 
 import chex
 import jax
@@ -8,7 +8,7 @@ import numpy as np
 from equivlab.fundamentals import gradcheck
 from equivlab.rl import linear
 
-# Seed 000 3(b): w, w-, the sample (s, a, r, s') and alpha.
+# A hand-computed step: w, w-, the sample (s, a, r, s') and alpha.
 _W = jnp.array([-1.0, 1.0, 1.0])
 _W_TARGET = jnp.array([1.0, -1.0, -2.0])
 _S, _A, _R, _S_NEXT = 2.0, -1.0, -1.0, 1.0

@@ -1,4 +1,4 @@
-"""Pure-JAX environments: seed 000's chain MDP, probes, and gymnax.
+"""Pure-JAX environments: a chain MDP, probes, and gymnax.
 
 Every environment here is a gymnax `Environment`, so `env.step(key, state,
 action, params)` returns `(obs, state, reward, terminated, truncated, info)`
@@ -30,7 +30,7 @@ Array = chex.Array
 
 
 # ----------------------------------------------------------------------------
-# Seed 000's chain MDP.
+# A chain MDP: a wall on the left, a terminal right end, a cost per step.
 
 
 @struct.dataclass
@@ -46,7 +46,7 @@ class ChainParams(environment.EnvParams):
 
 
 class ChainMDP(environment.Environment[ChainState, ChainParams]):
-  """Seed 000 part 3's chain: positions on a line, moves -1/+1, reward -1.
+  """A chain: positions on a line, moves -1/+1, reward -1 per step.
 
   Positions are `0 .. num_states - 1`; the right end `num_states - 1` is
   terminal. Action index 0 moves by -1 (the left end is a wall: moving left

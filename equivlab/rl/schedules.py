@@ -1,8 +1,8 @@
 """When things happen in a DQN loop: epsilon, periods, targets, resets.
 
 Pure functions of the env-step counter, so a jitted loop can call them at
-every iteration: the linearly decayed exploration probability (seed 004
-3(d)), whether an iteration crossed a multiple of a period, and the target
+every iteration: the linearly decayed exploration probability (Mnih et al.
+2015), whether an iteration crossed a multiple of a period, and the target
 network's hard (`optax.periodic_update`) or Polyak
 (`optax.incremental_update`) update on such a crossing (rlax's
 `examples/simple_dqn.py` style: target parameters as an explicit pytree).
