@@ -28,6 +28,7 @@ from equivlab.rl import (
   validation,
   value_learning,
 )
+from equivlab.rl.dqn import driver
 
 _KEY = jax.random.key(0)
 _TABLE = jnp.zeros((4, 2))
@@ -389,6 +390,19 @@ def test_validation_helpers_directly():
   validation.check_step_size("lr", 1e-3)
   with pytest.raises(ValueError, match="lr must be a finite step size"):
     validation.check_step_size("lr", 2.0, maximum=1.0)
+
+
+@pytest.mark.parametrize("config", [{"env_name": "CartPole-v1"}, None, "dqn"])
+def test_dqn_entry_points_refuse_configs_of_another_kind(config, tmp_path):
+  calls = [
+    lambda: dqn.make_train(config),
+    lambda: dqn.make_loop(config),
+    lambda: dqn.seed_runner(config),
+    lambda: driver.train_resumable(config, tmp_path, seeds=[0]),
+  ]
+  for call in calls:
+    with pytest.raises(TypeError, match="config must be a dqn.DQNConfig"):
+      call()
 
 
 def test_configs_with_dataclass_replace_keep_their_checks():

@@ -147,11 +147,17 @@ def validate_config(config: DQNConfig) -> None:
     config: the settings.
 
   Raises:
-    TypeError: for a field of the wrong kind (a string where a number is
-      expected, a float step count, ...), naming the field.
+    TypeError: for a config that is not a `DQNConfig`, or a field of the
+      wrong kind (a string where a number is expected, a float step
+      count, ...), naming the field.
     ValueError: for an out-of-range, non-finite or inconsistent setting,
       naming the field, the expected and the received value.
   """
+  if not isinstance(config, DQNConfig):
+    raise TypeError(
+      f"config must be a dqn.DQNConfig, got {type(config).__name__}: build "
+      "one with dqn.DQNConfig(**settings)."
+    )
   _check_environment_fields(config)
   for name in _POSITIVE_INTS:
     checks.check_int(name, getattr(config, name), minimum=1)

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from equivlab import checks, parallel
-from equivlab.rl.dqn.config import DQNConfig
+from equivlab.rl.dqn.config import DQNConfig, validate_config
 from equivlab.rl.dqn.loop import DQNState, make_loop
 from equivlab.rl.dqn.metrics import flatten_metrics, raise_if_diverged
 from equivlab.training import checkpoint, npz
@@ -313,6 +313,7 @@ def train_resumable(
     equivlab.training.WorkdirInUseError: if another live run holds the
       workdir.
   """
+  validate_config(config)
   _check_arguments(seeds, groups, checkpoint_every_steps, checkpoint_every_secs)
   workdir = pathlib.Path(workdir)
   if not lock:
