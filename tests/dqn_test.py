@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from equivlab.rl import dqn, schedules
+from equivlab.rl import dqn, noise, schedules
 
 # Tiny settings shared by the learning tests (probe envs, 2k env steps).
 _PROBE = dqn.DQNConfig(
@@ -312,7 +312,7 @@ class LoopTest(chex.TestCase):
 
     def one_by_one(state):
       key = jax.random.fold_in(run_key, 0)
-      draws = dqn.noise.draw_noise(key, 100, 4, config.batch_size)
+      draws = noise.draw_noise(key, 100, 4, config.batch_size)
       return jax.lax.scan(functools.partial(dqn.iteration, parts), state, draws)
 
     state, metrics = jax.jit(one_by_one)(state)
