@@ -10,7 +10,7 @@ from equivlab.rl import envs
 
 
 class ChainMDPTest(chex.TestCase):
-  def test_seed_000_moves_and_rewards(self):
+  def test_chain_moves_and_rewards(self):
     env, params = envs.make("ChainMDP", num_states=6)
     state = envs.ChainState(position=jnp.array(3), time=0)
     key = jax.random.key(0)

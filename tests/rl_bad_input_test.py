@@ -199,9 +199,22 @@ def test_tabular_update_refuses_non_integer_indices(index):
     tabular.q_learning_update(_TABLE, index, 0, 1.0, 0.9, 0, 0.1)
 
 
-def test_tabular_update_refuses_a_table_of_another_rank():
+def test_tabular_update_refuses_a_table_of_another_rank_or_dtype():
   with pytest.raises(ValueError, match=r"q_table must be \[S, A\]"):
     tabular.q_learning_update(jnp.zeros(4), 0, 0, 1.0, 0.9, 0, 0.1)
+  with pytest.raises(TypeError, match="q_table must have a floating-point"):
+    tabular.q_learning_update(
+      jnp.zeros((4, 2), jnp.int32), 0, 0, 1.0, 0.9, 0, 0.1
+    )
+
+
+def test_q_values_at_checks_the_observation_shape():
+  config = dqn.DQNConfig(env_name="Probe-constant", hidden_sizes=(2,))
+  params = dqn.make_network(config, 2).init(_KEY, jnp.ones((1, 1)))
+  for obs in (jnp.ones((3, 4)), jnp.ones((3,))):
+    with pytest.raises(ValueError, match=r"obs must be \[B, \*\[1\]\]"):
+      dqn.q_values_at(config, params, obs)
+  assert dqn.q_values_at(config, params, jnp.ones((3, 1))).shape == (3, 2)
 
 
 @pytest.mark.parametrize("a_tm1", [3, -1, 100])
@@ -250,6 +263,18 @@ def test_epsilon_greedy_from_draws_checks_its_draws(explore, action, message):
 def test_chain_features_refuse_moves_other_than_plus_minus_one(a):
   with pytest.raises(ValueError, match=r"a must be one of the moves"):
     linear.chain_features(1, a)
+  with pytest.raises(TypeError, match=r"a must be one of the moves"):
+    linear.all_action_features(1.0, ("left", "right"))
+
+
+def test_random_words_must_be_uint32():
+  with pytest.raises(TypeError, match="bits must be uint32 words"):
+    noise.uniform_from_bits(jnp.zeros(3))
+  with pytest.raises(TypeError, match="higher must be uint32 words"):
+    noise.randint_from_bits(jnp.zeros(3, jnp.int32), jnp.zeros(3), 4)
+  buffer = replay.add(replay.init(4, jnp.zeros(2)), jnp.ones((3, 2)))
+  with pytest.raises(TypeError, match="expects uint32 bits"):
+    replay.sample_with_bits(jnp.zeros((2, 2)), buffer)
 
 
 def test_randint_from_bits_refuses_empty_spans_and_mismatched_words():
@@ -318,6 +343,33 @@ def test_linear_step_size_is_positive_and_finite(alpha):
       r"tau must lie in \(0, 1\]",
     ),
     (lambda: schedules.reset_block(0), ValueError, "num_iterations must"),
+    (
+      lambda: schedules.linear_epsilon(-5, 1.0, 0.1, 10),
+      ValueError,
+      "env_steps must be >= 0",
+    ),
+    (
+      lambda: schedules.crossed_boundary(0, 4, 0),
+      ValueError,
+      "period must be an int >= 1",
+    ),
+    (
+      lambda: value_learning.huber_loss(jnp.zeros(2), float("nan")),
+      ValueError,
+      "finite delta > 0",
+    ),
+    (
+      lambda: envs.bootstrap_discount(jnp.zeros(2, bool), 1.5),
+      ValueError,
+      r"gamma must lie in \[0, 1\]",
+    ),
+    (
+      lambda: value_learning.n_step_bootstrapped_returns(
+        jnp.zeros(3), jnp.full(3, 2.0), jnp.zeros(3), 2
+      ),
+      ValueError,
+      r"discount_t must lie in \[0, 1\]",
+    ),
     (
       lambda: tabular.epsilon_greedy(_KEY, jnp.zeros(2), 1.2),
       ValueError,

@@ -13,7 +13,7 @@ _COLUMN = {-1: 0, 1: 1}
 
 
 class QLearningUpdateTest(chex.TestCase):
-  def test_seed_000_fixture(self):
+  def test_hand_computed_update(self):
     q = jnp.zeros((6, 2))
     for s, a, r, s_next in [(3, -1, -1, 2), (2, 1, -1, 3), (3, 1, -1, 4)]:
       q = tabular.q_learning_update(q, s, _COLUMN[a], r, 1.0, s_next, 0.5)

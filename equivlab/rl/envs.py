@@ -466,5 +466,9 @@ def bootstrap_discount(terminated: Array, gamma: chex.Numeric) -> Array:
 
   Returns:
     float32 discounts `[...]`.
+
+  Raises:
+    ValueError: for a concrete `gamma` outside `[0, 1]`.
   """
+  validation.check_probability("gamma", gamma)
   return jnp.where(terminated, 0.0, gamma).astype(jnp.float32)

@@ -14,6 +14,7 @@ concrete (`rl.validation`).
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from equivlab import checks
 from equivlab.rl import validation, value_learning
@@ -89,7 +90,9 @@ def _check_moves(name, a, moves) -> None:
   """A concrete move is one of `moves`."""
   if not checks.is_concrete(a):
     return
-  if float(jnp.asarray(a)) not in moves:
+  if not np.issubdtype(np.asarray(a).dtype, np.number):
+    raise TypeError(f"{name} must be one of the moves {moves}, got {a!r}.")
+  if float(np.asarray(a)) not in moves:
     raise ValueError(f"{name} must be one of the moves {moves}, got {a!r}.")
 
 

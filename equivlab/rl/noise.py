@@ -26,6 +26,14 @@ from equivlab import checks
 from equivlab.rl import keys as keys_lib
 
 
+def _check_words(name: str, bits) -> None:
+  dtype = getattr(bits, "dtype", None)
+  if dtype != jnp.uint32:
+    raise TypeError(
+      f"{name} must be uint32 words (jax.random.bits), got dtype {dtype}."
+    )
+
+
 def uniform_from_bits(bits: jax.Array) -> jax.Array:
   """Floats uniform in `[0, 1)` from uint32 words, as `jax.random.uniform`.
 
@@ -36,7 +44,11 @@ def uniform_from_bits(bits: jax.Array) -> jax.Array:
 
   Returns:
     float32 of the same shape.
+
+  Raises:
+    TypeError: for words that are not uint32.
   """
+  _check_words("bits", bits)
   mantissa = jnp.right_shift(bits.astype(jnp.uint32), jnp.uint32(9))
   one = jnp.uint32(0x3F800000)
   floats = jax.lax.bitcast_convert_type(mantissa | one, jnp.float32)
@@ -60,8 +72,11 @@ def randint_from_bits(
     int32 values in `[0, span)`, same shape.
 
   Raises:
+    TypeError: for words that are not uint32.
     ValueError: for words of different shapes, or a concrete span < 1.
   """
+  _check_words("higher", higher)
+  _check_words("lower", lower)
   if jnp.shape(higher) != jnp.shape(lower):
     raise ValueError(
       f"higher and lower must have one shape, got {jnp.shape(higher)} and "

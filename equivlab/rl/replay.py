@@ -218,8 +218,14 @@ def sample_with_bits(
     A pytree of items with a leading axis `[batch_size, ...]`.
 
   Raises:
+    TypeError: for bits that are not uint32.
     ValueError: as `sample`, or for bits not shaped `[2, batch_size]`.
   """
+  if getattr(bits, "dtype", None) != jnp.uint32:
+    raise TypeError(
+      "replay.sample_with_bits expects uint32 bits (jax.random.bits), got "
+      f"dtype {getattr(bits, 'dtype', type(bits).__name__)}."
+    )
   if jnp.ndim(bits) != 2 or jnp.shape(bits)[0] != 2:
     raise ValueError(
       "replay.sample_with_bits expects uint32 bits shaped [2, batch_size], "

@@ -13,6 +13,7 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from equivlab import checks
@@ -37,12 +38,14 @@ def linear_epsilon(
 
   Raises:
     TypeError: if `decay_steps` is not an int.
-    ValueError: if `start` or `end` lies outside `[0, 1]`, or
-      `decay_steps < 1`.
+    ValueError: if `start` or `end` lies outside `[0, 1]`,
+      `decay_steps < 1`, or concrete `env_steps` are negative.
   """
   tabular.check_epsilon(start, "epsilon_start")
   tabular.check_epsilon(end, "epsilon_end")
   checks.check_int("epsilon_decay_steps", decay_steps, minimum=1)
+  if checks.is_concrete(env_steps) and np.any(np.asarray(env_steps) < 0):
+    raise ValueError(f"env_steps must be >= 0, got {env_steps!r}.")
   fraction = jnp.minimum(jnp.asarray(env_steps, jnp.float32) / decay_steps, 1.0)
   return jnp.asarray(start + (end - start) * fraction, jnp.float32)
 
@@ -59,7 +62,11 @@ def crossed_boundary(
 
   Returns:
     bool `[]`.
+
+  Raises:
+    TypeError, ValueError: if `period` is not an int >= 1.
   """
+  checks.check_int("period", period, minimum=1)
   return steps_after // period > steps_before // period
 
 

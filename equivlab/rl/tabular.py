@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from equivlab import checks
 from equivlab.rl import keys as keys_lib
 from equivlab.rl import validation, value_learning
 
@@ -63,13 +64,15 @@ def q_learning_update(
     The updated table, `[S, A]`.
 
   Raises:
-    TypeError: for a state or action index that is not an integer.
+    TypeError: for a state or action index that is not an integer, or a
+      table that is not of a floating-point dtype.
     ValueError: for a table that is not `[S, A]`, and (when concrete) a
       state outside `[0, S)`, an action outside `[0, A)`, a discount
       outside `[0, 1]` or a step size outside `(0, 1]`.
   """
   if jnp.ndim(q_table) != 2:
     raise ValueError(f"q_table must be [S, A], got shape {jnp.shape(q_table)}.")
+  checks.check_floating("q_table", q_table)
   num_states, num_actions = jnp.shape(q_table)
   validation.check_index("s_tm1", s_tm1, num_states, "states")
   validation.check_index("s_t", s_t, num_states, "states")

@@ -14,7 +14,9 @@ range is clamped by XLA.
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from equivlab import checks
 from equivlab.rl import validation
 
 Array = chex.Array
@@ -22,7 +24,11 @@ Numeric = chex.Numeric
 
 
 def _check_transition(q_tm1: Array, a_tm1: Numeric, discount_t: Numeric):
-  """The action indexes `q_tm1`; the discount lies in `[0, 1]`."""
+  """The action indexes `q_tm1`; the discount lies in `[0, 1]`.
+
+  Raises:
+    ValueError: (when concrete) naming the argument out of its range.
+  """
   validation.check_index("a_tm1", a_tm1, q_tm1.shape[0], "actions")
   validation.check_probability("discount_t", discount_t)
 
@@ -133,8 +139,10 @@ def huber_loss(x: Array, delta: float = 1.0) -> Array:
   Raises:
     ValueError: if `delta` is not positive.
   """
-  if isinstance(delta, int | float) and delta <= 0:
-    raise ValueError(f"huber_loss expects delta > 0, got {delta}.")
+  if checks.is_concrete(delta) and not (
+    np.ndim(delta) == 0 and np.isfinite(delta) and delta > 0
+  ):
+    raise ValueError(f"huber_loss expects a finite delta > 0, got {delta}.")
   abs_x = jnp.abs(x)
   quadratic = jnp.minimum(abs_x, delta)
   # The split keeps the gradient exactly `clip(x, -delta, delta)`.
@@ -189,6 +197,7 @@ def n_step_bootstrapped_returns(
     raise ValueError(f"n_step_bootstrapped_returns expects n >= 1, got {n!r}.")
   chex.assert_rank([r_t, discount_t, v_t], 1)
   chex.assert_equal_shape([r_t, discount_t, v_t])
+  validation.check_probability("discount_t", discount_t)
   seq_len = r_t.shape[0]
   # Pad with n - 1 zero rewards and unit discounts, bootstrapping from v_T.
   pad = n - 1
