@@ -8,15 +8,18 @@ r"""DQN throughput: the fully jitted loop against a Python-driven loop.
     target copy done in Python. Same hyperparameters, same env steps, one
     seed each; compilation is excluded from both timings.
 (b) the jitted loop with 1, 4 and 16 seeds under `jax.vmap`.
-(c) before/after: today's loop against the first implementation, kept op
-    for op in `benchmarks/dqn_reference.py`, at the same seed counts, timed
-    in turn in one process (alternating run by run, the fastest of
-    `--repeats` runs of each side kept).
-
+(c) against a reference loop read from git: `benchmarks/dqn_reference.py`
+    at `--reference_commit` (by default the last commit that has that file:
+    the first implementation of the loop, op for op), extracted with `git
+    show` into a temporary directory and imported. Both loops run at the
+    same seed counts, timed in turn in one process (alternating run by
+    run, the fastest of `--repeats` runs of each side kept).
+    `--no_reference` skips it; without git or that commit the benchmark
+    stops with a message that says so.
 (d) the seeds in vmapped groups, one group per CPU core in threads
     (`dqn.seed_runner`), against one `jit(vmap)` program over all of them
-    and against the first implementation's, at each seed count >= 2,
-    timed in turn.
+    (and against the reference loop, when there is one), at each seed
+    count >= 2, timed in turn.
 
 Prints the env-steps-per-second figures and ratios, and writes them to
 `--output` as JSON.
@@ -24,11 +27,19 @@ Prints the env-steps-per-second figures and ratios, and writes them to
   python -m benchmarks.dqn --total_env_steps=20000 --seed_counts=1,4,16
 """
 
+import argparse
 import dataclasses
+import importlib.util
 import json
 import math
 import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
+import types
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -36,29 +47,109 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags, logging
 
-from benchmarks import dqn_reference
+from equivlab import parallel
 from equivlab.rl import dqn, evaluation, tabular, value_learning
 from equivlab.rl import envs as envs_lib
 
-_TOTAL_ENV_STEPS = flags.DEFINE_integer(
-  "total_env_steps", 50_000, "Env steps per seed for every measurement."
-)
-_SEED_COUNTS = flags.DEFINE_list(
-  "seed_counts",
-  ["1", "4", "16"],
-  "Numbers of vmapped seeds to time in parts (b) and (c).",
-)
-_REPEATS = flags.DEFINE_integer(
-  "repeats",
-  3,
-  "Timed runs per measurement (in (c) the two sides alternate run by run); "
-  "the fastest is kept.",
-)
-_OUTPUT = flags.DEFINE_string(
-  "output", "/tmp/equivlab_dqn_benchmark.json", "Where to write results."
-)
+REFERENCE_PATH = "benchmarks/dqn_reference.py"
+_REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+class ReferenceUnavailableError(RuntimeError):
+  """The reference loop cannot be read from git or imported."""
+
+
+def _git(*args: str) -> str:
+  """`git args...` in the repository; its stdout, stripped.
+
+  Raises:
+    ReferenceUnavailableError: without git, outside a repository, or when
+      the command fails (its message included).
+  """
+  if shutil.which("git") is None:
+    raise ReferenceUnavailableError(
+      "git is not installed: part (c) reads the reference loop from git. "
+      "Install git, or pass --no_reference."
+    )
+  done = subprocess.run(
+    ["git", *args], cwd=_REPO, capture_output=True, text=True, check=False
+  )
+  if done.returncode:
+    reason = done.stderr.strip() or "no such revision"
+    raise ReferenceUnavailableError(
+      f"git {' '.join(args)} failed in {_REPO}: {reason}"
+    )
+  return done.stdout.strip()
+
+
+def default_reference_commit() -> str:
+  """The last commit that has `benchmarks/dqn_reference.py`.
+
+  Raises:
+    ReferenceUnavailableError: without git or a history that holds it.
+  """
+  last = _git("log", "-1", "--format=%H", "--", REFERENCE_PATH)
+  if not last:
+    raise ReferenceUnavailableError(
+      f"no commit in this clone's history has {REFERENCE_PATH} (a shallow "
+      "clone?). Fetch the history, pass --reference_commit, or pass "
+      "--no_reference."
+    )
+  has_it = subprocess.run(
+    ["git", "cat-file", "-e", f"{last}:{REFERENCE_PATH}"],
+    cwd=_REPO,
+    capture_output=True,
+    check=False,
+  )
+  # The last commit to touch the file may be the one that removed it.
+  return last if has_it.returncode == 0 else _git("rev-parse", f"{last}^")
+
+
+def load_reference(commit: str | None = None) -> types.ModuleType:
+  """`benchmarks/dqn_reference.py` at `commit`, imported from a temp dir.
+
+  Args:
+    commit: any revision git understands; None for
+      `default_reference_commit()`.
+
+  Returns:
+    The module; its `make_train(config)` is the reference loop, and
+    `COMMIT` the full hash it was read at.
+
+  Raises:
+    ReferenceUnavailableError: naming the commit and the reason, without
+      git, for an unknown commit, one without the file, or a file that no
+      longer imports against today's library.
+  """
+  commit = commit or default_reference_commit()
+  try:
+    full = _git("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}")
+    source = _git("show", f"{full}:{REFERENCE_PATH}")
+  except ReferenceUnavailableError as error:
+    raise ReferenceUnavailableError(
+      f"cannot read {REFERENCE_PATH} at commit {commit!r} ({error}). "
+      "Pass --reference_commit=<a commit that has it>, or --no_reference."
+    ) from None
+  with tempfile.TemporaryDirectory() as tmp:
+    path = pathlib.Path(tmp) / "dqn_reference.py"
+    path.write_text(source + "\n")
+    name = f"_dqn_reference_{commit[:12]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+      spec.loader.exec_module(module)
+    except Exception as error:  # noqa: BLE001 (any import failure)
+      raise ReferenceUnavailableError(
+        f"{REFERENCE_PATH} at commit {commit!r} does not import against "
+        f"today's library: {type(error).__name__}: {error}"
+      ) from error
+  if not callable(getattr(module, "make_train", None)):
+    raise ReferenceUnavailableError(
+      f"{REFERENCE_PATH} at commit {commit!r} defines no make_train."
+    )
+  module.COMMIT = full
+  return module
 
 
 def benchmark_config(total_env_steps: int) -> dqn.DQNConfig:
@@ -80,7 +171,7 @@ def compile_train(
   Args:
     config: the settings.
     num_seeds: seeds trained together under `vmap`.
-    make_train: `dqn.make_train` or `dqn_reference.make_train`.
+    make_train: `dqn.make_train` or a reference loop's `make_train`.
 
   Returns:
     `(run, compile_seconds)`; `run()` trains once and returns `(wall
@@ -350,20 +441,26 @@ def part_a(config: dqn.DQNConfig, repeats: int) -> dict:
   }
 
 
-def part_b_and_c(config: dqn.DQNConfig, seed_counts, repeats: int):
-  """(b) vmapped seeds; (c) each against the first implementation.
+def part_b_and_c(
+  config: dqn.DQNConfig,
+  seed_counts,
+  repeats: int,
+  reference: types.ModuleType | None = None,
+):
+  """(b) vmapped seeds; (c) each against the reference loop, if any.
 
-  For each seed count the two loops are timed in turn, round by round
+  For each seed count the loops are timed in turn, round by round
   (`time_in_turn`), so a change in the machine's load touches both sides
-  alike.
+  alike. Without `reference`, part (c) is empty.
   """
   part_b, part_c = {}, {}
   first = None
-  makers = {"after": dqn.make_train, "before": dqn_reference.make_train}
+  makers = {"after": dqn.make_train}
+  if reference is not None:
+    makers["before"] = reference.make_train
   for num_seeds in seed_counts:
     timed = time_in_turn(config, num_seeds, repeats, makers)
     sps, compile_s, _, cpu_sps = timed["after"]
-    old_sps, old_compile_s, _, old_cpu_sps = timed["before"]
     first = first or sps
     part_b[str(num_seeds)] = {
       "env_steps_per_second": sps,
@@ -372,6 +469,14 @@ def part_b_and_c(config: dqn.DQNConfig, seed_counts, repeats: int):
       "compile_seconds": compile_s,
       "vs_first_seed_count": sps / first,
     }
+    print(
+      f"(b) {num_seeds} seed(s): {sps:,.0f} env steps/s in total "
+      f"({sps / first:.2f}x {seed_counts[0]} seed(s)); "
+      f"{cpu_sps:,.0f} per CPU second"
+    )
+    if reference is None:
+      continue
+    old_sps, old_compile_s, _, old_cpu_sps = timed["before"]
     part_c[str(num_seeds)] = {
       "before_env_steps_per_second": old_sps,
       "before_env_steps_per_cpu_second": old_cpu_sps,
@@ -382,20 +487,20 @@ def part_b_and_c(config: dqn.DQNConfig, seed_counts, repeats: int):
       "speedup_cpu_time": cpu_sps / old_cpu_sps,
     }
     print(
-      f"(b) {num_seeds} seed(s): {sps:,.0f} env steps/s in total "
-      f"({sps / first:.2f}x {seed_counts[0]} seed(s)); "
-      f"{cpu_sps:,.0f} per CPU second"
-    )
-    print(
-      f"(c) {num_seeds} seed(s): after/before {sps / old_sps:.2f}x "
+      f"(c) {num_seeds} seed(s): today/reference {sps / old_sps:.2f}x "
       f"({sps:,.0f} vs {old_sps:,.0f} env steps/s; per CPU second "
       f"{cpu_sps / old_cpu_sps:.2f}x)"
     )
   return part_b, part_c
 
 
-def part_d(config: dqn.DQNConfig, seed_counts, repeats: int) -> dict:
-  """(d) `dqn.seed_runner` against one program, and the first version's."""
+def part_d(
+  config: dqn.DQNConfig,
+  seed_counts,
+  repeats: int,
+  reference: types.ModuleType | None = None,
+) -> dict:
+  """(d) `dqn.seed_runner` against one program (and the reference loop)."""
   results = {}
   for num_seeds in [n for n in seed_counts if n >= 2]:
     keys = jax.random.split(jax.random.key(0), num_seeds)
@@ -410,29 +515,33 @@ def part_d(config: dqn.DQNConfig, seed_counts, repeats: int) -> dict:
     runs = {
       "groups": grouped,
       "one program": _timer(compile_train(config, num_seeds)[0]),
-      "before": _timer(
-        compile_train(config, num_seeds, dqn_reference.make_train)[0]
-      ),
     }
+    if reference is not None:
+      runs["before"] = _timer(
+        compile_train(config, num_seeds, reference.make_train)[0]
+      )
     best = dict.fromkeys(runs, math.inf)
     for _ in range(repeats):
       for name, run in runs.items():
         best[name] = min(best[name], run())
     steps = num_seeds * config.total_env_steps
     sps = {name: steps / seconds for name, seconds in best.items()}
-    groups = dqn.default_groups(num_seeds)
+    groups = len(parallel.group_bounds(num_seeds))
     results[str(num_seeds)] = {
       "groups": groups,
       "env_steps_per_second": sps,
       "groups_over_one_program": sps["groups"] / sps["one program"],
-      "groups_over_before": sps["groups"] / sps["before"],
     }
-    print(
+    line = (
       f"(d) {num_seeds} seeds in {groups} vmapped groups on threads: "
       f"{sps['groups']:,.0f} env steps/s, "
-      f"{sps['groups'] / sps['one program']:.2f}x one vmapped program, "
-      f"{sps['groups'] / sps['before']:.2f}x the first implementation's"
+      f"{sps['groups'] / sps['one program']:.2f}x one vmapped program"
     )
+    if reference is not None:
+      ratio = sps["groups"] / sps["before"]
+      results[str(num_seeds)]["groups_over_before"] = ratio
+      line += f", {ratio:.2f}x the reference loop's"
+    print(line)
   return results
 
 
@@ -440,24 +549,75 @@ def _timer(run):
   return lambda: run()[0]
 
 
-def main(argv):
-  del argv
-  config = benchmark_config(_TOTAL_ENV_STEPS.value)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+  """The command line (`--help` prints it and exits)."""
+  parser = argparse.ArgumentParser(
+    prog="python -m benchmarks.dqn",
+    description=__doc__.splitlines()[0],
+  )
+  parser.add_argument(
+    "--total_env_steps",
+    type=int,
+    default=50_000,
+    help="Env steps per seed for every measurement.",
+  )
+  parser.add_argument(
+    "--seed_counts",
+    type=lambda text: [int(n) for n in text.split(",")],
+    default=[1, 4, 16],
+    help="Comma-separated numbers of vmapped seeds for parts (b)-(d).",
+  )
+  parser.add_argument(
+    "--repeats",
+    type=int,
+    default=3,
+    help="Timed runs per measurement (the sides alternate run by run); "
+    "the fastest is kept.",
+  )
+  parser.add_argument(
+    "--reference_commit",
+    default=None,
+    help=f"The commit whose {REFERENCE_PATH} part (c) times against; by "
+    "default the last commit that has that file.",
+  )
+  parser.add_argument(
+    "--no_reference",
+    action="store_true",
+    help="Skip the reference loop (part (c), and its column in (d)).",
+  )
+  parser.add_argument(
+    "--output",
+    default="/tmp/equivlab_dqn_benchmark.json",
+    help="Where to write the results as JSON.",
+  )
+  return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+  args = parse_args(argv)
+  reference = None
+  if not args.no_reference:
+    try:
+      reference = load_reference(args.reference_commit)
+    except ReferenceUnavailableError as error:
+      sys.exit(f"benchmarks.dqn: {error}")
+  config = benchmark_config(args.total_env_steps)
   results = {
     "config": dataclasses.asdict(config),
     "backend": jax.default_backend(),
     "devices": [str(d) for d in jax.devices()],
     "cpu_count": os.cpu_count(),
+    "reference_commit": None if reference is None else reference.COMMIT,
   }
-  results["a"] = part_a(config, _REPEATS.value)
-  logging.info("(a) %s", results["a"])
-  seed_counts = [int(s) for s in _SEED_COUNTS.value]
-  results["b"], results["c"] = part_b_and_c(config, seed_counts, _REPEATS.value)
-  results["d"] = part_d(config, seed_counts, _REPEATS.value)
-  with open(_OUTPUT.value, "w") as f:
+  results["a"] = part_a(config, args.repeats)
+  results["b"], results["c"] = part_b_and_c(
+    config, args.seed_counts, args.repeats, reference
+  )
+  results["d"] = part_d(config, args.seed_counts, args.repeats, reference)
+  with open(args.output, "w") as f:
     json.dump(results, f, indent=2)
-  print(f"wrote {_OUTPUT.value}")
+  print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()

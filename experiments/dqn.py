@@ -1,81 +1,55 @@
 r"""DQN on CartPole-v1 (or any discrete gymnax env, the chain MDP, a probe).
 
 Trains `--num_seeds` independent agents at once (agent i from
-`jax.random.key(seed + i)`) with `jax.jit(jax.vmap(...))` and reports each
-agent's greedy-evaluation curve, final greedy return and the env steps it
-took to reach `--target_return`. Mnih et al. (2015); van Hasselt et al.
-(2016); seed 004 3(c)-(d).
-
-Where the seeds go: on several devices whose count divides `--num_seeds`,
-the seed axis is sharded over them. On one CPU, the seeds are split into
-`--seed_groups` vmapped groups (by default one per core, as
-`dqn.seed_runner`), each run in a thread of its own: XLA:CPU runs the
-learn step's batched matrix products on one thread, so one program keeps
-about one core busy: on 2 cores, 4 seeds in 2 groups trained 1.75x faster.
-Each group's agents are bit for bit those of `jax.vmap` over that group.
+`jax.random.key(seed + i)`) and reports each agent's greedy-evaluation
+curve, final greedy return and the env steps it took to reach
+`--target_return`. Mnih et al. (2015); van Hasselt, Guez & Silver (2016).
 
     python -m experiments.dqn
 
-Training runs in chunks of one evaluation period (`dqn.make_loop`: the
-same arithmetic as `dqn.make_train`, bit for bit). After a chunk, the whole
-carry of every agent (networks, Adam, replay buffer, environments) and the
-metrics so far are saved to `<workdir>/checkpoint.npz` when
-`checkpoint_every_secs` have passed or a multiple of
-`checkpoint_every_steps` env steps was crossed, and always at the end. The
-same command again resumes there and ends with the same results.json as an
-uninterrupted run (a test checks it bit for bit); a finished run returns at
-once. A checkpoint that cannot be read is reported in one line and training
-starts over; one of other settings is refused, naming them; a workdir in
-use by a live run is refused, naming that run. A run whose loss or
-Q-values stop being finite stops with one line naming the seed and the env
-step, keeping its last good checkpoint.
+Training is `equivlab.rl.dqn.driver.train_resumable`: vmapped seed groups
+side by side (`--seed_groups`), chunks of one evaluation period, the whole
+carry checkpointed to `<workdir>/checkpoint.npz`. The same command again
+resumes there and ends with the same results.json as an uninterrupted run;
+a finished run returns at once; a checkpoint of other settings is refused,
+naming them; a workdir in use by a live run is refused, naming that run;
+a run whose loss or Q-values stop being finite stops with one line naming
+the seed and the env step, keeping its last good checkpoint.
 
 Writes into --workdir (default runs/dqn): results.json, results.md (the
 table), timings.json, learning_curve.png and checkpoint.npz.
 """
 
-import concurrent.futures
 import dataclasses
-import math
 import pathlib
-import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from equivlab import checks
 from equivlab.analysis import tables, viz
 from equivlab.rl import dqn
-from equivlab.training import checkpoint, npz
+from equivlab.rl.dqn import driver
+from equivlab.training import checkpoint
 from experiments import _common
 
-CHECKPOINT = "checkpoint.npz"
-# Fields that do not change what is trained: a checkpoint made with other
-# values of these is resumed.
-_RESUMABLE_FIELDS = (
-  "seed_groups",
-  "target_return",
-  "checkpoint_every_steps",
-  "checkpoint_every_secs",
-)
+CHECKPOINT = driver.CHECKPOINT
 
 
 @dataclasses.dataclass(frozen=True)
 class Config(dqn.DQNConfig, _common.SeedOptions):
   """Settings of the DQN experiment (the DQN fields are `dqn.DQNConfig`'s).
 
-  The defaults train 4 CartPole-v1 agents for 300k env steps each in a few
-  minutes on 2 CPU cores.
+  The defaults train 4 CartPole-v1 agents for 300k env steps each.
 
   Attributes:
     num_seeds: agents trained together under vmap.
     seed: the first agent's seed; agent i uses `jax.random.key(seed + i)`.
     seed_groups: vmapped groups of consecutive seeds trained side by side,
       each in a thread of its own; None for one per CPU core on a single
-      CPU device (`dqn.seed_runner`'s default), else one. The float
+      CPU device, else one (`driver.seed_placement`). The float
       rounding of an agent may depend on its group's size; a checkpoint
       of another grouping is resumed all the same.
     target_return: the greedy return that counts as solved.
@@ -114,253 +88,6 @@ class Config(dqn.DQNConfig, _common.SeedOptions):
 
 
 # ---------------------------------------------------------------------------
-# Training in chunks of evaluation periods, with checkpoints between them.
-# ---------------------------------------------------------------------------
-
-
-def seed_keys(config: Config) -> tuple[jax.Array, Any, list[slice]]:
-  """The agents' keys, the mesh to shard them over, and the seed groups.
-
-  Returns:
-    `(keys [num_seeds], mesh, groups)`. Without `seed_groups`, the seed
-    axis is split over all devices when their count divides it (`mesh` a
-    one-axis "data" mesh, one group); else, on one CPU device, cut into
-    one group per core (`dqn.default_groups`); else one group on one
-    device. With `seed_groups`, that many groups on the default device.
-  """
-  keys = jnp.stack([jax.random.key(s) for s in config.seeds])
-  count = config.seed_groups
-  num_devices = jax.device_count()
-  if count is None and num_devices > 1 and config.num_seeds % num_devices == 0:
-    from equivlab import parallel  # noqa: PLC0415
-
-    mesh = parallel.make_mesh(num_devices)
-    keys = jax.device_put(keys, _sharding(mesh, 0))
-    return keys, mesh, dqn.group_bounds(config.num_seeds, 1)
-  if count is None:
-    on_one_cpu = num_devices == 1 and jax.default_backend() == "cpu"
-    count = dqn.default_groups(config.num_seeds) if on_one_cpu else 1
-  return keys, None, dqn.group_bounds(config.num_seeds, count)
-
-
-def _sharding(mesh: Any, axis: int | None) -> Any:
-  """Leaves with the seed axis (`axis` 0) split over `mesh`, else copied."""
-  from jax.sharding import NamedSharding  # noqa: PLC0415
-  from jax.sharding import PartitionSpec as P  # noqa: PLC0415
-
-  return NamedSharding(mesh, P("data") if axis == 0 else P())
-
-
-def _jitted_loop(config: Config, mesh: Any):
-  """`(loop, init(keys), chunk(keys, state, periods))`, jitted over seeds.
-
-  The counters all seeds share stay unbatched (`loop.state_axes`), which
-  makes the chunks the bits of `vmap(dqn.make_train(config))`; with a mesh
-  every leaf of the carry is placed alike from chunk to chunk.
-  """
-  loop = dqn.make_loop(config.dqn_config())
-  axes = loop.state_axes
-  state_sharding = metrics_sharding = None
-  if mesh is not None:
-    state_sharding = jax.tree.map(
-      lambda a: _sharding(mesh, a), axes, is_leaf=lambda a: a is None
-    )
-    metrics_sharding = _sharding(mesh, 0)
-  init = jax.jit(
-    jax.vmap(loop.init, out_axes=axes), out_shardings=state_sharding
-  )
-  chunk = jax.jit(
-    jax.vmap(loop.run_periods, in_axes=(0, axes, None), out_axes=(axes, 0)),
-    out_shardings=(state_sharding, metrics_sharding),
-  )
-  return loop, init, chunk
-
-
-def _settings(config: Config) -> dict[str, Any]:
-  """The fields the trained agents depend on, as JSON values."""
-  fields = dataclasses.asdict(config)
-  return _common.to_json(
-    {k: v for k, v in fields.items() if k not in _RESUMABLE_FIELDS}
-  )
-
-
-def save_checkpoint(
-  path: pathlib.Path,
-  config: Config,
-  state: dqn.DQNState,
-  periods: int,
-  metrics: dict[str, np.ndarray],
-) -> None:
-  """Writes the carry, the metrics so far and the progress atomically.
-
-  Args:
-    path: the .npz file.
-    config: the settings (their trained-on fields are saved with it).
-    state: the carry of every agent, leaves `[num_seeds, ...]`.
-    periods: evaluation periods done.
-    metrics: name -> per-period metrics so far, `[num_seeds, periods, ...]`.
-  """
-  npz.save_tree(
-    path,
-    state,
-    {"settings": _settings(config), "periods": periods},
-    extra={f"metric/{k}": v for k, v in metrics.items()},
-  )
-
-
-def load_checkpoint(
-  path: pathlib.Path, config: Config, template: dqn.DQNState
-) -> tuple[dqn.DQNState, int, dict[str, np.ndarray]] | None:
-  """The carry, periods done and metrics saved at `path`; None if none.
-
-  The carry is placed like `template` (same devices and sharding). A
-  checkpoint that cannot be read is reported in one line and training
-  starts over.
-
-  Raises:
-    ValueError: if the checkpoint was made with other settings.
-  """
-  restored = npz.load_tree(path, template, _settings(config))
-  if restored is None:
-    return None
-  state, meta, extra = restored
-  metrics = {k.removeprefix("metric/"): v for k, v in extra.items()}
-  return state, int(meta["periods"]), metrics
-
-
-def flat_metrics(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Per-period metrics `[S, P, ...]` as `make_train`'s, `[S, I]`/`[S, P]`."""
-  flat = jax.vmap(dqn.flatten_metrics)(metrics)
-  return {k: np.asarray(v) for k, v in jax.device_get(flat).items()}
-
-
-def _checkpoint_due(
-  config: Config, periods: int, saved_at: float, num_periods: int
-) -> bool:
-  """Whether to save after `periods` periods (the last, or steps or time)."""
-  if periods == num_periods:
-    return True
-  every = config.checkpoint_every_steps
-  steps = periods * config.eval_every
-  if every and steps // every > (steps - config.eval_every) // every:
-    return True
-  elapsed = time.monotonic() - saved_at
-  return elapsed >= (config.checkpoint_every_secs or math.inf)
-
-
-def _joined(history: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-  """Chunks of per-period metrics `[S, P_i, ...]` joined along the periods."""
-  return {
-    k: np.concatenate([chunk[k] for chunk in history], axis=1)
-    for k in history[0]
-  }
-
-
-def _split(axes: Any, state: Any, groups: list[slice]) -> list[Any]:
-  """The carry of every seed as one carry per group (shared leaves kept)."""
-  return [
-    jax.tree.map(
-      lambda axis, leaf, part=part: leaf if axis is None else leaf[part],
-      axes,
-      state,
-      is_leaf=lambda a: a is None,
-    )
-    for part in groups
-  ]
-
-
-def _join(axes: Any, states: list[Any]) -> Any:
-  """One carry per group as the carry of every seed (`_split`'s inverse)."""
-  if len(states) == 1:
-    return states[0]
-  return jax.tree.map(
-    lambda axis, *leaves: (
-      leaves[0] if axis is None else jnp.concatenate(leaves)
-    ),
-    axes,
-    *states,
-    is_leaf=lambda a: a is None,
-  )
-
-
-def train_agents(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
-  """Trains every agent, resuming from `workdir`'s checkpoint if any.
-
-  Each group of seeds (`seed_keys`) runs its chunks in a thread of its own;
-  the checkpoint holds the carry of every seed, joined along the seed axis.
-
-  Returns:
-    {"state": the final carry, "metrics": per-period metrics `[S, P,
-    ...]`, "devices": shards of the seed axis, "groups": seed groups run
-    side by side, "resumed_at": periods done before this call,
-    "compile_seconds", "run_seconds": this call's}.
-
-  Raises:
-    FloatingPointError: if an agent's loss or Q-values stop being finite
-      (the checkpoint before is kept).
-  """
-  keys, mesh, groups = seed_keys(config)
-  start = time.perf_counter()
-  loop, init, chunk = _jitted_loop(config, mesh)
-  keys = [keys[part] for part in groups]
-  states = [init(k) for k in keys]
-  compiled = {}
-  for k, state in zip(keys, states, strict=True):
-    if k.shape not in compiled:
-      compiled[k.shape] = chunk.lower(k, state, jnp.arange(1)).compile()
-  compile_s = time.perf_counter() - start
-  path = workdir / CHECKPOINT
-  axes = loop.state_axes
-  restored = load_checkpoint(path, config, _join(axes, states))
-  done, metrics = 0, None
-  if restored:
-    state, done, metrics = restored
-    states = _split(axes, state, groups)
-  history = [metrics] if metrics else []  # per-period metrics, in chunks
-  resumed_at, saved_at, run_s = done, time.monotonic(), 0.0
-
-  def run_group(job):
-    k, state, periods = job
-    state, new = compiled[k.shape](k, state, periods)
-    return state, jax.device_get(new)
-
-  with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
-    while done < loop.num_periods:
-      start = time.perf_counter()
-      periods = jnp.arange(done, done + 1)
-      jobs = [(k, s, periods) for k, s in zip(keys, states, strict=True)]
-      outs = (
-        list(pool.map(run_group, jobs))
-        if len(jobs) > 1
-        else [run_group(jobs[0])]
-      )
-      states = [state for state, _ in outs]
-      history.append(
-        {
-          name: np.concatenate([new[name] for _, new in outs])
-          for name in outs[0][1]
-        }
-      )
-      run_s += time.perf_counter() - start
-      done += 1
-      if not history[-1]["finite"].all():
-        dqn.raise_if_diverged(flat_metrics(_joined(history)))
-      if _checkpoint_due(config, done, saved_at, loop.num_periods):
-        history = [_joined(history)]
-        save_checkpoint(path, config, _join(axes, states), done, history[0])
-        saved_at = time.monotonic()
-  return {
-    "state": _join(axes, states),
-    "metrics": _joined(history),
-    "devices": 1 if mesh is None else jax.device_count(),
-    "groups": len(groups),
-    "resumed_at": resumed_at,
-    "compile_seconds": compile_s,
-    "run_seconds": run_s,
-  }
-
-
-# ---------------------------------------------------------------------------
 # Results.
 # ---------------------------------------------------------------------------
 
@@ -385,7 +112,7 @@ def summarize(config: Config, metrics: dict[str, np.ndarray]) -> dict:
     for curve in eval_returns
   ]
   return {
-    "config": dataclasses.asdict(config),
+    "config": dataclasses.asdict(config.resolved()),
     "seeds": list(config.seeds),
     "eval_env_steps": env_steps,
     "eval_returns": eval_returns,
@@ -468,8 +195,16 @@ def _run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
     config.num_seeds,
     config.total_env_steps,
   )
-  trained = train_agents(config, workdir)
-  results = summarize(config, flat_metrics(trained["metrics"]))
+  trained = driver.train_resumable(
+    config.dqn_config(),
+    workdir,
+    seeds=config.seeds,
+    groups=config.seed_groups,
+    checkpoint_every_steps=config.checkpoint_every_steps,
+    checkpoint_every_secs=config.checkpoint_every_secs,
+    lock=False,
+  )
+  results = summarize(config, driver.flat_metrics(trained["metrics"]))
   results["devices"] = trained["devices"]
   results["table"] = _table(results)
   _figure(workdir, results)

@@ -1,22 +1,19 @@
 """Tests of experiments/dqn.py on tiny settings: files, flags, resume, lock.
 
-The chunked, checkpointed training is checked bit for bit against
-`jax.vmap(dqn.make_train(config))`, and a run 'killed' after a checkpoint
-resumes to the same results.json as an uninterrupted one.
+A run 'killed' after a checkpoint resumes to the same results.json as an
+uninterrupted one. The driver underneath (chunks, seed groups, checkpoint
+cadence, refusals) is tested in dqn_driver_test.py.
 """
 
-import dataclasses
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
 
 from equivlab import training
-from equivlab.rl import dqn
-from equivlab.rl.dqn import runner
+from equivlab.rl.dqn import driver
 from experiments import dqn as dqn_experiment
 
 _TINY = dict(
@@ -52,15 +49,15 @@ def _flag_values(*argv):
 def _spy(monkeypatch, *, kill_after_saves=None):
   """Records the checkpoints saved (periods done); may 'kill' the run."""
   saves = []
-  save = dqn_experiment.save_checkpoint
+  save = driver.save_checkpoint
 
-  def counting_save(path, config, state, periods, metrics):
-    save(path, config, state, periods, metrics)
+  def counting_save(path, settings, state, periods, metrics):
+    save(path, settings, state, periods, metrics)
     saves.append(periods)
     if len(saves) == kill_after_saves:
       raise KeyboardInterrupt("killed")
 
-  monkeypatch.setattr(dqn_experiment, "save_checkpoint", counting_save)
+  monkeypatch.setattr(driver, "save_checkpoint", counting_save)
   return saves
 
 
@@ -96,89 +93,6 @@ def test_run_writes_results_table_figure_and_checkpoint(tmp_path, capsys):
     assert checkpoint["metric/eval_return"].shape == (8, 3)
 
 
-def test_chunks_are_the_bits_of_make_train(tmp_path):
-  """Period by period, with the carry between calls, as one whole scan."""
-  config = _config(num_seeds=3)
-  trained = dqn_experiment.train_agents(config, tmp_path)
-  keys = jnp.stack([jax.random.key(s) for s in config.seeds])
-  whole = jax.jit(jax.vmap(dqn.make_train(config.dqn_config())))(keys)
-  flat = dqn_experiment.flat_metrics(trained["metrics"])
-  assert set(flat) == set(whole["metrics"])
-  for name, value in whole["metrics"].items():
-    np.testing.assert_array_equal(flat[name], value, err_msg=name)
-  # Shared counters are one scalar in the chunks, one per seed in `whole`.
-  axes = jax.tree.leaves(
-    dqn.make_loop(config.dqn_config()).state_axes,
-    is_leaf=lambda a: a is None,
-  )
-  leaves = jax.tree.leaves(trained["state"])
-  for axis, mine, theirs in zip(
-    axes, leaves, jax.tree.leaves(whole["state"]), strict=True
-  ):
-    np.testing.assert_array_equal(mine, theirs if axis == 0 else theirs[0])
-
-
-def test_seed_groups_are_the_bits_of_vmap_over_each_group(tmp_path):
-  config = _config(num_seeds=3, seed_groups=2)  # groups of 1 and 2 seeds
-  trained = dqn_experiment.train_agents(config, tmp_path)
-  assert trained["groups"] == 2 and trained["devices"] == 1
-  keys = jnp.stack([jax.random.key(s) for s in config.seeds])
-  train = jax.jit(jax.vmap(dqn.make_train(config.dqn_config())))
-  parts = [train(keys[:1]), train(keys[1:])]
-  flat = dqn_experiment.flat_metrics(trained["metrics"])
-  for name in flat:
-    want = np.concatenate([part["metrics"][name] for part in parts])
-    np.testing.assert_array_equal(flat[name], want, err_msg=name)
-  axes = jax.tree.leaves(
-    dqn.make_loop(config.dqn_config()).state_axes,
-    is_leaf=lambda a: a is None,
-  )
-  states = (trained["state"], parts[0]["state"], parts[1]["state"])
-  leaves = zip(axes, *map(jax.tree.leaves, states), strict=True)
-  for axis, mine, first, rest in leaves:
-    want = np.concatenate([first, rest]) if axis == 0 else first[0]
-    np.testing.assert_array_equal(mine, want)
-
-
-def test_default_seed_groups_follow_the_devices(monkeypatch):
-  """Sharded over devices that divide the seeds; else one group per core."""
-  config = _config(num_seeds=4)
-  monkeypatch.setattr(jax, "device_count", lambda: 4)
-  _, mesh, groups = dqn_experiment.seed_keys(config)
-  assert mesh is not None and groups == [slice(0, 4)]
-  monkeypatch.setattr(jax, "device_count", lambda: 1)
-  monkeypatch.setattr(runner.os, "cpu_count", lambda: 2)
-  _, mesh, groups = dqn_experiment.seed_keys(config)
-  assert mesh is None and groups == [slice(0, 2), slice(2, 4)]
-  _, mesh, groups = dqn_experiment.seed_keys(
-    _config(num_seeds=4, seed_groups=1)
-  )
-  assert mesh is None and groups == [slice(0, 4)]
-
-
-def test_a_killed_run_in_groups_resumes_to_the_same_results(
-  tmp_path, monkeypatch
-):
-  config = _config(checkpoint_every_steps=100, seed_groups=2)
-  _spy(monkeypatch, kill_after_saves=1)
-  with pytest.raises(KeyboardInterrupt):
-    dqn_experiment.run(config, tmp_path / "killed")
-  saves = _spy(monkeypatch)
-  dqn_experiment.run(config, tmp_path / "killed")
-  assert saves == [2, 3] and _resumed_at(tmp_path / "killed") == 100
-  dqn_experiment.run(config, tmp_path / "fresh")
-  first, second = (
-    (tmp_path / n / "results.json").read_bytes() for n in ("killed", "fresh")
-  )
-  assert first == second
-  # The grouping may change between runs: the checkpoint is resumed.
-  saves = _spy(monkeypatch)
-  dqn_experiment.run(
-    dataclasses.replace(config, seed_groups=1), tmp_path / "fresh"
-  )
-  assert saves == [] and _resumed_at(tmp_path / "fresh") == 300
-
-
 def test_a_killed_run_resumes_to_the_same_results(tmp_path, monkeypatch):
   config = _config(checkpoint_every_steps=100)
   saves = _spy(monkeypatch, kill_after_saves=2)
@@ -207,49 +121,10 @@ def test_a_killed_run_resumes_to_the_same_results(tmp_path, monkeypatch):
   assert again["config"]["target_return"] == -2.5
 
 
-def test_checkpoints_by_steps_by_time_and_at_the_end(tmp_path, monkeypatch):
-  saves = _spy(monkeypatch)
-  dqn_experiment.run(_config(checkpoint_every_secs=None), tmp_path / "a")
-  assert saves == [3]  # The end only.
-  saves = _spy(monkeypatch)
-  dqn_experiment.run(
-    _config(checkpoint_every_secs=None, checkpoint_every_steps=150),
-    tmp_path / "b",
-  )
-  assert saves == [2, 3]  # 150 is crossed in period 2 (env steps 101-200).
-  saves = _spy(monkeypatch)
-  dqn_experiment.run(_config(checkpoint_every_secs=1e-9), tmp_path / "c")
-  assert saves == [1, 2, 3]
-
-
-def test_a_damaged_checkpoint_starts_over(tmp_path):
-  config = _config()
-  first = dqn_experiment.run(config, tmp_path)
-  (tmp_path / dqn_experiment.CHECKPOINT).write_bytes(b"PK\x03\x04 not a zip")
-  again = dqn_experiment.run(config, tmp_path)
-  assert _resumed_at(tmp_path) == 0
-  assert again == first
-
-
-def test_a_checkpoint_of_other_settings_is_refused(tmp_path):
-  dqn_experiment.run(_config(total_env_steps=100), tmp_path)
-  with pytest.raises(ValueError, match="learning_rate: saved 0.00025 vs now"):
-    dqn_experiment.run(
-      _config(total_env_steps=100, learning_rate=1e-3), tmp_path
-    )
-
-
 def test_a_workdir_in_use_is_refused(tmp_path):
   with training.WorkdirLock(tmp_path):
     with pytest.raises(training.WorkdirInUseError, match="in use by"):
       dqn_experiment.run(_config(), tmp_path)
-  assert not (tmp_path / "results.json").exists()
-
-
-def test_a_diverging_run_stops_in_one_line(tmp_path):
-  config = _config(learning_rate=1e38, num_seeds=1)
-  with pytest.raises(FloatingPointError, match="seed index 0 at iteration"):
-    dqn_experiment.run(config, tmp_path)
   assert not (tmp_path / "results.json").exists()
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from equivlab.rl import dqn, schedules
+from equivlab.rl import dqn, noise, schedules
 
 # Tiny settings shared by the learning tests (probe envs, 2k env steps).
 _PROBE = dqn.DQNConfig(
@@ -186,6 +186,12 @@ class ConfigTest(chex.TestCase):
     ("lr_zero", dict(learning_rate=0.0), "learning_rate must be"),
     ("width_zero", dict(hidden_sizes=(0,)), r"hidden_sizes\[0\] must be"),
     ("clip_zero", dict(max_grad_norm=0.0), "max_grad_norm must be"),
+    (
+      "learning_never_starts",
+      dict(learning_starts=2000),
+      r"learning_starts must be less than total_env_steps \(2000\)",
+    ),
+    ("decay_zero", dict(epsilon_decay_steps=0), "epsilon_decay_steps must"),
   )
   def test_bad_config(self, change, message):
     with pytest.raises(ValueError, match=message):
@@ -196,6 +202,42 @@ class ConfigTest(chex.TestCase):
       dataclasses.replace(_PROBE, learning_rate="fast")
     with pytest.raises(TypeError, match="total_env_steps must be"):
       dataclasses.replace(_PROBE, total_env_steps=2000.0)
+
+  def test_schedule_defaults_scale_with_the_run(self):
+    default = dqn.DQNConfig()
+    self.assertIsNone(default.learning_starts)
+    self.assertIsNone(default.epsilon_decay_steps)
+    resolved = default.resolved()
+    self.assertEqual(resolved.learning_starts, 10_000)
+    self.assertEqual(resolved.epsilon_decay_steps, 100_000)
+    short = dqn.DQNConfig(total_env_steps=20_000).resolved()
+    self.assertEqual(short.learning_starts, 666)
+    self.assertEqual(short.epsilon_decay_steps, 6_666)
+    tiny = dqn.DQNConfig(
+      num_envs=1, train_every=1, eval_every=2, total_env_steps=2
+    )
+    self.assertEqual(tiny.resolved().epsilon_decay_steps, 1)
+    self.assertEqual(tiny.resolved().learning_starts, 0)
+    # Given values are kept; the loop runs on the resolved config.
+    self.assertEqual(_PROBE.resolved(), _PROBE)
+    parts = dqn.build(dataclasses.replace(_PROBE, learning_starts=None))
+    self.assertEqual(parts.config.learning_starts, 2000 // 30)
+
+  def test_loop_follows_the_scaled_schedule(self):
+    config = dataclasses.replace(
+      _PROBE,
+      total_env_steps=600,
+      eval_every=600,
+      batch_size=16,
+      learning_starts=None,
+      epsilon_decay_steps=None,
+    )
+    metrics = jax.jit(dqn.make_train(config))(jax.random.key(0))["metrics"]
+    steps = np.arange(0, 600, config.num_envs)
+    want = schedules.linear_epsilon(steps, 1.0, config.epsilon_end, 200)
+    np.testing.assert_allclose(metrics["epsilon"], want, rtol=1e-6)
+    first = int(np.argmax(metrics["updated"]))
+    self.assertEqual((first + 1) * config.num_envs, 20)  # 600 // 30
 
   def test_env_kwargs_mapping_and_width_list(self):
     config = dataclasses.replace(
@@ -270,7 +312,7 @@ class LoopTest(chex.TestCase):
 
     def one_by_one(state):
       key = jax.random.fold_in(run_key, 0)
-      draws = dqn.noise.draw_noise(key, 100, 4, config.batch_size)
+      draws = noise.draw_noise(key, 100, 4, config.batch_size)
       return jax.lax.scan(functools.partial(dqn.iteration, parts), state, draws)
 
     state, metrics = jax.jit(one_by_one)(state)
@@ -380,34 +422,44 @@ class SeedRunnerTest(chex.TestCase):
     chex.assert_trees_all_equal(whole, train(keys))
     self.assertEqual(got["metrics"]["eval_return"].shape, (3, 1))
 
-  def test_benchmark_times_groups_from_two_seeds_on(self):
-    from benchmarks import dqn as bench  # noqa: PLC0415
-
+  def test_keys_of_every_kind_jax_vmap_takes(self):
     config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
-    got = bench.part_d(config, [1, 2], repeats=1)
-    self.assertEqual(set(got), {"2"})
-    self.assertGreater(got["2"]["groups_over_before"], 0)
-    self.assertEqual(
-      set(got["2"]["env_steps_per_second"]), {"groups", "one program", "before"}
+    legacy = jax.random.split(jax.random.PRNGKey(0), 2)  # uint32 [2, 2]
+    typed = jax.random.wrap_key_data(legacy)
+    want = jax.jit(jax.vmap(dqn.make_train(config)))(legacy)
+    run = dqn.seed_runner(config, groups=1)
+    for keys in (legacy, typed, list(legacy), [typed[0], typed[1]]):
+      got = run(keys)
+      np.testing.assert_array_equal(
+        got["metrics"]["loss"], want["metrics"]["loss"]
+      )
+    got = dqn.train_seeds(config, tuple(typed), groups=2)
+    np.testing.assert_array_equal(
+      got["metrics"]["eval_return"], want["metrics"]["eval_return"]
     )
 
-  def test_group_bounds_cut_the_seeds_in_near_equal_runs(self):
-    cuts = dqn.group_bounds(5, 2)
-    self.assertEqual(cuts, [slice(0, 2), slice(2, 5)])
-    self.assertEqual(
-      dqn.group_bounds(4, 4), [slice(i, i + 1) for i in range(4)]
-    )
-    self.assertLen(dqn.group_bounds(16), dqn.default_groups(16))
-    self.assertEqual(dqn.group_bounds(1), [slice(0, 1)])
-    with self.assertRaisesRegex(ValueError, "at least one seed"):
-      dqn.group_bounds(0, 1)
+  @parameterized.parameters(
+    (lambda: jax.random.key(0), r"got shape \(\), dtype key"),
+    (lambda: jax.random.PRNGKey(0), r"got shape \(2,\), dtype uint32"),
+    (lambda: jnp.zeros((2, 3), jnp.uint32), r"legacy uint32 keys \[S, 2\]"),
+    (lambda: jnp.zeros((2, 2), jnp.int32), "dtype int32"),
+    (lambda: [0, 1], r"keys\[0\] must be one PRNG key"),
+    (lambda: [], "got an empty list"),
+    (lambda: jax.random.split(jax.random.key(0), 0), "got no keys"),
+  )
+  def test_bad_keys_say_what_was_expected(self, make_keys, message):
+    config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
+    with self.assertRaisesRegex(ValueError, message):
+      dqn.train_seeds(config, make_keys())
 
   def test_bad_group_counts_are_refused(self):
     config = dataclasses.replace(_PROBE, total_env_steps=400, eval_every=400)
     keys = jax.random.split(jax.random.key(0), 2)
-    with self.assertRaisesRegex(ValueError, "groups must be >= 1"):
+    with self.assertRaisesRegex(ValueError, "groups must be an int >= 1"):
       dqn.seed_runner(config, groups=0)
+    with self.assertRaisesRegex(TypeError, "groups must be an int >= 1"):
+      dqn.seed_runner(config, groups=1.5)
     with self.assertRaisesRegex(ValueError, "must not exceed"):
       dqn.train_seeds(config, keys, groups=3)
-    with self.assertRaisesRegex(ValueError, "key array"):
+    with self.assertRaisesRegex(ValueError, "typed key array"):
       dqn.train_seeds(config, keys[:0], groups=None)

@@ -10,11 +10,11 @@ from equivlab.rl import envs
 
 
 class ChainMDPTest(chex.TestCase):
-  def test_seed_000_moves_and_rewards(self):
+  def test_chain_moves_and_rewards(self):
     env, params = envs.make("ChainMDP", num_states=6)
     state = envs.ChainState(position=jnp.array(3), time=0)
     key = jax.random.key(0)
-    # (3, -1) -> 2 and (3, +1) -> 4, each with reward -1 (seed 000 part 3).
+    # (3, -1) -> 2 and (3, +1) -> 4, each with reward -1.
     out = envs.step(key, env, state, 0, params)
     self.assertEqual(int(jnp.argmax(out.next_obs)), 2)
     self.assertEqual(float(out.reward), -1.0)

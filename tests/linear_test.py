@@ -1,4 +1,4 @@
-"""Tests for equivlab.rl.linear: seed 000 3(b)'s semi-gradient step."""
+"""Tests for equivlab.rl.linear: the semi-gradient Q-learning step."""
 
 import chex
 import jax
@@ -8,7 +8,7 @@ import numpy as np
 from equivlab.fundamentals import gradcheck
 from equivlab.rl import linear
 
-# Seed 000 3(b): w, w-, the sample (s, a, r, s') and alpha.
+# A hand-computed step: w, w-, the sample (s, a, r, s') and alpha.
 _W = jnp.array([-1.0, 1.0, 1.0])
 _W_TARGET = jnp.array([1.0, -1.0, -2.0])
 _S, _A, _R, _S_NEXT = 2.0, -1.0, -1.0, 1.0
@@ -22,7 +22,7 @@ class LinearQTest(chex.TestCase):
       linear.all_action_features(1), [[1, -1, 1], [1, 1, 1]]
     )
 
-  def test_seed_000_gradient_and_step(self):
+  def test_hand_computed_gradient_and_step(self):
     phi = linear.chain_features(_S, _A)
     w_new, grad = linear.semi_gradient_q_learning_update(
       _W, _W_TARGET, phi, _R, 1.0, linear.all_action_features(_S_NEXT), _ALPHA
@@ -31,7 +31,7 @@ class LinearQTest(chex.TestCase):
     np.testing.assert_array_equal(grad, -2.0 * 1.0 * np.array([2.0, -1.0, 1.0]))
     np.testing.assert_array_equal(w_new, [0.0, 0.5, 1.5])
 
-  def test_seed_000_intermediate_values(self):
+  def test_hand_computed_intermediate_values(self):
     # max_a' w- . [1, a', 1] = max(0, -2) = 0 at a' = -1; q(s, a; w) = -2.
     q_next = linear.q_values(_W_TARGET, linear.all_action_features(_S_NEXT))
     np.testing.assert_array_equal(q_next, [0.0, -2.0])

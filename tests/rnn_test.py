@@ -398,6 +398,49 @@ def test_tbptt_train_updates_per_segment_and_lowers_loss():
   assert jnp.sum(losses) < jnp.sum(first)
 
 
+def test_tbptt_eager_calls_compile_once_per_shape():
+  """The segment loss is traced once per shape, not once per call."""
+  traces = []
+
+  def segment_loss(params, xs, ys, h):
+    traces.append(xs.shape)
+    return rnn.elman_segment_loss(params, xs, ys, h)
+
+  params, xs, ys, h0 = _problem(15, 8, 3, 4, 3)
+  optimizer = optax.sgd(0.05)
+  opt_state = optimizer.init(params)
+  first = rnn.tbptt_grads(segment_loss, params, xs, ys, h0, 2)
+  once = len(traces)
+  assert once >= 1
+  for _ in range(3):
+    again = rnn.tbptt_grads(segment_loss, params, xs, ys, h0, 2)
+  assert len(traces) == once
+  _assert_tree_allclose(again, first, rtol=0)
+  # A new shape (here, tau) compiles once more.
+  rnn.tbptt_grads(segment_loss, params, xs, ys, h0, 4)
+  rnn.tbptt_grads(segment_loss, params, xs, ys, h0, 4)
+  assert len(traces) == 2 * once
+  traces.clear()
+  for _ in range(4):
+    params, opt_state, losses, _ = rnn.tbptt_train(
+      segment_loss, optimizer, params, opt_state, xs, ys, h0, 2
+    )
+  assert len(traces) == once and losses.shape == (4,)
+
+
+def test_tbptt_takes_unhashable_segment_losses():
+  class Loss:
+    __hash__ = None
+
+    def __call__(self, params, xs, ys, h):
+      return rnn.elman_segment_loss(params, xs, ys, h)
+
+  params, xs, ys, h0 = _problem(16, 4, 2, 3, 2)
+  loss, _, _ = rnn.tbptt_grads(Loss(), params, xs, ys, h0, 2)
+  want, _, _ = rnn.tbptt_grads(rnn.elman_segment_loss, params, xs, ys, h0, 2)
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # The gradient-flow probe.
 

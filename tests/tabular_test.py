@@ -1,4 +1,4 @@
-"""Tests for equivlab.rl.tabular: seed 000 3(a) and epsilon-greedy."""
+"""Tests for equivlab.rl.tabular: tabular Q-learning and epsilon-greedy."""
 
 import chex
 import jax
@@ -8,12 +8,12 @@ import pytest
 
 from equivlab.rl import envs, tabular
 
-# Seed 000 3(a) indexes actions -1 and +1; the table's columns are 0 and 1.
+# The chain's moves are -1 and +1; the table's columns are 0 and 1.
 _COLUMN = {-1: 0, 1: 1}
 
 
 class QLearningUpdateTest(chex.TestCase):
-  def test_seed_000_fixture(self):
+  def test_hand_computed_update(self):
     q = jnp.zeros((6, 2))
     for s, a, r, s_next in [(3, -1, -1, 2), (2, 1, -1, 3), (3, 1, -1, 4)]:
       q = tabular.q_learning_update(q, s, _COLUMN[a], r, 1.0, s_next, 0.5)
@@ -30,7 +30,7 @@ class QLearningUpdateTest(chex.TestCase):
     np.testing.assert_allclose(q[0, 1], 2.0)
 
   def test_learns_chain_values(self):
-    # Random behaviour on seed 000's chain: Q(s, +1) -> -(distance to end).
+    # Random behaviour on the chain: Q(s, +1) -> -(distance to end).
     env, params = envs.make("ChainMDP", num_states=4)
 
     def body(carry, step_key):

@@ -1,4 +1,4 @@
-"""Pure-JAX environments: seed 000's chain MDP, probes, and gymnax.
+"""Pure-JAX environments: a chain MDP, probes, and gymnax.
 
 Every environment here is a gymnax `Environment`, so `env.step(key, state,
 action, params)` returns `(obs, state, reward, terminated, truncated, info)`
@@ -13,6 +13,7 @@ bootstrap. `step` below returns exactly what a TD target needs.
 """
 
 import functools
+import inspect
 from typing import Any, NamedTuple
 
 import chex
@@ -22,11 +23,14 @@ import jax.numpy as jnp
 from flax import struct
 from gymnax.environments import environment, spaces
 
+from equivlab.rl import keys as keys_lib
+from equivlab.rl import validation
+
 Array = chex.Array
 
 
 # ----------------------------------------------------------------------------
-# Seed 000's chain MDP.
+# A chain MDP: a wall on the left, a terminal right end, a cost per step.
 
 
 @struct.dataclass
@@ -42,7 +46,7 @@ class ChainParams(environment.EnvParams):
 
 
 class ChainMDP(environment.Environment[ChainState, ChainParams]):
-  """Seed 000 part 3's chain: positions on a line, moves -1/+1, reward -1.
+  """A chain: positions on a line, moves -1/+1, reward -1 per step.
 
   Positions are `0 .. num_states - 1`; the right end `num_states - 1` is
   terminal. Action index 0 moves by -1 (the left end is a wall: moving left
@@ -204,6 +208,36 @@ _LOCAL_ENVS = {
 }
 
 
+# The constructor options of the local environments (probes take none).
+_LOCAL_OPTIONS = {"ChainMDP": ("num_states",)}
+
+
+def _options(cls: type) -> tuple[str, ...] | None:
+  """The keyword options of `cls`'s constructor; None if it takes any."""
+  accepted = []
+  for name, parameter in inspect.signature(cls.__init__).parameters.items():
+    if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+      return None
+    if name != "self" and parameter.kind in (
+      inspect.Parameter.POSITIONAL_OR_KEYWORD,
+      inspect.Parameter.KEYWORD_ONLY,
+    ):
+      accepted.append(name)
+  return tuple(accepted)
+
+
+def _check_options(name: str, accepted, env_kwargs: dict) -> None:
+  """Raises for constructor options the environment does not take."""
+  if accepted is None:
+    return
+  unknown = sorted(set(env_kwargs) - set(accepted))
+  if unknown:
+    takes = ", ".join(accepted) if accepted else "no options"
+    raise ValueError(
+      f"env_kwargs {unknown} are not options of {name!r}; it takes {takes}."
+    )
+
+
 def available_envs() -> tuple[str, ...]:
   """Names accepted by `make`: the local ones, then gymnax's."""
   return tuple(_LOCAL_ENVS) + tuple(gymnax.registered_envs)
@@ -222,15 +256,19 @@ def make(name: str, **env_kwargs: Any):
     `(env, default_params)`.
 
   Raises:
-    ValueError: for an unknown name, or an environment whose action space is
-      not `Discrete` (value-based methods need a finite action set).
+    ValueError: for an unknown name or option (naming the options the
+      environment takes), or an environment whose action space is not
+      `Discrete` (value-based methods need a finite action set).
   """
   if not isinstance(name, str):
     raise ValueError(f"env name must be a string, got {name!r}.")
   if name in _LOCAL_ENVS:
+    _check_options(name, _LOCAL_OPTIONS.get(name, ()), env_kwargs)
     env = _LOCAL_ENVS[name](**env_kwargs)
     params = env.default_params
   elif name in gymnax.registered_envs:
+    if env_kwargs:
+      _check_options(name, _options(type(gymnax.make(name)[0])), env_kwargs)
     env, params = gymnax.make(name, **env_kwargs)
   else:
     raise ValueError(
@@ -301,7 +339,15 @@ def step(
 
   Returns:
     A `Step`.
+
+  Raises:
+    ValueError: for a key that is not one PRNG key, or a concrete action
+      outside `[0, num_actions)`.
   """
+  keys_lib.check_key(key)
+  if reset_key is not None:
+    keys_lib.check_key(reset_key, "reset_key")
+  _check_action(env, params, action)
   if reset_key is None:
     obs, state, reward, terminated, truncated, info = env.step(
       key, state, action, params
@@ -318,12 +364,40 @@ def step(
   return auto_reset(out, env.reset_env(reset_key, params))
 
 
+def _check_action(env, params, action) -> None:
+  """An integer action index in `[0, num_actions)` (when concrete)."""
+  space = env.action_space(params)
+  if isinstance(space, spaces.Discrete):
+    validation.check_index("action", action, int(space.n), "actions")
+
+
 def reset_batch(env, keys: chex.PRNGKey, params) -> tuple[Any, Any]:
   """`env.reset_env(key, params)` for every key of `keys` (any leading axes).
 
+  Args:
+    env: a gymnax environment.
+    keys: typed keys `[...]`, legacy uint32 keys `[..., 2]`, or a list of
+      single keys (stacked into `[S]`).
+    params: its parameters.
+
   Returns:
-    `(obs, state)` with leaves `[*keys.shape, ...]`.
+    `(obs, state)` with leaves `[*batch_shape, ...]`.
+
+  Raises:
+    ValueError: for anything else as `keys`.
   """
+  if isinstance(keys, list | tuple):
+    keys = keys_lib.as_keys(keys)
+  dtype = getattr(keys, "dtype", None)
+  if dtype is None or not (
+    jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    or (dtype == jnp.uint32 and jnp.ndim(keys) >= 1)
+  ):
+    raise ValueError(
+      "keys must be typed PRNG keys [...], legacy uint32 keys [..., 2] or "
+      f"a list of keys, got {type(keys).__name__} "
+      f"{getattr(keys, 'shape', '')} {dtype or ''}."
+    )
   reset = functools.partial(env.reset_env, params=params)
   typed = jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
   for _ in range(keys.ndim if typed else keys.ndim - 1):
@@ -366,7 +440,12 @@ def transition(key: chex.PRNGKey, env, state, action, params) -> Step:
 
   Returns:
     A `Step` whose `obs` and `next_obs` are the observation reached.
+
+  Raises:
+    ValueError: as `step`.
   """
+  keys_lib.check_key(key)
+  _check_action(env, params, action)
   obs, state, reward, terminated, _ = env.step_env(key, state, action, params)
   return Step(
     obs=obs,
@@ -387,5 +466,9 @@ def bootstrap_discount(terminated: Array, gamma: chex.Numeric) -> Array:
 
   Returns:
     float32 discounts `[...]`.
+
+  Raises:
+    ValueError: for a concrete `gamma` outside `[0, 1]`.
   """
+  validation.check_probability("gamma", gamma)
   return jnp.where(terminated, 0.0, gamma).astype(jnp.float32)

@@ -14,7 +14,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from equivlab import checks
 from equivlab.rl import envs
+from equivlab.rl import keys as keys_lib
 
 
 def evaluate(
@@ -39,7 +41,13 @@ def evaluate(
 
   Returns:
     The mean return, float32 `[]`.
+
+  Raises:
+    TypeError, ValueError: for a key that is not one PRNG key, or
+      `num_episodes` not an int >= 1.
   """
+  keys_lib.check_key(key)
+  checks.check_int("num_episodes", num_episodes, minimum=1)
   reset_key, run_key = jax.random.split(key)
   obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(
     jax.random.split(reset_key, num_episodes), env_params

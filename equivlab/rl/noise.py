@@ -23,6 +23,15 @@ import jax
 import jax.numpy as jnp
 
 from equivlab import checks
+from equivlab.rl import keys as keys_lib
+
+
+def _check_words(name: str, bits) -> None:
+  dtype = getattr(bits, "dtype", None)
+  if dtype != jnp.uint32:
+    raise TypeError(
+      f"{name} must be uint32 words (jax.random.bits), got dtype {dtype}."
+    )
 
 
 def uniform_from_bits(bits: jax.Array) -> jax.Array:
@@ -35,7 +44,11 @@ def uniform_from_bits(bits: jax.Array) -> jax.Array:
 
   Returns:
     float32 of the same shape.
+
+  Raises:
+    TypeError: for words that are not uint32.
   """
+  _check_words("bits", bits)
   mantissa = jnp.right_shift(bits.astype(jnp.uint32), jnp.uint32(9))
   one = jnp.uint32(0x3F800000)
   floats = jax.lax.bitcast_convert_type(mantissa | one, jnp.float32)
@@ -57,7 +70,20 @@ def randint_from_bits(
 
   Returns:
     int32 values in `[0, span)`, same shape.
+
+  Raises:
+    TypeError: for words that are not uint32.
+    ValueError: for words of different shapes, or a concrete span < 1.
   """
+  _check_words("higher", higher)
+  _check_words("lower", lower)
+  if jnp.shape(higher) != jnp.shape(lower):
+    raise ValueError(
+      f"higher and lower must have one shape, got {jnp.shape(higher)} and "
+      f"{jnp.shape(lower)}."
+    )
+  if checks.is_concrete(span) and not (jnp.ndim(span) == 0 and span >= 1):
+    raise ValueError(f"span must be a number of values >= 1, got {span!r}.")
   span = jnp.maximum(jnp.asarray(span), 1).astype(jnp.uint32)
   # 2**32 mod span, computed as (2**16 mod span)**2 mod span.
   multiplier = jnp.uint32(2**16) % span
@@ -100,8 +126,10 @@ def draw_noise(
     axis: slice it with `lax.scan`.
 
   Raises:
-    TypeError, ValueError: for counts that are not positive ints.
+    TypeError, ValueError: for counts that are not positive ints, or a key
+      that is not one PRNG key.
   """
+  keys_lib.check_key(key)
   checks.check_int("num_iterations", num_iterations, minimum=1)
   checks.check_int("num_envs", num_envs, minimum=1)
   checks.check_int("batch_size", batch_size, minimum=1)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from equivlab.rl import keys as keys_lib
 from equivlab.rl import noise
 
 
@@ -183,10 +184,11 @@ def sample(
     A pytree of items with a leading axis `[batch_size, ...]`.
 
   Raises:
-    ValueError: if `batch_size` exceeds the capacity, or the buffer holds
-      fewer than `batch_size` items (at once when the size is concrete; from
-      the jitted computation otherwise).
+    ValueError: if `key` is not one PRNG key, `batch_size` exceeds the
+      capacity, or the buffer holds fewer than `batch_size` items (at once
+      when the size is concrete; from the jitted computation otherwise).
   """
+  keys_lib.check_key(key)
   if not isinstance(batch_size, int | np.integer) or batch_size < 1:
     raise ValueError(
       "replay.sample expects a positive integer batch_size, got "
@@ -216,13 +218,20 @@ def sample_with_bits(
     A pytree of items with a leading axis `[batch_size, ...]`.
 
   Raises:
+    TypeError: for bits that are not uint32.
     ValueError: as `sample`, or for bits not shaped `[2, batch_size]`.
   """
+  if getattr(bits, "dtype", None) != jnp.uint32:
+    raise TypeError(
+      "replay.sample_with_bits expects uint32 bits (jax.random.bits), got "
+      f"dtype {getattr(bits, 'dtype', type(bits).__name__)}."
+    )
   if jnp.ndim(bits) != 2 or jnp.shape(bits)[0] != 2:
     raise ValueError(
       "replay.sample_with_bits expects uint32 bits shaped [2, batch_size], "
       f"got shape {jnp.shape(bits)}."
     )
   _check_batch(state, int(jnp.shape(bits)[1]), check)
-  rows = noise.randint_from_bits(bits[0], bits[1], state.size)
+  span = jnp.maximum(state.size, 1)  # rows of an empty buffer: row 0
+  rows = noise.randint_from_bits(bits[0], bits[1], span)
   return jax.tree.map(lambda s: s[rows], state.storage)

@@ -1,8 +1,8 @@
 """When things happen in a DQN loop: epsilon, periods, targets, resets.
 
 Pure functions of the env-step counter, so a jitted loop can call them at
-every iteration: the linearly decayed exploration probability (seed 004
-3(d)), whether an iteration crossed a multiple of a period, and the target
+every iteration: the linearly decayed exploration probability (Mnih et al.
+2015), whether an iteration crossed a multiple of a period, and the target
 network's hard (`optax.periodic_update`) or Polyak
 (`optax.incremental_update`) update on such a crossing (rlax's
 `examples/simple_dqn.py` style: target parameters as an explicit pytree).
@@ -13,15 +13,17 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from equivlab import checks
 from equivlab.rl import tabular
 
 
 def linear_epsilon(
   env_steps: chex.Numeric, start: float, end: float, decay_steps: int
 ) -> jax.Array:
-  """Linearly decayed exploration probability (seed 004 3(d)).
+  """Linearly decayed exploration probability (Mnih et al. 2015).
 
   `start + (end - start) * min(env_steps / decay_steps, 1)`.
 
@@ -35,13 +37,15 @@ def linear_epsilon(
     float32 epsilon `[]`.
 
   Raises:
-    ValueError: if `start` or `end` lies outside `[0, 1]`, or
-      `decay_steps < 1`.
+    TypeError: if `decay_steps` is not an int.
+    ValueError: if `start` or `end` lies outside `[0, 1]`,
+      `decay_steps < 1`, or concrete `env_steps` are negative.
   """
   tabular.check_epsilon(start, "epsilon_start")
   tabular.check_epsilon(end, "epsilon_end")
-  if decay_steps < 1:
-    raise ValueError(f"epsilon_decay_steps must be >= 1, got {decay_steps}.")
+  checks.check_int("epsilon_decay_steps", decay_steps, minimum=1)
+  if checks.is_concrete(env_steps) and np.any(np.asarray(env_steps) < 0):
+    raise ValueError(f"env_steps must be >= 0, got {env_steps!r}.")
   fraction = jnp.minimum(jnp.asarray(env_steps, jnp.float32) / decay_steps, 1.0)
   return jnp.asarray(start + (end - start) * fraction, jnp.float32)
 
@@ -58,7 +62,11 @@ def crossed_boundary(
 
   Returns:
     bool `[]`.
+
+  Raises:
+    TypeError, ValueError: if `period` is not an int >= 1.
   """
+  checks.check_int("period", period, minimum=1)
   return steps_after // period > steps_before // period
 
 
@@ -118,17 +126,22 @@ def reset_block(num_iterations: int) -> int:
 
   The largest divisor of `num_iterations` up to 32 that leaves at least
   two blocks (1 if none). XLA:CPU runs each random draw as a loop of its
-  own: the per-iteration reset was about 160 of an iteration's 430
-  operations, and with blocks an iteration runs about 250 (1.02-1.07x the
-  env steps per second at 1 seed, where the gradient step dominates). At
-  least two blocks keep the blocks a loop in every program, whose float
-  arithmetic XLA then fuses alike: resets computed at the top level of a
-  program rounded otherwise than inside a loop, which broke the bits of a
-  one-period chunk against a whole run.
+  own, so resets drawn for a block at once cost fewer operations than
+  one draw per iteration. At least two blocks keep the blocks a loop in
+  every program, whose float arithmetic XLA then fuses alike: resets
+  computed at the top level of a program round otherwise than inside a
+  loop, and a one-period chunk would not give the bits of a whole run.
 
   Args:
     num_iterations: iterations in an evaluation period, >= 1.
+
+  Returns:
+    The block length, a divisor of `num_iterations`.
+
+  Raises:
+    TypeError, ValueError: if `num_iterations` is not an int >= 1.
   """
+  checks.check_int("num_iterations", num_iterations, minimum=1)
   for block in range(min(32, num_iterations // 2), 1, -1):
     if num_iterations % block == 0:
       return block

@@ -1,8 +1,9 @@
 """Tabular Q-learning and epsilon-greedy action selection.
 
-The update is seed 000 3(a): `Q(s, a) <- Q(s, a) + alpha (r + gamma max_a'
-Q(s', a') - Q(s, a))`; the policy is seed 004 3(d): a uniformly random
-action with probability epsilon, the greedy one otherwise.
+The update is Watkins' Q-learning, `Q(s, a) <- Q(s, a) + alpha (r + gamma
+max_a' Q(s', a') - Q(s, a))` (Sutton & Barto 2018, eq. 6.8); the policy is
+epsilon-greedy: a uniformly random action with probability epsilon, the
+greedy one otherwise (Sutton & Barto 2018, section 2.2).
 """
 
 import chex
@@ -10,7 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from equivlab.rl import value_learning
+from equivlab import checks
+from equivlab.rl import keys as keys_lib
+from equivlab.rl import validation, value_learning
 
 Array = chex.Array
 Numeric = chex.Numeric
@@ -46,7 +49,7 @@ def q_learning_update(
 ) -> Array:
   """One tabular Q-learning update of the entry `(s_tm1, a_tm1)`.
 
-  Seed 000 3(a); Sutton & Barto (2018) eq. 6.8.
+  Sutton & Barto (2018) eq. 6.8.
 
   Args:
     q_table: action values, `[S, A]`.
@@ -55,12 +58,27 @@ def q_learning_update(
     r_t: the reward, `[]`.
     discount_t: `gamma`, or 0 if `s_t` is terminal, `[]`.
     s_t: index of the next state, `[]` int.
-    alpha: the step size, `[]`.
+    alpha: the step size in `(0, 1]`, `[]`.
 
   Returns:
     The updated table, `[S, A]`.
+
+  Raises:
+    TypeError: for a state or action index that is not an integer, or a
+      table that is not of a floating-point dtype.
+    ValueError: for a table that is not `[S, A]`, and (when concrete) a
+      state outside `[0, S)`, an action outside `[0, A)`, a discount
+      outside `[0, 1]` or a step size outside `(0, 1]`.
   """
-  chex.assert_rank(q_table, 2)
+  if jnp.ndim(q_table) != 2:
+    raise ValueError(f"q_table must be [S, A], got shape {jnp.shape(q_table)}.")
+  checks.check_floating("q_table", q_table)
+  num_states, num_actions = jnp.shape(q_table)
+  validation.check_index("s_tm1", s_tm1, num_states, "states")
+  validation.check_index("s_t", s_t, num_states, "states")
+  validation.check_index("a_tm1", a_tm1, num_actions, "actions")
+  validation.check_probability("discount_t", discount_t)
+  validation.check_step_size("alpha", alpha, maximum=1.0)
   r_t = jnp.asarray(r_t, q_table.dtype)
   discount_t = jnp.asarray(discount_t, q_table.dtype)
   td = value_learning.q_learning(
@@ -72,7 +90,7 @@ def q_learning_update(
 def epsilon_greedy(key: chex.PRNGKey, q_values: Array, epsilon: Numeric):
   """Samples an action: uniform with probability epsilon, else greedy.
 
-  Seed 004 3(d). Ties between greedy actions go to the lowest index.
+  Ties between greedy actions go to the lowest index.
 
   Args:
     key: a PRNG key.
@@ -83,8 +101,10 @@ def epsilon_greedy(key: chex.PRNGKey, q_values: Array, epsilon: Numeric):
     The action index, an int32 scalar `[]`.
 
   Raises:
-    ValueError: if `epsilon` is concrete and outside `[0, 1]`.
+    ValueError: if `epsilon` is concrete and outside `[0, 1]`, or `key` is
+      not one PRNG key.
   """
+  keys_lib.check_key(key)
   check_epsilon(epsilon)
   chex.assert_rank(q_values, 1)
   explore_key, action_key = jax.random.split(key)
@@ -115,10 +135,15 @@ def epsilon_greedy_from_draws(
     The action index, an int32 scalar `[]`.
 
   Raises:
-    ValueError: if `epsilon` is concrete and outside `[0, 1]`.
+    ValueError: if, concrete, `epsilon` lies outside `[0, 1]`, `explore`
+      outside `[0, 1)` or `random_action` outside `[0, A)`.
   """
   check_epsilon(epsilon)
   chex.assert_rank(q_values, 1)
+  validation.check_probability("explore", explore, include_one=False)
+  validation.check_index(
+    "random_action", random_action, q_values.shape[0], "actions"
+  )
   greedy_action = jnp.argmax(q_values)
   return jnp.where(explore < epsilon, random_action, greedy_action).astype(
     jnp.int32

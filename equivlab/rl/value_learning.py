@@ -6,16 +6,31 @@ names carry time suffixes: `q_tm1` are the action values at the state where
 `a_tm1` was taken, `r_t` and `discount_t` come with the next state, whose
 action values are `q_t`.
 
-Seed 000 part 3 (tabular and semi-gradient Q-learning) and seed 004 3(c)
-(the DQN regression target, here in its double-Q form).
+The action index `a_tm1` and the discount are checked when concrete
+(`rl.validation`); inside `jit` or `vmap` they are not, and an index out of
+range is clamped by XLA.
 """
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from equivlab import checks
+from equivlab.rl import validation
 
 Array = chex.Array
 Numeric = chex.Numeric
+
+
+def _check_transition(q_tm1: Array, a_tm1: Numeric, discount_t: Numeric):
+  """The action indexes `q_tm1`; the discount lies in `[0, 1]`.
+
+  Raises:
+    ValueError: (when concrete) naming the argument out of its range.
+  """
+  validation.check_index("a_tm1", a_tm1, q_tm1.shape[0], "actions")
+  validation.check_probability("discount_t", discount_t)
 
 
 def _maybe_stop_gradient(x: Array, stop_target_gradients: bool) -> Array:
@@ -32,7 +47,7 @@ def q_learning(
 ) -> Array:
   """Q-learning TD error `r_t + discount_t * max_a q_t[a] - q_tm1[a_tm1]`.
 
-  Watkins (1989); Sutton & Barto (2018) eq. 6.8; seed 000 3(a).
+  Watkins (1989); Sutton & Barto (2018) eq. 6.8.
 
   Args:
     q_tm1: action values at the state where `a_tm1` was taken, `[A]`.
@@ -44,11 +59,16 @@ def q_learning(
 
   Returns:
     The TD error, a scalar `[]`.
+
+  Raises:
+    ValueError: (when concrete) for `a_tm1` outside `[0, A)` or a discount
+      outside `[0, 1]`.
   """
   chex.assert_rank([q_tm1, a_tm1, r_t, discount_t, q_t], [1, 0, 0, 0, 1])
   chex.assert_type(
     [q_tm1, a_tm1, r_t, discount_t, q_t], [float, int, float, float, float]
   )
+  _check_transition(q_tm1, a_tm1, discount_t)
   target_tm1 = r_t + discount_t * jnp.max(q_t)
   target_tm1 = _maybe_stop_gradient(target_tm1, stop_target_gradients)
   return target_tm1 - q_tm1[a_tm1]
@@ -67,7 +87,7 @@ def double_q_learning(
 
   The next action is `argmax_a q_t_selector[a]` and it is valued with
   `q_t_value`; the target is NOT `max_a q_t_value[a]`. van Hasselt (2010);
-  van Hasselt, Guez & Silver (2016); seed 004 3(c).
+  van Hasselt, Guez & Silver (2016).
 
   Args:
     q_tm1: action values at the state where `a_tm1` was taken, `[A]`.
@@ -82,6 +102,9 @@ def double_q_learning(
 
   Returns:
     The TD error, a scalar `[]`.
+
+  Raises:
+    ValueError: as `q_learning`.
   """
   chex.assert_rank(
     [q_tm1, a_tm1, r_t, discount_t, q_t_value, q_t_selector],
@@ -92,6 +115,7 @@ def double_q_learning(
     [float, int, float, float, float, float],
   )
   chex.assert_equal_shape([q_t_value, q_t_selector])
+  _check_transition(q_tm1, a_tm1, discount_t)
   a_t = jnp.argmax(q_t_selector)
   target_tm1 = r_t + discount_t * q_t_value[a_t]
   target_tm1 = _maybe_stop_gradient(target_tm1, stop_target_gradients)
@@ -115,8 +139,10 @@ def huber_loss(x: Array, delta: float = 1.0) -> Array:
   Raises:
     ValueError: if `delta` is not positive.
   """
-  if isinstance(delta, int | float) and delta <= 0:
-    raise ValueError(f"huber_loss expects delta > 0, got {delta}.")
+  if checks.is_concrete(delta) and not (
+    np.ndim(delta) == 0 and np.isfinite(delta) and delta > 0
+  ):
+    raise ValueError(f"huber_loss expects a finite delta > 0, got {delta}.")
   abs_x = jnp.abs(x)
   quadratic = jnp.minimum(abs_x, delta)
   # The split keeps the gradient exactly `clip(x, -delta, delta)`.
@@ -171,6 +197,7 @@ def n_step_bootstrapped_returns(
     raise ValueError(f"n_step_bootstrapped_returns expects n >= 1, got {n!r}.")
   chex.assert_rank([r_t, discount_t, v_t], 1)
   chex.assert_equal_shape([r_t, discount_t, v_t])
+  validation.check_probability("discount_t", discount_t)
   seq_len = r_t.shape[0]
   # Pad with n - 1 zero rewards and unit discounts, bootstrapping from v_T.
   pad = n - 1

@@ -1,11 +1,17 @@
-"""Truncated backpropagation through time (seed 004 6(h)-(i)).
+"""Truncated backpropagation through time (Williams & Peng 1990).
 
 A sequence of T steps is cut into T / tau segments. The forward state
 crosses every boundary; the gradient does not (`stop_gradient` on the
 segment's initial carry), so memory and compute per segment are O(tau).
 `tbptt_grads` sums the segment gradients at fixed parameters,
-`tbptt_train` updates once per segment, `elman_tbptt` runs seed 000's
-hand-written backward pass on each segment.
+`tbptt_train` updates once per segment, `elman_tbptt` runs the Elman
+network's hand-written backward pass on each segment.
+
+`tbptt_grads` and `tbptt_train` check their arguments eagerly, then run a
+program jitted internally with `segment_loss`, `optimizer` and `tau`
+static: eager calls compile once per shape (and per `segment_loss` and
+`optimizer` object: build those once, not per call). Inside a caller's
+own `jit` they trace as usual.
 """
 
 from collections.abc import Callable
@@ -72,7 +78,8 @@ def tbptt_grads(
   differentiated with its initial carry held constant (`stop_gradient`), so
   no gradient flows across a segment boundary; the forward state still
   does. Segments run in a `lax.scan`, so memory per segment is O(tau).
-  With tau = T this is the full BPTT gradient.
+  With tau = T this is the full BPTT gradient. Compiled once per shape
+  (see the module docstring).
 
   `segment_loss` sees traced segments, so it cannot check label values:
   with `elman_segment_loss` an out-of-range label makes the loss NaN. Check
@@ -95,7 +102,24 @@ def tbptt_grads(
     TypeError: if `segment_loss` is not callable or tau not an int.
     ValueError: if tau is not a positive divisor of T, or ys' T differs.
   """
-  num_steps = _check_long_sequence(segment_loss, xs, ys, tau)
+  _check_long_sequence(segment_loss, xs, ys, tau)
+  if not _hashable(segment_loss):
+    return _grads(segment_loss, params, xs, ys, carry0, tau)
+  return _grads_jit(segment_loss, params, xs, ys, carry0, tau)
+
+
+def _hashable(*statics: Any) -> bool:
+  """Whether the static arguments can key jit's cache."""
+  try:
+    hash(statics)
+  except TypeError:
+    return False
+  return True
+
+
+def _grads(segment_loss, params, xs, ys, carry0, tau):
+  """`tbptt_grads` after its checks."""
+  num_steps = jnp.shape(xs)[0]
   grad_fn = jax.value_and_grad(segment_loss, has_aux=True)
   zero = jax.tree.map(jnp.zeros_like, params)
 
@@ -115,6 +139,9 @@ def tbptt_grads(
   return loss, grads, carry
 
 
+_grads_jit = jax.jit(_grads, static_argnums=(0, 5))
+
+
 def tbptt_train(
   segment_loss: SegmentLoss,
   optimizer: Any,
@@ -128,7 +155,8 @@ def tbptt_train(
   """Trains on a long sequence with one update per segment of length tau.
 
   The carry crosses each boundary forward with `stop_gradient`; every update
-  costs O(tau) memory and compute, not O(T) (seed 004 6(i)).
+  costs O(tau) memory and compute, not O(T). Compiled once per shape
+  (see the module docstring).
 
   Args:
     segment_loss: `(params, xs_seg, ys_seg, carry) -> (loss, final_carry)`.
@@ -152,7 +180,16 @@ def tbptt_train(
       "optimizer must be an optax.GradientTransformation (with an update "
       f"method), got {type(optimizer).__name__}."
     )
-  num_steps = _check_long_sequence(segment_loss, xs, ys, tau)
+  _check_long_sequence(segment_loss, xs, ys, tau)
+  args = (segment_loss, optimizer, params, opt_state, xs, ys, carry0, tau)
+  if not _hashable(segment_loss, optimizer):
+    return _train(*args)
+  return _train_jit(*args)
+
+
+def _train(segment_loss, optimizer, params, opt_state, xs, ys, carry0, tau):
+  """`tbptt_train` after its checks."""
+  num_steps = jnp.shape(xs)[0]
   grad_fn = jax.value_and_grad(segment_loss, has_aux=True)
 
   def body(state, segment):
@@ -169,6 +206,9 @@ def tbptt_train(
     (_segments(xs, tau, num_steps), _segments(ys, tau, num_steps)),
   )
   return params, opt_state, losses, carry
+
+
+_train_jit = jax.jit(_train, static_argnums=(0, 1, 7))
 
 
 def elman_segment_loss(
@@ -211,7 +251,7 @@ def elman_tbptt(
   *,
   checked: bool = False,
 ) -> tuple[jax.Array, Params]:
-  """Truncated BPTT for seed 000's model with the hand-written backward pass.
+  """Truncated BPTT of the Elman network with the hand-written backward pass.
 
   Runs `elman_bptt` on each segment from the (constant) state reached by
   the forward pass, and sums the segment gradients.

@@ -10,6 +10,10 @@ Mnih et al., "Human-level control through deep reinforcement learning"
   `make_loop` for runs that stop and resume between evaluation periods.
 - `metrics`: flattening the per-iteration metrics, divergence checks.
 - `runner`: many seeds at once, in vmapped groups run in threads.
+- `driver`: `train_resumable(config, workdir, seeds=...)`, many seeds in
+  chunks of evaluation periods with npz checkpoints and resume (import it
+  as `from equivlab.rl.dqn import driver`; it needs the training engine's
+  checkpoint helpers, which this package does not import).
 """
 
 from equivlab.rl.dqn.config import DQNConfig, validate_config
@@ -40,12 +44,7 @@ from equivlab.rl.dqn.parts import (
   make_optimizer,
   q_values_at,
 )
-from equivlab.rl.dqn.runner import (
-  default_groups,
-  group_bounds,
-  seed_runner,
-  train_seeds,
-)
+from equivlab.rl.dqn.runner import seed_runner, train_seeds
 
 __all__ = [
   "DQNConfig",
@@ -57,9 +56,7 @@ __all__ = [
   "act",
   "batch_loss",
   "build",
-  "default_groups",
   "flatten_metrics",
-  "group_bounds",
   "init_state",
   "iteration",
   "learn",

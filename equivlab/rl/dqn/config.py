@@ -6,12 +6,34 @@
 expected and what was received, never as a NaN or a raw XLA error later.
 Only the environment itself (its name, its action space) is checked when
 `dqn.make_train` builds it.
+
+The exploration and warm-up schedules default to fractions of the run
+(`learning_starts` and `epsilon_decay_steps` None): the same config suits a
+20k-step try and a 300k-step run. `DQNConfig.resolved()` gives the values
+a run uses.
 """
 
 import dataclasses
 from collections.abc import Mapping, Sequence
 
 from equivlab import checks
+
+# The schedule defaults, as fractions of `total_env_steps`: at the default
+# 300k env steps, learning starts after 10k steps and epsilon decays over
+# the first 100k (Mnih et al. 2015 decay over the first 1M of 50M frames;
+# short runs need a larger share to learn at all).
+LEARNING_STARTS_DIVISOR = 30
+EPSILON_DECAY_DIVISOR = 3
+
+
+def default_learning_starts(total_env_steps: int) -> int:
+  """`total_env_steps // 30`: the warm-up when `learning_starts` is None."""
+  return total_env_steps // LEARNING_STARTS_DIVISOR
+
+
+def default_epsilon_decay_steps(total_env_steps: int) -> int:
+  """`max(1, total_env_steps // 3)`: the decay when the field is None."""
+  return max(1, total_env_steps // EPSILON_DECAY_DIVISOR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +56,9 @@ class DQNConfig:
       with the target network.
     buffer_size: replay capacity (>= batch_size).
     batch_size: transitions per gradient step.
-    learning_starts: env steps before the first gradient step.
+    learning_starts: env steps before the first gradient step, less than
+      `total_env_steps` (else no step would be taken); None for
+      `total_env_steps // 30` (10k of the default 300k).
     train_every: env steps between gradient steps (>= num_envs).
     target_update: "hard" (copy every `target_period` env steps, via
       `optax.periodic_update`) or "polyak" (`optax.incremental_update` with
@@ -43,7 +67,9 @@ class DQNConfig:
     tau: Polyak step size in `(0, 1]` (ignored for "hard").
     epsilon_start: exploration probability at step 0, in `[0, 1]`.
     epsilon_end: exploration probability after the decay, in `[0, 1]`.
-    epsilon_decay_steps: env steps of the linear decay, >= 1.
+    epsilon_decay_steps: env steps of the linear decay, >= 1 (a value
+      above `total_env_steps` leaves epsilon above `epsilon_end` at the
+      end); None for `max(1, total_env_steps // 3)` (100k of 300k).
     eval_every: env steps between greedy evaluations (a multiple of
       num_envs dividing total_env_steps).
     eval_episodes: greedy episodes per evaluation.
@@ -62,14 +88,14 @@ class DQNConfig:
   double_dqn: bool = True
   buffer_size: int = 10_000
   batch_size: int = 128
-  learning_starts: int = 10_000
+  learning_starts: int | None = None
   train_every: int = 8
   target_update: str = "hard"
   target_period: int = 500
   tau: float = 1.0
   epsilon_start: float = 1.0
   epsilon_end: float = 0.05
-  epsilon_decay_steps: int = 100_000
+  epsilon_decay_steps: int | None = None
   eval_every: int = 10_000
   eval_episodes: int = 10
 
@@ -83,6 +109,24 @@ class DQNConfig:
       object.__setattr__(self, "env_kwargs", pairs)
     validate_config(self)
 
+  def resolved(self) -> "DQNConfig":
+    """This config with the schedule defaults (None) made numbers.
+
+    Returns:
+      A config of the same class whose `learning_starts` and
+      `epsilon_decay_steps` are ints: the given ones, or for None
+      `default_learning_starts` / `default_epsilon_decay_steps` of
+      `total_env_steps`. The loop runs on this config.
+    """
+    changes = {}
+    if self.learning_starts is None:
+      changes["learning_starts"] = default_learning_starts(self.total_env_steps)
+    if self.epsilon_decay_steps is None:
+      changes["epsilon_decay_steps"] = default_epsilon_decay_steps(
+        self.total_env_steps
+      )
+    return dataclasses.replace(self, **changes) if changes else self
+
 
 _POSITIVE_INTS = (
   "num_envs",
@@ -91,7 +135,6 @@ _POSITIVE_INTS = (
   "batch_size",
   "train_every",
   "target_period",
-  "epsilon_decay_steps",
   "eval_every",
   "eval_episodes",
 )
@@ -104,15 +147,29 @@ def validate_config(config: DQNConfig) -> None:
     config: the settings.
 
   Raises:
-    TypeError: for a field of the wrong kind (a string where a number is
-      expected, a float step count, ...), naming the field.
+    TypeError: for a config that is not a `DQNConfig`, or a field of the
+      wrong kind (a string where a number is expected, a float step
+      count, ...), naming the field.
     ValueError: for an out-of-range, non-finite or inconsistent setting,
       naming the field, the expected and the received value.
   """
+  if not isinstance(config, DQNConfig):
+    raise TypeError(
+      f"config must be a dqn.DQNConfig, got {type(config).__name__}: build "
+      "one with dqn.DQNConfig(**settings)."
+    )
   _check_environment_fields(config)
   for name in _POSITIVE_INTS:
     checks.check_int(name, getattr(config, name), minimum=1)
-  checks.check_int("learning_starts", config.learning_starts, minimum=0)
+  checks.check_int(
+    "learning_starts", config.learning_starts, minimum=0, allow_none=True
+  )
+  checks.check_int(
+    "epsilon_decay_steps",
+    config.epsilon_decay_steps,
+    minimum=1,
+    allow_none=True,
+  )
   checks.check_ints(
     "hidden_sizes", config.hidden_sizes, minimum=1, nonempty=False
   )
@@ -203,6 +260,16 @@ def _check_consistency(config: DQNConfig) -> None:
     raise ValueError(
       f"eval_every must be a multiple of num_envs ({config.num_envs}), got "
       f"{config.eval_every}."
+    )
+  if (
+    config.learning_starts is not None
+    and config.learning_starts >= config.total_env_steps
+  ):
+    raise ValueError(
+      f"learning_starts must be less than total_env_steps "
+      f"({config.total_env_steps}), or no gradient step is taken; got "
+      f"{config.learning_starts}. Leave it None for "
+      f"total_env_steps // {LEARNING_STARTS_DIVISOR}."
     )
   if config.total_env_steps % config.eval_every:
     raise ValueError(

@@ -10,8 +10,8 @@ iteration of the loop reads as the algorithm:
   `maybe_learn`    one gradient step on a sampled batch when due (`learn`);
   `update_target`  the target network when a period boundary is crossed;
 and after every `eval_every` env steps, `evaluate` runs greedy episodes.
-Mnih et al. (2015); double DQN from van Hasselt, Guez & Silver (2016); seed
-004 3(c)-(d); the `make_train` layout follows purejaxrl.
+Mnih et al. (2015); double DQN from van Hasselt, Guez & Silver (2016); the
+`make_train` layout follows purejaxrl.
 
 One iteration steps all `num_envs` environments once, so the env-step
 counter `t` grows by `num_envs`. Periodic events (a gradient step every
@@ -24,24 +24,22 @@ environments and a period of 10 at t = 10, 20, ...).
 For runs that stop and resume, `make_loop(config)` gives the same loop in
 pieces: `init(key)` and `run_periods(key, state, periods)`, whose whole
 state a caller can save between evaluation periods; consecutive chunks of
-periods give the same bits as `make_train` (`experiments/dqn.py` checkpoints
-that way).
+periods give the same bits as `make_train` (`dqn.driver.train_resumable`
+checkpoints that way).
 
 Divergence is never silent: every iteration records whether its loss and
 the Q-values it acted on were finite (`metrics["finite"]`), the result
 carries `metrics["diverged"]`, and `raise_if_diverged(metrics)` turns it
 into a `FloatingPointError` naming the first bad env step.
 
-Speed (CPU): every random number an evaluation period needs is drawn in
-two bulk calls at its start (`noise.draw_noise`) instead of about ten small
-ones per iteration, each of which XLA:CPU lowers to a loop, and the
-environments' automatic resets, whose draws are such loops too, are
-computed for a block of up to 32 iterations at once (`reset_block`;
-about 250 operations per iteration instead of 430); replay writes
-are one contiguous block per iteration when `num_envs` divides
-`buffer_size`; greedy evaluation steps without the automatic reset. The
-first implementation, op for op, is kept in `benchmarks/dqn_reference.py`
-for before/after timing.
+How the loop is laid out for XLA:CPU: every random number an evaluation
+period needs is drawn in two bulk calls at its start (`noise.draw_noise`),
+not in small calls per iteration, each of which XLA:CPU lowers to a loop of
+its own; the environments' automatic resets, whose draws are such loops
+too, are computed for a block of iterations at once (`reset_block`);
+replay writes are one contiguous block per iteration when `num_envs`
+divides `buffer_size`; greedy evaluation steps without the automatic
+reset. `benchmarks/dqn.py` times the loop.
 """
 
 import functools
@@ -54,6 +52,7 @@ import jax.numpy as jnp
 import optax
 
 from equivlab.rl import envs as envs_lib
+from equivlab.rl import keys as keys_lib
 from equivlab.rl import noise, replay, tabular, value_learning
 from equivlab.rl.dqn.config import DQNConfig
 from equivlab.rl.dqn.metrics import flatten_metrics
@@ -209,7 +208,7 @@ def act(
   epsilon: jax.Array,
   draws: noise.IterationNoise,
 ) -> tuple[jax.Array, jax.Array]:
-  """Epsilon-greedy actions for every environment (seed 004 3(d)).
+  """Epsilon-greedy actions for every environment (Mnih et al. 2015).
 
   Args:
     parts: the run's static pieces.
@@ -532,10 +531,12 @@ def make_loop(config: DQNConfig) -> DQNLoop:
   parts = build(config)
 
   def init(key: chex.PRNGKey) -> DQNState:
+    keys_lib.check_key(key, hint=_BATCH_HINT)
     init_key, reset_key, _, _ = jax.random.split(key, 4)
     return init_state(parts, init_key, reset_key)
 
   def run_periods(key: chex.PRNGKey, state: DQNState, periods: jax.Array):
+    keys_lib.check_key(key, hint=_BATCH_HINT)
     _, _, run_key, eval_key = jax.random.split(key, 4)
     period = functools.partial(train_then_evaluate, parts, run_key, eval_key)
     return jax.lax.scan(period, state, periods)
@@ -546,6 +547,12 @@ def make_loop(config: DQNConfig) -> DQNLoop:
     num_periods=config.total_env_steps // config.eval_every,
     state_axes=_state_axes(jax.eval_shape(init, jax.random.key(0))),
   )
+
+
+_BATCH_HINT = (
+  "For many seeds, jax.vmap the function over the keys, or call "
+  "dqn.train_seeds(config, keys)."
+)
 
 
 def _state_axes(state: DQNState) -> DQNState:
@@ -593,8 +600,10 @@ def make_train(config: DQNConfig) -> Callable[[chex.PRNGKey], dict]:
         network acts greedily with action 0 and trains on.
 
   Raises:
-    TypeError, ValueError: for a bad config, an unknown environment, or one
-      without a discrete action space.
+    TypeError, ValueError: for a bad config, an unknown environment or
+      option, or one without a discrete action space; `train` raises a
+      ValueError for a key that is not one PRNG key (a typed key `[]` or a
+      legacy uint32 `[2]`).
   """
   loop = make_loop(config)
 

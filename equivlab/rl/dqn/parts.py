@@ -83,10 +83,13 @@ class DQNParts(NamedTuple):
 def build(config: DQNConfig) -> DQNParts:
   """Validates `config` and builds the environment, network and optimizer.
 
+  The parts hold `config.resolved()`: the schedule defaults made numbers.
+
   Raises:
     TypeError, ValueError: as `validate_config` and `make_env`.
   """
   validate_config(config)
+  config = config.resolved()
   env, env_params = make_env(config)
   return DQNParts(
     config=config,
@@ -106,8 +109,15 @@ def q_values_at(config: DQNConfig, params: Any, obs: jax.Array) -> jax.Array:
   """Action values of a trained network at observations `[B, ...]` -> `[B, A]`.
 
   Raises:
-    ValueError: as `make_env`.
+    ValueError: as `make_env`, or for observations not shaped `[B,
+      *obs_shape]` of the environment.
   """
   env, env_params = make_env(config)
+  obs_shape = tuple(env.observation_space(env_params).shape)
+  if tuple(jnp.shape(obs)[1:]) != obs_shape or jnp.ndim(obs) < 1:
+    raise ValueError(
+      f"obs must be [B, *{list(obs_shape)}] for {config.env_name}, got "
+      f"shape {jnp.shape(obs)}."
+    )
   network = make_network(config, envs_lib.num_actions(env, env_params))
   return network.apply(params, obs)
