@@ -32,7 +32,7 @@ from equivlab import checks
 from equivlab.analysis import tables, viz
 from equivlab.rl import dqn
 from equivlab.rl.dqn import driver
-from equivlab.training import checkpoint
+from equivlab.training import checkpoint, sweeps
 from experiments import _common
 
 CHECKPOINT = driver.CHECKPOINT
@@ -213,7 +213,7 @@ def _run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
     * config.eval_every
     * (len(results["eval_env_steps"]) - trained["resumed_at"])
   )
-  _common.write_results(
+  sweeps.write_results(
     workdir,
     results,
     table=results["table"],
@@ -226,7 +226,7 @@ def _run(config: Config, workdir: pathlib.Path) -> dict[str, Any]:
       "jax_backend": jax.default_backend(),
     },
   )
-  return _common.to_json(results)
+  return sweeps.to_json(results)
 
 
 define_flags, main = _common.entry_points(Config, run, "dqn")

@@ -29,6 +29,7 @@ import numpy as np
 from equivlab import checks, data, testing
 from equivlab.analysis import viz
 from equivlab.nn import layers, models
+from equivlab.training import sweeps
 from experiments import _common
 
 MODELS = ("p4cnn", "p4mcnn", "p4cnn_strided", "z2cnn")
@@ -136,7 +137,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict:
     "report": report.to_dict(),
     "table": table,
   }
-  _common.write_results(workdir, results, table=table)
+  sweeps.write_results(workdir, results, table=table)
   return results
 
 

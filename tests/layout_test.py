@@ -28,7 +28,7 @@ ALLOWED = {
   | {"ops", "groups", "gconv", "nn", "data", "parallel", "training", "testing"},
   "fundamentals": _BASE | {"ops", "groups", "gconv", "nn"},
   "rnn": _BASE | {"ops", "parallel"},
-  "rl": _BASE | {"ops", "parallel"},
+  "rl": _BASE | {"ops", "parallel", "training"},
   # The pinned import paths: thin re-exports.
   "train": {"training"},
   "export": {"nn"},
