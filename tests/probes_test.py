@@ -1,4 +1,4 @@
-"""Tests of equivlab.analysis.probes (seed 004 2(c); seed 002 problem 1(3)).
+"""Tests of equivlab.analysis.probes: gradient norms, saturation, shifts.
 
 The depth-study probes are checked against computations written here by
 hand: slopes and saturation counts of each activation from their closed
