@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pickle
 
 import chex
 import jax
@@ -110,9 +111,16 @@ def test_same_seed_gives_identical_metrics_other_seed_does_not(
   assert changed["history"][0] != metrics["history"][0]
 
 
+def _records(workdir):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line) for line in lines]
+
+
 def test_rerun_of_a_finished_workdir_returns_its_metrics(tiny_run):
   workdir, metrics = tiny_run
+  before = _records(workdir)
   assert train.train_and_evaluate(TINY, workdir) == metrics
+  assert _records(workdir) == before  # No "resume" event, nothing else.
 
 
 def test_load_variables_returns_config_and_float32_params(tiny_run):
@@ -192,8 +200,16 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_a_checkpoint(
     num_epochs=1,
     checkpoint_every_steps=1,
   )
-  with pytest.raises(FloatingPointError, match=r"non-finite loss .* step \d"):
+  with pytest.raises(
+    train.NonFiniteLossError, match=r"non-finite loss .* step \d"
+  ) as info:
     train.train_and_evaluate(config, tmp_path)
+  error = info.value
+  assert isinstance(error, FloatingPointError)
+  assert error.step >= 1 and not np.isfinite(error.loss)
+  assert f"at step {error.step}" in str(error)
+  copy = pickle.loads(pickle.dumps(error))
+  assert (copy.step, str(copy)) == (error.step, str(error))
   _, variables = train.load_variables(tmp_path)
   leaves = jax.tree_util.tree_leaves(variables["params"])
   assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
@@ -359,25 +375,65 @@ def test_load_variables_of_an_empty_workdir_is_a_clear_error(tmp_path):
 
 
 def test_prepare_starts_where_train_and_evaluate_starts(monkeypatch, tmp_path):
+  from equivlab.training import loop  # noqa: PLC0415
   from equivlab.training import state as state_lib  # noqa: PLC0415
 
-  made = []
+  made, prepared, built = [], [], []
   original = state_lib.create_train_state
+  original_prepare, original_build = loop.prepare, state_lib.build_model
 
   def recording(*args, **kwargs):
     made.append(original(*args, **kwargs))
     return made[-1]
 
+  def preparing(*args, **kwargs):
+    prepared.append(kwargs)
+    return original_prepare(*args, **kwargs)
+
+  def building(*args, **kwargs):
+    built.append(args)
+    return original_build(*args, **kwargs)
+
   monkeypatch.setattr(state_lib, "create_train_state", recording)
+  monkeypatch.setattr(state_lib, "build_model", building)
+  monkeypatch.setattr(loop, "prepare", preparing)
   config = dataclasses.replace(TINY, num_epochs=1, num_devices=1)
   train.train_and_evaluate(config, tmp_path)
+  # The loop starts through `prepare`, with its optimizer and the model it
+  # built once.
   (engine_start,) = made
-  prepared, _ = train.prepare(config, np.zeros((2, 28, 28, 1), np.float32))
-  chex.assert_trees_all_equal(prepared, engine_start)
+  ((start,),) = (prepared,)
+  assert start["tx"] is not None and start["model"] is not None
+  assert len(built) == 1
+  again, _ = train.prepare(config, np.zeros((2, 28, 28, 1), np.float32))
+  chex.assert_trees_all_equal(again, engine_start)
+
+
+def test_training_loss_is_the_data_loss_plus_the_penalty():
+  config = dataclasses.replace(TINY, num_classes=10)
+  state, _ = _state(config)
+  model = train.build_model(config)
+  batch = _batch()
+  logits = model.apply({"params": state.params}, batch["image"])
+  one_hot = jax.nn.one_hot(batch["label"], 10)
+  squares = sum(
+    jnp.sum(jnp.square(w))
+    for w in jax.tree_util.tree_leaves(state.params)
+    if w.ndim >= 2
+  )
+  spec = train.StepSpec(loss="mse", l2=0.01)
+  loss, aux = train.training_loss(
+    model, state.params, batch["image"], batch["label"], spec=spec
+  )
+  data_loss = jnp.mean(jnp.square(logits - one_hot))
+  np.testing.assert_allclose(aux.data_loss, data_loss, rtol=1e-6)
+  np.testing.assert_allclose(loss, data_loss + 0.005 * squares, rtol=1e-6)
+  np.testing.assert_allclose(aux.logits, logits, rtol=1e-6)
+  assert aux.batch_stats == {}
 
 
 # ---------------------------------------------------------------------------
-# float16 compute with dynamic loss scaling (issue 16 item 1).
+# float16 compute with dynamic loss scaling.
 # ---------------------------------------------------------------------------
 
 FLOAT16 = dataclasses.replace(

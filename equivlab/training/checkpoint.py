@@ -376,7 +376,9 @@ class Checkpointer:
     if parallel.is_primary() and not read_only:
       ensure_directory(self.workdir)
     options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep,
+      # What orbax sets (and logs that it sets) for a read-only manager.
+      max_to_keep=None if read_only else max_to_keep,
+      save_interval_steps=0 if read_only else 1,
       create=not read_only,
       read_only=read_only,
       cleanup_tmp_directories=not read_only,

@@ -135,9 +135,10 @@ def train_and_evaluate(
   named = model is None
   model = state.build_model(config) if named else state.check_module(model)
   train, test_sets = _load_data(config)
-  if not named and config.num_classes is None:
-    config = _classes_of_module(config, model, train[0][:2])
+  given_classes = config.num_classes
   config = _resolve_classes(config, train[1], test_sets)
+  if not named and given_classes is None:
+    config = _classes_of_module(config, model, train[0][:2])
   if named and config.model != "custom":
     if model.num_classes != config.num_classes:  # taken from the labels
       model = model.clone(num_classes=config.num_classes)
@@ -254,13 +255,16 @@ def _load_data(config: TrainConfig) -> tuple[Arrays, dict[str, Arrays]]:
 def _classes_of_module(
   config: TrainConfig, model: nn.Module, images: np.ndarray
 ) -> TrainConfig:
-  """`config` with `num_classes` the width of `model`'s logits, if any.
+  """`config` with `num_classes` raised to the width of `model`'s logits.
 
-  Computed from shapes only (`jax.eval_shape`); an output that is not
-  `[N, K]` is left to `create_train_state` to report.
+  For a module of the user's own when `num_classes` was taken from the
+  labels: a subset of the data may lack the last classes. Computed from
+  shapes only (`jax.eval_shape`); an output that is not `[N, K]`, or
+  narrower than the labels need, is left to `create_train_state` to
+  report.
   """
   shape = state.output_shape(model, images)
-  if len(shape) != 2 or shape[-1] < 1:
+  if len(shape) != 2 or shape[-1] <= config.num_classes:
     return config
   return dataclasses.replace(config, num_classes=int(shape[-1]))
 

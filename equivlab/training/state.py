@@ -107,18 +107,7 @@ def _build_custom(config: TrainConfig) -> nn.Module:
       "model 'custom' needs model_class (the import path of its class) to "
       f"be built from the config{advice}"
     )
-  module_name, _, qualname = path.rpartition(".")
-  cls = None
-  while module_name and cls is None:
-    try:
-      found = importlib.import_module(module_name)
-    except ImportError:
-      module_name, _, head = module_name.rpartition(".")
-      qualname = f"{head}.{qualname}"
-      continue
-    cls = found
-    for part in qualname.split("."):
-      cls = getattr(cls, part, None)
+  cls = _import_class(path)
   if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
     raise ValueError(
       f"model_class {path!r} cannot be imported as a flax module class{advice}"
@@ -130,6 +119,20 @@ def _build_custom(config: TrainConfig) -> nn.Module:
       f"{path} cannot be made from the recorded attributes "
       f"{dict(config.model_kwargs)}: {error}{advice}"
     ) from None
+
+
+def _import_class(path: str) -> Any:
+  """The object at `path` ("package.module.Outer.Name"), or None."""
+  parts = path.split(".")
+  for split in range(len(parts) - 1, 0, -1):  # the longest module first
+    try:
+      found = importlib.import_module(".".join(parts[:split]))
+    except ImportError:
+      continue
+    for name in parts[split:]:
+      found = getattr(found, name, None)
+    return found
+  return None
 
 
 def module_fields(model: nn.Module) -> dict[str, Any]:
