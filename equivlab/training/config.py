@@ -164,6 +164,43 @@ class TrainConfig:
     return json.loads(json.dumps(fields, default=repr))
 
   @classmethod
+  def from_fields(cls, source: Any, /, **overrides: Any) -> TrainConfig:
+    """The config of a study: the fields of `source` named as a config's.
+
+    An experiment declares the training options it shares with the engine
+    (`num_epochs`, `batch_size`, `learning_rate`, `train_limit`,
+    `dataset`, `seed`, ...) under the engine's names, so they mean the same
+    thing everywhere and are checked in one place: here.
+
+    Args:
+      source: a dataclass instance or a mapping; its entries whose names
+        are `TrainConfig` fields are taken, the others ignored.
+      **overrides: fields set on top (the study's fixed choices).
+
+    Returns:
+      The checked `TrainConfig`.
+
+    Raises:
+      TypeError: if `source` is neither a dataclass instance nor a
+        mapping, or a field is of the wrong kind.
+      ValueError: naming the first bad field (see `validate_config`).
+    """
+    if dataclasses.is_dataclass(source) and not isinstance(source, type):
+      values = {
+        f.name: getattr(source, f.name) for f in dataclasses.fields(source)
+      }
+    elif isinstance(source, Mapping):
+      values = dict(source)
+    else:
+      raise TypeError(
+        "source must be a dataclass instance or a mapping, got "
+        f"{type(source).__name__}."
+      )
+    names = {f.name for f in dataclasses.fields(cls)}
+    taken = {k: v for k, v in values.items() if k in names}
+    return cls(**{**taken, **overrides})
+
+  @classmethod
   def from_json(cls, fields: Mapping[str, Any]) -> TrainConfig:
     """The inverse of `to_json` (unknown keys are an error)."""
     fields = dict(fields)
