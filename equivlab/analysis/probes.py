@@ -18,6 +18,8 @@ Pure functions on pytrees and arrays, for any flax linen model:
   `models.DeepCNN` are: per-layer gradient norms of the training loss,
   saturated fractions and mean slopes of every hidden layer, at one
   fixed batch, in one jitted call.
+- `residual_bytes`: the memory the backward pass of the training loss
+  keeps (the residuals of `jax.vjp`), from shapes alone.
 - `shift_equivariance_error`: how far a layer's output on a shifted input
   is from a shifted copy of its output on the original input
   (convolutions commute with shifts, the dense head does not).
@@ -291,6 +293,53 @@ def loss_gradients(
     batch_stats=variables.get("batch_stats"),
   )
   return grads
+
+
+def residual_bytes(
+  model: nn.Module,
+  variables: Mapping[str, Any],
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  compute_dtype: str = "float32",
+) -> int:
+  """Bytes the backward pass of the engine's training loss keeps.
+
+  The leaves of `jax.vjp`'s backward function of
+  `equivlab.training.training_loss` are the residuals of the forward pass
+  (activations, masks, the compute-precision weights): what JAX asks any
+  backend to hold between the forward and the backward pass.
+  `jax.eval_shape` gives their sizes without running anything.
+
+  Args:
+    model: a flax module taking `(x, train=True)`.
+    variables: its variables (float32 "params", maybe "batch_stats").
+    images: `[N, H, W, C]`.
+    labels: int `[N]`.
+    compute_dtype: the precision of the forward and backward passes
+      ("float32", "bfloat16" or "float16").
+
+  Returns:
+    The total size of the residuals in bytes.
+  """
+  spec = steps.StepSpec(compute_dtype=compute_dtype)
+
+  def residuals(params):
+    def loss(params):
+      return steps.training_loss(
+        model,
+        params,
+        images,
+        labels,
+        batch_stats=variables.get("batch_stats"),
+        spec=spec,
+        dropout_key=jax.random.key(0),
+      )[0]
+
+    return jax.tree_util.tree_leaves(jax.vjp(loss, params)[1])
+
+  shapes = jax.eval_shape(residuals, variables["params"])
+  return int(sum(s.size * np.dtype(s.dtype).itemsize for s in shapes))
 
 
 def make_probe(

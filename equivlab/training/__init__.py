@@ -38,7 +38,7 @@ from equivlab.training.loop import (
   prepare,
   train_and_evaluate,
 )
-from equivlab.training.metrics import evaluate
+from equivlab.training.metrics import evaluate, read_metrics
 from equivlab.training.optimizers import make_optimizer, make_schedule
 from equivlab.training.result import TrainResult
 from equivlab.training.state import (
@@ -88,6 +88,7 @@ __all__ = [
   "make_steps",
   "model_kwargs_dict",
   "prepare",
+  "read_metrics",
   "record_module",
   "train_and_evaluate",
   "train_step_fn",
