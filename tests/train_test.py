@@ -640,3 +640,47 @@ def test_workdir_from_before_the_loss_scale_fields_still_resumes(
   other = dataclasses.replace(config, loss_scale_period=7)
   with pytest.raises(ValueError, match="loss_scale_period: saved 2000"):
     train.train_and_evaluate(other, tmp_path)
+
+
+def test_from_fields_takes_the_fields_named_as_a_configs():
+  @dataclasses.dataclass(frozen=True)
+  class Study:
+    num_epochs: int = 3
+    batch_size: int = 16
+    width: int = 7  # not a TrainConfig field: ignored
+
+  config = train.TrainConfig.from_fields(Study(), schedule="cosine")
+  assert (config.num_epochs, config.batch_size) == (3, 16)
+  assert config.schedule == "cosine" and not hasattr(config, "width")
+  mapped = train.TrainConfig.from_fields({"learning_rate": 0.5, "x": 1})
+  assert mapped.learning_rate == 0.5
+  with pytest.raises(ValueError, match="num_epochs must be an int >= 1"):
+    train.TrainConfig.from_fields(Study(num_epochs=0))
+  with pytest.raises(TypeError, match="dataclass instance or a mapping"):
+    train.TrainConfig.from_fields(Study)
+
+
+def test_read_metrics_reads_the_records_of_a_kind(tiny_run):
+  workdir, metrics = tiny_run
+  epochs = train.read_metrics(workdir, "epoch")
+  assert [r["step"] for r in epochs] == [8, 16]
+  assert epochs[-1]["test_accuracy"] == metrics["test_accuracy"]
+  assert len(train.read_metrics(workdir)) > len(epochs)
+
+
+def test_init_key_is_the_key_a_run_starts_from(monkeypatch, tmp_path):
+  from equivlab.training import state as state_lib  # noqa: PLC0415
+
+  keys = []
+  original = state_lib.create_train_state
+
+  def recording(key, *args, **kwargs):
+    keys.append(np.asarray(key))
+    return original(key, *args, **kwargs)
+
+  monkeypatch.setattr(state_lib, "create_train_state", recording)
+  config = dataclasses.replace(TINY, num_epochs=1, num_devices=1, seed=3)
+  train.train_and_evaluate(config, tmp_path)
+  np.testing.assert_array_equal(keys[0], train.init_key(config))
+  other = train.init_key(dataclasses.replace(config, seed=4))
+  assert not np.array_equal(keys[0], other)
