@@ -200,11 +200,8 @@ def _p4_functions(model, variables, dtype: str):
 def p4_errors(model, variables, images, dtype: str) -> dict[str, Any]:
   """Equivariance and rounding errors of P4CNN's p4 layers in `dtype`.
 
-  Args:
-    model: a trained `layers.P4CNN` (group "p4").
-    variables: its float32 variables.
-    images: square test digits `[N, H, H, 1]` (float32).
-    dtype: the compute precision.
+  `model` is a trained P4CNN (group "p4") with its float32 `variables`;
+  `images` are square digits `[N, H, H, 1]`.
 
   Returns:
     name -> {"equivariance": the largest relative error over the rotations
@@ -232,16 +229,6 @@ def p4_errors(model, variables, images, dtype: str) -> dict[str, Any]:
   return result
 
 
-def _scale_history(run_dir: pathlib.Path) -> dict[str, Any]:
-  """Skipped steps and the first and last loss scales of a float16 run."""
-  steps = train.read_metrics(run_dir, "step")
-  return {
-    "skipped_steps": int(sum(r["skipped"] for r in steps)),
-    "first_loss_scale": steps[0]["loss_scale"],
-    "last_loss_scale": steps[-1]["loss_scale"],
-  }
-
-
 def _records(config, workdir, trained, test_x) -> list[dict[str, Any]]:
   """One record per model, precision and seed."""
   records = []
@@ -252,9 +239,12 @@ def _records(config, workdir, trained, test_x) -> list[dict[str, Any]]:
       record |= {"params": result["num_params"]}
       record |= {k: result[k] for k in ("test_accuracy", "test_loss")}
       record["history"] = result.history
-      if dtype == "float16":
-        run_dir = workdir / "runs" / name / f"seed{seed}"
-        record.update(_scale_history(run_dir))
+      if dtype == "float16":  # its skipped steps and loss scales
+        steps = train.read_metrics(workdir / "runs" / name / f"seed{seed}")
+        steps = [r for r in steps if r["kind"] == "step"]
+        record["skipped_steps"] = int(sum(r["skipped"] for r in steps))
+        record["first_loss_scale"] = steps[0]["loss_scale"]
+        record["last_loss_scale"] = steps[-1]["loss_scale"]
       if model == "p4cnn":
         images = test_x[: config.num_equivariance]
         record["p4"] = p4_errors(result.model, result.variables, images, dtype)
