@@ -1,23 +1,21 @@
 r"""Reduced precision: float32, bfloat16 and float16 training.
 
 Does a 16-bit float save memory and time, and at what cost (Micikevicius et
-al., "Mixed Precision Training", ICLR 2018)? The CNN and the P4CNN train on
-the embedded digits over several seeds in each `compute_dtype`: "float32";
-"bfloat16" (float32 master weights and loss); "float16" (the same, with
-dynamic loss scaling). Per model and precision: one train step's memory
-(master weights, the backward pass's residuals `probes.residual_bytes`,
-XLA's `memory_analysis()`), its median time (precisions timed in turn),
-the test accuracy (mean +- sample std over seeds), float16's skipped steps
-and loss scales, and P4CNN's rotation-equivariance error of its lifting
-conv, first group conv and logits in units of eps, beside each one's
-distance from its float32 output.
+al., "Mixed Precision Training", ICLR 2018)? The CNN and the P4CNN train
+over several seeds in each `compute_dtype`: "float32", "bfloat16" (float32
+master weights and loss), "float16" (the same, with dynamic loss scaling).
+Recorded per model and precision: one train step's memory (master weights,
+`probes.residual_bytes`, XLA's `memory_analysis()`) and median time, the
+test accuracy (mean +- sample std), float16's skipped steps and loss
+scales, and P4CNN's rotation-equivariance error of its lifting conv, first
+group conv and logits in units of eps, beside their float32 distance.
 
     python -m experiments.precision
 
 Writes into --workdir (default runs/precision): results.json (no wall
 times), results.md (the tables with the step times), timings.json,
-accuracy.png, memory.png, step_time.png, equivariance.png, and one train
-workdir per model, precision and seed under runs/ (a rerun resumes there).
+accuracy.png, memory.png, step_time.png, equivariance.png, and the runs
+under runs/<model>_<precision>/seed<seed> (a rerun resumes there).
 """
 
 import dataclasses
@@ -110,13 +108,9 @@ def base_config(config: Config) -> train.TrainConfig:
 
 
 def _variants(config: Config) -> dict[str, _common.Variant]:
-  kwargs = {
-    "cnn": {
-      "features": tuple(config.cnn_features),
-      "dense_features": config.cnn_dense_features,
-    },
-    "p4cnn": {"features": config.p4cnn_features},
-  }
+  cnn = {"features": tuple(config.cnn_features)}
+  cnn["dense_features"] = config.cnn_dense_features
+  kwargs = {"cnn": cnn, "p4cnn": {"features": config.p4cnn_features}}
   variants = {}
   for model, dtype in itertools.product(config.models, config.dtypes):
     overrides = {"model": model, "model_kwargs": kwargs[model]}
@@ -158,15 +152,14 @@ def _compiled_steps(config, images, labels) -> dict[tuple[str, str], Any]:
 
 def _time_steps(config: Config, compiled) -> dict[str, dict[str, float]]:
   """Median seconds per step of each (model, dtype), timed in turn."""
-  states = {key: value[1] for key, value in compiled.items()}
-  seconds = {key: [] for key in compiled}
+  states, seconds = {k: v[1] for k, v in compiled.items()}, {}
   for round_ in range(config.num_timed_steps + 1):
     for key, (step, _, batch, _) in compiled.items():
       start = time.perf_counter()
       states[key], metrics = step(states[key], batch)
       jax.block_until_ready((states[key], metrics))
       if round_:  # The first call of each is a warm-up.
-        seconds[key].append(time.perf_counter() - start)
+        seconds.setdefault(key, []).append(time.perf_counter() - start)
   return {
     m: {d: float(np.median(seconds[(m, d)])) for d in config.dtypes}
     for m in config.models
@@ -175,8 +168,7 @@ def _time_steps(config: Config, compiled) -> dict[str, dict[str, float]]:
 
 @functools.partial(xla_options.jit, static_argnums=0, inference=True)
 def _apply(module: Any, variables: Any, x: jax.Array) -> jax.Array:
-  # One compilation per module (modules hash by their attributes), dtype
-  # and shape, shared by every seed.
+  # Modules hash by their attributes: one compilation per module and shape.
   return module.apply(variables, x)
 
 
@@ -184,17 +176,18 @@ def _p4_functions(model, variables, dtype: str):
   """name -> p4 function of the trained P4CNN in `dtype` (jitted)."""
   mixed = steps_lib.policy(train.StepSpec(compute_dtype=dtype))
   computed = mixed.cast_to_compute(variables)
-  opts = {"padding": "VALID", "group": model.group}
-  layer = {
-    "lifting conv": (layers.LiftingConv(model.features, 3, **opts), "Lifting"),
-    "group conv": (layers.GroupConv(model.features, 3, **opts), "Group"),
-  }
+  params, opts = computed["params"], {"padding": "VALID", "group": model.group}
+  lift = layers.LiftingConv(model.features, 3, **opts)
+  conv = layers.GroupConv(model.features, 3, **opts)
   return {
-    name: functools.partial(
-      _apply, module, {"params": computed["params"][f"{prefix}Conv_0"]}
-    )
-    for name, (module, prefix) in layer.items()
-  } | {"logits": functools.partial(_apply, model, computed)}
+    "lifting conv": functools.partial(
+      _apply, lift, {"params": params["LiftingConv_0"]}
+    ),
+    "group conv": functools.partial(
+      _apply, conv, {"params": params["GroupConv_0"]}
+    ),
+    "logits": functools.partial(_apply, model, computed),
+  }
 
 
 def p4_errors(model, variables, images, dtype: str) -> dict[str, Any]:
@@ -236,12 +229,11 @@ def _records(config, workdir, trained, test_x) -> list[dict[str, Any]]:
     name = f"{model}_{dtype}"
     for seed, result in zip(config.seeds, trained[name], strict=True):
       record = {"model": model, "dtype": dtype, "seed": seed}
-      record |= {"params": result["num_params"]}
+      record |= {"params": result["num_params"], "history": result.history}
       record |= {k: result[k] for k in ("test_accuracy", "test_loss")}
-      record["history"] = result.history
       if dtype == "float16":  # its skipped steps and loss scales
-        steps = train.read_metrics(workdir / "runs" / name / f"seed{seed}")
-        steps = [r for r in steps if r["kind"] == "step"]
+        run_dir = workdir / "runs" / name / f"seed{seed}"
+        steps = train.read_metrics(run_dir, "step")
         record["skipped_steps"] = int(sum(r["skipped"] for r in steps))
         record["first_loss_scale"] = steps[0]["loss_scale"]
         record["last_loss_scale"] = steps[-1]["loss_scale"]
@@ -252,23 +244,20 @@ def _records(config, workdir, trained, test_x) -> list[dict[str, Any]]:
   return records
 
 
-def _mb(value: float) -> str:
-  return f"{value / 2**20:.2f}"
-
-
 def _row(records, memory, reference) -> dict[str, Any]:
   """The table row of one model and precision."""
   mean, std = _common.mean_std([r["test_accuracy"] for r in records])
+  mb = {k: f"{v / 2**20:.2f}" for k, v in memory.items()}
   skipped = [r["skipped_steps"] for r in records if "skipped_steps" in r]
   return {
     "model": records[0]["model"],
     "precision": records[0]["dtype"],
     "params": records[0]["params"],
-    "weights MB": _mb(memory["params_bytes"]),
-    "activations MB": _mb(memory["activation_bytes"]),
+    "weights MB": mb["params_bytes"],
+    "activations MB": mb["activation_bytes"],
     "vs float32": f"{memory['activation_bytes'] / reference:.2f}",
-    "XLA temp MB": _mb(memory["xla_temp_bytes"]),
-    "XLA peak MB": _mb(memory["xla_peak_bytes"]),
+    "XLA temp MB": mb["xla_temp_bytes"],
+    "XLA peak MB": mb["xla_peak_bytes"],
     "test accuracy": f"{mean:.4f} +- {std:.4f}",
     "skipped steps": str(sum(skipped)) if skipped else "-",
     "accuracy_mean": mean,
@@ -399,9 +388,8 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     base_config(config), _variants(config), config.seeds, workdir
   )
   records = _records(config, workdir, trained, _load(config, "test")[0])
-  train_x, train_y = _load(config, "train")
-  n = config.batch_size
-  compiled = _compiled_steps(config, train_x[:n], train_y[:n])
+  batch = [a[: config.batch_size] for a in _load(config, "train")]
+  compiled = _compiled_steps(config, *batch)
   timings = _time_steps(config, compiled)
   rows = []
   for model, dtype in itertools.product(config.models, config.dtypes):
