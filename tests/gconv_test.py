@@ -580,7 +580,7 @@ def test_error_nested_padding_of_floats_or_bools():
 
 
 # --------------------------------------------------------------------------
-# Bad input, one test per class (issue 13): mixed dtypes, integer pooling,
+# Bad input, one test per class: mixed dtypes, integer pooling,
 # malformed predictor arguments, kernels that do not fit the input.
 
 _CONVS = [

@@ -1,4 +1,4 @@
-"""Tests of the seed 000 part 4 training ablation, on tiny settings."""
+"""Tests of the training ablation (optimizers, schedules, augmentation)."""
 
 import json
 

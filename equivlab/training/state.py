@@ -301,10 +301,10 @@ def create_train_state(
     )
     return variables, tx.init(variables["params"]), logits
 
-  # XLA:CPU compiles the partitionable threefry (jax's default) about ten
-  # times slower than the classic one (10 s against 1 s for a P4CNN's
-  # initialisers); an initialisation runs replicated, so the partitionable
-  # form buys nothing here. The parameters are a fixed function of `key`.
+  # XLA:CPU compiles the partitionable threefry (jax's default) far more
+  # slowly than the classic one for the many small initialisers of a
+  # network; an initialisation runs replicated, so the partitionable form
+  # buys nothing here. The parameters are a fixed function of `key`.
   with jax.threefry_partitionable(False):
     jitted = jax.jit(init)
     # The output is checked from its shape before anything runs.
