@@ -1,4 +1,4 @@
-"""Tests of experiments/depth_study.py (vanishing gradients with depth).
+"""Tests of experiments/depth_study.py: vanishing gradients with depth.
 
 The study's measurements are compared with an independent computation:
 the networks written out by hand (`tests/probes_test.py`), differentiated

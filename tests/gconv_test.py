@@ -1,11 +1,11 @@
 """Numerical proofs that the p4/p4m convolutions are equivariant.
 
-Seed 000 part 1: `[[L_u f] * w](g) = [L_u [f * w]](g)`. Each test states an
-equivariance `op(g x) == g op(x)` with fixed keys through `equivlab.testing`
-(the same checks users run on their own models) and an explicit tolerance:
-a relative error (max |difference| / max |expected|) of at most 1e-5 in
-float32, which sums in a different order after a rotation, and 0 (bitwise)
-where nothing is summed or only moved.
+Cohen & Welling (ICML 2016): `[[L_u f] * w](g) = [L_u [f * w]](g)`. Each
+test states an equivariance `op(g x) == g op(x)` with fixed keys through
+`equivlab.testing` (the same checks users run on their own models) and an
+explicit tolerance: a relative error (max |difference| / max |expected|) of
+at most 1e-5 in float32, which sums in a different order after a rotation,
+and 0 (bitwise) where nothing is summed or only moved.
 """
 
 import functools
@@ -580,7 +580,7 @@ def test_error_nested_padding_of_floats_or_bools():
 
 
 # --------------------------------------------------------------------------
-# Bad input, one test per class (issue 13): mixed dtypes, integer pooling,
+# Bad input, one test per class: mixed dtypes, integer pooling,
 # malformed predictor arguments, kernels that do not fit the input.
 
 _CONVS = [

@@ -9,6 +9,7 @@ import pytest
 from absl import flags
 
 from equivlab import data, gconv
+from equivlab.analysis import probes
 from equivlab.nn import models
 from experiments import precision
 
@@ -158,7 +159,7 @@ def test_residual_bytes_halve_the_network_part_by_hand():
   variables = models.init_model(jax.random.key(0), model)
   x, y = jnp.zeros((5, 28, 28, 1)), jnp.zeros((5,), jnp.int32)
   full, half = (
-    precision.residual_bytes(model, variables, x, y, d)
+    probes.residual_bytes(model, variables, x, y, compute_dtype=d)
     for d in ("float32", "float16")
   )
   network = 5 * 784 + 2 * 5 * 16 + 16 * 10

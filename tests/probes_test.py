@@ -1,4 +1,4 @@
-"""Tests of equivlab.analysis.probes (seed 004 2(c); seed 002 problem 1(3)).
+"""Tests of equivlab.analysis.probes: gradient norms, saturation, shifts.
 
 The depth-study probes are checked against computations written here by
 hand: slopes and saturation counts of each activation from their closed
@@ -350,3 +350,23 @@ def test_shift_error_rejects_mismatched_shapes():
 def test_shift_error_rejects_rank_three():
   with pytest.raises(ValueError, match=r"\[N, D\]"):
     probes.shift_equivariance_error(jnp.ones((2, 4, 4)), jnp.ones((2, 4, 4)))
+
+
+def test_loss_gradients_and_residual_bytes_use_the_engines_loss(monkeypatch):
+  from equivlab.training import steps  # noqa: PLC0415
+
+  calls = []
+  original = steps.training_loss
+
+  def spy(*args, **kwargs):
+    calls.append(kwargs.get("spec"))
+    return original(*args, **kwargs)
+
+  monkeypatch.setattr(steps, "training_loss", spy)
+  model = models.get_model("mlp", hidden_sizes=(4,))
+  variables = models.init_model(jax.random.key(0), model)
+  x, y = jnp.zeros((2, 28, 28, 1)), jnp.zeros((2,), jnp.int32)
+  probes.loss_gradients(model, variables, x, y)
+  probes.residual_bytes(model, variables, x, y, compute_dtype="bfloat16")
+  assert calls[0] is None  # the defaults: softmax cross-entropy, float32
+  assert calls[1].compute_dtype == "bfloat16"

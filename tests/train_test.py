@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import pickle
 
 import chex
 import jax
@@ -110,9 +111,16 @@ def test_same_seed_gives_identical_metrics_other_seed_does_not(
   assert changed["history"][0] != metrics["history"][0]
 
 
+def _records(workdir):
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line) for line in lines]
+
+
 def test_rerun_of_a_finished_workdir_returns_its_metrics(tiny_run):
   workdir, metrics = tiny_run
+  before = _records(workdir)
   assert train.train_and_evaluate(TINY, workdir) == metrics
+  assert _records(workdir) == before  # No "resume" event, nothing else.
 
 
 def test_load_variables_returns_config_and_float32_params(tiny_run):
@@ -192,8 +200,16 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_a_checkpoint(
     num_epochs=1,
     checkpoint_every_steps=1,
   )
-  with pytest.raises(FloatingPointError, match=r"non-finite loss .* step \d"):
+  with pytest.raises(
+    train.NonFiniteLossError, match=r"non-finite loss .* step \d"
+  ) as info:
     train.train_and_evaluate(config, tmp_path)
+  error = info.value
+  assert isinstance(error, FloatingPointError)
+  assert error.step >= 1 and not np.isfinite(error.loss)
+  assert f"at step {error.step}" in str(error)
+  copy = pickle.loads(pickle.dumps(error))
+  assert (copy.step, str(copy)) == (error.step, str(error))
   _, variables = train.load_variables(tmp_path)
   leaves = jax.tree_util.tree_leaves(variables["params"])
   assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
@@ -359,25 +375,65 @@ def test_load_variables_of_an_empty_workdir_is_a_clear_error(tmp_path):
 
 
 def test_prepare_starts_where_train_and_evaluate_starts(monkeypatch, tmp_path):
+  from equivlab.training import loop  # noqa: PLC0415
   from equivlab.training import state as state_lib  # noqa: PLC0415
 
-  made = []
+  made, prepared, built = [], [], []
   original = state_lib.create_train_state
+  original_prepare, original_build = loop.prepare, state_lib.build_model
 
   def recording(*args, **kwargs):
     made.append(original(*args, **kwargs))
     return made[-1]
 
+  def preparing(*args, **kwargs):
+    prepared.append(kwargs)
+    return original_prepare(*args, **kwargs)
+
+  def building(*args, **kwargs):
+    built.append(args)
+    return original_build(*args, **kwargs)
+
   monkeypatch.setattr(state_lib, "create_train_state", recording)
+  monkeypatch.setattr(state_lib, "build_model", building)
+  monkeypatch.setattr(loop, "prepare", preparing)
   config = dataclasses.replace(TINY, num_epochs=1, num_devices=1)
   train.train_and_evaluate(config, tmp_path)
+  # The loop starts through `prepare`, with its optimizer and the model it
+  # built once.
   (engine_start,) = made
-  prepared, _ = train.prepare(config, np.zeros((2, 28, 28, 1), np.float32))
-  chex.assert_trees_all_equal(prepared, engine_start)
+  ((start,),) = (prepared,)
+  assert start["tx"] is not None and start["model"] is not None
+  assert len(built) == 1
+  again, _ = train.prepare(config, np.zeros((2, 28, 28, 1), np.float32))
+  chex.assert_trees_all_equal(again, engine_start)
+
+
+def test_training_loss_is_the_data_loss_plus_the_penalty():
+  config = dataclasses.replace(TINY, num_classes=10)
+  state, _ = _state(config)
+  model = train.build_model(config)
+  batch = _batch()
+  logits = model.apply({"params": state.params}, batch["image"])
+  one_hot = jax.nn.one_hot(batch["label"], 10)
+  squares = sum(
+    jnp.sum(jnp.square(w))
+    for w in jax.tree_util.tree_leaves(state.params)
+    if w.ndim >= 2
+  )
+  spec = train.StepSpec(loss="mse", l2=0.01)
+  loss, aux = train.training_loss(
+    model, state.params, batch["image"], batch["label"], spec=spec
+  )
+  data_loss = jnp.mean(jnp.square(logits - one_hot))
+  np.testing.assert_allclose(aux.data_loss, data_loss, rtol=1e-6)
+  np.testing.assert_allclose(loss, data_loss + 0.005 * squares, rtol=1e-6)
+  np.testing.assert_allclose(aux.logits, logits, rtol=1e-6)
+  assert aux.batch_stats == {}
 
 
 # ---------------------------------------------------------------------------
-# float16 compute with dynamic loss scaling (issue 16 item 1).
+# float16 compute with dynamic loss scaling.
 # ---------------------------------------------------------------------------
 
 FLOAT16 = dataclasses.replace(
@@ -584,3 +640,47 @@ def test_workdir_from_before_the_loss_scale_fields_still_resumes(
   other = dataclasses.replace(config, loss_scale_period=7)
   with pytest.raises(ValueError, match="loss_scale_period: saved 2000"):
     train.train_and_evaluate(other, tmp_path)
+
+
+def test_from_fields_takes_the_fields_named_as_a_configs():
+  @dataclasses.dataclass(frozen=True)
+  class Study:
+    num_epochs: int = 3
+    batch_size: int = 16
+    width: int = 7  # not a TrainConfig field: ignored
+
+  config = train.TrainConfig.from_fields(Study(), schedule="cosine")
+  assert (config.num_epochs, config.batch_size) == (3, 16)
+  assert config.schedule == "cosine" and not hasattr(config, "width")
+  mapped = train.TrainConfig.from_fields({"learning_rate": 0.5, "x": 1})
+  assert mapped.learning_rate == 0.5
+  with pytest.raises(ValueError, match="num_epochs must be an int >= 1"):
+    train.TrainConfig.from_fields(Study(num_epochs=0))
+  with pytest.raises(TypeError, match="dataclass instance or a mapping"):
+    train.TrainConfig.from_fields(Study)
+
+
+def test_read_metrics_reads_the_records_of_a_kind(tiny_run):
+  workdir, metrics = tiny_run
+  epochs = train.read_metrics(workdir, "epoch")
+  assert [r["step"] for r in epochs] == [8, 16]
+  assert epochs[-1]["test_accuracy"] == metrics["test_accuracy"]
+  assert len(train.read_metrics(workdir)) > len(epochs)
+
+
+def test_init_key_is_the_key_a_run_starts_from(monkeypatch, tmp_path):
+  from equivlab.training import state as state_lib  # noqa: PLC0415
+
+  keys = []
+  original = state_lib.create_train_state
+
+  def recording(key, *args, **kwargs):
+    keys.append(np.asarray(key))
+    return original(key, *args, **kwargs)
+
+  monkeypatch.setattr(state_lib, "create_train_state", recording)
+  config = dataclasses.replace(TINY, num_epochs=1, num_devices=1, seed=3)
+  train.train_and_evaluate(config, tmp_path)
+  np.testing.assert_array_equal(keys[0], train.init_key(config))
+  other = train.init_key(dataclasses.replace(config, seed=4))
+  assert not np.array_equal(keys[0], other)

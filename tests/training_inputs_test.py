@@ -127,7 +127,12 @@ def test_a_workdir_from_another_model_is_refused(tmp_path):
       return nn.Dense(10)(nn.relu(nn.Dense(self.width)(x.reshape(len(x), -1))))
 
   train.train_and_evaluate(TINY, tmp_path, model=Tiny())
-  with pytest.raises(ValueError, match="holds a checkpoint of model"):
+  with pytest.raises(
+    ValueError,
+    match=r"holds a checkpoint of custom model Tiny\(width=4\) \(class "
+    r"training_inputs_test\..*<locals>\.Tiny\), but this run trains custom "
+    r"model Tiny\(width=8\)",
+  ):
     train.train_and_evaluate(TINY, tmp_path, model=Tiny(width=8))
   again = train.train_and_evaluate(TINY, tmp_path, model=Tiny())
   assert again.history[-1]["epoch"] == 1

@@ -3,8 +3,8 @@
 Pure functions on pytrees and arrays, for any flax linen model:
 
 - `layer_gradient_norms`: the L2 norm of the gradient of each layer's
-  kernel (seed 004 2(c): vanishing gradients show as norms that shrink
-  towards the input).
+  kernel (vanishing gradients show as norms that shrink towards the
+  input; Glorot & Bengio, AISTATS 2010).
 - `intermediates`: every submodule's output, in call order, through
   flax's `capture_intermediates`.
 - `activation_slope`, `saturated_fraction`, `mean_slope`: what an
@@ -18,10 +18,11 @@ Pure functions on pytrees and arrays, for any flax linen model:
   `models.DeepCNN` are: per-layer gradient norms of the training loss,
   saturated fractions and mean slopes of every hidden layer, at one
   fixed batch, in one jitted call.
+- `residual_bytes`: the memory the backward pass of the training loss
+  keeps (the residuals of `jax.vjp`), from shapes alone.
 - `shift_equivariance_error`: how far a layer's output on a shifted input
-  is from a shifted copy of its output on the original input (seed 002
-  problem 1(3), seed 003 question 3: convolutions commute with shifts, the
-  dense head does not).
+  is from a shifted copy of its output on the original input
+  (convolutions commute with shifts, the dense head does not).
 """
 
 import re
@@ -33,12 +34,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import traverse_util
 
 from equivlab import checks
 from equivlab.nn import initializers
 from equivlab.ops import xla_options
+from equivlab.training import steps
 
 _TINY = 1e-30
 # A unit is saturated when act'(z) < SATURATION_THRESHOLD * act'(0+).
@@ -267,11 +268,13 @@ def loss_gradients(
   images: jax.Array,
   labels: jax.Array,
 ) -> Any:
-  """Gradient of the mean softmax cross-entropy w.r.t. the parameters.
+  """Gradient of the engine's training loss w.r.t. the parameters.
 
-  The model runs as it trains (`train=True`; batch norm normalises with
-  the batch's own statistics), so these are the gradients an optimizer
-  step at this batch would see (before any L2 penalty).
+  The loss is `equivlab.training.training_loss` with its defaults (mean
+  softmax cross-entropy, no penalty, float32): the model runs as it trains
+  (`train=True`; batch norm normalises with the batch's own statistics),
+  so these are the gradients an optimizer step at this batch would see
+  (before any L2 penalty).
 
   Args:
     model: a flax module mapping images to logits `[N, K]`.
@@ -282,21 +285,61 @@ def loss_gradients(
   Returns:
     A pytree shaped like `variables["params"]`.
   """
+  grads, _ = jax.grad(steps.training_loss, argnums=1, has_aux=True)(
+    model,
+    variables["params"],
+    images,
+    labels,
+    batch_stats=variables.get("batch_stats"),
+  )
+  return grads
 
-  def loss(params):
-    logits, _ = model.apply(
-      {**variables, "params": params},
-      images,
-      train=True,
-      mutable=["batch_stats"],
-    )
-    return jnp.mean(
-      optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), labels
-      )
-    )
 
-  return jax.grad(loss)(variables["params"])
+def residual_bytes(
+  model: nn.Module,
+  variables: Mapping[str, Any],
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  compute_dtype: str = "float32",
+) -> int:
+  """Bytes the backward pass of the engine's training loss keeps.
+
+  The leaves of `jax.vjp`'s backward function of
+  `equivlab.training.training_loss` are the residuals of the forward pass
+  (activations, masks, the compute-precision weights): what JAX asks any
+  backend to hold between the forward and the backward pass.
+  `jax.eval_shape` gives their sizes without running anything.
+
+  Args:
+    model: a flax module taking `(x, train=True)`.
+    variables: its variables (float32 "params", maybe "batch_stats").
+    images: `[N, H, W, C]`.
+    labels: int `[N]`.
+    compute_dtype: the precision of the forward and backward passes
+      ("float32", "bfloat16" or "float16").
+
+  Returns:
+    The total size of the residuals in bytes.
+  """
+  spec = steps.StepSpec(compute_dtype=compute_dtype)
+
+  def residuals(params):
+    def loss(params):
+      return steps.training_loss(
+        model,
+        params,
+        images,
+        labels,
+        batch_stats=variables.get("batch_stats"),
+        spec=spec,
+        dropout_key=jax.random.key(0),
+      )[0]
+
+    return jax.tree_util.tree_leaves(jax.vjp(loss, params)[1])
+
+  shapes = jax.eval_shape(residuals, variables["params"])
+  return int(sum(s.size * np.dtype(s.dtype).itemsize for s in shapes))
 
 
 def make_probe(
@@ -305,7 +348,7 @@ def make_probe(
   *,
   threshold: float = SATURATION_THRESHOLD,
 ) -> Callable[..., dict[str, dict[str, jax.Array]]]:
-  """A jitted probe of a model's variables at one batch (seed 004 2(c)).
+  """A jitted probe of a model's variables at one batch.
 
   The model's hidden layers must be named "layer_00", ... (with optional
   "bn_00", ...), as in `models.DeepMLP` and `models.DeepCNN`.

@@ -1,7 +1,7 @@
 """Lifting and group convolutions for p4 and p4m, as pure functions.
 
 Cohen & Welling, "Group Equivariant Convolutional Networks" (ICML 2016);
-seed 000 part 1: `[f * psi](g) = sum_h sum_k f_k(h) psi_k(g^-1 h)`.
+the G-correlation `[f * psi](g) = sum_h sum_k f_k(h) psi_k(g^-1 h)`.
 
 Conventions (DESIGN.md). Arrays are NHWC and a group feature map carries the
 group axis last: `[N, H, W, C, 4]` (p4) or `[N, H, W, C, 8]` (p4m).

@@ -5,16 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from equivlab import groups
-from equivlab.gconv.padding import check_rank
-
-
-def check_rotation(k) -> int:
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-    raise ValueError(
-      f"rotation k must be a Python or NumPy integer (a number of 90 degree "
-      f"steps), got {k!r} of type {type(k).__name__}."
-    )
-  return int(k) % 4
+from equivlab.gconv.padding import check_rank, check_rotation
 
 
 def rotate_z2(x: jax.Array, k: int) -> jax.Array:

@@ -141,7 +141,7 @@ def padding_amounts(
 def output_size(
   size: int, kernel: int, stride: int, padding: Padding, dilation: int = 1
 ) -> int:
-  """`floor((n + lo + hi - k') / s) + 1` (the H axis; seed 001 has it right).
+  """`floor((n + lo + hi - k') / s) + 1` (the H axis).
 
   `k' = d * (k - 1) + 1` is the span of the kernel at dilation d.
   """

@@ -3,9 +3,11 @@
 - `Checkpointer` wraps an orbax `CheckpointManager` on
   `<workdir>/checkpoints`. `restore_latest` restores the newest checkpoint
   that can be read; one that cannot (truncated data, an emptied metadata
-  file) is reported in one log line naming its step and why, moved to
-  `<workdir>/damaged_checkpoints/`, and the next older one is tried; with
-  none left the run starts over and says so. A save returns once the
+  file) is moved to `<workdir>/damaged_checkpoints/` and the next older
+  one is tried; one warning line names the damaged steps, why, and the
+  step used instead (or that the run starts over). orbax's event loops
+  finish every task they start, so a failed read leaves nothing to
+  print later, and orbax's own log notes stay out. A save returns once the
   checkpoint is on disk and turns any failure to write (disk full,
   read-only, the workdir a file) into one `CheckpointWriteError` naming
   the path, leaving no temporary directory behind. Runs in several threads
@@ -19,6 +21,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import datetime
@@ -40,6 +43,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint._src import asyncio_utils
 
 from equivlab import parallel
 
@@ -204,14 +208,88 @@ def _read_holder(handle, default: str | None = "pid unknown") -> str | None:
     return default if default is None else f"unreadable lock file: {text!r}"
 
 
+def _cancel_pending(loop: asyncio.AbstractEventLoop) -> None:
+  """Cancels the loop's unfinished tasks and runs them to their end."""
+  for _ in range(3):  # all_tasks may race with loops of other threads
+    try:
+      pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+      break
+    except RuntimeError:
+      continue
+  else:
+    return
+  for task in pending:
+    task.cancel()
+  if pending:
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
+def _run_until_settled(coro):
+  """Runs `coro` in a fresh event loop that ends no task half-way.
+
+  orbax runs each operation in a fresh event loop and closes it as soon as
+  the operation's coroutine returns or raises. When one read of a damaged
+  checkpoint fails, the operation raises while its sibling reads are still
+  pending; a loop closed around them leaves tasks that are destroyed
+  later, each printed as "Task was destroyed but it is pending!" and
+  "Exception ignored in: <coroutine ...>". Here the loop cancels them and
+  lets them finish, and shuts its async generators down, before it
+  closes.
+  """
+  loop = asyncio.new_event_loop()
+  try:
+    asyncio.set_event_loop(loop)
+    return loop.run_until_complete(coro)
+  finally:
+    try:
+      _cancel_pending(loop)
+      loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+      asyncio.set_event_loop(None)
+      loop.close()
+
+
+@contextlib.contextmanager
+def settled_event_loops():
+  """orbax's synchronous operations run in `_run_until_settled` loops.
+
+  orbax's `asyncio_utils.run_sync` runs a coroutine with
+  `_run_sync_via_new_loop` when no loop is running; inside this context
+  that function is `_run_until_settled`. Not reentrant across threads:
+  `Checkpointer` enters it only while holding its turn.
+  """
+  original = getattr(asyncio_utils, "_run_sync_via_new_loop", None)
+  if original is None:  # another orbax version: nothing to replace
+    yield
+    return
+  asyncio_utils._run_sync_via_new_loop = _run_until_settled
+  try:
+    yield
+  finally:
+    asyncio_utils._run_sync_via_new_loop = original
+
+
+@contextlib.contextmanager
+def _absl_warnings_off():
+  """Drops absl's WARNING records (orbax's notes on read-only managers)."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def without_closed_loop_noise(hook: Callable[[Any], None]):
   """`hook` (a `sys.unraisablehook`) minus tensorstore's closed-loop noise.
 
-  When one read of a damaged checkpoint (or one write to a full disk)
-  fails, tensorstore's other pending operations finish on an event loop
-  orbax has already closed; Python prints each as an "Exception ignored
-  ... Event loop is closed" traceback through `sys.unraisablehook`. The
-  returned hook drops exactly those and passes everything else to `hook`.
+  A tensorstore read or write cancelled with its task (see
+  `_run_until_settled`) may still complete in tensorstore's own thread and
+  try to wake the loop that was waiting for it, which is closed by then;
+  Python reports that through `sys.unraisablehook` as "Exception ignored
+  ... Event loop is closed". The returned hook drops exactly those and
+  passes everything else to `hook`.
   """
 
   def filtered(unraisable):
@@ -225,18 +303,18 @@ def without_closed_loop_noise(hook: Callable[[Any], None]):
 
 @contextlib.contextmanager
 def _quiet_failed_io(collect: bool = False):
-  """`without_closed_loop_noise` while inside; failed operations finalised.
+  """Settled event loops and `without_closed_loop_noise` while inside.
 
   Only a failure leaves operations to finalise, and a full collection
   costs 0.1-1 s in a large process, so it runs on the way out of an
   exception, and on every exit once `collect` is set (a `Checkpointer`
-  sets it after its first failure: the failed operations' stragglers
-  finish later, and must be collected while the filter is on).
+  sets it after its first failure).
   """
   previous = sys.unraisablehook
   sys.unraisablehook = without_closed_loop_noise(previous)
   try:
-    yield
+    with settled_event_loops(), _absl_warnings_off():
+      yield
   except BaseException:
     gc.collect()  # Finalise the failed operations while the filter is on.
     raise
@@ -298,13 +376,15 @@ class Checkpointer:
     if parallel.is_primary() and not read_only:
       ensure_directory(self.workdir)
     options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep,
+      # What orbax sets (and logs that it sets) for a read-only manager.
+      max_to_keep=None if read_only else max_to_keep,
+      save_interval_steps=0 if read_only else 1,
       create=not read_only,
       read_only=read_only,
       cleanup_tmp_directories=not read_only,
     )
     try:
-      with _ORBAX_TURN:
+      with _ORBAX_TURN, _absl_warnings_off():
         self._manager = ocp.CheckpointManager(self.directory, options=options)
     except OSError as error:
       raise CheckpointWriteError(
@@ -345,8 +425,7 @@ class Checkpointer:
         with self._quiet():
           meta = self._restore_meta(step)
       except Exception as error:  # noqa: BLE001 (any failure: try older)
-        self._report(step, error)
-        damaged.append(step)
+        damaged.append((step, _reason(error)))
         continue
       if check_meta is not None:
         check_meta(meta)
@@ -357,20 +436,38 @@ class Checkpointer:
             args=ocp.args.Composite(state=ocp.args.StandardRestore(target)),
           ).state
       except Exception as error:  # noqa: BLE001
-        self._report(step, error)
-        damaged.append(step)
+        damaged.append((step, _reason(error)))
         continue
       restored = Restored(step=step, state=state, meta=meta)
       break
-    if damaged and set_aside:
-      self._set_aside(damaged)
-    if restored is None and damaged:
-      logging.warning(
-        "No intact checkpoint in %s: %s.",
-        self.directory,
-        "starting over from step 0" if set_aside else "none can be read",
-      )
+    if damaged:
+      aside = self._set_aside([s for s, _ in damaged]) if set_aside else None
+      self._report(damaged, restored, aside, set_aside)
     return restored
+
+  def _report(self, damaged, restored, aside, set_aside) -> None:
+    """One warning line: the damaged steps, why, and what is used instead."""
+    steps = ", ".join(str(s) for s, _ in damaged)
+    head = f"Checkpoint{'s' if len(damaged) > 1 else ''} at step"
+    head += f"{'s' if len(damaged) > 1 else ''} {steps}"
+    reasons = "; ".join(
+      reason if len(damaged) == 1 else f"{s}: {reason}" for s, reason in damaged
+    )
+    moved = f", moved to {aside}" if aside else ""
+    if restored is not None:
+      outcome = f"using step {restored.step} instead"
+    elif set_aside:
+      outcome = "no intact checkpoint is left: starting over from step 0"
+    else:
+      outcome = "no intact checkpoint is left: none can be read"
+    logging.warning(
+      "%s in %s cannot be restored (%s)%s; %s.",
+      head,
+      self.directory,
+      reasons,
+      moved,
+      outcome,
+    )
 
   @_in_turn
   def restore(self, step: int, target: Any = None) -> Restored:
@@ -382,15 +479,6 @@ class Checkpointer:
       ).state
     return Restored(step=step, state=state, meta=meta)
 
-  def _report(self, step: int, error: BaseException) -> None:
-    logging.warning(
-      "Checkpoint at step %d in %s cannot be restored (%s); trying an older "
-      "one.",
-      step,
-      self.directory,
-      _reason(error),
-    )
-
   def _restore_meta(self, step: int) -> dict[str, Any]:
     meta = self._manager.restore(
       step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
@@ -399,21 +487,25 @@ class Checkpointer:
       raise ValueError(f"its metadata is not a JSON object: {meta!r}")
     return meta
 
-  def _set_aside(self, steps: list[int]) -> None:
-    """Moves damaged step folders out of orbax's sight, keeping them."""
+  def _set_aside(self, steps: list[int]) -> pathlib.Path:
+    """Moves damaged step folders out of orbax's sight, keeping them.
+
+    Returns:
+      The directory they are moved to, `<workdir>/damaged_checkpoints`
+      (each as `<step>-<time stamp>`).
+    """
+    aside = self.workdir / "damaged_checkpoints"
     if parallel.is_primary():
-      aside = self.workdir / "damaged_checkpoints"
       aside.mkdir(exist_ok=True)
       stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
       for step in steps:
-        target = aside / f"{step}-{stamp}"
-        shutil.move(str(self.directory / str(step)), target)
-        logging.warning("Moved the damaged checkpoint %d to %s.", step, target)
+        shutil.move(str(self.directory / str(step)), aside / f"{step}-{stamp}")
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # noqa: PLC0415
 
       multihost_utils.sync_global_devices("equivlab_damaged_checkpoints")
     self._manager.reload()
+    return aside
 
   @_in_turn
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:

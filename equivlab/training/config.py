@@ -43,16 +43,20 @@ class TrainConfig:
   """Everything a training run depends on; every field has a default.
 
   Attributes:
-    model: a name for `equivlab.nn.models.get_model` ("mlp", "cnn", ...). When
-      `train_and_evaluate` is given a module (`model=`), this is only the
-      run's label.
-    model_kwargs: keyword arguments of the named model, as a mapping or a
-      tuple of `(name, value)` pairs (stored as sorted pairs: hashable).
+    model: a name for `equivlab.nn.models.get_model` ("mlp", "cnn", ...),
+      or "custom" for a module of the user's own. `train_and_evaluate`
+      given a module (`model=`) records it as "custom", with its class in
+      `model_class` and its JSON-able attributes in `model_kwargs`.
+    model_kwargs: keyword arguments of the model, as a mapping or a tuple
+      of `(name, value)` pairs (stored as sorted pairs: hashable).
+    model_class: the import path of a "custom" model's class,
+      "package.module.QualName" (None for a named model); with it,
+      `equivlab.training.build_model` rebuilds the module.
     dataset: a name for `equivlab.data.load_dataset`; its "train" split
       trains, its "test" split evaluates.
     extra_eval_datasets: more data sets whose "test" split is evaluated
       after every epoch, reported as `"<name>/test_loss"` and
-      `"<name>/test_accuracy"` (e.g. "embedded_shift4" for seed 003).
+      `"<name>/test_accuracy"` (e.g. "embedded_shift4").
     train_limit: use only the first `train_limit` training examples.
     test_limit: use only the first `test_limit` test examples.
     data_dir: tfds data directory (or the embedded cache directory).
@@ -109,6 +113,7 @@ class TrainConfig:
 
   model: str = "mlp"
   model_kwargs: Any = ()
+  model_class: str | None = None
   dataset: str = "embedded"
   extra_eval_datasets: tuple[str, ...] = ()
   train_limit: int | None = None
@@ -157,6 +162,43 @@ class TrainConfig:
     fields["model_kwargs"] = [[k, v] for k, v in self.model_kwargs]
     fields["extra_eval_datasets"] = list(self.extra_eval_datasets)
     return json.loads(json.dumps(fields, default=repr))
+
+  @classmethod
+  def from_fields(cls, source: Any, /, **overrides: Any) -> TrainConfig:
+    """The config of a study: the fields of `source` named as a config's.
+
+    An experiment declares the training options it shares with the engine
+    (`num_epochs`, `batch_size`, `learning_rate`, `train_limit`,
+    `dataset`, `seed`, ...) under the engine's names, so they mean the same
+    thing everywhere and are checked in one place: here.
+
+    Args:
+      source: a dataclass instance or a mapping; its entries whose names
+        are `TrainConfig` fields are taken, the others ignored.
+      **overrides: fields set on top (the study's fixed choices).
+
+    Returns:
+      The checked `TrainConfig`.
+
+    Raises:
+      TypeError: if `source` is neither a dataclass instance nor a
+        mapping, or a field is of the wrong kind.
+      ValueError: naming the first bad field (see `validate_config`).
+    """
+    if dataclasses.is_dataclass(source) and not isinstance(source, type):
+      values = {
+        f.name: getattr(source, f.name) for f in dataclasses.fields(source)
+      }
+    elif isinstance(source, Mapping):
+      values = dict(source)
+    else:
+      raise TypeError(
+        "source must be a dataclass instance or a mapping, got "
+        f"{type(source).__name__}."
+      )
+    names = {f.name for f in dataclasses.fields(cls)}
+    taken = {k: v for k, v in values.items() if k in names}
+    return cls(**{**taken, **overrides})
 
   @classmethod
   def from_json(cls, fields: Mapping[str, Any]) -> TrainConfig:
@@ -240,6 +282,25 @@ def check_checkpoint_cadence(config: Any) -> None:
   )
 
 
+def _check_model_class(config: TrainConfig) -> None:
+  path = config.model_class
+  if path is None:
+    return
+  if config.model != "custom":
+    raise ValueError(
+      f"model_class is only for model 'custom', got model {config.model!r} "
+      f"with model_class {path!r}; set model='custom' or model_class=None."
+    )
+  parts = path.split(".") if isinstance(path, str) else []
+  if len(parts) < 2 or not all(
+    p.isidentifier() or p == "<locals>" for p in parts
+  ):
+    raise ValueError(
+      "model_class must be an import path 'package.module.ClassName', got "
+      f"{path!r}."
+    )
+
+
 def validate_config(config: TrainConfig) -> None:
   """Checks every field of `config` that can be checked without data.
 
@@ -287,6 +348,7 @@ def validate_config(config: TrainConfig) -> None:
       )
   if not isinstance(config.model, str) or not config.model:
     raise ValueError(f"model must be a non-empty str, got {config.model!r}.")
+  _check_model_class(config)
   if not isinstance(config.dataset, str) or not config.dataset:
     raise ValueError(
       f"dataset must be a non-empty str, got {config.dataset!r}."

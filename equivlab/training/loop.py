@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import pathlib
-import re
 import time
 from typing import Any
 
@@ -64,6 +63,27 @@ class _Run:
     return parallel.is_primary()
 
 
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite; the run stopped.
+
+  Attributes:
+    step: the step (counting from 1) whose loss was not finite.
+    loss: that loss (nan, inf or -inf).
+  """
+
+  def __init__(self, message: str, *, step: int, loss: float):
+    super().__init__(message)
+    self.step = step
+    self.loss = loss
+
+  def __reduce__(self):
+    return _rebuild_non_finite, (str(self), self.step, self.loss)
+
+
+def _rebuild_non_finite(message: str, step: int, loss: float):
+  return NonFiniteLossError(message, step=step, loss=loss)
+
+
 def _empty_sums() -> dict[str, float]:
   return {"loss": 0.0, "accuracy": 0.0, "count": 0}
 
@@ -103,8 +123,9 @@ def train_and_evaluate(
     checkpoint.WorkdirInUseError: if another live run uses `workdir`.
     checkpoint.CheckpointWriteError: if a checkpoint or metrics file cannot
       be written (disk full, read-only, a file in the way).
-    FloatingPointError: if the loss becomes non-finite (the message names
-      the step); the last good checkpoint stays in the workdir.
+    NonFiniteLossError: (a `FloatingPointError`) if the loss becomes
+      non-finite, with the step and the loss as `.step` and `.loss`; the
+      last good checkpoint stays in the workdir.
   """
   if not isinstance(config, TrainConfig):
     raise TypeError(
@@ -114,9 +135,15 @@ def train_and_evaluate(
   named = model is None
   model = state.build_model(config) if named else state.check_module(model)
   train, test_sets = _load_data(config)
+  given_classes = config.num_classes
   config = _resolve_classes(config, train[1], test_sets)
-  if named:
-    model = state.build_model(config)
+  if not named and given_classes is None:
+    config = _classes_of_module(config, model, train[0][:2])
+  if named and config.model != "custom":
+    if model.num_classes != config.num_classes:  # taken from the labels
+      model = model.clone(num_classes=config.num_classes)
+  else:
+    config = state.record_module(config, model)
   mesh = parallel.make_mesh(config.num_devices)
   _check_batching(config, len(train[1]), mesh.devices.size)
   _check_augmentation(config, train[0].shape)
@@ -126,7 +153,7 @@ def train_and_evaluate(
     lock or _nothing(),
     checkpoint.Checkpointer(workdir, config.max_checkpoints) as checkpointer,
   ):
-    run = _start(config, model, named, workdir, mesh, checkpointer, train[0])
+    run = _start(config, model, workdir, mesh, checkpointer, train[0])
     try:
       _train_epochs(run, train, test_sets)
       checkpointer.wait()
@@ -155,29 +182,37 @@ def prepare(
   sample_input: Any,
   *,
   model: nn.Module | None = None,
+  tx: Any = None,
   total_steps: int | None = None,
   key: jax.Array | None = None,
 ) -> tuple[state.TrainState, steps.Steps]:
-  """A fresh state and the jitted steps of `config`, outside the loop.
+  """A fresh state and the jitted steps of `config`.
 
-  For benchmarks, notebooks and tests that drive the steps themselves:
-  `train_and_evaluate` does the same and then loops.
+  `train_and_evaluate` starts every run with it; benchmarks, notebooks and
+  tests that drive the steps themselves call it too.
 
   Args:
-    config: the settings (model name when `model` is None, optimizer, step
-      settings).
+    config: the settings (the model when `model` is None, the optimizer
+      when `tx` is None, the step settings).
     sample_input: images `[N, H, W, C]` of the size the model will see.
-    model: any flax module; None builds `config.model`.
-    total_steps: the run's length, for the decaying schedules (default 1).
+    model: any flax module; None builds `config`'s (`build_model`).
+    tx: the optimizer; None builds `config`'s over `total_steps`.
+    total_steps: the run's length, for the decaying schedules (default 1;
+      unused when `tx` is given).
     key: the initialisation key (default: `init_key(config)`, the key
       `train_and_evaluate` starts from, so both begin at the same state).
 
   Returns:
     `(state, steps)`: a `TrainState` at step 0 and `Steps(train_step,
     eval_step)`.
+
+  Raises:
+    ValueError: if the model does not map `sample_input` to logits
+      `[N, num_classes]` (see `create_train_state`).
   """
   model = state.build_model(config) if model is None else model
-  tx, _ = optimizers.make_optimizer(config, total_steps or 1)
+  if tx is None:
+    tx, _ = optimizers.make_optimizer(config, total_steps or 1)
   key = init_key(config) if key is None else key
   initial = state.create_train_state(
     key, config, sample_input, model=model, tx=tx
@@ -188,7 +223,11 @@ def prepare(
 
 
 def init_key(config: TrainConfig) -> jax.Array:
-  """The key a run's parameters (and its state's key) are made from."""
+  """The key a run's parameters (and its state's key) are made from.
+
+  `create_train_state(init_key(config), config, images[:2])` is the state
+  `train_and_evaluate(config, ...)` starts from.
+  """
   return jax.random.split(jax.random.PRNGKey(config.seed))[0]
 
 
@@ -211,6 +250,23 @@ def _load_data(config: TrainConfig) -> tuple[Arrays, dict[str, Arrays]]:
   for name in config.extra_eval_datasets:
     test_sets[f"{name}/test"] = load(name, "test", config.test_limit)
   return train, test_sets
+
+
+def _classes_of_module(
+  config: TrainConfig, model: nn.Module, images: np.ndarray
+) -> TrainConfig:
+  """`config` with `num_classes` raised to the width of `model`'s logits.
+
+  For a module of the user's own when `num_classes` was taken from the
+  labels: a subset of the data may lack the last classes. Computed from
+  shapes only (`jax.eval_shape`); an output that is not `[N, K]`, or
+  narrower than the labels need, is left to `create_train_state` to
+  report.
+  """
+  shape = state.output_shape(model, images)
+  if len(shape) != 2 or shape[-1] <= config.num_classes:
+    return config
+  return dataclasses.replace(config, num_classes=int(shape[-1]))
 
 
 def _resolve_classes(
@@ -268,36 +324,17 @@ def _check_augmentation(config: TrainConfig, shape: tuple[int, ...]) -> None:
     )
 
 
-def model_fingerprint(model: nn.Module) -> str:
-  """The module's class and attributes, e.g. "CNN(features=(4,), ...)".
-
-  What a resumed run compares to know it trains the same model (memory
-  addresses in the reprs of function attributes left out).
-  """
-  attributes = ", ".join(
-    f"{f.name}={getattr(model, f.name)!r}"
-    for f in dataclasses.fields(model)
-    if f.init and f.name not in ("parent", "name")
-  )
-  text = f"{type(model).__name__}({attributes})"
-  return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
-
-
-def _start(
-  config, model, named, workdir, mesh, checkpointer, train_images
-) -> _Run:
-  """Builds the state and the steps, and restores the newest checkpoint."""
+def _start(config, model, workdir, mesh, checkpointer, train_images) -> _Run:
+  """Prepares the state and the steps, and restores the newest checkpoint."""
   steps_per_epoch = len(train_images) // config.batch_size
   total_steps = steps_per_epoch * config.num_epochs
   tx, schedule = optimizers.make_optimizer(config, total_steps)
-  initial = state.create_train_state(
-    init_key(config), config, train_images[:2], model=model, tx=tx
-  )
+  initial, run_steps = prepare(config, train_images[:2], model=model, tx=tx)
   run = _Run(
     config=config,
     workdir=workdir,
     mesh=mesh,
-    steps=steps.make_steps(model, tx, steps.StepSpec.from_config(config)),
+    steps=run_steps,
     schedule=schedule,
     state=parallel.replicate(initial, mesh),
     checkpointer=checkpointer,
@@ -305,8 +342,9 @@ def _start(
     total_steps=total_steps,
     meta_config={
       **config.to_json(),
-      "model_fingerprint": model_fingerprint(model),
+      "model_fingerprint": state.model_fingerprint(model),
     },
+    label=type(model).__name__ if config.model == "custom" else config.model,
     sums=_empty_sums(),
   )
   _restore(run)
@@ -317,7 +355,7 @@ def _start(
         json.dumps(run.meta_config, indent=2) + "\n"
       )
   run.writer = metrics.MetricWriter(workdir, run.step, run.primary)
-  if run.step:
+  if 0 < run.step < run.total_steps:
     run.writer.write({"kind": "resume", "step": run.step}, "events")
   return run
 
@@ -358,14 +396,12 @@ def _check_same_run(meta: dict[str, Any], run: _Run) -> None:
       f"workdir {run.workdir} holds a checkpoint that was not written by "
       "equivlab.train; use a fresh workdir."
     )
-  keys = ("model", "model_kwargs", "model_fingerprint")
+  keys = ("model", "model_kwargs", "model_class", "model_fingerprint")
   if any(saved.get(k, current[k]) != current[k] for k in keys):
     raise ValueError(
-      f"workdir {run.workdir} holds a checkpoint of model "
-      f"{saved.get('model')!r}, {saved.get('model_fingerprint')}, but this "
-      f"run trains model {current['model']!r}, "
-      f"{current['model_fingerprint']}; use a fresh workdir, or the same "
-      "model to resume."
+      f"workdir {run.workdir} holds a checkpoint of {_describe(saved)}, but "
+      f"this run trains {_describe(current)}; use a fresh workdir, or the "
+      "same model to resume."
     )
   # A field added since the checkpoint was written counts as its default.
   saved = {**TrainConfig().to_json(), **saved}
@@ -384,6 +420,14 @@ def _check_same_run(meta: dict[str, Any], run: _Run) -> None:
       f"workdir {run.workdir} holds a checkpoint of a different run "
       f"({details}); use a fresh workdir, or the same config to resume."
     )
+
+
+def _describe(config: dict[str, Any]) -> str:
+  """The model of a recorded config: its name or class, and its module."""
+  module = config.get("model_fingerprint") or "(module not recorded)"
+  if config.get("model") == "custom":
+    return f"custom model {module} (class {config.get('model_class')})"
+  return f"model {config.get('model')!r}, {module}"
 
 
 def _train_epochs(run: _Run, train: Arrays, test_sets: dict[str, Arrays]):
@@ -477,9 +521,11 @@ def _stop_non_finite(run: _Run, step: int, loss: float) -> None:
     if kept is not None
     else "No checkpoint had been written yet, so the run will start over"
   )
-  raise FloatingPointError(
+  raise NonFiniteLossError(
     f"non-finite loss {loss} at step {step}; training stopped. {where}. "
-    "Lower the learning rate or check the data."
+    "Lower the learning rate or check the data.",
+    step=step,
+    loss=loss,
   )
 
 

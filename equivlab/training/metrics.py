@@ -67,6 +67,24 @@ def evaluate(
   return {"loss": loss_sum / count_sum, "accuracy": correct_sum / count_sum}
 
 
+def read_metrics(
+  workdir: str | pathlib.Path, kind: str | None = None
+) -> list[dict[str, Any]]:
+  """The records of a run's metrics.jsonl, in order.
+
+  Args:
+    workdir: the run's workdir.
+    kind: only the records of this kind ("step", "epoch", "resume");
+      None: all.
+
+  Raises:
+    FileNotFoundError: if the workdir has no metrics.jsonl.
+  """
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in lines if line.strip()]
+  return [r for r in records if kind is None or r.get("kind") == kind]
+
+
 class MetricWriter:
   """metrics.jsonl and TensorBoard events; silent outside process 0.
 

@@ -1,13 +1,16 @@
-"""Regularisation and normalisation, as pure functions (seeds 000, 004).
+"""Regularisation and normalisation, as pure functions.
 
-- Inverted dropout (Srivastava et al. 2014; seed 004 2(f)(i)): keep a unit
-  with probability `1 - rate` and divide by `1 - rate`, so the expected
-  activation is unchanged and evaluation needs no rescaling.
-- The L2 penalty `l2 / 2 * sum w^2` over the weights (seed 004 2(f)(ii))
-  against decoupled weight decay (Loshchilov & Hutter 2019): the same under
-  SGD with `weight_decay = l2`, different under Adam, whose preconditioner
-  also rescales the penalty's gradient.
-- Ensembles average predictions, not parameters (seed 004 4(e)).
+- Inverted dropout (Srivastava et al. 2014): keep a unit with probability
+  `1 - rate` and divide by `1 - rate`, so the expected activation is
+  unchanged and evaluation needs no rescaling.
+- The L2 penalty `l2 / 2 * sum w^2` over the weights (Goodfellow, Bengio
+  & Courville, "Deep Learning", 2016, section 7.1.1) against decoupled
+  weight decay (Loshchilov & Hutter 2019): the same under SGD with
+  `weight_decay = l2`, different under Adam, whose preconditioner also
+  rescales the penalty's gradient.
+- Ensembles average predictions, not parameters (Lakshminarayanan et al.,
+  "Simple and Scalable Predictive Uncertainty Estimation using Deep
+  Ensembles", NeurIPS 2017).
 """
 
 from collections.abc import Callable, Sequence
@@ -58,10 +61,10 @@ def weight_mask(params: PyTree) -> PyTree:
 def l2_penalty(params: PyTree, l2: float) -> jax.Array:
   """`l2 / 2 * sum w^2` over the weights (`weight_mask`) of `params`.
 
-  Seed 004 2(f)(ii)'s penalty `lambda ||theta||^2` is this with
-  `l2 = 2 lambda`; the factor 1/2 makes the penalty's gradient `l2 * w`, so
-  under SGD the penalty and decoupled weight decay with `weight_decay = l2`
-  are the same update.
+  The penalty written `lambda ||theta||^2` is this with `l2 = 2 lambda`;
+  the factor 1/2 makes the penalty's gradient `l2 * w`, so under SGD the
+  penalty and decoupled weight decay with `weight_decay = l2` are the same
+  update.
   """
   mask = jax.tree.leaves(weight_mask(params))
   leaves = [p for p, m in zip(jax.tree.leaves(params), mask, strict=True) if m]
@@ -123,7 +126,7 @@ def decoupled_weight_decay(
 
 
 # ---------------------------------------------------------------------------
-# Ensembles (seed 004 4(e)).
+# Ensembles.
 # ---------------------------------------------------------------------------
 
 
@@ -149,7 +152,7 @@ def ensemble_predict(
   params_list: Sequence[PyTree],
   x: jax.Array,
 ) -> jax.Array:
-  """`g(x) = 1/M sum_m f(x; theta_m)`: the ensemble of seed 004 4(e).
+  """`g(x) = 1/M sum_m f(x; theta_m)`: the average of the members' outputs.
 
   For classifiers, let `f` return probabilities (a softmax), so that `g`
   is the mixture of the members' predictive distributions; averaging

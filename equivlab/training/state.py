@@ -1,5 +1,15 @@
-"""The train state and how a model and its optimizer state are made."""
+"""The train state and how a model and its optimizer state are made.
 
+A run's model is a module from `equivlab.nn.models` named in the config, or
+any flax module of the user's own, recorded in the config as "custom" with
+its import path and JSON-able attributes (`record_module`), so that
+`build_model` can make it again in another process.
+"""
+
+import dataclasses
+import importlib
+import json
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -66,18 +76,114 @@ def initial_loss_scale(config: TrainConfig) -> dict[str, jax.Array]:
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-  """The module named by `config.model`, with `config.model_kwargs`.
+  """The module of `config`: named by `config.model`, or its "custom" class.
+
+  A named model is built by `equivlab.nn.models.get_model` with
+  `config.model_kwargs` and `config.num_classes`; a "custom" one is
+  `config.model_class` imported and called with `config.model_kwargs`.
 
   Raises:
     ValueError: for an unknown name or bad keyword arguments (see
-      `equivlab.nn.models.get_model`), or `num_classes` unresolved.
+      `equivlab.nn.models.get_model`), or a "custom" class that cannot be
+      imported or made from the recorded attributes (pass the module as
+      `model=` instead).
   """
+  if config.model == "custom":
+    return _build_custom(config)
   from equivlab.nn import models  # noqa: PLC0415 (models imports layers, gconv)
 
   return models.get_model(
     config.model,
     num_classes=config.num_classes or 10,
     **dict(config.model_kwargs),
+  )
+
+
+def _build_custom(config: TrainConfig) -> nn.Module:
+  path = config.model_class
+  advice = "; pass the module itself as model= instead."
+  if path is None:
+    raise ValueError(
+      "model 'custom' needs model_class (the import path of its class) to "
+      f"be built from the config{advice}"
+    )
+  cls = _import_class(path)
+  if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    raise ValueError(
+      f"model_class {path!r} cannot be imported as a flax module class{advice}"
+    )
+  try:
+    return cls(**dict(config.model_kwargs))
+  except (TypeError, ValueError) as error:
+    raise ValueError(
+      f"{path} cannot be made from the recorded attributes "
+      f"{dict(config.model_kwargs)}: {error}{advice}"
+    ) from None
+
+
+def _import_class(path: str) -> Any:
+  """The object at `path` ("package.module.Outer.Name"), or None."""
+  parts = path.split(".")
+  for split in range(len(parts) - 1, 0, -1):  # the longest module first
+    try:
+      found = importlib.import_module(".".join(parts[:split]))
+    except ImportError:
+      continue
+    for name in parts[split:]:
+      found = getattr(found, name, None)
+    return found
+  return None
+
+
+def module_fields(model: nn.Module) -> dict[str, Any]:
+  """The module's dataclass attributes (those set at construction)."""
+  return {
+    f.name: getattr(model, f.name)
+    for f in dataclasses.fields(model)
+    if f.init and f.name not in ("parent", "name")
+  }
+
+
+def model_fingerprint(model: nn.Module) -> str:
+  """The module's class and attributes, e.g. "CNN(features=(4,), ...)".
+
+  What a resumed run compares to know it trains the same model (memory
+  addresses in the reprs of function attributes left out).
+  """
+  attributes = ", ".join(f"{k}={v!r}" for k, v in module_fields(model).items())
+  text = f"{type(model).__name__}({attributes})"
+  return re.sub(r" at 0x[0-9a-fA-F]+", "", text)
+
+
+def _json_able(value: Any) -> bool:
+  try:
+    json.dumps(value, allow_nan=False)
+  except (TypeError, ValueError):
+    return False
+  return True
+
+
+def record_module(config: TrainConfig, model: nn.Module) -> TrainConfig:
+  """`config` recording `model` as "custom": its class and attributes.
+
+  Args:
+    config: the run's config.
+    model: the flax module the run trains.
+
+  Returns:
+    `config` with model "custom", `model_class` the module's import path
+    (`type(model).__module__` and its qualified name) and `model_kwargs`
+    the attributes whose values are JSON-able (others, e.g. functions,
+    are left out; `model_fingerprint` names them all).
+  """
+  cls = type(model)
+  return dataclasses.replace(
+    config,
+    model="custom",
+    model_class=f"{cls.__module__}.{cls.__qualname__}",
+    model_kwargs={
+      k: v for k, v in module_fields(model).items() if _json_able(v)
+    },
   )
 
 
@@ -93,6 +199,55 @@ def check_module(model: Any) -> nn.Module:
       f"model must be a flax.linen.Module instance, got {type(model).__name__}."
     )
   return model
+
+
+def output_shape(model: nn.Module, images: Any) -> tuple[int, ...]:
+  """The shape of `model`'s output on `images` (from shapes; no compute)."""
+  sample = jax.ShapeDtypeStruct(np.shape(images), jnp.float32)
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+
+  def apply(key, x):
+    return model.init_with_output(
+      {"params": key, "dropout": key}, x, train=False
+    )[0]
+
+  out = jax.eval_shape(apply, key, sample)
+  return tuple(getattr(out, "shape", ()))
+
+
+def check_logits(
+  model: nn.Module, logits: Any, images: Any, num_classes: int | None
+) -> None:
+  """Raises ValueError unless `logits` are `[N, num_classes]` for `images`.
+
+  Args:
+    model: the module (named in the message).
+    logits: its output on `images` (an array or a `jax.ShapeDtypeStruct`).
+    images: the input `[N, H, W, C]`.
+    num_classes: the number of classes; None checks the rank and N only.
+  """
+  n = np.shape(images)[0]
+  expected = f"[{n}, {num_classes if num_classes else 'num_classes'}]"
+  shape = getattr(logits, "shape", None)
+  dtype = getattr(logits, "dtype", None)
+  fits = (
+    shape is not None
+    and len(shape) == 2
+    and shape[0] == n
+    and (num_classes is None or shape[1] == num_classes)
+    and jnp.issubdtype(dtype, jnp.floating)
+  )
+  if not fits:
+    got = (
+      f"shape {tuple(shape)} ({dtype})"
+      if shape is not None
+      else f"a {type(logits).__name__}"
+    )
+    raise ValueError(
+      f"model {type(model).__name__} must map images of shape "
+      f"{tuple(np.shape(images))} to float logits {expected} (one score "
+      f"per class), got {got}."
+    )
 
 
 def create_train_state(
@@ -125,7 +280,8 @@ def create_train_state(
 
   Raises:
     ValueError: if the input is not `[N, H, W, C]`, the model cannot take
-      it, or a decaying schedule has no `total_steps`.
+      it or does not map it to logits `[N, config.num_classes]`, or a
+      decaying schedule has no `total_steps`.
     TypeError: if `model` is not a flax module.
   """
   model = build_model(config) if model is None else check_module(model)
@@ -140,15 +296,21 @@ def create_train_state(
   sample = jnp.asarray(np.asarray(sample_input[:2]), jnp.float32)
 
   def init(key, x):
-    variables = model.init({"params": key, "dropout": key}, x, train=False)
-    return variables, tx.init(variables["params"])
+    logits, variables = model.init_with_output(
+      {"params": key, "dropout": key}, x, train=False
+    )
+    return variables, tx.init(variables["params"]), logits
 
-  # XLA:CPU compiles the partitionable threefry (jax's default) about ten
-  # times slower than the classic one (10 s against 1 s for a P4CNN's
-  # initialisers); an initialisation runs replicated, so the partitionable
-  # form buys nothing here. The parameters are a fixed function of `key`.
+  # XLA:CPU compiles the partitionable threefry (jax's default) far more
+  # slowly than the classic one for the many small initialisers of a
+  # network; an initialisation runs replicated, so the partitionable form
+  # buys nothing here. The parameters are a fixed function of `key`.
   with jax.threefry_partitionable(False):
-    variables, opt_state = jax.jit(init)(init_key, sample)
+    jitted = jax.jit(init)
+    # The output is checked from its shape before anything runs.
+    _, _, logits = jax.eval_shape(jitted, init_key, sample)
+    check_logits(model, logits, sample, config.num_classes)
+    variables, opt_state, _ = jitted(init_key, sample)
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=variables["params"],

@@ -1,4 +1,8 @@
-"""The jitted train and eval steps, closed over a model and an optimizer.
+"""The training loss and the jitted train and eval steps.
+
+`training_loss` is the one loss of the engine: the train step
+differentiates it, and so do the probes and studies that need the
+gradients a step would see.
 
 `make_steps(model, tx, spec)` builds both once per run: the model's apply
 function, the optimizer and the step settings are closed over before
@@ -144,45 +148,107 @@ def _global_norm(tree: Any) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in leaves))
 
 
+class LossAux(NamedTuple):
+  """What `training_loss` computes beside the loss.
+
+  Attributes:
+    data_loss: float32 scalar, the mean per-example loss (no penalty).
+    logits: float32 `[N, K]`.
+    batch_stats: the updated "batch_stats" collection ({} without one).
+  """
+
+  data_loss: jax.Array
+  logits: jax.Array
+  batch_stats: Any
+
+
+def training_loss(
+  model: nn.Module,
+  params: Any,
+  images: jax.Array,
+  labels: jax.Array,
+  *,
+  batch_stats: Any = None,
+  spec: StepSpec | None = None,
+  dropout_key: jax.Array | None = None,
+) -> tuple[jax.Array, LossAux]:
+  """The loss a train step differentiates, as a function of `params`.
+
+  The model runs as it trains (`train=True`: batch norm normalises with the
+  batch's own statistics and updates them, dropout draws from
+  `dropout_key`) in `spec.compute_dtype` (the parameters and images cast
+  to it, the logits cast back to float32); the loss is the mean of
+  `spec.loss` over the batch plus `regularization.l2_penalty(params,
+  spec.l2)`. Differentiate it with `jax.grad(..., has_aux=True)`.
+
+  Args:
+    model: a flax module taking `(x, train=...)`, logits `[N, K]` out.
+    params: the "params" collection (float32).
+    images: `[N, H, W, C]` (already augmented).
+    labels: int `[N]` in `[0, K)`.
+    batch_stats: the "batch_stats" collection; None or {} for a model
+      without batch norm.
+    spec: the loss, penalty and compute dtype (default `StepSpec()`:
+      softmax cross-entropy, no penalty, float32).
+    dropout_key: the key of the "dropout" rng; None passes none (a model
+      with dropout then cannot run in train mode).
+
+  Returns:
+    `(loss, aux)`: the float32 scalar loss (data loss plus penalty) and a
+    `LossAux`.
+  """
+  spec = StepSpec() if spec is None else spec
+  mixed = policy(spec)
+  variables = {"params": mixed.cast_to_compute(params)}
+  mutable = []
+  if batch_stats:
+    variables["batch_stats"] = batch_stats
+    mutable = ["batch_stats"]
+  rngs = {} if dropout_key is None else {"dropout": dropout_key}
+  logits, updates = model.apply(
+    variables,
+    mixed.cast_to_compute(images),
+    train=True,
+    rngs=rngs,
+    mutable=mutable,
+  )
+  logits = mixed.cast_to_output(logits)
+  data_loss = jnp.mean(example_losses(spec.loss, logits, labels))
+  total = data_loss
+  if spec.l2:
+    total = total + regularization.l2_penalty(params, spec.l2)
+  return total, LossAux(data_loss, logits, updates.get("batch_stats", {}))
+
+
 def train_step_fn(
   model: nn.Module, tx: optax.GradientTransformation, spec: StepSpec
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """The (unjitted) train step of `model` under `tx` and `spec`.
 
-  The step augments `batch["image"]`, runs the model with `train=True`
+  The step augments `batch["image"]`, differentiates `training_loss`
   (dropout from `fold_in(state.key, state.step)`, batch statistics
-  updated) in `spec.compute_dtype`, adds the L2 penalty, and applies `tx`.
-  Metrics are scalars "loss" (data loss plus penalty), "data_loss",
-  "accuracy" and "grad_norm". float16 compute differentiates the loss
-  times `state.loss_scale["scale"]` and divides the gradients by it; a
-  step whose gradients are not all finite leaves the parameters, batch
-  statistics and optimizer state as they were and halves the scale
-  (`jmp.DynamicLossScale.adjust`; never below 1), and `loss_scale_period`
-  finite steps in a row double it. Its metrics add "loss_scale" (the
-  scale the step used) and "skipped" (1.0 for a skipped step, else 0.0).
+  updated) and applies `tx`. Metrics are scalars "loss" (data loss plus
+  penalty), "data_loss", "accuracy" and "grad_norm". float16 compute
+  differentiates the loss times `state.loss_scale["scale"]` and divides
+  the gradients by it; a step whose gradients are not all finite leaves
+  the parameters, batch statistics and optimizer state as they were and
+  halves the scale (`jmp.DynamicLossScale.adjust`; never below 1), and
+  `loss_scale_period` finite steps in a row double it. Its metrics add
+  "loss_scale" (the scale the step used) and "skipped" (1.0 for a skipped
+  step, else 0.0).
   """
-  mixed = policy(spec)
 
-  def loss_fn(params, state, images, labels, dropout_key, scale):
-    variables = {"params": mixed.cast_to_compute(params)}
-    mutable = []
-    if state.batch_stats:
-      variables["batch_stats"] = state.batch_stats
-      mutable = ["batch_stats"]
-    logits, updates = model.apply(
-      variables,
-      mixed.cast_to_compute(images),
-      train=True,
-      rngs={"dropout": dropout_key},
-      mutable=mutable,
+  def scaled_loss(params, batch_stats, images, labels, dropout_key, scale):
+    total, aux = training_loss(
+      model,
+      params,
+      images,
+      labels,
+      batch_stats=batch_stats,
+      spec=spec,
+      dropout_key=dropout_key,
     )
-    logits = mixed.cast_to_output(logits)
-    data_loss = jnp.mean(example_losses(spec.loss, logits, labels))
-    total = data_loss
-    if spec.l2:
-      total = total + regularization.l2_penalty(params, spec.l2)
-    aux = (total, data_loss, logits, updates.get("batch_stats", {}))
-    return scale.scale(total), aux
+    return scale.scale(total), (total, aux)
 
   def train_step(state: TrainState, batch: Batch):
     step_key = jax.random.fold_in(state.key, state.step)
@@ -190,16 +256,18 @@ def train_step_fn(
     images = augment(spec, augment_key, batch["image"])
     labels = batch["label"]
     scale = loss_scale(spec, state)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (total, data_loss, logits, batch_stats)), grads = grad_fn(
-      state.params, state, images, labels, dropout_key, scale
+    grad_fn = jax.grad(scaled_loss, has_aux=True)
+    grads, (total, aux) = grad_fn(
+      state.params, state.batch_stats, images, labels, dropout_key, scale
     )
     grads = scale.unscale(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     # Keep the stored statistics' dtypes (bfloat16 compute must not change
     # the state's structure, or the step would compile again).
     batch_stats = jax.tree_util.tree_map(
-      lambda new, old: new.astype(old.dtype), batch_stats, state.batch_stats
+      lambda new, old: new.astype(old.dtype),
+      aux.batch_stats,
+      state.batch_stats,
     )
     new_state = state.replace(
       step=state.step + 1,
@@ -209,8 +277,8 @@ def train_step_fn(
     )
     metrics = {
       "loss": total,
-      "data_loss": data_loss,
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+      "data_loss": aux.data_loss,
+      "accuracy": jnp.mean(jnp.argmax(aux.logits, -1) == labels),
       "grad_norm": _global_norm(grads),
     }
     if isinstance(scale, jmp.DynamicLossScale):
