@@ -1,0 +1,130 @@
+"""Looking inside a trained image classifier, after Zeiler & Fergus.
+
+Helpers of the studies that draw what a network learned (Zeiler & Fergus
+2014, "Visualizing and understanding convolutional networks"): which test
+digit to show, the activations of every convolution block, the predictions
+for a digit moved left and right, and summaries of occlusion maps and of
+searches for patches that change the prediction
+(`equivlab.analysis.occlusion`, `equivlab.analysis.adversarial`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from equivlab import data
+from equivlab.analysis import probes
+from equivlab.nn import models
+
+
+def pick_digit(labels: np.ndarray, predicted: np.ndarray, digit: int) -> int:
+  """Index of the first image of class `digit`, preferring correct ones.
+
+  Args:
+    labels: `[N]` true classes.
+    predicted: `[N]` predicted classes.
+    digit: the class wanted.
+
+  Returns:
+    The index of the first correctly classified image of that class, else
+    of the first image of that class.
+
+  Raises:
+    ValueError: if no image has that class.
+  """
+  matches = np.flatnonzero(labels == digit)
+  if matches.size == 0:
+    raise ValueError(f"no image of class {digit} among the test digits.")
+  correct = matches[predicted[matches] == digit]
+  return int(correct[0] if correct.size else matches[0])
+
+
+def pick_image(predictions: list[np.ndarray], labels, digit: int) -> int:
+  """The first test index of class `digit` that every model gets right.
+
+  Raises:
+    ValueError: if there is none.
+  """
+  right = labels == digit
+  for predicted in predictions:
+    right &= np.asarray(predicted) == digit
+  if not right.any():
+    raise ValueError(
+      f"no test digit of class {digit} is classified correctly by every "
+      "model; train longer or choose another --digit."
+    )
+  return int(np.flatnonzero(right)[0])
+
+
+def conv_activations(
+  model: models.CNN, variables: Any, image: np.ndarray
+) -> list[np.ndarray]:
+  """The ReLU outputs `[H_l, W_l, C_l]` of every conv block, before the pool.
+
+  `model` is a `models.CNN` without normalisation, so the ReLU of each
+  convolution's output (`probes.intermediates`) is its block's activation;
+  `image` is `[H, W, C]`.
+  """
+  x = np.asarray(image, np.float32)[None]
+  found = probes.intermediates(model, variables, x, train=False)
+  names = sorted((n for n in found if n.startswith("Conv_")), key=layer_index)
+  return [np.maximum(np.asarray(found[n][0]), 0) for n in names]
+
+
+def layer_index(name: str) -> int:
+  """The layer index of a flax name such as "Conv_2"."""
+  return int(name.split("_")[-1])
+
+
+def shifted_predictions(
+  apply_fn, image: np.ndarray, shift: int
+) -> tuple[list[dict], np.ndarray]:
+  """Predictions for `image` `[H, W, C]` moved left by `shift`, not, right.
+
+  Returns:
+    Three records, "shift_px" (-shift, 0, shift), "predicted" and its
+    "probability", and the three moved images `[3, H, W, C]`.
+  """
+  shifts = np.array([[0, -shift], [0, 0], [0, shift]], np.int32)
+  moved = np.asarray(data.translate(np.repeat(image[None], 3, 0), shifts))
+  probs = np.asarray(jax.nn.softmax(apply_fn(moved), axis=-1))
+  return [
+    {
+      "shift_px": int(dx),
+      "predicted": int(p.argmax()),
+      "probability": float(p.max()),
+    }
+    for (_, dx), p in zip(shifts, probs, strict=True)
+  ], moved
+
+
+def occlusion_summary(maps: dict[str, Any], label: int) -> dict[str, Any]:
+  """What an occlusion map of `occlusion.occlusion_maps` shows.
+
+  Returns:
+    "label", "clean_probability" (of the label, unoccluded),
+    "min_true_probability" and "most_sensitive_centre" (the patch centre
+    `[row, col]` where it is smallest), and "labels_in_map" (every
+    predicted label the map shows).
+  """
+  true_prob = np.asarray(maps["true_prob"])
+  row, col = np.unravel_index(np.argmin(true_prob), true_prob.shape)
+  return {
+    "label": label,
+    "clean_probability": float(maps["clean_probs"][label]),
+    "min_true_probability": float(true_prob.min()),
+    "most_sensitive_centre": [int(row), int(col)],
+    "labels_in_map": sorted(int(v) for v in np.unique(maps["label"])),
+  }
+
+
+def smallest_grey_sides(grey: dict[str, Any]) -> dict[int, int]:
+  """Class -> the smallest grey side whose patch somewhere gives it."""
+  sides: dict[int, int] = {}
+  for size, labels in sorted(grey["labels"].items()):
+    for label in labels:
+      sides.setdefault(int(label), int(size))
+  return sides

@@ -1,0 +1,84 @@
+"""Tests of equivlab/analysis/inspection.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from equivlab.analysis import inspection
+from equivlab.nn import models
+
+
+def test_conv_activations_against_a_convolution_by_hand():
+  model = models.get_model("cnn", features=(2, 3))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+  image = np.asarray(
+    jax.random.uniform(jax.random.key(1), (28, 28, 1)), np.float32
+  )
+  maps = inspection.conv_activations(model, variables, image)
+  assert [m.shape for m in maps] == [(28, 28, 2), (14, 14, 3)]
+  kernel = np.asarray(variables["params"]["Conv_0"]["kernel"])
+  bias = np.asarray(variables["params"]["Conv_0"]["bias"])
+  padded = np.pad(image[..., 0], 1)
+  expected = np.zeros((28, 28, 2))
+  for i in range(28):
+    for j in range(28):
+      window = padded[i : i + 3, j : j + 3]
+      expected[i, j] = np.einsum("hw,hwo->o", window, kernel[:, :, 0]) + bias
+  np.testing.assert_allclose(maps[0], np.maximum(expected, 0), atol=1e-5)
+
+
+def test_shifted_predictions_by_hand():
+  image = np.zeros((6, 6, 1), np.float32)
+  image[2, 2] = 1.0
+
+  def column_of_ink(x):  # Logit k: the ink in column k.
+    return jnp.sum(x[..., 0], axis=1)
+
+  records, moved = inspection.shifted_predictions(column_of_ink, image, 2)
+  np.testing.assert_array_equal(moved[2, 2, 4], [1.0])
+  assert [r["shift_px"] for r in records] == [-2, 0, 2]
+  assert [r["predicted"] for r in records] == [0, 2, 4]
+  p = np.exp(1) / (np.exp(1) + 5)
+  assert records[1]["probability"] == pytest.approx(p, rel=1e-6)
+
+
+def test_pick_digit_prefers_correct_predictions():
+  labels = np.array([3, 6, 6, 1])
+  predicted = np.array([3, 0, 6, 1])
+  assert inspection.pick_digit(labels, predicted, 6) == 2
+  assert inspection.pick_digit(labels, np.zeros(4, int), 6) == 1
+  with pytest.raises(ValueError, match="no image of class 9"):
+    inspection.pick_digit(labels, predicted, 9)
+
+
+def test_pick_image_wants_every_model_right():
+  labels = np.array([6, 6, 6, 1])
+  assert inspection.pick_image([np.array([6, 6, 0, 1])], labels, 6) == 0
+  predictions = [np.array([0, 6, 6, 1]), np.array([6, 0, 6, 1])]
+  assert inspection.pick_image(predictions, labels, 6) == 2
+  with pytest.raises(ValueError, match="no test digit of class 1 is"):
+    inspection.pick_image([np.array([6, 6, 6, 0])], labels, 1)
+
+
+def test_smallest_grey_sides_by_hand():
+  grey = {"labels": {1: [], 3: [2], 5: [2, 7], 7: [4, 7]}}
+  assert inspection.smallest_grey_sides(grey) == {2: 3, 7: 5, 4: 7}
+
+
+def test_occlusion_summary_finds_the_most_sensitive_centre():
+  maps = {
+    "true_prob": np.array([[0.9, 0.2], [0.5, 0.7]]),
+    "clean_probs": np.array([0.05, 0.95]),
+    "label": np.array([[1, 0], [1, 1]]),
+  }
+  summary = inspection.occlusion_summary(maps, 1)
+  assert summary["most_sensitive_centre"] == [0, 1]
+  assert summary["min_true_probability"] == pytest.approx(0.2)
+  assert summary["clean_probability"] == pytest.approx(0.95)
+  assert summary["labels_in_map"] == [0, 1]
+
+
+def test_layer_index_orders_flax_names_numerically():
+  names = sorted(["Conv_10", "Conv_2", "Conv_0"], key=inspection.layer_index)
+  assert names == ["Conv_0", "Conv_2", "Conv_10"]
