@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from equivlab import checks, groups, testing, train
-from equivlab.analysis import metrics, tables, viz
+from equivlab.analysis import invariance, metrics, tables, viz
 from equivlab.training import sweeps
 from experiments import _common, rotated_digits
 
@@ -58,8 +58,6 @@ MISTAKE_SETS = ("rotated", "rotated+mirrored")
 ELEMENTS = tuple(testing.element_name(g) for g in groups.elements("p4m"))
 ROTATIONS = ELEMENTS[1:4]
 MIRRORS = ELEMENTS[4:]
-# The left-right mirror (a flip of the W axis), as p4m defines it.
-MIRROR = groups.Element(rotation=0, mirror=1)
 # log axes cannot show 0: zero changes are drawn at this level.
 _FLOOR = 1e-10
 
@@ -105,11 +103,6 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
     return tuple(DEFAULT_FEATURES[name] for name in self.models)
 
 
-def mirror(images: np.ndarray) -> np.ndarray:
-  """Images `[N, H, W, C]` mirrored left-right (p4m's element "mirror")."""
-  return np.asarray(groups.act_on_image(MIRROR, np.asarray(images)))
-
-
 def evaluation_sets(config: Config) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """The four test sets (`TEST_SETS`) of the same digits, and their labels.
 
@@ -124,9 +117,9 @@ def evaluation_sets(config: Config) -> tuple[dict[str, np.ndarray], np.ndarray]:
   _, rotated, _ = rotated_digits.rotated_test_set(config)
   sets = {
     "upright": upright,
-    "mirrored": mirror(upright),
+    "mirrored": invariance.mirror(upright),
     "rotated": rotated,
-    "rotated+mirrored": mirror(rotated),
+    "rotated+mirrored": invariance.mirror(rotated),
   }
   return sets, labels
 
@@ -159,25 +152,13 @@ def train_models(config: Config, workdir: str | pathlib.Path):
 def _record(config, name, seed, result, sets, labels) -> dict[str, Any]:
   """One model and seed: errors per test set, changes per p4m element."""
   probe = sets[config.train_set][: config.num_invariance]
-  logits = {key: result.logits(images) for key, images in sets.items()}
-  every = list(range(len(ELEMENTS)))
   return {
     "model": name,
     "seed": seed,
     "params": result["num_params"],
-    "errors": {k: metrics.error_percent(v, labels) for k, v in logits.items()},
-    "logit_change": metrics.logit_changes(
-      result.logits, probe, group="p4m", elements=every
+    **invariance.evaluate(
+      result.logits, sets, labels, probe, confusion_sets=MISTAKE_SETS
     ),
-    "pred_change": metrics.prediction_changes(
-      result.logits, probe, group="p4m", elements=every
-    ),
-    "confusion": {
-      key: metrics.confusion_matrix(logits[key], labels) for key in MISTAKE_SETS
-    },
-    "predictions": {
-      k: np.argmax(v[:8], -1).tolist() for k, v in logits.items()
-    },
     "history": result.history,
   }
 

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from equivlab import checks, data
-from equivlab.analysis import metrics, tables, viz
+from equivlab.analysis import invariance, metrics, tables, viz
 from equivlab.nn import models
 from equivlab.training import sweeps
 from experiments import _common
@@ -73,17 +73,6 @@ def rotated_test_set(config: Config) -> tuple[str, np.ndarray, np.ndarray]:
   angles = jax.random.uniform(key, (len(labels),), maxval=2 * math.pi)
   name = f"{config.dataset}, rotated by fixed random angles"
   return name, np.asarray(data.rotate(images, angles)), labels
-
-
-def rot90_invariance(logits_fn, images: np.ndarray) -> dict[str, float]:
-  """The largest relative logit change over the turns by 90, 180, 270
-  degrees (`metrics.logit_changes`) and the mean fraction of images whose
-  predicted class changes."""
-  changes = metrics.prediction_changes(logits_fn, images)
-  return {
-    "logit_change": max(metrics.logit_changes(logits_fn, images).values()),
-    "pred_change": float(np.mean(list(changes.values()))),
-  }
 
 
 def _rows(config: Config, records: dict[str, list[dict]]) -> list[dict]:
@@ -194,7 +183,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
       "seed": seed,
       "params": result["num_params"],
       "test_error": metrics.error_percent(logits, test_y),
-      "rot90": rot90_invariance(result.logits, probe),
+      "rot90": invariance.rot90_invariance(result.logits, probe),
       "history": result.history,
       "predictions": np.argmax(logits[:8], -1).tolist(),
     }

@@ -1,0 +1,62 @@
+"""Tests of equivlab/analysis/invariance.py."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from equivlab.analysis import invariance
+
+
+def test_rot90_invariance_by_hand():
+  images = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 1)
+
+  def invariant(x):  # Total ink and the centre pixel: rotation invariant.
+    return jnp.stack([x.sum(axis=(1, 2, 3)), x[:, 1, 1, 0]], axis=-1)
+
+  def corner(x):  # The top-left pixel and a constant.
+    return jnp.stack([x[:, 0, 0, 0], jnp.ones(x.shape[0])], axis=-1)
+
+  result = invariance.rot90_invariance(invariant, images)
+  assert result == {"logit_change": 0.0, "pred_change": 0.0}
+  result = invariance.rot90_invariance(corner, images)
+  # Corners of image 1: 9, 11, 17, 15; turns 1, 2, 3 bring 11, 17, 15 to
+  # the top-left. The largest move is 17 - 9 = 8 against max |f(x)| = 9.
+  np.testing.assert_allclose(result["logit_change"], 8.0 / 9.0, rtol=1e-6)
+  # argmax (c, 1): class 1 for image 0 before (0 < 1), class 0 after.
+  assert result["pred_change"] == 0.5
+
+
+def test_rejects_non_square_images():
+  with pytest.raises(ValueError, match="square"):
+    invariance.rot90_invariance(lambda x: x, np.zeros((1, 3, 4, 1)))
+
+
+def test_mirror_flips_the_width_axis():
+  images = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 1)
+  np.testing.assert_array_equal(
+    invariance.mirror(images), images[:, :, ::-1, :]
+  )
+
+
+def test_evaluate_by_hand():
+  images = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 1)
+  labels = np.array([1, 0])
+
+  def corner(x):  # The top-left pixel and a constant.
+    return jnp.stack([x[:, 0, 0, 0], jnp.ones(x.shape[0])], axis=-1)
+
+  sets = {"upright": images, "mirrored": invariance.mirror(images)}
+  out = invariance.evaluate(
+    corner, sets, labels, images, confusion_sets=("mirrored",)
+  )
+  # Upright: corners 0 < 1 -> class 1 and 9 -> class 0, both right;
+  # mirrored: corners 2 and 11 -> class 0, image 0 wrong.
+  assert out["errors"] == {"upright": 0.0, "mirrored": 50.0}
+  assert out["predictions"] == {"upright": [1, 0], "mirrored": [0, 0]}
+  assert len(out["logit_change"]) == len(out["pred_change"]) == 8
+  assert list(out["confusion"]) == ["mirrored"]
+  assert np.asarray(out["confusion"]["mirrored"]).sum() == 2
+  # Mirror: the corners move 0 -> 2 and 9 -> 11, against max |f(x)| = 9.
+  np.testing.assert_allclose(
+    out["logit_change"]["mirror"], 2.0 / 9.0, rtol=1e-6
+  )
