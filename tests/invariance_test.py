@@ -1,9 +1,11 @@
 """Tests of equivlab/analysis/invariance.py."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from equivlab import groups
 from equivlab.analysis import invariance
 
 
@@ -59,4 +61,30 @@ def test_evaluate_by_hand():
   # Mirror: the corners move 0 -> 2 and 9 -> 11, against max |f(x)| = 9.
   np.testing.assert_allclose(
     out["logit_change"]["mirror"], 2.0 / 9.0, rtol=1e-6
+  )
+
+
+def test_lifted_panels_rotate_and_cycle_with_the_input():
+  digit = np.asarray(
+    jax.random.uniform(jax.random.key(0), (1, 9, 9, 1)), np.float32
+  )
+  variables, networks = invariance.equivariant_and_plain(
+    jax.random.key(1), np.zeros((1, 28, 28, 1), np.float32), features=2
+  )
+  assert [n for n, _, _ in networks] == [
+    "P4CNN",
+    "plain CNN of the same layout",
+  ]
+  lifted_fn = invariance.lifting_fn(variables, "p4")
+  images = np.concatenate(
+    [groups.act_on_image(g, digit) for g in groups.elements("p4")]
+  )
+  lifted = np.asarray(lifted_fn(images))
+  assert lifted.shape == (4, 7, 7, 2, 4)
+  panels, titles = invariance.lifted_panels(images, lifted, 1, "p4")
+  assert panels.shape == (4 * 5, 7, 7) and titles[5] == "input, rot 90"
+  # Row 1 (input turned by 90): its map at index s is row 0's map at
+  # index s - 1, turned by 90.
+  np.testing.assert_allclose(
+    panels[5 + 2], np.rot90(panels[0 + 1]), rtol=1e-5, atol=1e-5
   )

@@ -6,18 +6,24 @@ construction; a p4 network under the 4 rotations only. `evaluate` scores a
 classifier on named test sets of the same digits (e.g. upright, mirrored,
 rotated) and measures, on probe digits, the relative logit change
 `max |f(g x) - f(x)| / max |f(x)|` and the fraction of changed predictions
-under each group element (`equivlab.analysis.metrics`).
+under each group element (`equivlab.analysis.metrics`). For a demo on
+untrained networks it builds a P4CNN beside a plain CNN of its layout, its
+lifting layer alone, and the panels that show how lifted maps turn and
+cycle along the group axis as the input turns.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
-from equivlab import groups
+from equivlab import gconv, groups
 from equivlab.analysis import metrics
+from equivlab.nn import layers, models
 
 LogitsFn = Callable[[Any], Any]
 
@@ -93,3 +99,92 @@ def evaluate(
       k: np.argmax(v[:num_predictions], -1).tolist() for k, v in logits.items()
     },
   }
+
+
+_LIFTING = {"p4": gconv.lifting_conv, "p4m": gconv.lifting_conv_p4m}
+
+
+def equivariant_and_plain(
+  key: jax.Array, images: jax.Array, *, features: int, group: str = "p4"
+) -> tuple[Any, list[tuple[str, Callable, int]]]:
+  """An untrained `layers.P4CNN` and a `models.PlainCNN` of its layout.
+
+  The plain CNN has `features * |G|` channels per layer, the P4CNN
+  `features` G-channels: the same layout without the symmetry.
+
+  Args:
+    key: split in two, one key per network.
+    images: `[N, 28, 28, C]` example inputs for the initialisation.
+    features: G-channels per hidden layer of the P4CNN.
+    group: "p4" or "p4m".
+
+  Returns:
+    `(p4cnn_variables, [(name, jitted logits fn, number of parameters)])`,
+    the P4CNN ("P4CNN" or "P4MCNN") first.
+  """
+  keys = jax.random.split(key)
+  nets = {
+    {"p4": "P4CNN", "p4m": "P4MCNN"}[group]: layers.P4CNN(
+      features=features, group=group
+    ),
+    "plain CNN of the same layout": models.PlainCNN(
+      features=features * groups.group_order(group)
+    ),
+  }
+  variables = [
+    jax.jit(model.init)(k, images)
+    for model, k in zip(nets.values(), keys, strict=True)
+  ]
+  return variables[0], [
+    (name, jax.jit(functools.partial(model.apply, v)), models.count_params(v))
+    for (name, model), v in zip(nets.items(), variables, strict=True)
+  ]
+
+
+def lifting_fn(variables: Any, group: str = "p4") -> Callable:
+  """The first layer of a `layers.P4CNN` (lifting conv + bias), jitted.
+
+  Returns:
+    images `[N, H, W, C]` -> lifted maps `[N, H - 2, W - 2, F, |G|]`.
+  """
+  lift = variables["params"]["LiftingConv_0"]
+  lifting = _LIFTING[group]
+
+  @jax.jit
+  def lifted(x):
+    out = lifting(x, lift["kernel"], padding="VALID")
+    return out + lift["bias"].reshape(1, 1, 1, -1, 1)
+
+  return lifted
+
+
+def lifted_panels(
+  images: np.ndarray, lifted: np.ndarray, channel: int, group: str
+) -> tuple[np.ndarray, list[str]]:
+  """Each transformed image beside its lifted maps, for `viz.plot_images`.
+
+  The maps share one grey scale, mid-grey at 0, so a map and its rotated
+  copy in another row look the same.
+
+  Args:
+    images: `[|G|, H, W, 1]`, image g is element g's transform.
+    lifted: `[|G|, H - 2, W - 2, F, |G|]` their lifted maps (VALID).
+    channel: the G-channel drawn.
+    group: "p4" or "p4m".
+
+  Returns:
+    `(panels [|G| * (|G| + 1), H - 2, W - 2], titles)`, row by row.
+  """
+  order = lifted.shape[-1]
+  maps = np.asarray(lifted[..., channel, :], np.float64)
+  scale = 2 * float(np.max(np.abs(maps))) or 1.0
+  panels, titles = [], []
+  for i, g in enumerate(groups.elements(group)):
+    name = f"rot {90 * g.rotation}" + (" + mirror" if g.mirror else "")
+    # The image cropped to the VALID lifted maps' size.
+    panels.append(images[i, 1:-1, 1:-1, 0])
+    titles.append(f"input, {name}")
+    for s in range(order):
+      panels.append(0.5 + maps[i, ..., s] / scale)
+      titles.append(f"group index {s}")
+  return np.stack(panels), titles
