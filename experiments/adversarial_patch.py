@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from equivlab import checks, train
-from equivlab.analysis import adversarial, inspection, occlusion, tables, viz
+from equivlab.analysis import adversarial, inspection, occlusion, viz
 from equivlab.nn import models
 from equivlab.training import sweeps
 from experiments import _common
@@ -125,52 +125,8 @@ def _attack(config: Config, result, image) -> tuple[dict, dict, dict]:
   return patches, grey, seconds
 
 
-def _record(config, result, patches, grey) -> dict[str, Any]:
-  keys = ("found", "size", "row", "col", "probability", "steps", "tried")
-  optimised = {t: {k: r[k] for k in keys if k in r} for t, r in patches.items()}
-  sides = [r["size"] for r in patches.values() if r["found"]]
-  return {
-    "test_accuracy": result["test_accuracy"],
-    "num_params": result["num_params"],
-    "optimised": optimised,
-    "smallest_optimised": min(sides) if sides else None,
-    "largest_optimised": max(sides) if sides else None,
-    "grey_search": grey,
-    "grey_sides": inspection.smallest_grey_sides(grey),
-  }
-
-
 def _targets(config: Config) -> list[int]:
   return [t for t in range(10) if t != config.digit]
-
-
-def _table(config: Config, records: dict[str, dict]) -> str:
-  rows = []
-  for name, record in records.items():
-    grey = record["grey_search"]
-    for kind, sides, smallest in (
-      (
-        "optimised",
-        {t: r.get("size") for t, r in record["optimised"].items()},
-        record["smallest_optimised"],
-      ),
-      ("grey", record["grey_sides"], grey.get("size")),
-    ):
-      row = {
-        "model": name,
-        "test acc": f"{record['test_accuracy']:.4f}",
-        "patch": kind,
-        "any class": "-" if smallest is None else smallest,
-      }
-      for target in _targets(config):
-        side = sides.get(target)
-        row[f"-> {target}"] = "-" if side is None else side
-      rows.append(row)
-  return tables.format_table(rows) + (
-    f"\n(smallest side in pixels of a square patch that makes the model "
-    f"call the {config.digit} each class; '-': none up to "
-    f"{config.max_size} px)"
-  )
 
 
 def _figures(config, workdir, image, patches, records) -> None:
@@ -254,8 +210,14 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     patches[name], grey, seconds[f"{name} attack"] = _attack(
       config, result, image
     )
-    records[name] = _record(config, result, patches[name], grey)
-  table = _table(config, records)
+    records[name] = {
+      "test_accuracy": result["test_accuracy"],
+      "num_params": result["num_params"],
+      **inspection.patch_record(patches[name], grey),
+    }
+  table = inspection.patch_table(
+    records, config.digit, _targets(config), config.max_size
+  )
   _figures(config, workdir, image, patches, records)
   np.savez_compressed(
     workdir / "patches.npz",

@@ -82,3 +82,33 @@ def test_occlusion_summary_finds_the_most_sensitive_centre():
 def test_layer_index_orders_flax_names_numerically():
   names = sorted(["Conv_10", "Conv_2", "Conv_0"], key=inspection.layer_index)
   assert names == ["Conv_0", "Conv_2", "Conv_10"]
+
+
+def test_patch_record_and_table_by_hand():
+  optimised = {
+    1: {"found": True, "size": 4, "row": 2, "col": 3, "patched": None},
+    2: {"found": True, "size": 7, "probability": 0.6},
+    3: {"found": False, "tried": [1, 2]},
+  }
+  grey = {"size": 5, "labels": {5: [2], 9: [3]}}
+  record = inspection.patch_record(optimised, grey)
+  assert record["optimised"][1] == {
+    "found": True,
+    "size": 4,
+    "row": 2,
+    "col": 3,
+  }
+  assert (record["smallest_optimised"], record["largest_optimised"]) == (4, 7)
+  assert record["grey_sides"] == {2: 5, 3: 9}
+  table = inspection.patch_table(
+    {"cnn": {"test_accuracy": 0.5, **record}}, 6, (1, 2, 3), 9
+  )
+  header, _, *rows = table.splitlines()
+  cells = [[c.strip() for c in line.split("|")[1:-1]] for line in rows[:2]]
+  assert [c.strip() for c in header.split("|")[1:-1]] == [
+    "model", "test acc", "patch", "any class", "-> 1", "-> 2", "-> 3",
+  ]  # fmt: skip
+  optimised_row, grey_row = cells
+  assert optimised_row[2:] == ["optimised", "4", "4", "7", "-"]
+  assert grey_row[2:] == ["grey", "5", "-", "5", "9"]
+  assert "call the 6 each class; '-': none up to 9 px" in table

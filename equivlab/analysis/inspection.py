@@ -10,13 +10,14 @@ searches for patches that change the prediction
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 
 from equivlab import data
-from equivlab.analysis import probes
+from equivlab.analysis import probes, tables
 from equivlab.nn import models
 
 
@@ -128,3 +129,70 @@ def smallest_grey_sides(grey: dict[str, Any]) -> dict[int, int]:
     for label in labels:
       sides.setdefault(int(label), int(size))
   return sides
+
+
+def patch_record(
+  optimised: dict[int, dict[str, Any]], grey: dict[str, Any]
+) -> dict[str, Any]:
+  """The smallest patches that change a prediction, optimised and grey.
+
+  Args:
+    optimised: class -> `adversarial.smallest_patches`' result for it.
+    grey: `occlusion.find_flipping_patch`'s grid search.
+
+  Returns:
+    "optimised" (class -> "found", "size", "row", "col", "probability",
+    "steps", "tried" where present), "smallest_optimised" and
+    "largest_optimised" (sides, None if none was found), "grey_search"
+    (`grey`) and "grey_sides" (`smallest_grey_sides`).
+  """
+  keys = ("found", "size", "row", "col", "probability", "steps", "tried")
+  kept = {t: {k: r[k] for k in keys if k in r} for t, r in optimised.items()}
+  sides = [r["size"] for r in optimised.values() if r["found"]]
+  return {
+    "optimised": kept,
+    "smallest_optimised": min(sides) if sides else None,
+    "largest_optimised": max(sides) if sides else None,
+    "grey_search": grey,
+    "grey_sides": smallest_grey_sides(grey),
+  }
+
+
+def patch_table(
+  records: dict[str, dict[str, Any]],
+  digit: int,
+  targets: Sequence[int],
+  max_size: int,
+) -> str:
+  """Per model and patch kind, the smallest side that gives each class.
+
+  Args:
+    records: model name -> "test_accuracy" and a `patch_record`.
+    digit: the class of the attacked digit.
+    targets: the classes, one column each.
+    max_size: the largest side tried.
+
+  Returns:
+    A Markdown table and its caption.
+  """
+  rows = []
+  for name, record in records.items():
+    optimised = {t: r.get("size") for t, r in record["optimised"].items()}
+    for kind, sides, smallest in (
+      ("optimised", optimised, record["smallest_optimised"]),
+      ("grey", record["grey_sides"], record["grey_search"].get("size")),
+    ):
+      row = {
+        "model": name,
+        "test acc": f"{record['test_accuracy']:.4f}",
+        "patch": kind,
+        "any class": "-" if smallest is None else smallest,
+      }
+      for target in targets:
+        side = sides.get(target)
+        row[f"-> {target}"] = "-" if side is None else side
+      rows.append(row)
+  return tables.format_table(rows) + (
+    f"\n(smallest side in pixels of a square patch that makes the model "
+    f"call the {digit} each class; '-': none up to {max_size} px)"
+  )
