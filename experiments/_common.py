@@ -101,11 +101,10 @@ class TrainingOptions:
   seed: int = 0
 
   def train_options(self) -> dict[str, Any]:
-    """Where data come from and how runs are kept, as `TrainConfig` fields.
-
-    The first seven fields: the ones a study passes on unchanged.
-    """
-    return {name: getattr(self, name) for name in _RUN_FIELDS}
+    """Where data come from and how runs are kept, as `TrainConfig` fields:
+    the first seven fields, the ones a study passes on unchanged."""
+    fields = dataclasses.fields(TrainingOptions)[:7]
+    return {f.name: getattr(self, f.name) for f in fields}
 
   def train_config(self, **overrides: Any) -> Any:
     """The `TrainConfig` of all these settings, `overrides` replacing some.
@@ -127,24 +126,11 @@ class TrainingOptions:
     """
     from equivlab import data  # noqa: PLC0415
 
-    images, labels = data.load_dataset(
-      name or self.dataset,
-      "test",
-      data_dir=self.data_dir,
-      download=self.download,
+    name, limit = name or self.dataset, self.test_limit
+    split = data.load_dataset(
+      name, "test", data_dir=self.data_dir, download=self.download
     )
-    return images[: self.test_limit], labels[: self.test_limit]
-
-
-_RUN_FIELDS = (
-  "dataset",
-  "data_dir",
-  "download",
-  "num_devices",
-  "checkpoint_every_steps",
-  "checkpoint_every_secs",
-  "progress",
-)
+    return split[0][:limit], split[1][:limit]
 
 
 @dataclasses.dataclass(frozen=True)

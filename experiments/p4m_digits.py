@@ -9,14 +9,11 @@ four versions of the same 1,000 test digits: upright, mirrored (left-right),
 rotated by uniform random angles, and rotated then mirrored (the same
 angles, so the last two columns differ by the mirror alone).
 
-P4MCNN is invariant to all 8 elements of p4m (4 rotations by 90 degrees,
-each with and without a mirror) by construction, so a mirror cannot change
-its predictions: its errors on a set and on its mirror image are equal.
-P4CNN is invariant to the 4 rotations only, Z2CNN to none. Per model the
-study measures, on the trained networks, the relative logit change
-`max |f(g x) - f(x)| / max |f(x)|` under each element g
-(`equivlab.analysis.metrics.logit_changes`) and the fraction of test digits
-whose predicted class changes.
+P4MCNN is invariant to all 8 elements of p4m by construction, so its
+errors on a set and on its mirror image are equal; P4CNN is invariant to
+the 4 rotations only, Z2CNN to none. Per model the study measures, on the
+trained networks, the relative logit change and the fraction of changed
+predictions under each element (`equivlab.analysis.invariance.evaluate`).
 
 A mirrored digit is often not a digit of its class: a mirrored 2 turned
 upside down is close to a 5, and a 6 turned by 180 degrees is a 9 even

@@ -1,25 +1,22 @@
 r"""Long-range memory: recall the first symbol after a lag, across RNN kinds.
 
-Each sequence opens with one of `num_symbols` signal symbols, followed by
-`lag` random distractor symbols; after the last step the network must name
-the opening symbol (chance = 1 / num_symbols). Elman, LSTM and GRU networks
-are trained end to end by backpropagation through time; an echo-state
-network (Jaeger 2001) keeps its random reservoir and fits only the readout,
-in closed form (ridge) and by gradient descent. Also recorded:
-||dL_T/dh_t|| against T - t at initialisation and after training: in the
-Elman net it decays geometrically (Bengio, Simard & Frasconi 1994), which
-is why W_hh and W_xh are hard to train over long lags; the additive memory
-cell of the LSTM and the update gate of the GRU keep it from vanishing.
+The delayed-recall task of `equivlab.rnn.tasks`: name the opening symbol
+after L distractors (chance = 1 / num_symbols). Elman, LSTM and GRU networks are
+trained end to end by backpropagation through time; an echo-state network
+(Jaeger 2001) keeps its random reservoir and fits only the readout, in
+closed form (ridge) and by gradient descent. Also recorded: ||dL_T/dh_t||
+against T - t at initialisation and after training, which decays
+geometrically in the Elman net; the LSTM's additive memory cell and the
+GRU's update gate keep it from vanishing.
 
     python -m experiments.rnn_memory
 
-The task, its scanned trainer and the gradient probe are
-`equivlab.rnn.tasks`. Each (lag, network) run is one jitted scan of
-`num_steps` Adam steps: as it finishes, its measurements are written to
-`<workdir>/runs/lag<L>/<network>.json`, so a killed sweep loses at most
-the run in progress, and the same command again skips every finished run
-(a workdir holding runs of other settings is refused, naming them, and so
-is a workdir in use by a live run).
+Each (lag, network) run is one jitted scan of `num_steps` Adam steps: as
+it finishes, its measurements are written to
+`<workdir>/runs/lag<L>/<network>.json`, so a killed sweep loses at most the
+run in progress, and the same command again skips every finished run (a
+workdir holding runs of other settings is refused, naming them, and so is
+a workdir in use by a live run).
 
 Writes into --workdir (default runs/rnn_memory): results.json, results.md
 (the table), timings.json, accuracy_vs_lag.png, grad_norm_vs_distance.png
@@ -44,28 +41,17 @@ from experiments import _common
 
 RNN_MODELS = ("elman", "lstm", "gru")
 ESN_READOUTS = ("esn_ridge", "esn_gradient")
-_DISPLAY = {
-  "elman": "Elman",
-  "lstm": "LSTM",
-  "gru": "GRU",
-  "esn_ridge": "ESN (ridge)",
-  "esn_gradient": "ESN (gradient)",
-}
+_DISPLAY = {"elman": "Elman", "lstm": "LSTM", "gru": "GRU"} | {
+  "esn_ridge": "ESN (ridge)", "esn_gradient": "ESN (gradient)"
+}  # fmt: skip
 # Fields that do not change what one (lag, network) run measures: a workdir
 # with runs of other lags, networks or plotted lag is resumed, not refused.
 _SWEEP_FIELDS = ("lags", "models", "grad_lag")
 # Settings that count something, each an int >= 1.
 _COUNTS = (
-  "num_distractors",
-  "hidden_size",
-  "num_steps",
-  "esn_size",
-  "esn_train_size",
-  "esn_readout_steps",
-  "eval_size",
-  "grad_lag",
-  "grad_probe_size",
-)
+  "num_distractors", "hidden_size", "num_steps", "esn_size", "esn_train_size",
+  "esn_readout_steps", "eval_size", "grad_lag", "grad_probe_size",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
