@@ -98,10 +98,8 @@ def _test_digits(config: Config):
   """The test digits, checked against the settings before any training."""
   test_x, test_y = config.test_digits()
   _check_sizes(config, min(test_x.shape[1:3]))
-  for digit in _digits(config):
-    inspection.pick_digit(
-      test_y, test_y, digit
-    )  # The ValueError for a missing class.
+  for digit in _digits(config):  # The ValueError for a missing class:
+    inspection.pick_digit(test_y, test_y, digit)
   return test_x, test_y
 
 
@@ -189,45 +187,16 @@ def _flip_search(config, apply_fn, image, workdir) -> tuple[dict, str]:
     sizes=config.search_sizes,
     value=config.patch_value,
   )
-  if search["found"]:
-    size, row, col = search["size"], search["row"], search["col"]
-    patched = occlusion.occlude(image, row, col, size, config.patch_value)
-    caption = (
-      f"{size}x{size} patch at ({row}, {col})\npredicted "
-      f"{search['new_label']} (p={search['new_prob']:.3f})"
-    )
-  else:
-    patched = image
-    caption = f"no patch of sizes\n{list(config.search_sizes)} flips it"
+  panels, titles = inspection.flip_panels(
+    image, search, config.patch_value, config.search_sizes
+  )
   file = viz.plot_images(
-    np.stack([image, np.asarray(patched)]),
+    panels,
     workdir / "flip.png",
-    titles=[f"original\npredicted {search['clean_label']}", caption],
+    titles=titles,
     title="Search for a grey occlusion that changes the prediction",
   )
   return search, file
-
-
-def _summary(results: dict[str, Any]) -> str:
-  shifted, occluded = results["shifted"], results["occlusion"]
-  search = results["flip_search"]
-  found = (
-    f"found, {search['size']}x{search['size']} patch at ({search['row']}, "
-    f"{search['col']}) -> {search['new_label']}"
-    if search["found"]
-    else "no flipping patch exists among the sizes tried"
-  )
-  return "\n".join(
-    [
-      f"test accuracy: {results['test_accuracy']:.4f}",
-      "shifted digit: "
-      + ", ".join(f"{s['shift_px']:+d}px -> {s['predicted']}" for s in shifted),
-      f"occlusion: p(true) falls from {occluded['clean_probability']:.3f} to "
-      f"{occluded['min_true_probability']:.3f} at centre "
-      f"{occluded['most_sensitive_centre']}",
-      f"flip search: {found}",
-    ]
-  )
 
 
 def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -282,7 +251,9 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     "flip_search": search,
     "files": [pathlib.Path(f).name for f in [*files, file, file2, file3]],
   }
-  results["summary"] = _summary(results)
+  results["summary"] = inspection.summary(
+    result["test_accuracy"], shifted, occluded, search
+  )
   seconds["total"] = time.perf_counter() - start
   sweeps.write_results(
     workdir, results, table=results["summary"], timings=seconds

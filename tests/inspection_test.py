@@ -112,3 +112,38 @@ def test_patch_record_and_table_by_hand():
   assert optimised_row[2:] == ["optimised", "4", "4", "7", "-"]
   assert grey_row[2:] == ["grey", "5", "-", "5", "9"]
   assert "call the 6 each class; '-': none up to 9 px" in table
+
+
+def test_flip_panels_and_summary_by_hand():
+  image = np.zeros((5, 5, 1), np.float32)
+  search = dict(
+    found=True, size=3, row=2, col=2, new_label=7, new_prob=0.75,
+    clean_label=1,
+  )  # fmt: skip
+  panels, titles = inspection.flip_panels(image, search, 0.5, (3,))
+  assert panels.shape == (2, 5, 5, 1) and panels[1].sum() == 9 * 0.5
+  assert titles == [
+    "original\npredicted 1",
+    "3x3 patch at (2, 2)\npredicted 7 (p=0.750)",
+  ]
+  missed = {"found": False, "clean_label": 1}
+  panels, titles = inspection.flip_panels(image, missed, 0.5, (1, 3))
+  assert (
+    panels[1].sum() == 0 and titles[1] == "no patch of sizes\n[1, 3] flips it"
+  )
+  text = inspection.summary(
+    0.91234,
+    [{"shift_px": -2, "predicted": 1}, {"shift_px": 2, "predicted": 7}],
+    {
+      "clean_probability": 0.9,
+      "min_true_probability": 0.1,
+      "most_sensitive_centre": [3, 4],
+    },
+    search,
+  )
+  assert text.splitlines() == [
+    "test accuracy: 0.9123",
+    "shifted digit: -2px -> 1, +2px -> 7",
+    "occlusion: p(true) falls from 0.900 to 0.100 at centre [3, 4]",
+    "flip search: found, 3x3 patch at (2, 2) -> 7",
+  ]

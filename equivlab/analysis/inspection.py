@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from equivlab import data
-from equivlab.analysis import probes, tables
+from equivlab.analysis import occlusion, probes, tables
 from equivlab.nn import models
 
 
@@ -195,4 +195,67 @@ def patch_table(
   return tables.format_table(rows) + (
     f"\n(smallest side in pixels of a square patch that makes the model "
     f"call the {digit} each class; '-': none up to {max_size} px)"
+  )
+
+
+def flip_panels(
+  image: np.ndarray, search: dict[str, Any], value: float, sizes
+) -> tuple[np.ndarray, list[str]]:
+  """The digit beside its flipping grey patch, for `viz.plot_images`.
+
+  Args:
+    image: `[H, W, C]`.
+    search: `occlusion.find_flipping_patch`'s result for it.
+    value: the patch's grey level.
+    sizes: the sides the search tried.
+
+  Returns:
+    `(images [2, H, W, C], titles)`: the original and the patched digit
+    (the original again when no patch flips it).
+  """
+  patched, caption = image, f"no patch of sizes\n{list(sizes)} flips it"
+  if search["found"]:
+    size, row, col = search["size"], search["row"], search["col"]
+    patched = occlusion.occlude(image, row, col, size, value)
+    caption = (
+      f"{size}x{size} patch at ({row}, {col})\npredicted "
+      f"{search['new_label']} (p={search['new_prob']:.3f})"
+    )
+  original = f"original\npredicted {search['clean_label']}"
+  return np.stack([image, np.asarray(patched)]), [original, caption]
+
+
+def summary(
+  test_accuracy: float,
+  shifted: list[dict[str, Any]],
+  occluded: dict[str, Any],
+  search: dict[str, Any],
+) -> str:
+  """Four lines: accuracy, the shifted digit's predictions, what occlusion
+  does to the true-class probability, and the flip search's outcome.
+
+  Args:
+    test_accuracy: the model's test accuracy.
+    shifted: `shifted_predictions`' records.
+    occluded: an `occlusion_summary`.
+    search: `occlusion.find_flipping_patch`'s result.
+  """
+  found = (
+    f"found, {search['size']}x{search['size']} patch at ({search['row']}, "
+    f"{search['col']}) -> {search['new_label']}"
+    if search["found"]
+    else "no flipping patch exists among the sizes tried"
+  )
+  moves = ", ".join(
+    f"{s['shift_px']:+d}px -> {s['predicted']}" for s in shifted
+  )
+  return "\n".join(
+    [
+      f"test accuracy: {test_accuracy:.4f}",
+      f"shifted digit: {moves}",
+      f"occlusion: p(true) falls from {occluded['clean_probability']:.3f} to "
+      f"{occluded['min_true_probability']:.3f} at centre "
+      f"{occluded['most_sensitive_centre']}",
+      f"flip search: {found}",
+    ]
   )
