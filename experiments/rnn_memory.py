@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -129,15 +128,6 @@ class Config:
     return tasks.RecallTask(self.num_symbols, self.num_distractors)
 
 
-def train_rnn(key, name: str, lag: int, config: Config):
-  """Trains one recurrent net at one lag: `(params0, params, losses)`."""
-  return tasks.train_classifier(
-    key, name, config.task, lag, hidden_size=config.hidden_size,
-    batch_size=config.batch_size, num_steps=config.num_steps,
-    learning_rate=config.learning_rate, clip_norm=config.clip_norm,
-  )  # fmt: skip
-
-
 def run_esn(key, lag: int, eval_batch, config: Config) -> dict[str, float]:
   """The echo-state net's readout accuracies on `eval_batch`."""
   return tasks.esn_recall(
@@ -160,16 +150,13 @@ def _measure_rnn(config: Config, name: str, lag: int, keys, eval_batch):
   key = jax.random.fold_in(
     jax.random.fold_in(keys["models"], lag), RNN_MODELS.index(name)
   )
-  params0, params, losses = train_rnn(key, name, lag, config)
   probe = config.task.batch(keys["probe"], config.grad_probe_size, lag)
-  return {
-    "accuracy": tasks.accuracy(name, params, *eval_batch),
-    "final_train_loss": float(jnp.mean(losses[-20:])),
-    "grad_norms": {
-      stage: tasks.gradient_profile(name, p, *probe).tolist()
-      for stage, p in (("init", params0), ("trained", params))
-    },
-  }
+  return tasks.measure(
+    key, name, config.task, lag, eval_batch, probe,
+    hidden_size=config.hidden_size, batch_size=config.batch_size,
+    num_steps=config.num_steps, learning_rate=config.learning_rate,
+    clip_norm=config.clip_norm,
+  )  # fmt: skip
 
 
 def _sweep(config: Config, workdir: pathlib.Path):

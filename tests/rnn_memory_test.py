@@ -7,6 +7,7 @@ import pytest
 from absl import flags
 
 from equivlab import training
+from equivlab.rnn import tasks
 from experiments import rnn_memory
 
 _TINY = dict(
@@ -32,17 +33,17 @@ def _flag_values(*argv):
 
 
 def _counting(monkeypatch, fail_at=None):
-  """Counts calls of train_rnn; raises at call number `fail_at`."""
+  """Counts trained networks; raises at call number `fail_at`."""
   calls = []
-  train_rnn = rnn_memory.train_rnn
+  train_classifier = tasks.train_classifier
 
-  def counted(key, name, lag, config):
+  def counted(key, name, task, lag, **training):
     calls.append((name, lag))
     if len(calls) == fail_at:
       raise KeyboardInterrupt("killed")
-    return train_rnn(key, name, lag, config)
+    return train_classifier(key, name, task, lag, **training)
 
-  monkeypatch.setattr(rnn_memory, "train_rnn", counted)
+  monkeypatch.setattr(tasks, "train_classifier", counted)
   return calls
 
 

@@ -87,3 +87,25 @@ def test_an_echo_state_net_recalls_a_short_lag():
   assert sorted(out) == ["esn_gradient", "esn_ridge"]
   assert out["esn_ridge"] > 0.9  # Chance is 0.5.
   assert out["esn_ridge"] * 64 == int(out["esn_ridge"] * 64)
+
+
+def test_measure_records_accuracy_loss_and_both_profiles():
+  task = tasks.RecallTask(2, 1)
+  eval_batch = task.batch(jax.random.key(1), 16, 3)
+  probe = task.batch(jax.random.key(2), 4, 3)
+  record = tasks.measure(
+    jax.random.key(0), "elman", task, 3, eval_batch, probe, hidden_size=4,
+    batch_size=8, num_steps=25, learning_rate=1e-2, clip_norm=1.0,
+  )  # fmt: skip
+  params0, params, losses = tasks.train_classifier(
+    jax.random.key(0), "elman", task, 3, hidden_size=4, batch_size=8,
+    num_steps=25, learning_rate=1e-2, clip_norm=1.0,
+  )  # fmt: skip
+  assert record["accuracy"] == tasks.accuracy("elman", params, *eval_batch)
+  assert record["final_train_loss"] == pytest.approx(float(losses[-20:].mean()))
+  np.testing.assert_allclose(
+    record["grad_norms"]["init"],
+    tasks.gradient_profile("elman", params0, *probe),
+    rtol=1e-6,
+  )
+  assert len(record["grad_norms"]["trained"]) == 4

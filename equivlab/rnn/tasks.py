@@ -149,6 +149,42 @@ def _train_scan(params, key, cell, task, lag, batch_size, num_steps, tx):
   return params, losses
 
 
+def measure(
+  key: jax.Array,
+  cell: str,
+  task: RecallTask,
+  lag: int,
+  eval_batch: tuple[jax.Array, jax.Array],
+  probe: tuple[jax.Array, jax.Array],
+  **training: Any,
+) -> dict[str, Any]:
+  """Trains one classifier at one lag (`train_classifier`) and measures it.
+
+  Args:
+    key: the run's key.
+    cell: the recurrent cell's name.
+    task: the task.
+    lag: the distractor steps.
+    eval_batch: `(xs, labels)` the accuracy is measured on.
+    probe: `(xs, labels)` the gradient profiles are averaged over.
+    **training: `train_classifier`'s keyword arguments.
+
+  Returns:
+    "accuracy" on `eval_batch`, "final_train_loss" (the mean of the last
+    20 steps' losses) and "grad_norms" ("init" / "trained" ->
+    `gradient_profile` as a list).
+  """
+  params0, params, losses = train_classifier(key, cell, task, lag, **training)
+  return {
+    "accuracy": accuracy(cell, params, *eval_batch),
+    "final_train_loss": float(jnp.mean(losses[-20:])),
+    "grad_norms": {
+      stage: gradient_profile(cell, p, *probe).tolist()
+      for stage, p in (("init", params0), ("trained", params))
+    },
+  }
+
+
 def gradient_profile(cell: str, params, xs, labels) -> np.ndarray:
   """Mean ||dL_T/dh_t|| over a batch, indexed by distance T - t.
 
