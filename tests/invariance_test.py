@@ -88,3 +88,28 @@ def test_lifted_panels_rotate_and_cycle_with_the_input():
   np.testing.assert_allclose(
     panels[5 + 2], np.rot90(panels[0 + 1]), rtol=1e-5, atol=1e-5
   )
+
+
+def _rotation_record(error, change, pred):
+  return dict(
+    params=5,
+    test_error=error,
+    rot90=dict(logit_change=change, pred_change=pred),
+  )
+
+
+def test_rotation_rows_and_table_by_hand():
+  records = {
+    "z2cnn": [_rotation_record(4.0, 0.5, 0.2), _rotation_record(6.0, 0.7, 0.4)],
+    "p4cnn": [_rotation_record(2.0, 0.0, 0.0), _rotation_record(2.0, 0.0, 0.0)],
+  }
+  paper = {"z2cnn": 5.03, "p4cnn": 2.28}
+  z2, p4 = invariance.rotation_rows(records, paper)
+  assert z2["test error %"] == "5.00 +- 1.41" and z2["error_mean"] == 5.0
+  assert z2["rot90 pred. changes"] == "0.300"
+  assert p4["paper error %"] == "2.28"
+  table, ratio = invariance.rotation_table([z2, p4], 2, 100, paper)
+  assert ratio == pytest.approx(0.4)
+  assert "error_mean" not in table and "on 100 test digits" in table
+  assert table.endswith("= 0.400 (target <= 0.6; paper 0.453)")
+  assert invariance.rotation_table([z2], 2, 100, paper)[1] is None

@@ -144,3 +144,28 @@ def test_parse_shifts():
     shift_study.parse_shifts(["1"])
   with pytest.raises(ValueError, match="at least one"):
     shift_study.parse_shifts([])
+
+
+def test_accuracy_rows_and_table_by_hand():
+  def record(clean, moved):
+    return dict(
+      params=10,
+      test_accuracy=clean,
+      shifted_accuracy=moved,
+      sweep=[clean, moved],
+    )
+
+  rows = shift_study.accuracy_rows(
+    {"mlp": [record(0.9, 0.5), record(0.8, 0.3)], "cnn": [record(1.0, 1.0)]}
+  )
+  mlp, cnn = rows
+  assert mlp["test_acc_mean"] == pytest.approx(0.85)
+  assert mlp["shifted_acc_std"] == pytest.approx(0.1 * np.sqrt(2))
+  assert mlp["drop_points"] == pytest.approx(45.0)
+  np.testing.assert_allclose(mlp["sweep"], [0.85, 0.4])
+  assert cnn["test_acc_std"] == 0.0
+  one = shift_study.accuracy_table(rows, 2, num_seeds=1)
+  assert "| shifted (<= 2 px) test acc |" in one and "+-" not in one
+  two = shift_study.accuracy_table(rows, 2, num_seeds=2)
+  assert "0.8500 +- 0.0707" in two
+  assert two.endswith("(mean +- sample standard deviation over 2 seeds)")

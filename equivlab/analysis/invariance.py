@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from equivlab import gconv, groups
-from equivlab.analysis import metrics
+from equivlab.analysis import metrics, tables
 from equivlab.nn import layers, models
 
 LogitsFn = Callable[[Any], Any]
@@ -188,3 +188,69 @@ def lifted_panels(
       panels.append(0.5 + maps[i, ..., s] / scale)
       titles.append(f"group index {s}")
   return np.stack(panels), titles
+
+
+def rotation_rows(
+  records: dict[str, list[dict]], paper_error: Mapping[str, float]
+) -> list[dict]:
+  """One row per model from its per-seed records, for `rotation_table`.
+
+  Args:
+    records: model -> per seed "params", "test_error" (percent) and
+      "rot90" (`rot90_invariance`).
+    paper_error: model -> a published test error in percent, shown beside.
+
+  Returns:
+    Rows with the table's cells and "error_mean", "error_std" (sample std
+    over seeds).
+  """
+  rows = []
+  for name, mine in records.items():
+    mean, std = metrics.mean_std([r["test_error"] for r in mine])
+    change = max(r["rot90"]["logit_change"] for r in mine)
+    paper = paper_error.get(name)
+    rows.append(
+      {
+        "model": name,
+        "params": mine[0]["params"],
+        "test error %": f"{mean:.2f} +- {std:.2f}",
+        "rot90 logit change": tables.format_error(change),
+        "rot90 pred. changes": "{:.3f}".format(
+          np.mean([r["rot90"]["pred_change"] for r in mine])
+        ),
+        "paper error %": "-" if paper is None else f"{paper:.2f}",
+        "error_mean": mean,
+        "error_std": std,
+      }
+    )
+  return rows
+
+
+def rotation_table(
+  rows: list[dict],
+  num_seeds: int,
+  num_invariance: int,
+  paper_error: Mapping[str, float],
+) -> tuple[str, float | None]:
+  """The Markdown table of `rotation_rows`, and P4CNN error / Z2CNN error.
+
+  Returns:
+    `(table, ratio)`; the ratio (and its line in the table) only when both
+    "p4cnn" and "z2cnn" ran.
+  """
+  columns = [c for c in rows[0] if c not in ("error_mean", "error_std")]
+  table = tables.format_table(rows, columns) + (
+    f"\n(test error: mean +- sample standard deviation over {num_seeds} "
+    f"seeds; logit change: max|f(gx) - f(x)| / max|f(x)| on "
+    f"{num_invariance} test digits)"
+  )
+  error = {r["model"]: r["error_mean"] for r in rows}
+  if "p4cnn" not in error or "z2cnn" not in error:
+    return table, None
+  ratio = error["p4cnn"] / max(error["z2cnn"], 1e-12)
+  paper = paper_error["p4cnn"] / paper_error["z2cnn"]
+  table += (
+    f"\nP4CNN error / Z2CNN error = {ratio:.3f} "
+    f"(target <= 0.6; paper {paper:.3f})"
+  )
+  return table, ratio
