@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from equivlab import checks, groups, testing, train
-from equivlab.analysis import invariance, metrics, tables, viz
+from equivlab import checks, train
+from equivlab.analysis import invariance, viz
 from equivlab.training import sweeps
 from experiments import _common, rotated_digits
 
@@ -50,11 +50,8 @@ TEST_SETS = ("upright", "mirrored", "rotated", "rotated+mirrored")
 # The test sets whose confusion matrices are kept and whose most frequent
 # mistakes the table lists.
 MISTAKE_SETS = ("rotated", "rotated+mirrored")
-# The 8 roto-reflections of p4m, by flat index (0..3 rotations, 4..7
-# "mirror then rotate"); names as `testing.element_name` writes them.
-ELEMENTS = tuple(testing.element_name(g) for g in groups.elements("p4m"))
-ROTATIONS = ELEMENTS[1:4]
-MIRRORS = ELEMENTS[4:]
+ELEMENTS = invariance.P4M_ELEMENTS
+ROTATIONS, MIRRORS = ELEMENTS[1:4], ELEMENTS[4:]
 # log axes cannot show 0: zero changes are drawn at this level.
 _FLOOR = 1e-10
 
@@ -158,58 +155,6 @@ def _record(config, name, seed, result, sets, labels) -> dict[str, Any]:
     ),
     "history": result.history,
   }
-
-
-def _row(config: Config, name: str, mine: list[dict]) -> dict[str, Any]:
-  row = {
-    "model": name,
-    "features": config.widths[config.models.index(name)],
-    "params": mine[0]["params"],
-  }
-  stats = {}
-  for key in TEST_SETS:
-    mean, std = metrics.mean_std([r["errors"][key] for r in mine])
-    row[f"{key} error %"] = f"{mean:.2f} +- {std:.2f}"
-    stats[key] = (mean, std)
-  cost = [
-    r["errors"]["rotated+mirrored"] - r["errors"]["rotated"] for r in mine
-  ]
-  mean, std = metrics.mean_std(cost)
-  row["mirror cost (points)"] = f"{mean:+.2f} +- {std:.2f}"
-  for label, names in (("rot90s", ROTATIONS), ("mirrors", MIRRORS)):
-    largest = max(r["logit_change"][e] for r in mine for e in names)
-    row[f"logit change, {label}"] = tables.format_error(largest)
-  row["pred. changes, mirrors"] = "{:.3f}".format(
-    np.mean([r["pred_change"][e] for r in mine for e in MIRRORS])
-  )
-  mistakes = {
-    key: metrics.top_confusions(
-      sum(np.asarray(r["confusion"][key]) for r in mine)
-    )
-    for key in MISTAKE_SETS
-  }
-  return {**row, "stats": stats, "mistakes": mistakes}
-
-
-def _table(config: Config, rows: list[dict]) -> str:
-  columns = [c for c in rows[0] if c not in ("stats", "mistakes")]
-  table = tables.format_table(rows, columns) + (
-    f"\n(trained on {config.train_set} digits; errors: mean +- sample "
-    f"standard deviation over {config.num_seeds} seeds; mirror cost: "
-    f"rotated+mirrored error - rotated error, the same digits and angles; "
-    f"logit change: largest max|f(gx) - f(x)| / max|f(x)| over the "
-    f"elements and seeds, on {config.num_invariance} "
-    f"{config.train_set} test digits; pred. changes: fraction of those "
-    f"digits whose class changes, mean over the 4 mirror elements)"
-  )
-  table += "\nMost frequent mistakes (true -> predicted: count over seeds):"
-  for row in rows:
-    table += f"\n- {row['model']}: " + "; ".join(
-      f"{key} "
-      + ", ".join(f"{t} -> {p}: {n}" for t, p, n in row["mistakes"][key])
-      for key in MISTAKE_SETS
-    )
-  return table
 
 
 def _mean_over_seeds(records, name, key) -> list[float]:
@@ -316,8 +261,13 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     ]
     for name, results in trained.items()
   }
-  rows = [_row(config, name, mine) for name, mine in records.items()]
-  table = _table(config, rows)
+  rows = [
+    invariance.mirror_row(name, width, records[name], TEST_SETS, MISTAKE_SETS)
+    for name, width in zip(config.models, config.widths, strict=True)
+  ]
+  table = invariance.mirror_table(
+    rows, config.train_set, config.num_seeds, config.num_invariance
+  )
   _figures(config, workdir, rows, records, sets, labels)
   results = {
     "config": dataclasses.asdict(config),

@@ -113,3 +113,32 @@ def test_rotation_rows_and_table_by_hand():
   assert "error_mean" not in table and "on 100 test digits" in table
   assert table.endswith("= 0.400 (target <= 0.6; paper 0.453)")
   assert invariance.rotation_table([z2], 2, 100, paper)[1] is None
+
+
+def _mirror_record(rotated, mirrored, change):
+  names = invariance.P4M_ELEMENTS
+  confusion = np.zeros((3, 3), int)
+  confusion[2, 1] = 2
+  return {
+    "params": 7,
+    "errors": {"rotated": rotated, "rotated+mirrored": mirrored},
+    "logit_change": {e: change * (i >= 4) for i, e in enumerate(names)},
+    "pred_change": {e: 0.5 * (i >= 4) for i, e in enumerate(names)},
+    "confusion": {"rotated": confusion},
+  }
+
+
+def test_mirror_row_and_table_by_hand():
+  assert invariance.P4M_ELEMENTS[0] == "identity"
+  assert len(invariance.P4M_ELEMENTS) == 8
+  records = [_mirror_record(2.0, 5.0, 0.1), _mirror_record(4.0, 5.0, 0.3)]
+  sets = ("rotated", "rotated+mirrored")
+  row = invariance.mirror_row("p4cnn", 9, records, sets, ("rotated",))
+  assert row["rotated error %"] == "3.00 +- 1.41"
+  assert row["mirror cost (points)"] == "+2.00 +- 1.41"
+  assert row["stats"]["rotated+mirrored"] == (5.0, 0.0)
+  assert row["pred. changes, mirrors"] == "0.500"
+  assert row["mistakes"] == {"rotated": [(2, 1, 4)]}
+  table = invariance.mirror_table([row], "rotated", 2, 50)
+  assert "| p4cnn | 9        | 7      |" in table
+  assert table.endswith("\n- p4cnn: rotated 2 -> 1: 4")

@@ -24,6 +24,7 @@ import numpy as np
 from equivlab import gconv, groups
 from equivlab.analysis import metrics, tables
 from equivlab.nn import layers, models
+from equivlab.testing.equivariance import element_name
 
 LogitsFn = Callable[[Any], Any]
 
@@ -254,3 +255,82 @@ def rotation_table(
     f"(target <= 0.6; paper {paper:.3f})"
   )
   return table, ratio
+
+
+# The 8 roto-reflections of p4m, by flat index (0..3 rotations, 4..7
+# "mirror then rotate"); names as `testing.element_name` writes them.
+P4M_ELEMENTS = tuple(element_name(g) for g in groups.elements("p4m"))
+
+
+def mirror_row(
+  name: str,
+  features: int,
+  records: Sequence[dict],
+  test_sets: Sequence[str],
+  mistake_sets: Sequence[str],
+) -> dict[str, Any]:
+  """One model's table row over seeds, from its `evaluate` records.
+
+  Args:
+    name: the model.
+    features: its width.
+    records: one per seed: "params" and `evaluate`'s result with p4m's
+      elements, on test sets that include "rotated" and
+      "rotated+mirrored" (the same digits and angles, mirrored).
+    test_sets: the sets with an error column, in order.
+    mistake_sets: the sets whose most frequent mistakes are listed.
+
+  Returns:
+    The table's cells (errors as mean +- sample std, the mirror cost
+    rotated+mirrored - rotated, the largest logit change over the rot90s
+    and over the mirrors, the mirrors' mean prediction changes), "stats"
+    (set -> (mean, std) of the error) and "mistakes" (set -> the most
+    frequent (true, predicted, count), summed over seeds).
+  """
+  row = {"model": name, "features": features, "params": records[0]["params"]}
+  stats = {}
+  for key in test_sets:
+    mean, std = metrics.mean_std([r["errors"][key] for r in records])
+    row[f"{key} error %"] = f"{mean:.2f} +- {std:.2f}"
+    stats[key] = (mean, std)
+  errors = [r["errors"] for r in records]
+  cost = [e["rotated+mirrored"] - e["rotated"] for e in errors]
+  mean, std = metrics.mean_std(cost)
+  row["mirror cost (points)"] = f"{mean:+.2f} +- {std:.2f}"
+  rotations, mirrors = P4M_ELEMENTS[1:4], P4M_ELEMENTS[4:]
+  for label, names in (("rot90s", rotations), ("mirrors", mirrors)):
+    largest = max(r["logit_change"][e] for r in records for e in names)
+    row[f"logit change, {label}"] = tables.format_error(largest)
+  row["pred. changes, mirrors"] = "{:.3f}".format(
+    np.mean([r["pred_change"][e] for r in records for e in mirrors])
+  )
+  mistakes = {
+    key: metrics.top_confusions(
+      sum(np.asarray(r["confusion"][key]) for r in records)
+    )
+    for key in mistake_sets
+  }
+  return {**row, "stats": stats, "mistakes": mistakes}
+
+
+def mirror_table(
+  rows: list[dict], train_set: str, num_seeds: int, num_invariance: int
+) -> str:
+  """The Markdown table of `mirror_row`s and each model's top mistakes."""
+  columns = [c for c in rows[0] if c not in ("stats", "mistakes")]
+  table = tables.format_table(rows, columns) + (
+    f"\n(trained on {train_set} digits; errors: mean +- sample "
+    f"standard deviation over {num_seeds} seeds; mirror cost: "
+    f"rotated+mirrored error - rotated error, the same digits and angles; "
+    f"logit change: largest max|f(gx) - f(x)| / max|f(x)| over the "
+    f"elements and seeds, on {num_invariance} "
+    f"{train_set} test digits; pred. changes: fraction of those "
+    f"digits whose class changes, mean over the 4 mirror elements)"
+  )
+  table += "\nMost frequent mistakes (true -> predicted: count over seeds):"
+  for row in rows:
+    table += f"\n- {row['model']}: " + "; ".join(
+      f"{key} " + ", ".join(f"{t} -> {p}: {n}" for t, p, n in mistakes)
+      for key, mistakes in row["mistakes"].items()
+    )
+  return table
