@@ -135,3 +135,22 @@ def test_check_corpus_names_the_problem(settings, error, message):
   settings = dict(valid_fraction=0.1, batch_size=2, tau=10) | settings
   with pytest.raises(error, match=message):
     lm.check_corpus(_TEXT, **settings)
+
+
+@pytest.mark.parametrize(
+  ("settings", "message"),
+  [
+    (dict(tau=0), "tau must be an int >= 1, got 0"),
+    (dict(tau=1000), "tau must be at most the 440 characters"),
+    (dict(num_epochs=0), "num_epochs must be an int >= 1"),
+    (dict(chunk_updates=0), "chunk_updates must be an int >= 1"),
+  ],
+)
+def test_bad_training_settings_name_the_argument(settings, message):
+  corpus, tx = _corpus(), lm.optimizer(1e-3, 1.0)
+  state = lm.init_state(jax.random.key(0), corpus, 4, tx)
+  kwargs = dict(tau=10, num_epochs=1, chunk_updates=4) | settings
+  with pytest.raises(ValueError, match=message):
+    lm.train(
+      state, lm.Progress(), corpus, tx=tx, save=lambda s, p: None, **kwargs
+    )

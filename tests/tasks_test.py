@@ -109,3 +109,30 @@ def test_measure_records_accuracy_loss_and_both_profiles():
     rtol=1e-6,
   )
   assert len(record["grad_norms"]["trained"]) == 4
+
+
+@pytest.mark.parametrize(
+  ("settings", "message"),
+  [
+    (dict(num_steps=0), "num_steps must be an int >= 1, got 0"),
+    (dict(hidden_size=2.5), "hidden_size must be an int"),
+    (dict(learning_rate=0.0), "learning_rate must be a finite number > 0"),
+    (dict(cell="rnn"), "rnn"),
+    (dict(lag=-1), "lag must be an int >= 0, got -1"),
+  ],
+)
+def test_bad_training_settings_name_the_argument(settings, message):
+  kwargs = dict(
+    cell="gru", lag=2, hidden_size=4, batch_size=4, num_steps=2,
+    learning_rate=1e-2, clip_norm=1.0,
+  ) | settings  # fmt: skip
+  cell, lag = kwargs.pop("cell"), kwargs.pop("lag")
+  with pytest.raises((ValueError, TypeError), match=message):
+    tasks.train_classifier(
+      jax.random.key(0), cell, tasks.RecallTask(), lag, **kwargs
+    )
+
+
+def test_bad_batch_sizes_name_the_argument():
+  with pytest.raises(ValueError, match="size must be an int >= 1, got 0"):
+    tasks.RecallTask().batch(jax.random.key(0), 0, 3)

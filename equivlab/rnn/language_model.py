@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from equivlab import checks
 from equivlab.rnn.cells import LSTMState, init_lstm, lstm_cell
 from equivlab.rnn.scan import unroll
 from equivlab.rnn.tbptt import tbptt_train
@@ -322,7 +323,20 @@ def train(
 
   Returns:
     The trained state.
+
+  Raises:
+    ValueError: if `tau`, `num_epochs` or `chunk_updates` is not an int
+      >= 1, or the corpus has no update of `tau` characters.
   """
+  for name, value in (
+    ("tau", tau), ("num_epochs", num_epochs), ("chunk_updates", chunk_updates),
+  ):  # fmt: skip
+    checks.check_int(name, value, minimum=1)
+  if corpus.xs.shape[0] < tau:
+    raise ValueError(
+      f"tau must be at most the {corpus.xs.shape[0]} characters of each "
+      f"training stream, got {tau}."
+    )
   chunk, valid_bpc = chunk_fn(corpus, tx, tau), valid_bpc_fn(corpus)
   per_epoch = corpus.xs.shape[0] // tau
   size = min(chunk_updates, per_epoch)

@@ -51,7 +51,13 @@ class RecallTask:
     return self.num_symbols + self.num_distractors
 
   def batch(self, key: jax.Array, size: int, lag: int):
-    """`(xs [size, lag + 1, dim] one-hot float32, labels [size])`."""
+    """`(xs [size, lag + 1, dim] one-hot float32, labels [size])`.
+
+    Raises:
+      ValueError: if `size` < 1 or `lag` < 0.
+    """
+    checks.check_int("size", size, minimum=1)
+    checks.check_int("lag", lag, minimum=0)
     return _batch(key, size, lag, self.num_symbols, self.num_distractors)
 
 
@@ -116,7 +122,22 @@ def train_classifier(
 
   Returns:
     `(params_at_init, trained_params, losses [num_steps])`.
+
+  Raises:
+    ValueError: for an unknown cell, or a count or rate out of range.
   """
+  checks.check_int("lag", lag, minimum=0)
+  for name, value in (
+    ("hidden_size", hidden_size), ("batch_size", batch_size),
+    ("num_steps", num_steps),
+  ):  # fmt: skip
+    checks.check_int(name, value, minimum=1)
+  for name, value in (
+    ("learning_rate", learning_rate),
+    ("clip_norm", clip_norm),
+  ):
+    checks.check_number(name, value, minimum=0, strict_minimum=True)
+  get_cell(cell)
   k_init, k_data = jax.random.split(key)
   params0 = init_classifier(
     k_init, cell, task.dim, hidden_size, task.num_symbols
