@@ -111,3 +111,8 @@ def test_summary_rows_give_the_members_mean_and_sample_std():
   assert row["members_accuracy_std"] == pytest.approx(0.2 / math.sqrt(2))
   assert row["prediction avg acc"] == "0.9000"
   assert row["members NLL"] == "0.5000 +- 0.1414"
+
+
+def test_compare_needs_a_member():
+  with pytest.raises(ValueError, match="at least one trained result"):
+    ensembling.compare([], np.zeros((1, 28, 28, 1)), np.zeros(1, int))

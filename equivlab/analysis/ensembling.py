@@ -57,7 +57,12 @@ def compare(members, test_x, test_y) -> list[dict[str, Any]]:
     Records with "M", "prediction_average" and "parameter_average"
     (accuracy and NLL), and "members" (each of the first M members'
     scores).
+
+  Raises:
+    ValueError: if there is no member.
   """
+  if not members:
+    raise ValueError("members must hold at least one trained result, got 0.")
   model = members[0].model
   probs = _probs_fn(model)
   variables = [m.variables for m in members]
