@@ -1,17 +1,8 @@
 """What every experiment shares: flags from its config, results files, runs.
 
-An experiment module reads as a config and the study it runs:
-
-    @dataclasses.dataclass(frozen=True)
-    class Config(_common.TrainingOptions):   # or a plain frozen dataclass
-      '''Settings of the study.
-
-      Attributes:
-        num_epochs: training epochs per run.
-      '''
-      num_epochs: int = 3   # a shared option with this study's default
-
-    def run(config: Config, workdir) -> dict: ...   # returns the results
+An experiment module is a frozen config dataclass (on `TrainingOptions` or
+`SeedOptions` where it trains), one `run(config, workdir) -> results` that
+calls the library, and
 
     define_flags, main = _common.entry_points(Config, run, "my_study")
 
@@ -22,14 +13,9 @@ An experiment module reads as a config and the study it runs:
 typed from its annotation, with the help text of its line under
 "Attributes:" in the docstrings, plus `--workdir`. The flags are checked
 together by constructing the config at parse time, so a bad value is an
-absl flag error naming the flag before anything trains. The shared training
-options (`TrainingOptions`, `SeedOptions`) are declared and checked here
-once; `config.train_config(**overrides)` is the `TrainConfig` of a study's
-runs and `train_variants` trains a grid of them (`equivlab.training.sweeps`).
-
-Results: `write_results(workdir, results, table=...)` writes
-`results.json` (deterministic: the same command gives the same bytes; wall
-times go to `timings.json`) and `results.md`, and prints the table.
+absl flag error naming the flag before anything trains. The shared options
+are declared and checked here once; `config.train_config(**overrides)` is
+the `TrainConfig` of a study's runs.
 """
 
 from __future__ import annotations
@@ -115,11 +101,10 @@ class TrainingOptions:
   seed: int = 0
 
   def train_options(self) -> dict[str, Any]:
-    """Where data come from and how runs are kept, as `TrainConfig` fields.
-
-    The first seven fields: the ones a study passes on unchanged.
-    """
-    return {name: getattr(self, name) for name in _RUN_FIELDS}
+    """Where data come from and how runs are kept, as `TrainConfig` fields:
+    the first seven fields, the ones a study passes on unchanged."""
+    fields = dataclasses.fields(TrainingOptions)[:7]
+    return {f.name: getattr(self, f.name) for f in fields}
 
   def train_config(self, **overrides: Any) -> Any:
     """The `TrainConfig` of all these settings, `overrides` replacing some.
@@ -141,24 +126,11 @@ class TrainingOptions:
     """
     from equivlab import data  # noqa: PLC0415
 
-    images, labels = data.load_dataset(
-      name or self.dataset,
-      "test",
-      data_dir=self.data_dir,
-      download=self.download,
+    name, limit = name or self.dataset, self.test_limit
+    split = data.load_dataset(
+      name, "test", data_dir=self.data_dir, download=self.download
     )
-    return images[: self.test_limit], labels[: self.test_limit]
-
-
-_RUN_FIELDS = (
-  "dataset",
-  "data_dir",
-  "download",
-  "num_devices",
-  "checkpoint_every_steps",
-  "checkpoint_every_secs",
-  "progress",
-)
+    return split[0][:limit], split[1][:limit]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,16 +212,12 @@ def field_help(config_cls: type) -> dict[str, str]:
   """Field name -> its text under "Attributes:" in the class docstrings."""
   found: dict[str, str] = {}
   for cls in reversed(config_cls.__mro__):
-    doc = inspect.cleandoc(cls.__doc__ or "")
-    if "Attributes:" not in doc:
-      continue
-    section = doc.split("Attributes:", 1)[1]
+    section = inspect.cleandoc(cls.__doc__ or "").partition("Attributes:")[2]
     name = None
     for line in section.splitlines():
       entry = re.match(r"^  (\w+): (.*)$", line)
       if entry:
-        name = entry.group(1)
-        found[name] = entry.group(2).strip()
+        name, found[entry.group(1)] = entry.group(1), entry.group(2).strip()
       elif line.startswith("    ") and name:
         found[name] += " " + line.strip()
       elif line.strip():
@@ -258,30 +226,59 @@ def field_help(config_cls: type) -> dict[str, str]:
 
 
 def _flag_kind(hint: Any) -> tuple[str, type | None]:
-  """("int"|"float"|"bool"|"str"|"list", element type) of a field's type."""
-  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  """("int"|"float"|"bool"|"str"|"list"|"json", element type) of a type."""
   if typing.get_origin(hint) in (typing.Union, types.UnionType):
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
     hint = args[0] if len(args) == 1 else str
   if typing.get_origin(hint) in (tuple, Sequence, list):
-    element = typing.get_args(hint)[0] if typing.get_args(hint) else str
-    return "list", element
-  for kind in (bool, int, float, str):
-    if hint is kind:
-      return kind.__name__, None
-  return "json", None
+    return "list", (typing.get_args(hint) or (str,))[0]
+  kinds = {bool: "bool", int: "int", float: "float", str: "str"}
+  return kinds.get(hint, "json"), None
 
 
+def _convert(name: str, value: Any, kind: str, element: Any) -> Any:
+  """A parsed flag value as the config field wants it."""
+  if value is None or kind not in ("list", "json"):
+    return value
+  if kind == "list":
+    try:
+      return tuple(element(v) for v in value)
+    except (TypeError, ValueError):
+      raise ValueError(
+        f"--{name} must be a comma-separated list of {element.__name__}s, "
+        f"got {','.join(map(str, value))!r}."
+      ) from None
+  try:
+    return json.loads(value) if isinstance(value, str) else value
+  except json.JSONDecodeError as error:
+    raise ValueError(
+      f'--{name} must be JSON, e.g. \'{{"norm": "batch"}}\', got '
+      f"{value!r} ({error.msg})."
+    ) from None
+
+
+def _make_config(config_cls: type, values: Mapping[str, Any]) -> Any:
+  hints = typing.get_type_hints(config_cls)
+  return config_cls(
+    **{
+      f.name: _convert(f.name, values[f.name], *_flag_kind(hints[f.name]))
+      for f in dataclasses.fields(config_cls)
+      if f.name in values
+    }
+  )
+
+
+@dataclasses.dataclass
 class Flags:
   """An experiment's flag holders, with the config they describe.
 
   Attributes:
-    holders: flag name -> absl `FlagHolder`.
     config_cls: the experiment's config dataclass.
+    holders: flag name -> absl `FlagHolder`.
   """
 
-  def __init__(self, config_cls: type, holders: dict[str, Any]):
-    self.config_cls = config_cls
-    self.holders = holders
+  config_cls: type
+  holders: dict[str, Any]
 
   def config(self) -> Any:
     """The config the parsed flags describe."""
@@ -294,40 +291,14 @@ class Flags:
     return self.holders["workdir"].value
 
 
-def _convert(name: str, value: Any, kind: str, element: type | None) -> Any:
-  """A parsed flag value as the config field wants it."""
-  if value is None:
-    return None
-  if kind == "list":
-    try:
-      return tuple(element(v) if element else v for v in value)
-    except (TypeError, ValueError):
-      raise ValueError(
-        f"--{name} must be a comma-separated list of "
-        f"{getattr(element, '__name__', 'values')}s, got "
-        f"{','.join(map(str, value))!r}."
-      ) from None
-  if kind == "json":
-    try:
-      return json.loads(value) if isinstance(value, str) else value
-    except json.JSONDecodeError as error:
-      raise ValueError(
-        f'--{name} must be JSON, e.g. \'{{"norm": "batch"}}\', got '
-        f"{value!r} ({error.msg})."
-      ) from None
-  return value
-
-
-def _make_config(config_cls: type, values: Mapping[str, Any]) -> Any:
-  hints = typing.get_type_hints(config_cls)
-  fields = {}
-  for field in dataclasses.fields(config_cls):
-    if field.name in values:
-      kind, element = _flag_kind(hints[field.name])
-      fields[field.name] = _convert(
-        field.name, values[field.name], kind, element
-      )
-  return config_cls(**fields)
+_DEFINE = {
+  "bool": flags.DEFINE_boolean,
+  "int": flags.DEFINE_integer,
+  "float": flags.DEFINE_float,
+  "str": flags.DEFINE_string,
+  "list": flags.DEFINE_list,
+  "json": flags.DEFINE_string,
+}
 
 
 def define_flags(
@@ -340,7 +311,9 @@ def define_flags(
 
   Called only when an experiment runs as a script (and by tests, with a
   fresh `flags.FlagValues()`), so that importing several experiments into
-  one process never defines a flag twice.
+  one process never defines a flag twice. Each flag's validator builds the
+  config of all the flags and blames a failure whose message starts with
+  the field's name on that flag; a multi-flag validator catches the rest.
 
   Args:
     config_cls: a frozen dataclass whose fields all have defaults and
@@ -351,8 +324,7 @@ def define_flags(
   Returns:
     The holders, with `.config()` and `.workdir`.
   """
-  helps = field_help(config_cls)
-  hints = typing.get_type_hints(config_cls)
+  helps, hints = field_help(config_cls), typing.get_type_hints(config_cls)
   holders = {
     "workdir": flags.DEFINE_string(
       "workdir",
@@ -362,72 +334,49 @@ def define_flags(
       flag_values=flag_values,
     )
   }
-  defaults = config_cls()
-  for field in dataclasses.fields(config_cls):
-    kind, _ = _flag_kind(hints[field.name])
-    default = getattr(defaults, field.name)
-    help_text = helps.get(field.name) or field.name.replace("_", " ")
-    holders[field.name] = _define(
-      kind, field.name, default, help_text, flag_values
-    )
-
-  names = [f.name for f in dataclasses.fields(config_cls)]
+  defaults, names = (
+    config_cls(),
+    [f.name for f in dataclasses.fields(config_cls)],
+  )
   for name in names:
+    kind, _ = _flag_kind(hints[name])
+    default = getattr(defaults, name)
+    if kind == "list" and default is not None:
+      default = [str(v) for v in default]
+    elif kind == "json":
+      default = json.dumps(default if not isinstance(default, tuple) else {})
+    help_text = helps.get(name) or name.replace("_", " ")
+    holders[name] = _DEFINE[kind](
+      name, default, help_text, flag_values=flag_values
+    )
     flags.register_validator(
       name,
-      _field_validator(config_cls, name, names, flag_values),
+      _validator(config_cls, name, names, flag_values),
       flag_values=flag_values,
     )
-
-  def whole(values: dict[str, Any]) -> bool:
-    # What no single flag is to blame for (e.g. two that disagree).
-    try:
-      _make_config(config_cls, values)
-    except (TypeError, ValueError) as error:
-      raise flags.ValidationError(str(error)) from None
-    return True
-
-  flags.register_multi_flags_validator(names, whole, flag_values=flag_values)
+  flags.register_multi_flags_validator(
+    names,
+    _validator(config_cls, None, names, flag_values),
+    flag_values=flag_values,
+  )
   return Flags(config_cls, holders)
 
 
-def _field_validator(config_cls, name, names, flag_values):
-  """A validator of --name: the config of all the flags, blamed on `name`.
-
-  The config is built from every flag's value; if that fails with a
-  message about `name` (every check's message starts with the field's
-  name), the error is this flag's: absl reports it as
-  "flag --name=value: <message>".
-  """
+def _validator(config_cls, name, names, flag_values):
+  """Validates --name (or, with name None, all flags together)."""
 
   def valid(value: Any) -> bool:
-    values = {n: flag_values[n].value for n in names}
-    values[name] = value
+    values = value if name is None else {n: flag_values[n].value for n in names}
+    if name is not None:
+      values[name] = value
     try:
       _make_config(config_cls, values)
     except (TypeError, ValueError) as error:
-      message = str(error)
-      if re.match(rf"(--)?{name}\b", message):
-        raise flags.ValidationError(message) from None
+      if name is None or re.match(rf"(--)?{name}\b", str(error)):
+        raise flags.ValidationError(str(error)) from None
     return True
 
   return valid
-
-
-def _define(kind, name, default, help_text, flag_values):
-  if kind == "list":
-    default = None if default is None else [str(v) for v in default]
-    return flags.DEFINE_list(name, default, help_text, flag_values=flag_values)
-  if kind == "json":
-    text = json.dumps(default if not isinstance(default, tuple) else {})
-    return flags.DEFINE_string(name, text, help_text, flag_values=flag_values)
-  define = {
-    "bool": flags.DEFINE_boolean,
-    "int": flags.DEFINE_integer,
-    "float": flags.DEFINE_float,
-    "str": flags.DEFINE_string,
-  }[kind]
-  return define(name, default, help_text, flag_values=flag_values)
 
 
 def entry_points(
@@ -462,11 +411,8 @@ def entry_points(
 
 
 class _BelowWarningFrom(std_logging.Filter):
-  """Quiets one package: only its warnings pass, without tracebacks.
-
-  Its errors are left out too: equivlab reports the failure it raises in
-  one line naming the path.
-  """
+  """Lets only one package's warnings pass, without tracebacks (equivlab
+  reports the failure it raises in one line naming the path)."""
 
   def __init__(self, package: str):
     super().__init__()
@@ -549,20 +495,15 @@ def launch(
     )
     try:
       main(argv, holders)
-    except USER_ERRORS as error:
-      _exit_with(error)
-    except RuntimeError as error:
-      if type(error).__name__ != "WorkdirInUseError":
+    except (*USER_ERRORS, RuntimeError) as error:
+      is_user_error = isinstance(error, USER_ERRORS)
+      if not is_user_error and type(error).__name__ != "WorkdirInUseError":
         raise
-      _exit_with(error)
+      logging.flush()
+      print(f"error: {error}", file=sys.stderr)
+      sys.exit(1)
 
   app.run(_main)
-
-
-def _exit_with(error: BaseException) -> None:
-  logging.flush()
-  print(f"error: {error}", file=sys.stderr)
-  sys.exit(1)
 
 
 # ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from equivlab import checks, train
-from equivlab.analysis import adversarial, occlusion, tables, viz
+from equivlab.analysis import adversarial, inspection, occlusion, viz
 from equivlab.nn import models
 from equivlab.training import sweeps
 from experiments import _common
@@ -95,23 +95,6 @@ def base_config(config: Config) -> train.TrainConfig:
   return config.train_config(schedule="cosine")
 
 
-def pick_image(predictions: list[np.ndarray], labels, digit: int) -> int:
-  """The first test index of class `digit` that every model gets right.
-
-  Raises:
-    ValueError: if there is none.
-  """
-  right = labels == digit
-  for predicted in predictions:
-    right &= np.asarray(predicted) == digit
-  if not right.any():
-    raise ValueError(
-      f"no test digit of class {digit} is classified correctly by every "
-      "model; train longer or choose another --digit."
-    )
-  return int(np.flatnonzero(right)[0])
-
-
 def _attack(config: Config, result, image) -> tuple[dict, dict, dict]:
   """(optimised patches per class, the grey grid search, seconds)."""
 
@@ -142,61 +125,8 @@ def _attack(config: Config, result, image) -> tuple[dict, dict, dict]:
   return patches, grey, seconds
 
 
-def smallest_grey_sides(grey: dict[str, Any]) -> dict[int, int]:
-  """Class -> the smallest grey side whose patch somewhere gives it."""
-  sides: dict[int, int] = {}
-  for size, labels in sorted(grey["labels"].items()):
-    for label in labels:
-      sides.setdefault(int(label), int(size))
-  return sides
-
-
-def _record(config, result, patches, grey) -> dict[str, Any]:
-  keys = ("found", "size", "row", "col", "probability", "steps", "tried")
-  optimised = {t: {k: r[k] for k in keys if k in r} for t, r in patches.items()}
-  sides = [r["size"] for r in patches.values() if r["found"]]
-  return {
-    "test_accuracy": result["test_accuracy"],
-    "num_params": result["num_params"],
-    "optimised": optimised,
-    "smallest_optimised": min(sides) if sides else None,
-    "largest_optimised": max(sides) if sides else None,
-    "grey_search": grey,
-    "grey_sides": smallest_grey_sides(grey),
-  }
-
-
 def _targets(config: Config) -> list[int]:
   return [t for t in range(10) if t != config.digit]
-
-
-def _table(config: Config, records: dict[str, dict]) -> str:
-  rows = []
-  for name, record in records.items():
-    grey = record["grey_search"]
-    for kind, sides, smallest in (
-      (
-        "optimised",
-        {t: r.get("size") for t, r in record["optimised"].items()},
-        record["smallest_optimised"],
-      ),
-      ("grey", record["grey_sides"], grey.get("size")),
-    ):
-      row = {
-        "model": name,
-        "test acc": f"{record['test_accuracy']:.4f}",
-        "patch": kind,
-        "any class": "-" if smallest is None else smallest,
-      }
-      for target in _targets(config):
-        side = sides.get(target)
-        row[f"-> {target}"] = "-" if side is None else side
-      rows.append(row)
-  return tables.format_table(rows) + (
-    f"\n(smallest side in pixels of a square patch that makes the model "
-    f"call the {config.digit} each class; '-': none up to "
-    f"{config.max_size} px)"
-  )
 
 
 def _figures(config, workdir, image, patches, records) -> None:
@@ -273,15 +203,21 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   )
   trained = {name: result for name, (result,) in trained.items()}
   predictions = [np.argmax(r.logits(test_x), -1) for r in trained.values()]
-  index = pick_image(predictions, test_y, config.digit)
+  index = inspection.pick_image(predictions, test_y, config.digit)
   image = test_x[index]
   records, patches = {}, {}
   for name, result in trained.items():
     patches[name], grey, seconds[f"{name} attack"] = _attack(
       config, result, image
     )
-    records[name] = _record(config, result, patches[name], grey)
-  table = _table(config, records)
+    records[name] = {
+      "test_accuracy": result["test_accuracy"],
+      "num_params": result["num_params"],
+      **inspection.patch_record(patches[name], grey),
+    }
+  table = inspection.patch_table(
+    records, config.digit, _targets(config), config.max_size
+  )
   _figures(config, workdir, image, patches, records)
   np.savez_compressed(
     workdir / "patches.npz",

@@ -1,25 +1,15 @@
 r"""Ensembles: average predictions, not parameters.
 
-Averaging the PARAMETERS of M independently trained networks is not an
-ensemble; averaging their PREDICTIONS, `g(x) = 1/M sum_m f(x; theta_m)`, is
-(Goodfellow, Bengio & Courville 2016, section 7.11). This trains M CNNs on
-the embedded digits, one per seed (independent initialisations and batch
-orders, each through `equivlab.train.train_and_evaluate`), and for M = 1 ..
-num_seeds (the first M members) compares on the test digits:
-
-- the prediction average: the mean of the members' softmax outputs
-  (`regularization.ensemble_predict`);
-- the parameter average: ONE network whose parameters are the members'
-  element-wise mean (`regularization.average_parameters`);
-- the members alone: mean +- sample std of their accuracies and NLLs.
-
-Accuracy and negative log-likelihood (NLL, nats per digit, of the
-predicted probability of the true label) are reported. Networks trained
-from different initialisations order their hidden units differently (the
-permutation symmetry of a layer's units), so the parameter average mixes
-unrelated units. The default CNN has no batch norm; with --norm=batch the
-parameter average also averages the running means and variances, which
-are then not the statistics of the averaged network's activations.
+This trains M CNNs on the embedded digits, one per seed (independent
+initialisations and batch orders, each through
+`equivlab.train.train_and_evaluate`), and for M = 1 .. num_seeds (the
+first M members) compares on the test digits the prediction average (the
+mean of the members' softmax outputs), the parameter average (ONE network
+whose parameters are the members' element-wise mean) and the members alone
+(mean +- sample std), by accuracy and NLL (`equivlab.analysis.ensembling`).
+The default CNN has no batch norm; with --norm=batch the parameter average
+also averages the running means and variances, which are then not the
+statistics of the averaged network's activations.
 
     python -m experiments.ensembles
 
@@ -35,9 +25,8 @@ from typing import Any
 import numpy as np
 
 from equivlab import checks, train
-from equivlab.analysis import metrics, tables, viz
-from equivlab.nn import models
-from equivlab.training import regularization, sweeps
+from equivlab.analysis import ensembling, tables, viz
+from equivlab.training import sweeps
 from experiments import _common
 
 NORMS = (None, "batch")
@@ -81,86 +70,6 @@ def base_config(config: Config) -> train.TrainConfig:
     },
     schedule="cosine",
   )
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-  """Row-wise softmax of `[N, K]` logits, in float64."""
-  z = np.asarray(logits, np.float64)
-  e = np.exp(z - z.max(axis=-1, keepdims=True))
-  return e / e.sum(axis=-1, keepdims=True)
-
-
-def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-  """Accuracy and NLL (nats, mean over rows) of probabilities `[N, K]`."""
-  return {
-    "accuracy": metrics.accuracy(probs, labels),
-    "nll": metrics.nll(probs, labels),
-  }
-
-
-def _probs_fn(model: Any):
-  """`f(variables, images) -> probabilities` of `model` in eval mode."""
-
-  def probs(variables, images):
-    return softmax(models.apply_in_batches(model, variables, images))
-
-  return probs
-
-
-def compare(members, test_x, test_y) -> list[dict[str, Any]]:
-  """One record per ensemble size M = 1 .. len(members).
-
-  Args:
-    members: trained results (`TrainResult`s) of one model, in seed order.
-    test_x: test images `[N, H, W, C]`.
-    test_y: test labels `[N]`.
-
-  Returns:
-    Records with "M", "prediction_average" and "parameter_average"
-    (accuracy and NLL), and "members" (each of the first M members'
-    scores).
-  """
-  model = members[0].model
-  probs = _probs_fn(model)
-  variables = [m.variables for m in members]
-  alone = [scores(probs(v, test_x), test_y) for v in variables]
-  records = []
-  for size in range(1, len(members) + 1):
-    ensemble = regularization.ensemble_predict(probs, variables[:size], test_x)
-    averaged = regularization.average_parameters(variables[:size])
-    records.append(
-      {
-        "M": size,
-        "prediction_average": scores(ensemble, test_y),
-        "parameter_average": scores(probs(averaged, test_x), test_y),
-        "members": alone[:size],
-      }
-    )
-  return records
-
-
-def _rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  rows = []
-  for r in records:
-    acc = metrics.mean_std([m["accuracy"] for m in r["members"]])
-    nll = metrics.mean_std([m["nll"] for m in r["members"]])
-    pred, param = r["prediction_average"], r["parameter_average"]
-    rows.append(
-      {
-        "M": r["M"],
-        "prediction avg acc": f"{pred['accuracy']:.4f}",
-        "parameter avg acc": f"{param['accuracy']:.4f}",
-        "members acc": f"{acc[0]:.4f} +- {acc[1]:.4f}",
-        "prediction avg NLL": f"{pred['nll']:.4f}",
-        "parameter avg NLL": f"{param['nll']:.4f}",
-        "members NLL": f"{nll[0]:.4f} +- {nll[1]:.4f}",
-        "members_accuracy_mean": acc[0],
-        "members_accuracy_std": acc[1],
-        "members_nll_mean": nll[0],
-        "members_nll_std": nll[1],
-      }
-    )
-  return rows
 
 
 def _table(config: Config, rows: list[dict[str, Any]]) -> str:
@@ -217,8 +126,8 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   )
   test_x, test_y = config.test_digits()
   members = trained["cnn"]
-  records = compare(members, test_x, test_y)
-  rows = _rows(records)
+  records = ensembling.compare(members, test_x, test_y)
+  rows = ensembling.summary_rows(records)
   table = _table(config, rows)
   _figures(config, workdir, records)
   results = {

@@ -26,7 +26,6 @@ results.md (the table), timings.json and lifted_feature_maps.png.
 """
 
 import dataclasses
-import functools
 import pathlib
 import time
 from typing import Any
@@ -34,14 +33,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from equivlab import checks, data, gconv, groups, testing
-from equivlab.analysis import metrics, tables, viz
-from equivlab.nn import layers, models
+from equivlab import checks, data, groups, testing
+from equivlab.analysis import invariance, metrics, tables, viz
 from equivlab.training import sweeps
 from experiments import _common
 
-_LIFTING = {"p4": gconv.lifting_conv, "p4m": gconv.lifting_conv_p4m}
-_NAMES = {"p4": "P4CNN", "p4m": "P4MCNN"}
 # Float32 rounding errors print as "< FLOAT_ERROR_BOUND": their exact value
 # moves across machines, the bound does not.
 FLOAT_ERROR_BOUND = 1e-5
@@ -72,7 +68,7 @@ class Config:
 
   def __post_init__(self):
     _common.check_config(self)
-    checks.check_choice("group", self.group, tuple(_LIFTING))
+    checks.check_choice("group", self.group, ("p4", "p4m"))
     checks.check_int("features", self.features, minimum=1)
     last = data.EMBEDDED_NUM_TEST - 1
     checks.check_int("digit_index", self.digit_index, minimum=0, maximum=last)
@@ -88,47 +84,14 @@ class Config:
       )
 
 
-def _networks(config: Config, digit: np.ndarray):
-  """The P4CNN's variables, and both untrained networks as `(name, jitted
-  logits fn, #params)`."""
-  # "rbg" (XLA's RngBitGenerator): the weights only need to be random.
-  keys = jax.random.split(jax.random.key(config.seed, impl="rbg"))
-  order = groups.group_order(config.group)
-  nets = {
-    _NAMES[config.group]: layers.P4CNN(
-      features=config.features, group=config.group
-    ),
-    "plain CNN of the same layout": models.PlainCNN(
-      features=config.features * order
-    ),
-  }
-  variables = [
-    jax.jit(model.init)(key, digit)
-    for model, key in zip(nets.values(), keys, strict=True)
-  ]
-  return variables[0], [
-    (name, jax.jit(functools.partial(model.apply, v)), models.count_params(v))
-    for (name, model), v in zip(nets.items(), variables, strict=True)
-  ]
-
-
-def _lifting_fn(config: Config, eq_vars):
-  """The P4CNN's first layer (lifting conv + bias) as a jitted function."""
-  lift = eq_vars["params"]["LiftingConv_0"]
-  lifting = _LIFTING[config.group]
-
-  @jax.jit
-  def lifted(x):
-    out = lifting(x, lift["kernel"], padding="VALID")
-    return out + lift["bias"].reshape(1, 1, 1, -1, 1)
-
-  return lifted
-
-
 def _measure(config: Config, digit: np.ndarray) -> dict[str, Any]:
   """Invariance of both networks' logits, equivariance of the lifting."""
-  eq_vars, networks = _networks(config, digit)
-  lifted = _lifting_fn(config, eq_vars)
+  # "rbg" (XLA's RngBitGenerator): the weights only need to be random.
+  key = jax.random.key(config.seed, impl="rbg")
+  eq_vars, networks = invariance.equivariant_and_plain(
+    key, digit, features=config.features, group=config.group
+  )
+  lifted = invariance.lifting_fn(eq_vars, config.group)
   rows = [
     {
       "network": name,
@@ -173,29 +136,13 @@ def _table(config: Config, rows, lifting_error: float) -> str:
 
 
 def _plot(path, images, lifted, channel, group) -> None:
-  """Each transformed digit beside its lifted maps, one column per index.
-
-  The maps share one grey scale, mid-grey at 0, so a map and its rotated
-  copy in another row look the same.
-  """
-  order = lifted.shape[-1]
-  maps = np.asarray(lifted[..., channel, :], np.float64)
-  scale = 2 * float(np.max(np.abs(maps))) or 1.0
-  panels, titles = [], []
-  for i, g in enumerate(groups.elements(group)):
-    name = f"rot {90 * g.rotation}" + (" + mirror" if g.mirror else "")
-    # The 28x28 digit cropped to the 26x26 of the VALID lifted maps (the
-    # embedded digits' border is blank).
-    panels.append(images[i, 1:-1, 1:-1, 0])
-    titles.append(f"input, {name}")
-    for s in range(order):
-      panels.append(0.5 + maps[i, ..., s] / scale)
-      titles.append(f"group index {s}")
+  """Each transformed digit beside its lifted maps, one column per index."""
+  panels, titles = invariance.lifted_panels(images, lifted, channel, group)
   viz.plot_images(
-    np.stack(panels),
+    panels,
     path,
     titles=titles,
-    ncols=order + 1,
+    ncols=lifted.shape[-1] + 1,
     title=(
       f"Lifted feature maps (channel {channel}, {group}): each row's maps "
       "are the first row's, rotated and cycled along the group axis"

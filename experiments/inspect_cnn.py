@@ -30,9 +30,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from equivlab import checks, data, train
-from equivlab.analysis import occlusion, probes, viz
-from equivlab.nn import models
+from equivlab import checks, train
+from equivlab.analysis import inspection, occlusion, viz
 from equivlab.training import sweeps
 from experiments import _common
 
@@ -95,54 +94,12 @@ def train_config(config: Config) -> train.TrainConfig:
   )
 
 
-def pick_digit(labels: np.ndarray, predicted: np.ndarray, digit: int) -> int:
-  """Index of the first image of class `digit`, preferring correct ones.
-
-  Args:
-    labels: `[N]` true classes.
-    predicted: `[N]` predicted classes.
-    digit: the class wanted.
-
-  Returns:
-    The index of the first correctly classified image of that class, else
-    of the first image of that class.
-
-  Raises:
-    ValueError: if no image has that class.
-  """
-  matches = np.flatnonzero(labels == digit)
-  if matches.size == 0:
-    raise ValueError(f"no image of class {digit} among the test digits.")
-  correct = matches[predicted[matches] == digit]
-  return int(correct[0] if correct.size else matches[0])
-
-
-def conv_activations(
-  model: models.CNN, variables: Any, image: np.ndarray
-) -> list[np.ndarray]:
-  """The ReLU outputs `[H_l, W_l, C_l]` of every conv block, before the pool.
-
-  `model` is a `models.CNN` without normalisation, so the ReLU of each
-  convolution's output (`probes.intermediates`) is its block's activation;
-  `image` is `[H, W, C]`.
-  """
-  x = np.asarray(image, np.float32)[None]
-  found = probes.intermediates(model, variables, x, train=False)
-  names = sorted((n for n in found if n.startswith("Conv_")), key=_index)
-  return [np.maximum(np.asarray(found[n][0]), 0) for n in names]
-
-
-def _index(name: str) -> int:
-  """The layer index of a flax name such as "Conv_2"."""
-  return int(name.split("_")[-1])
-
-
 def _test_digits(config: Config):
   """The test digits, checked against the settings before any training."""
   test_x, test_y = config.test_digits()
   _check_sizes(config, min(test_x.shape[1:3]))
-  for digit in _digits(config):
-    pick_digit(test_y, test_y, digit)  # The ValueError for a missing class.
+  for digit in _digits(config):  # The ValueError for a missing class:
+    inspection.pick_digit(test_y, test_y, digit)
   return test_x, test_y
 
 
@@ -153,7 +110,9 @@ def _digits(config: Config) -> tuple[int, ...]:
 
 def _filters(result, workdir: pathlib.Path) -> list[str]:
   params = result.params
-  names = sorted((n for n in params if n.startswith("Conv_")), key=_index)
+  names = sorted(
+    (n for n in params if n.startswith("Conv_")), key=inspection.layer_index
+  )
   return [
     viz.plot_filters(
       np.asarray(params[name]["kernel"]),
@@ -169,7 +128,7 @@ def _filters(result, workdir: pathlib.Path) -> list[str]:
 def _feature_maps(config, result, images, workdir) -> list[str]:
   files = []
   for digit, image in zip(config.feature_digits, images, strict=True):
-    maps = conv_activations(result.model, result.variables, image)
+    maps = inspection.conv_activations(result.model, result.variables, image)
     for layer, layer_maps in enumerate(maps):
       files.append(
         viz.plot_feature_maps(
@@ -183,30 +142,8 @@ def _feature_maps(config, result, images, workdir) -> list[str]:
   return files
 
 
-def shifted_predictions(
-  apply_fn, image: np.ndarray, shift: int
-) -> tuple[list[dict], np.ndarray]:
-  """Predictions for `image` `[H, W, C]` moved left by `shift`, not, right.
-
-  Returns:
-    Three records, "shift_px" (-shift, 0, shift), "predicted" and its
-    "probability", and the three moved images `[3, H, W, C]`.
-  """
-  shifts = np.array([[0, -shift], [0, 0], [0, shift]], np.int32)
-  moved = np.asarray(data.translate(np.repeat(image[None], 3, 0), shifts))
-  probs = np.asarray(jax.nn.softmax(apply_fn(moved), axis=-1))
-  return [
-    {
-      "shift_px": int(dx),
-      "predicted": int(p.argmax()),
-      "probability": float(p.max()),
-    }
-    for (_, dx), p in zip(shifts, probs, strict=True)
-  ], moved
-
-
 def _shifted(config, apply_fn, image, workdir) -> tuple[list[dict], str]:
-  shifted, moved = shifted_predictions(apply_fn, image, config.shift)
+  shifted, moved = inspection.shifted_predictions(apply_fn, image, config.shift)
   names = (f"left {config.shift}px", "original", f"right {config.shift}px")
   file = viz.plot_images(
     moved,
@@ -236,15 +173,9 @@ def _occlusion(config, apply_fn, image, index, workdir) -> tuple[dict, str]:
     label=digit,
     patch_size=config.patch_size,
   )
-  true_prob = np.asarray(maps["true_prob"])
-  row, col = np.unravel_index(np.argmin(true_prob), true_prob.shape)
   return {
     "test_index": index,
-    "label": digit,
-    "clean_probability": float(maps["clean_probs"][digit]),
-    "min_true_probability": float(true_prob.min()),
-    "most_sensitive_centre": [int(row), int(col)],
-    "labels_in_map": sorted(int(v) for v in np.unique(maps["label"])),
+    **inspection.occlusion_summary(maps, digit),
   }, file
 
 
@@ -256,45 +187,16 @@ def _flip_search(config, apply_fn, image, workdir) -> tuple[dict, str]:
     sizes=config.search_sizes,
     value=config.patch_value,
   )
-  if search["found"]:
-    size, row, col = search["size"], search["row"], search["col"]
-    patched = occlusion.occlude(image, row, col, size, config.patch_value)
-    caption = (
-      f"{size}x{size} patch at ({row}, {col})\npredicted "
-      f"{search['new_label']} (p={search['new_prob']:.3f})"
-    )
-  else:
-    patched = image
-    caption = f"no patch of sizes\n{list(config.search_sizes)} flips it"
+  panels, titles = inspection.flip_panels(
+    image, search, config.patch_value, config.search_sizes
+  )
   file = viz.plot_images(
-    np.stack([image, np.asarray(patched)]),
+    panels,
     workdir / "flip.png",
-    titles=[f"original\npredicted {search['clean_label']}", caption],
+    titles=titles,
     title="Search for a grey occlusion that changes the prediction",
   )
   return search, file
-
-
-def _summary(results: dict[str, Any]) -> str:
-  shifted, occluded = results["shifted"], results["occlusion"]
-  search = results["flip_search"]
-  found = (
-    f"found, {search['size']}x{search['size']} patch at ({search['row']}, "
-    f"{search['col']}) -> {search['new_label']}"
-    if search["found"]
-    else "no flipping patch exists among the sizes tried"
-  )
-  return "\n".join(
-    [
-      f"test accuracy: {results['test_accuracy']:.4f}",
-      "shifted digit: "
-      + ", ".join(f"{s['shift_px']:+d}px -> {s['predicted']}" for s in shifted),
-      f"occlusion: p(true) falls from {occluded['clean_probability']:.3f} to "
-      f"{occluded['min_true_probability']:.3f} at centre "
-      f"{occluded['most_sensitive_centre']}",
-      f"flip search: {found}",
-    ]
-  )
 
 
 def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -325,7 +227,9 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     lambda x: result.model.apply(result.variables, x, train=False)
   )
   predicted = np.argmax(result.logits(test_x), -1)
-  index = {d: pick_digit(test_y, predicted, d) for d in _digits(config)}
+  index = {
+    d: inspection.pick_digit(test_y, predicted, d) for d in _digits(config)
+  }
   files = _filters(result, workdir)
   files += _feature_maps(
     config, result, [test_x[index[d]] for d in config.feature_digits], workdir
@@ -347,7 +251,9 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     "flip_search": search,
     "files": [pathlib.Path(f).name for f in [*files, file, file2, file3]],
   }
-  results["summary"] = _summary(results)
+  results["summary"] = inspection.summary(
+    result["test_accuracy"], shifted, occluded, search
+  )
   seconds["total"] = time.perf_counter() - start
   sweeps.write_results(
     workdir, results, table=results["summary"], timings=seconds

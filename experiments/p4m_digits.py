@@ -9,14 +9,11 @@ four versions of the same 1,000 test digits: upright, mirrored (left-right),
 rotated by uniform random angles, and rotated then mirrored (the same
 angles, so the last two columns differ by the mirror alone).
 
-P4MCNN is invariant to all 8 elements of p4m (4 rotations by 90 degrees,
-each with and without a mirror) by construction, so a mirror cannot change
-its predictions: its errors on a set and on its mirror image are equal.
-P4CNN is invariant to the 4 rotations only, Z2CNN to none. Per model the
-study measures, on the trained networks, the relative logit change
-`max |f(g x) - f(x)| / max |f(x)|` under each element g
-(`equivlab.analysis.metrics.logit_changes`) and the fraction of test digits
-whose predicted class changes.
+P4MCNN is invariant to all 8 elements of p4m by construction, so its
+errors on a set and on its mirror image are equal; P4CNN is invariant to
+the 4 rotations only, Z2CNN to none. Per model the study measures, on the
+trained networks, the relative logit change and the fraction of changed
+predictions under each element (`equivlab.analysis.invariance.evaluate`).
 
 A mirrored digit is often not a digit of its class: a mirrored 2 turned
 upside down is close to a 5, and a 6 turned by 180 degrees is a 9 even
@@ -38,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from equivlab import checks, groups, testing, train
-from equivlab.analysis import metrics, tables, viz
+from equivlab import checks, train
+from equivlab.analysis import invariance, viz
 from equivlab.training import sweeps
 from experiments import _common, rotated_digits
 
@@ -53,13 +50,8 @@ TEST_SETS = ("upright", "mirrored", "rotated", "rotated+mirrored")
 # The test sets whose confusion matrices are kept and whose most frequent
 # mistakes the table lists.
 MISTAKE_SETS = ("rotated", "rotated+mirrored")
-# The 8 roto-reflections of p4m, by flat index (0..3 rotations, 4..7
-# "mirror then rotate"); names as `testing.element_name` writes them.
-ELEMENTS = tuple(testing.element_name(g) for g in groups.elements("p4m"))
-ROTATIONS = ELEMENTS[1:4]
-MIRRORS = ELEMENTS[4:]
-# The left-right mirror (a flip of the W axis), as p4m defines it.
-MIRROR = groups.Element(rotation=0, mirror=1)
+ELEMENTS = invariance.P4M_ELEMENTS
+ROTATIONS, MIRRORS = ELEMENTS[1:4], ELEMENTS[4:]
 # log axes cannot show 0: zero changes are drawn at this level.
 _FLOOR = 1e-10
 
@@ -105,11 +97,6 @@ class Config(_common.TrainingOptions, _common.SeedOptions):
     return tuple(DEFAULT_FEATURES[name] for name in self.models)
 
 
-def mirror(images: np.ndarray) -> np.ndarray:
-  """Images `[N, H, W, C]` mirrored left-right (p4m's element "mirror")."""
-  return np.asarray(groups.act_on_image(MIRROR, np.asarray(images)))
-
-
 def evaluation_sets(config: Config) -> tuple[dict[str, np.ndarray], np.ndarray]:
   """The four test sets (`TEST_SETS`) of the same digits, and their labels.
 
@@ -124,9 +111,9 @@ def evaluation_sets(config: Config) -> tuple[dict[str, np.ndarray], np.ndarray]:
   _, rotated, _ = rotated_digits.rotated_test_set(config)
   sets = {
     "upright": upright,
-    "mirrored": mirror(upright),
+    "mirrored": invariance.mirror(upright),
     "rotated": rotated,
-    "rotated+mirrored": mirror(rotated),
+    "rotated+mirrored": invariance.mirror(rotated),
   }
   return sets, labels
 
@@ -159,79 +146,15 @@ def train_models(config: Config, workdir: str | pathlib.Path):
 def _record(config, name, seed, result, sets, labels) -> dict[str, Any]:
   """One model and seed: errors per test set, changes per p4m element."""
   probe = sets[config.train_set][: config.num_invariance]
-  logits = {key: result.logits(images) for key, images in sets.items()}
-  every = list(range(len(ELEMENTS)))
   return {
     "model": name,
     "seed": seed,
     "params": result["num_params"],
-    "errors": {k: metrics.error_percent(v, labels) for k, v in logits.items()},
-    "logit_change": metrics.logit_changes(
-      result.logits, probe, group="p4m", elements=every
+    **invariance.evaluate(
+      result.logits, sets, labels, probe, confusion_sets=MISTAKE_SETS
     ),
-    "pred_change": metrics.prediction_changes(
-      result.logits, probe, group="p4m", elements=every
-    ),
-    "confusion": {
-      key: metrics.confusion_matrix(logits[key], labels) for key in MISTAKE_SETS
-    },
-    "predictions": {
-      k: np.argmax(v[:8], -1).tolist() for k, v in logits.items()
-    },
     "history": result.history,
   }
-
-
-def _row(config: Config, name: str, mine: list[dict]) -> dict[str, Any]:
-  row = {
-    "model": name,
-    "features": config.widths[config.models.index(name)],
-    "params": mine[0]["params"],
-  }
-  stats = {}
-  for key in TEST_SETS:
-    mean, std = metrics.mean_std([r["errors"][key] for r in mine])
-    row[f"{key} error %"] = f"{mean:.2f} +- {std:.2f}"
-    stats[key] = (mean, std)
-  cost = [
-    r["errors"]["rotated+mirrored"] - r["errors"]["rotated"] for r in mine
-  ]
-  mean, std = metrics.mean_std(cost)
-  row["mirror cost (points)"] = f"{mean:+.2f} +- {std:.2f}"
-  for label, names in (("rot90s", ROTATIONS), ("mirrors", MIRRORS)):
-    largest = max(r["logit_change"][e] for r in mine for e in names)
-    row[f"logit change, {label}"] = tables.format_error(largest)
-  row["pred. changes, mirrors"] = "{:.3f}".format(
-    np.mean([r["pred_change"][e] for r in mine for e in MIRRORS])
-  )
-  mistakes = {
-    key: metrics.top_confusions(
-      sum(np.asarray(r["confusion"][key]) for r in mine)
-    )
-    for key in MISTAKE_SETS
-  }
-  return {**row, "stats": stats, "mistakes": mistakes}
-
-
-def _table(config: Config, rows: list[dict]) -> str:
-  columns = [c for c in rows[0] if c not in ("stats", "mistakes")]
-  table = tables.format_table(rows, columns) + (
-    f"\n(trained on {config.train_set} digits; errors: mean +- sample "
-    f"standard deviation over {config.num_seeds} seeds; mirror cost: "
-    f"rotated+mirrored error - rotated error, the same digits and angles; "
-    f"logit change: largest max|f(gx) - f(x)| / max|f(x)| over the "
-    f"elements and seeds, on {config.num_invariance} "
-    f"{config.train_set} test digits; pred. changes: fraction of those "
-    f"digits whose class changes, mean over the 4 mirror elements)"
-  )
-  table += "\nMost frequent mistakes (true -> predicted: count over seeds):"
-  for row in rows:
-    table += f"\n- {row['model']}: " + "; ".join(
-      f"{key} "
-      + ", ".join(f"{t} -> {p}: {n}" for t, p, n in row["mistakes"][key])
-      for key in MISTAKE_SETS
-    )
-  return table
 
 
 def _mean_over_seeds(records, name, key) -> list[float]:
@@ -338,8 +261,13 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     ]
     for name, results in trained.items()
   }
-  rows = [_row(config, name, mine) for name, mine in records.items()]
-  table = _table(config, rows)
+  rows = [
+    invariance.mirror_row(name, width, records[name], TEST_SETS, MISTAKE_SETS)
+    for name, width in zip(config.models, config.widths, strict=True)
+  ]
+  table = invariance.mirror_table(
+    rows, config.train_set, config.num_seeds, config.num_invariance
+  )
   _figures(config, workdir, rows, records, sets, labels)
   results = {
     "config": dataclasses.asdict(config),

@@ -1,24 +1,22 @@
 r"""Long-range memory: recall the first symbol after a lag, across RNN kinds.
 
-Each sequence opens with one of `num_symbols` signal symbols, followed by
-`lag` random distractor symbols; after the last step the network must name
-the opening symbol (chance = 1 / num_symbols). Elman, LSTM and GRU networks
-are trained end to end by backpropagation through time; an echo-state
-network (Jaeger 2001) keeps its random reservoir and fits only the readout,
-in closed form (ridge) and by gradient descent. Also recorded:
-||dL_T/dh_t|| against T - t at initialisation and after training: in the
-Elman net it decays geometrically (Bengio, Simard & Frasconi 1994), which
-is why W_hh and W_xh are hard to train over long lags; the additive memory
-cell of the LSTM and the update gate of the GRU keep it from vanishing.
+The delayed-recall task of `equivlab.rnn.tasks`: name the opening symbol
+after L distractors (chance = 1 / num_symbols). Elman, LSTM and GRU networks are
+trained end to end by backpropagation through time; an echo-state network
+(Jaeger 2001) keeps its random reservoir and fits only the readout, in
+closed form (ridge) and by gradient descent. Also recorded: ||dL_T/dh_t||
+against T - t at initialisation and after training, which decays
+geometrically in the Elman net; the LSTM's additive memory cell and the
+GRU's update gate keep it from vanishing.
 
     python -m experiments.rnn_memory
 
 Each (lag, network) run is one jitted scan of `num_steps` Adam steps: as
 it finishes, its measurements are written to
-`<workdir>/runs/lag<L>/<network>.json`, so a killed sweep loses at most
-the run in progress, and the same command again skips every finished run
-(a workdir holding runs of other settings is refused, naming them, and so
-is a workdir in use by a live run).
+`<workdir>/runs/lag<L>/<network>.json`, so a killed sweep loses at most the
+run in progress, and the same command again skips every finished run (a
+workdir holding runs of other settings is refused, naming them, and so is
+a workdir in use by a live run).
 
 Writes into --workdir (default runs/rnn_memory): results.json, results.md
 (the table), timings.json, accuracy_vs_lag.png, grad_norm_vs_distance.png
@@ -26,47 +24,33 @@ and the per-run records under runs/.
 """
 
 import dataclasses
-import functools
 import pathlib
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
-from equivlab import checks, rnn
-from equivlab.analysis import metrics, tables, viz
-from equivlab.rnn import esn
+from equivlab import checks
+from equivlab.analysis import tables, viz
+from equivlab.rnn import tasks
 from equivlab.training import checkpoint, sweeps
 from experiments import _common
 
 RNN_MODELS = ("elman", "lstm", "gru")
 ESN_READOUTS = ("esn_ridge", "esn_gradient")
-_DISPLAY = {
-  "elman": "Elman",
-  "lstm": "LSTM",
-  "gru": "GRU",
-  "esn_ridge": "ESN (ridge)",
-  "esn_gradient": "ESN (gradient)",
-}
+_DISPLAY = {"elman": "Elman", "lstm": "LSTM", "gru": "GRU"} | {
+  "esn_ridge": "ESN (ridge)", "esn_gradient": "ESN (gradient)"
+}  # fmt: skip
 # Fields that do not change what one (lag, network) run measures: a workdir
 # with runs of other lags, networks or plotted lag is resumed, not refused.
 _SWEEP_FIELDS = ("lags", "models", "grad_lag")
 # Settings that count something, each an int >= 1.
 _COUNTS = (
-  "num_distractors",
-  "hidden_size",
-  "num_steps",
-  "esn_size",
-  "esn_train_size",
-  "esn_readout_steps",
-  "eval_size",
-  "grad_lag",
-  "grad_probe_size",
-)
+  "num_distractors", "hidden_size", "num_steps", "esn_size", "esn_train_size",
+  "esn_readout_steps", "eval_size", "grad_lag", "grad_probe_size",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,162 +122,20 @@ class Config:
     """The swept lag nearest `grad_lag` (the smaller one on a tie)."""
     return min(self.lags, key=lambda lag: (abs(lag - self.grad_lag), lag))
 
-
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
-def make_batch(key, batch_size: int, lag: int, num_symbols: int, n_dist: int):
-  """A batch of the recall task.
-
-  Args:
-    key: a PRNG key.
-    batch_size: B.
-    lag: the number of distractor steps L after the signal.
-    num_symbols: signal symbols (the classes).
-    n_dist: distractor symbols.
-
-  Returns:
-    `(xs [B, L + 1, num_symbols + n_dist] one-hot float32, labels [B])`.
-  """
-  k_sig, k_dist = jax.random.split(key)
-  labels = jax.random.randint(k_sig, (batch_size,), 0, num_symbols)
-  dist = jax.random.randint(
-    k_dist, (batch_size, lag), num_symbols, num_symbols + n_dist
-  )
-  tokens = jnp.concatenate([labels[:, None], dist], axis=1)
-  return jax.nn.one_hot(tokens, num_symbols + n_dist), labels
-
-
-def _batch(config: Config, key, size: int, lag: int):
-  return make_batch(key, size, lag, config.num_symbols, config.num_distractors)
-
-
-def _init_model(key, name, dim, hidden, classes):
-  k_cell, k_out = jax.random.split(key)
-  return {
-    "cell": rnn.get_cell(name).init(k_cell, dim, hidden),
-    "W_out": jax.random.normal(k_out, (classes, hidden)) / np.sqrt(hidden),
-    "b_out": jnp.zeros((classes,)),
-  }
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def final_logits(name: str, params, xs: jax.Array) -> jax.Array:
-  """Logits from the hidden state after the last step: [B, T, D] -> [B, K]."""
-  cell = rnn.get_cell(name)
-  hidden = params["W_out"].shape[1]
-  carry0 = cell.zero_carry(hidden, (xs.shape[0],))
-  carry, _ = rnn.unroll(
-    cell.apply, params["cell"], xs, carry0, time_major=False
-  )
-  h = carry.h if isinstance(carry, rnn.LSTMState) else carry
-  return h @ params["W_out"].T + params["b_out"][None, :]
-
-
-def accuracy(name: str, params, xs, labels) -> float:
-  """The fraction of sequences whose last-step argmax is the label."""
-  return metrics.accuracy(final_logits(name, params, xs), labels)
-
-
-def train_rnn(key, name: str, lag: int, config: Config):
-  """Trains one recurrent net on the task at one lag (one jitted scan).
-
-  Returns:
-    `(params_at_init, trained_params, losses [num_steps])`.
-  """
-  dim = config.num_symbols + config.num_distractors
-  k_init, k_data = jax.random.split(key)
-  params0 = _init_model(
-    k_init, name, dim, config.hidden_size, config.num_symbols
-  )
-  params, losses = _train_scan(params0, k_data, name, lag, config)
-  return params0, params, losses
-
-
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
-def _train_scan(params, key, name: str, lag: int, config: Config):
-  """`num_steps` Adam steps, step i on the batch of `fold_in(key, i)`."""
-  optimizer = optax.chain(
-    optax.clip_by_global_norm(config.clip_norm),
-    optax.adam(config.learning_rate),
-  )
-
-  def loss_fn(params, xs, labels):
-    logits = final_logits(name, params, xs)
-    return jnp.mean(
-      optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    )
-
-  def step(state, i):
-    params, opt_state = state
-    xs, labels = _batch(
-      config, jax.random.fold_in(key, i), config.batch_size, lag
-    )
-    loss, grads = jax.value_and_grad(loss_fn)(params, xs, labels)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
-
-  (params, _), losses = jax.lax.scan(
-    step, (params, optimizer.init(params)), jnp.arange(config.num_steps)
-  )
-  return params, losses
-
-
-def gradient_profile(name: str, params, key, lag: int, config: Config):
-  """Mean ||dL_T/dh_t|| over a batch, indexed by distance T - t (0..lag)."""
-  xs, labels = _batch(config, key, config.grad_probe_size, lag)
-  norms = _carry_gradient_norms(name, params, xs, labels)  # [B, T]
-  return np.asarray(jnp.mean(norms, axis=0)[::-1])  # index = T - t
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _carry_gradient_norms(name: str, params, xs, labels) -> jax.Array:
-  """`||dL_T/dh_t||` of each sequence: [B, T, D], [B] -> [B, T]."""
-  cell = rnn.get_cell(name)
-  hidden = params["W_out"].shape[1]
-
-  def one(x, y):
-    def final_loss(h):
-      logits = params["W_out"] @ h + params["b_out"]
-      return jax.nn.logsumexp(logits) - logits[y]
-
-    return rnn.carry_gradient_norms(
-      cell.apply, params["cell"], x, cell.zero_carry(hidden), final_loss
-    )
-
-  return jax.vmap(one)(xs, labels)
+  @property
+  def task(self) -> tasks.RecallTask:
+    """The recall task of these settings."""
+    return tasks.RecallTask(self.num_symbols, self.num_distractors)
 
 
 def run_esn(key, lag: int, eval_batch, config: Config) -> dict[str, float]:
-  """An echo-state net: random reservoir, ridge and gradient readouts.
-
-  Returns:
-    {"esn_ridge": accuracy, "esn_gradient": accuracy} on `eval_batch`.
-  """
-  dim = config.num_symbols + config.num_distractors
-  k_res, k_data, k_read = jax.random.split(key, 3)
-  params = esn.init_esn(
-    k_res,
-    dim,
-    config.esn_size,
-    spectral_radius=config.esn_radius,
-    input_scale=config.esn_input_scale,
-  )
-  xs, labels = _batch(config, k_data, config.esn_train_size, lag)
-  states = jax.jit(lambda x: esn.esn_states(params, x)[0])
-  train_feats = states(xs)
-  eval_feats = states(eval_batch[0])
-  targets = jax.nn.one_hot(labels, config.num_symbols)
-  ridge = esn.ridge_readout(train_feats, targets, config.ridge_l2)
-  grad_readout, _ = esn.gradient_readout(
-    k_read,
-    train_feats,
-    labels,
-    config.num_symbols,
-    num_steps=config.esn_readout_steps,
-  )
-  return {
-    name: metrics.accuracy(esn.readout_apply(v, eval_feats), eval_batch[1])
-    for name, v in (("esn_ridge", ridge), ("esn_gradient", grad_readout))
-  }
+  """The echo-state net's readout accuracies on `eval_batch`."""
+  return tasks.esn_recall(
+    key, config.task, lag, eval_batch, size=config.esn_size,
+    spectral_radius=config.esn_radius, input_scale=config.esn_input_scale,
+    train_size=config.esn_train_size, readout_steps=config.esn_readout_steps,
+    ridge_l2=config.ridge_l2,
+  )  # fmt: skip
 
 
 def _store(config: Config, workdir: pathlib.Path) -> sweeps.RecordStore:
@@ -308,15 +150,13 @@ def _measure_rnn(config: Config, name: str, lag: int, keys, eval_batch):
   key = jax.random.fold_in(
     jax.random.fold_in(keys["models"], lag), RNN_MODELS.index(name)
   )
-  params0, params, losses = train_rnn(key, name, lag, config)
-  return {
-    "accuracy": accuracy(name, params, *eval_batch),
-    "final_train_loss": float(jnp.mean(losses[-20:])),
-    "grad_norms": {
-      stage: gradient_profile(name, p, keys["probe"], lag, config).tolist()
-      for stage, p in (("init", params0), ("trained", params))
-    },
-  }
+  probe = config.task.batch(keys["probe"], config.grad_probe_size, lag)
+  return tasks.measure(
+    key, name, config.task, lag, eval_batch, probe,
+    hidden_size=config.hidden_size, batch_size=config.batch_size,
+    num_steps=config.num_steps, learning_rate=config.learning_rate,
+    clip_norm=config.clip_norm,
+  )  # fmt: skip
 
 
 def _sweep(config: Config, workdir: pathlib.Path):
@@ -332,9 +172,8 @@ def _sweep(config: Config, workdir: pathlib.Path):
   keys = {"models": k_models, "probe": k_probe}
   store, records, seconds = _store(config, workdir), {}, {}
   for lag in config.lags:
-    eval_batch = _batch(
-      config, jax.random.fold_in(k_eval, lag), config.eval_size, lag
-    )
+    eval_key = jax.random.fold_in(k_eval, lag)
+    eval_batch = config.task.batch(eval_key, config.eval_size, lag)
     records[lag] = {}
     for name in (*config.models, "esn"):
       record = store.load(f"lag{lag}", name)

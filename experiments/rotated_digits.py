@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from equivlab import checks, data
-from equivlab.analysis import metrics, tables, viz
+from equivlab.analysis import invariance, metrics, viz
 from equivlab.nn import models
 from equivlab.training import sweeps
 from experiments import _common
@@ -73,59 +73,6 @@ def rotated_test_set(config: Config) -> tuple[str, np.ndarray, np.ndarray]:
   angles = jax.random.uniform(key, (len(labels),), maxval=2 * math.pi)
   name = f"{config.dataset}, rotated by fixed random angles"
   return name, np.asarray(data.rotate(images, angles)), labels
-
-
-def rot90_invariance(logits_fn, images: np.ndarray) -> dict[str, float]:
-  """The largest relative logit change over the turns by 90, 180, 270
-  degrees (`metrics.logit_changes`) and the mean fraction of images whose
-  predicted class changes."""
-  changes = metrics.prediction_changes(logits_fn, images)
-  return {
-    "logit_change": max(metrics.logit_changes(logits_fn, images).values()),
-    "pred_change": float(np.mean(list(changes.values()))),
-  }
-
-
-def _rows(config: Config, records: dict[str, list[dict]]) -> list[dict]:
-  rows = []
-  for name, mine in records.items():
-    mean, std = metrics.mean_std([r["test_error"] for r in mine])
-    change = max(r["rot90"]["logit_change"] for r in mine)
-    rows.append(
-      {
-        "model": name,
-        "params": mine[0]["params"],
-        "test error %": f"{mean:.2f} +- {std:.2f}",
-        "rot90 logit change": tables.format_error(change),
-        "rot90 pred. changes": "{:.3f}".format(
-          np.mean([r["rot90"]["pred_change"] for r in mine])
-        ),
-        "paper error %": f"{PAPER_ERROR[name]:.2f}"
-        if name in PAPER_ERROR
-        else "-",
-        "error_mean": mean,
-        "error_std": std,
-      }
-    )
-  return rows
-
-
-def _table(config: Config, rows: list[dict]) -> tuple[str, float | None]:
-  columns = [c for c in rows[0] if c not in ("error_mean", "error_std")]
-  table = tables.format_table(rows, columns) + (
-    f"\n(test error: mean +- sample standard deviation over "
-    f"{config.num_seeds} seeds; logit change: max|f(gx) - f(x)| / max|f(x)| "
-    f"on {config.num_invariance} test digits)"
-  )
-  error = {r["model"]: r["error_mean"] for r in rows}
-  if "p4cnn" not in error or "z2cnn" not in error:
-    return table, None
-  ratio = error["p4cnn"] / max(error["z2cnn"], 1e-12)
-  table += (
-    f"\nP4CNN error / Z2CNN error = {ratio:.3f} "
-    f"(target <= 0.6; paper {2.28 / 5.03:.3f})"
-  )
-  return table, ratio
 
 
 def _figures(config, workdir, rows, records, test_x, test_y) -> None:
@@ -194,7 +141,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
       "seed": seed,
       "params": result["num_params"],
       "test_error": metrics.error_percent(logits, test_y),
-      "rot90": rot90_invariance(result.logits, probe),
+      "rot90": invariance.rot90_invariance(result.logits, probe),
       "history": result.history,
       "predictions": np.argmax(logits[:8], -1).tolist(),
     }
@@ -209,8 +156,10 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     augment="none" if embedded else "rotate",
     schedule="cosine",
   )
-  rows = _rows(config, records)
-  table, ratio = _table(config, rows)
+  rows = invariance.rotation_rows(records, PAPER_ERROR)
+  table, ratio = invariance.rotation_table(
+    rows, config.num_seeds, config.num_invariance, PAPER_ERROR
+  )
   _figures(config, workdir, rows, records, test_x, test_y)
   results = {
     "config": dataclasses.asdict(config),

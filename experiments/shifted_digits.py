@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from equivlab import checks, data, train
-from equivlab.analysis import metrics, tables, viz
+from equivlab.analysis import metrics, shift, viz
 from equivlab.nn import models
 from equivlab.training import sweeps
 from experiments import _common
@@ -107,52 +107,6 @@ def _test_sets(config: Config):
   key = jax.random.key(_SHIFT_SEED)
   shift_x = np.asarray(data.random_shift(key, test_x, config.max_shift))
   return test_x, test_y, shift_x, None
-
-
-def _rows(records: dict[str, list[dict]]) -> list[dict[str, Any]]:
-  """One row per model: accuracies as mean and sample std over seeds."""
-  rows = []
-  for name, mine in records.items():
-    clean = metrics.mean_std([r["test_accuracy"] for r in mine])
-    shifted = metrics.mean_std([r["shifted_accuracy"] for r in mine])
-    drops = [100 * (r["test_accuracy"] - r["shifted_accuracy"]) for r in mine]
-    rows.append(
-      {
-        "model": name,
-        "params": mine[0]["params"],
-        "test_acc_mean": clean[0],
-        "test_acc_std": clean[1],
-        "shifted_acc_mean": shifted[0],
-        "shifted_acc_std": shifted[1],
-        "drop_points": metrics.mean_std(drops)[0],
-        "sweep": np.mean([r["sweep"] for r in mine], axis=0).tolist(),
-      }
-    )
-  return rows
-
-
-def _table(config: Config, rows: list[dict]) -> str:
-  def acc(row, key):
-    std = f" +- {row[key + '_std']:.4f}" if config.num_seeds > 1 else ""
-    return f"{row[key + '_mean']:.4f}{std}"
-
-  table = tables.format_table(
-    [
-      {
-        "model": r["model"],
-        "params": r["params"],
-        "test acc": acc(r, "test_acc"),
-        f"shifted (<= {config.max_shift} px) test acc": acc(r, "shifted_acc"),
-        "drop (points)": f"{r['drop_points']:.1f}",
-      }
-      for r in rows
-    ]
-  )
-  if config.num_seeds > 1:
-    table += (
-      f"\n(mean +- sample standard deviation over {config.num_seeds} seeds)"
-    )
-  return table
 
 
 def _figures(config, workdir, rows, records, shift_x, test_y) -> None:
@@ -245,8 +199,8 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
     schedule=config.schedule,
     max_shift=config.max_shift,
   )
-  rows = _rows(records)
-  table = _table(config, rows)
+  rows = shift.accuracy_rows(records)
+  table = shift.accuracy_table(rows, config.max_shift, config.num_seeds)
   _figures(config, workdir, rows, records, shift_x, test_y)
   results = {
     "config": dataclasses.asdict(config),

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from equivlab import checks, train
-from equivlab.analysis import metrics, tables, viz
+from equivlab.analysis import ablation, tables, viz
 from equivlab.training import sweeps
 from experiments import _common
 
@@ -130,56 +130,6 @@ def variant(config: Config, name: str) -> sweeps.Variant:
   )
 
 
-def epochs_to_fraction(accuracies: Sequence[float], fraction: float) -> int:
-  """The first epoch (1-based) whose accuracy reaches `fraction * final`.
-
-  Raises:
-    ValueError: for an empty curve.
-  """
-  if not accuracies:
-    raise ValueError("accuracies must hold at least one epoch, got none.")
-  target = fraction * accuracies[-1]
-  return next(i + 1 for i, a in enumerate(accuracies) if a >= target)
-
-
-def summarize(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict]:
-  """One table row per variant from the per-seed results.
-
-  Args:
-    runs: variant -> one result per seed, each a mapping with the final
-      "test_accuracy", "train_loss", "test_loss" and the per-epoch
-      "history" (a `TrainResult` or its record in results.json).
-
-  Returns:
-    Rows with the final test accuracy's mean and SAMPLE standard deviation
-    over seeds (`metrics.mean_std`), its change against "mse" and "+bn"
-    where present, the mean epochs to 95% of the final accuracy and the
-    mean final losses.
-  """
-  means = {
-    name: metrics.mean_std([r["test_accuracy"] for r in rs])
-    for name, rs in runs.items()
-  }
-  rows = []
-  for name, rs in runs.items():
-    curves = [[h["test_accuracy"] for h in r["history"]] for r in rs]
-    row = {
-      "variant": name,
-      "test_acc_mean": means[name][0],
-      "test_acc_std": means[name][1],
-      "epochs_to_95pct": float(
-        np.mean([epochs_to_fraction(c, 0.95) for c in curves])
-      ),
-      "final_train_loss": float(np.mean([r["train_loss"] for r in rs])),
-      "final_test_loss": float(np.mean([r["test_loss"] for r in rs])),
-    }
-    for ref in ("mse", "+bn"):
-      if ref in means:
-        row[f"vs_{ref}"] = means[name][0] - means[ref][0]
-    rows.append(row)
-  return rows
-
-
 def _table(rows: list[dict[str, Any]], num_seeds: int) -> str:
   def vs(r, key):
     return f"{100 * r[key]:+.2f} pt" if key in r else "-"
@@ -264,7 +214,7 @@ def run(config: Config, workdir: str | pathlib.Path) -> dict[str, Any]:
   trained, seconds = sweeps.train_grid(
     base_config(config), variants, config.seeds, workdir
   )
-  rows = summarize(trained)
+  rows = ablation.summarize(trained, references=("mse", "+bn"))
   table = _table(rows, config.num_seeds)
   _figures(workdir, trained)
   results = {

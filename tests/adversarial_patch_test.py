@@ -107,17 +107,3 @@ def test_smoke_patches_flip_stay_in_range_and_in_their_box(tmp_path, capsys):
 def test_bad_flags_fail_at_parse_time(argv, message):
   with pytest.raises(flags.IllegalFlagValueError, match=message):
     _flag_values(argv)
-
-
-def test_pick_image_wants_every_model_right():
-  labels = np.array([6, 6, 6, 1])
-  assert adversarial_patch.pick_image([np.array([6, 6, 0, 1])], labels, 6) == 0
-  predictions = [np.array([0, 6, 6, 1]), np.array([6, 0, 6, 1])]
-  assert adversarial_patch.pick_image(predictions, labels, 6) == 2
-  with pytest.raises(ValueError, match="no test digit of class 1 is"):
-    adversarial_patch.pick_image([np.array([6, 6, 6, 0])], labels, 1)
-
-
-def test_smallest_grey_sides_by_hand():
-  grey = {"labels": {1: [], 3: [2], 5: [2, 7], 7: [4, 7]}}
-  assert adversarial_patch.smallest_grey_sides(grey) == {2: 3, 7: 5, 4: 7}

@@ -1,15 +1,12 @@
 """Tests of experiments/char_lm.py, the character-level LSTM with TBPTT."""
 
-import collections
 import json
-import math
 
-import jax
-import numpy as np
 import pytest
 from absl import flags
 
 from equivlab import training
+from equivlab.rnn import language_model as lm
 from experiments import char_lm
 
 # 900 training characters in 2 streams of 450: 44 updates of tau = 10 per
@@ -36,10 +33,10 @@ def _flag_values(*argv):
 def _spy(monkeypatch, *, kill_after_saves=None):
   """Records the updates trained and checkpoints saved; may 'kill' the run."""
   seen = {"updates": 0, "saves": []}
-  chunk_fn, save = char_lm._chunk_fn, char_lm.save_checkpoint
+  chunk_fn, save = lm.chunk_fn, char_lm.save_checkpoint
 
-  def counting_chunk_fn(config, data):
-    chunk = chunk_fn(config, data)
+  def counting_chunk_fn(corpus, tx, tau):
+    chunk = chunk_fn(corpus, tx, tau)
 
     def counted(state, first, count):
       seen["updates"] += count
@@ -53,7 +50,7 @@ def _spy(monkeypatch, *, kill_after_saves=None):
     if len(seen["saves"]) == kill_after_saves:
       raise KeyboardInterrupt("killed")
 
-  monkeypatch.setattr(char_lm, "_chunk_fn", counting_chunk_fn)
+  monkeypatch.setattr(lm, "chunk_fn", counting_chunk_fn)
   monkeypatch.setattr(char_lm, "save_checkpoint", counting_save)
   return seen
 
@@ -75,52 +72,10 @@ def test_smoke_through_run(tmp_path, capsys):
   assert "| epoch | updates | train bits/char" in out
 
 
-def test_unigram_baseline_by_hand():
-  config = char_lm.Config(**_TINY)
-  data = char_lm.load_data(config)
-  text = char_lm.load_text(1000)
-  train, valid = text[:900], text[900:]
-  vocab = sorted(set(text))
-  counts = collections.Counter(train)
-  total = len(train) + len(vocab)
-  expected = -np.mean([math.log2((counts[c] + 1) / total) for c in valid])
-  assert char_lm.unigram_bpc(data) == pytest.approx(expected, rel=1e-12)
-  assert data.chars == vocab
-
-
-def _numpy_lstm_bpc(params, streams):
-  """Bits per character of next-character prediction, in NumPy float64."""
-  p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-  hidden = p["W_out"].shape[1]
-  sigmoid = lambda z: 1 / (1 + np.exp(-z))
-  c = h = np.zeros((streams.shape[1], hidden))
-  bits = []
-  for t in range(streams.shape[0] - 1):
-    x = np.eye(p["b_out"].shape[0])[streams[t]]
-    pre = x @ p["cell"]["W_x"].T + h @ p["cell"]["W_h"].T + p["cell"]["b"]
-    i, f, g, o = np.split(pre, 4, axis=1)
-    c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-    h = sigmoid(o) * np.tanh(c)
-    logits = h @ p["W_out"].T + p["b_out"]
-    logz = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1))
-    logp = logits - logits.max(1, keepdims=True) - logz[:, None]
-    bits.append(-logp[np.arange(len(h)), streams[t + 1]] / math.log(2))
-  return float(np.mean(bits))
-
-
-def test_held_out_bits_match_a_numpy_lstm():
-  config = char_lm.Config(**_TINY)
-  data = char_lm.load_data(config)
-  params = char_lm._fresh_state(config, data).params
-  np.testing.assert_allclose(
-    char_lm._valid_bpc_fn(data)(params),
-    _numpy_lstm_bpc(params, data.valid),
-    rtol=1e-5,
-  )
-  # The held-out streams are the tail of the text, 8 side by side.
-  ids = {c: i for i, c in enumerate(data.chars)}
-  tail = [ids[c] for c in char_lm.load_text(1000)[900:]]
-  np.testing.assert_array_equal(data.valid[:, 1], tail[12:24])
+def test_the_corpus_is_the_help_text_of_the_config():
+  corpus = char_lm.load_corpus(char_lm.Config(**_TINY))
+  assert corpus.chars == sorted(set(lm.help_topics_text(1000)))
+  assert len(corpus.train_ids) == 900 and corpus.xs.shape == (440, 2)
 
 
 def test_a_killed_run_resumes_to_the_same_results(tmp_path, monkeypatch):

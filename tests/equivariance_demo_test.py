@@ -10,6 +10,7 @@ import pytest
 from absl import flags
 
 from equivlab import data, groups
+from equivlab.analysis import invariance
 from equivlab.nn import layers, models
 from experiments import equivariance_demo
 
@@ -61,12 +62,19 @@ def test_smoke_through_run(tmp_path, capsys):
     assert (tmp_path / name).stat().st_size > 0
 
 
+def _networks(config, digit):
+  key = jax.random.key(config.seed, impl="rbg")
+  return invariance.equivariant_and_plain(
+    key, digit, features=config.features, group=config.group
+  )
+
+
 def test_invariance_errors_match_a_hand_rotation():
   """The measured errors equal the definition computed with np.rot90."""
   config = equivariance_demo.Config(group="p4m", features=2, digit_index=5)
   images, _ = data.embedded_digits("test")
   digit = images[5:6]
-  _, networks = equivariance_demo._networks(config, digit)
+  _, networks = _networks(config, digit)
   measured = equivariance_demo._measure(config, digit)
   for (name, fn, _), row in zip(networks, measured["rows"], strict=True):
     assert row["network"] == name
@@ -80,7 +88,7 @@ def test_p4cnn_weights_are_the_seeds():
   """The measured network is P4CNN(features) with the first key of its seed."""
   config = equivariance_demo.Config(features=2, seed=4)
   digit = data.embedded_digits("test")[0][:1]
-  eq_vars, networks = equivariance_demo._networks(config, digit)
+  eq_vars, networks = _networks(config, digit)
   key = jax.random.split(jax.random.key(4, impl="rbg"))[0]
   model = layers.P4CNN(features=2)
   expected = model.init(key, digit)
@@ -157,8 +165,8 @@ def test_bad_settings_through_the_config():
 def test_the_lifting_layer_is_the_p4cnns_first_layer():
   config = equivariance_demo.Config(features=2)
   digit = data.embedded_digits("test")[0][:1]
-  eq_vars, _ = equivariance_demo._networks(config, digit)
-  lifted = equivariance_demo._lifting_fn(config, eq_vars)(digit)
+  eq_vars, _ = _networks(config, digit)
+  lifted = invariance.lifting_fn(eq_vars, config.group)(digit)
   _, state = layers.P4CNN(features=2).apply(
     eq_vars,
     digit,

@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 
 from equivlab import data, train
-from equivlab.analysis import occlusion
+from equivlab.analysis import inspection, occlusion
 from experiments import inspect_cnn
 
 _TINY = dict(
@@ -68,7 +68,7 @@ def test_run_checks_its_measurements_and_flags_agree(tmp_path, capsys):
 
   test_x, test_y = data.load_dataset("embedded", "test")
   predicted = np.argmax(result.logits(test_x), -1)
-  one = test_x[inspect_cnn.pick_digit(test_y, predicted, 1)]
+  one = test_x[inspection.pick_digit(test_y, predicted, 1)]
   for record in saved["shifted"]:
     moved = _shift_by_hand(one, record["shift_px"])
     probs = jax.nn.softmax(logits(moved[None])[0])
@@ -119,50 +119,6 @@ def _grey_patch(image, row, col, size, value):
   return out
 
 
-def test_conv_activations_against_a_convolution_by_hand():
-  config = inspect_cnn.train_config(inspect_cnn.Config(features=(2, 3)))
-  model = train.build_model(config)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
-  image = np.asarray(
-    jax.random.uniform(jax.random.key(1), (28, 28, 1)), np.float32
-  )
-  maps = inspect_cnn.conv_activations(model, variables, image)
-  assert [m.shape for m in maps] == [(28, 28, 2), (14, 14, 3)]
-  kernel = np.asarray(variables["params"]["Conv_0"]["kernel"])
-  bias = np.asarray(variables["params"]["Conv_0"]["bias"])
-  padded = np.pad(image[..., 0], 1)
-  expected = np.zeros((28, 28, 2))
-  for i in range(28):
-    for j in range(28):
-      window = padded[i : i + 3, j : j + 3]
-      expected[i, j] = np.einsum("hw,hwo->o", window, kernel[:, :, 0]) + bias
-  np.testing.assert_allclose(maps[0], np.maximum(expected, 0), atol=1e-5)
-
-
-def test_shifted_predictions_by_hand():
-  image = np.zeros((6, 6, 1), np.float32)
-  image[2, 2] = 1.0
-
-  def column_of_ink(x):  # Logit k: the ink in column k.
-    return jnp.sum(x[..., 0], axis=1)
-
-  records, moved = inspect_cnn.shifted_predictions(column_of_ink, image, 2)
-  np.testing.assert_array_equal(moved[2, 2, 4], [1.0])
-  assert [r["shift_px"] for r in records] == [-2, 0, 2]
-  assert [r["predicted"] for r in records] == [0, 2, 4]
-  p = np.exp(1) / (np.exp(1) + 5)
-  assert records[1]["probability"] == pytest.approx(p, rel=1e-6)
-
-
-def test_pick_digit_prefers_correct_predictions():
-  labels = np.array([3, 6, 6, 1])
-  predicted = np.array([3, 0, 6, 1])
-  assert inspect_cnn.pick_digit(labels, predicted, 6) == 2
-  assert inspect_cnn.pick_digit(labels, np.zeros(4, int), 6) == 1
-  with pytest.raises(ValueError, match="no image of class 9"):
-    inspect_cnn.pick_digit(labels, predicted, 9)
-
-
 @pytest.mark.parametrize(
   ("argv", "message"),
   [
@@ -189,9 +145,7 @@ def test_tfds_sizes_are_checked_before_training(tmp_path, monkeypatch):
   # A data set of 8x8 images: a 9-pixel patch cannot fit; nothing trains.
   images = np.zeros((20, 8, 8, 1), np.float32)
   labels = np.arange(20) % 10
-  monkeypatch.setattr(
-    inspect_cnn.data, "load_dataset", lambda *a, **k: (images, labels)
-  )
+  monkeypatch.setattr(data, "load_dataset", lambda *a, **k: (images, labels))
   config = inspect_cnn.Config(dataset="tiny", patch_size=9, search_sizes=(3,))
   with pytest.raises(
     ValueError, match=r"patch_size must be an int in \[1, 8\]"

@@ -185,11 +185,7 @@ def test_default_widths_match_parameter_counts():
   assert p4m_digits.Config(models=("p4cnn_rotpool",)).widths == (20,)
 
 
-def test_mirror_and_test_sets_by_hand():
-  images = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 1)
-  np.testing.assert_array_equal(
-    p4m_digits.mirror(images), images[:, :, ::-1, :]
-  )
+def test_test_sets_by_hand():
   config = p4m_digits.Config(test_limit=5)
   sets, labels = p4m_digits.evaluation_sets(config)
   upright, want_labels = data.load_dataset("embedded", "test")

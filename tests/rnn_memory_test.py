@@ -2,12 +2,12 @@
 
 import json
 
-import jax
 import numpy as np
 import pytest
 from absl import flags
 
 from equivlab import training
+from equivlab.rnn import tasks
 from experiments import rnn_memory
 
 _TINY = dict(
@@ -33,25 +33,18 @@ def _flag_values(*argv):
 
 
 def _counting(monkeypatch, fail_at=None):
-  """Counts calls of train_rnn; raises at call number `fail_at`."""
+  """Counts trained networks; raises at call number `fail_at`."""
   calls = []
-  train_rnn = rnn_memory.train_rnn
+  train_classifier = tasks.train_classifier
 
-  def counted(key, name, lag, config):
+  def counted(key, name, task, lag, **training):
     calls.append((name, lag))
     if len(calls) == fail_at:
       raise KeyboardInterrupt("killed")
-    return train_rnn(key, name, lag, config)
+    return train_classifier(key, name, task, lag, **training)
 
-  monkeypatch.setattr(rnn_memory, "train_rnn", counted)
+  monkeypatch.setattr(tasks, "train_classifier", counted)
   return calls
-
-
-def test_make_batch_puts_the_label_first():
-  xs, labels = rnn_memory.make_batch(jax.random.key(0), 8, 5, 3, 2)
-  assert xs.shape == (8, 6, 5)
-  np.testing.assert_array_equal(np.argmax(xs[:, 0], axis=1), labels)
-  assert np.all(np.argmax(xs[:, 1:], axis=2) >= 3)  # distractors only
 
 
 def test_smoke_through_run(tmp_path, capsys):
@@ -77,53 +70,6 @@ def test_smoke_through_run(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "| lag | LSTM" in out and "| 3   |" in out
   assert "chance 0.250" in out
-
-
-def _numpy_elman(params, xs):
-  """Hidden states [B, T, H] and last logits [B, K] of an Elman net."""
-  cell = {k: np.asarray(v, np.float64) for k, v in params["cell"].items()}
-  h = np.zeros((xs.shape[0], cell["W_hh"].shape[0]))
-  hs = []
-  for t in range(xs.shape[1]):
-    h = np.tanh(xs[:, t] @ cell["W_xh"].T + h @ cell["W_hh"].T + cell["b_h"])
-    hs.append(h)
-  logits = h @ np.asarray(params["W_out"]).T + np.asarray(params["b_out"])
-  return np.stack(hs, axis=1), logits, cell
-
-
-def test_logits_and_accuracy_match_a_numpy_elman():
-  params = rnn_memory._init_model(jax.random.key(1), "elman", 6, 5, 3)
-  xs, labels = rnn_memory.make_batch(jax.random.key(2), 40, 4, 3, 3)
-  _, logits, _ = _numpy_elman(params, np.asarray(xs, np.float64))
-  np.testing.assert_allclose(
-    rnn_memory.final_logits("elman", params, xs), logits, rtol=1e-5, atol=1e-6
-  )
-  expected = np.mean(np.argmax(logits, axis=1) == np.asarray(labels))
-  assert rnn_memory.accuracy("elman", params, xs, labels) == expected
-
-
-def test_gradient_profile_matches_a_hand_written_backward_pass():
-  config = rnn_memory.Config(
-    num_symbols=3,
-    num_distractors=2,
-    **{k: v for k, v in _TINY.items() if k != "models"},
-  )
-  params = rnn_memory._init_model(jax.random.key(3), "elman", 5, 4, 3)
-  key, lag = jax.random.key(4), 6
-  profile = rnn_memory.gradient_profile("elman", params, key, lag, config)
-  xs, labels = rnn_memory._batch(config, key, config.grad_probe_size, lag)
-  hs, logits, cell = _numpy_elman(params, np.asarray(xs, np.float64))
-  # dL/dh_T = W_out^T (softmax - onehot); dL/dh_{t-1} = W_hh^T (dL/dh_t *
-  # (1 - h_t^2)).
-  p = np.exp(logits - logits.max(1, keepdims=True))
-  p /= p.sum(1, keepdims=True)
-  p[np.arange(len(labels)), np.asarray(labels)] -= 1
-  grad = p @ np.asarray(params["W_out"], np.float64)
-  norms = []
-  for t in range(lag, -1, -1):
-    norms.append(np.linalg.norm(grad, axis=1))
-    grad = (grad * (1 - hs[:, t] ** 2)) @ cell["W_hh"]
-  np.testing.assert_allclose(profile, np.mean(norms, axis=1), rtol=1e-4)
 
 
 def test_an_interrupted_sweep_resumes_without_recomputing(

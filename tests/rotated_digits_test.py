@@ -3,7 +3,6 @@
 import dataclasses
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -51,30 +50,6 @@ def test_the_main_job_tests_on_rotated_digits(tiny_rotated_digits):
   # Not the upright digits: most of them differ by far more than rounding.
   moved = np.abs(images - upright[:16]).max(axis=(1, 2, 3))
   assert np.mean(moved > 0.5) > 0.8
-
-
-def test_rot90_invariance_by_hand():
-  images = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 1)
-
-  def invariant(x):  # Total ink and the centre pixel: rotation invariant.
-    return jnp.stack([x.sum(axis=(1, 2, 3)), x[:, 1, 1, 0]], axis=-1)
-
-  def corner(x):  # The top-left pixel and a constant.
-    return jnp.stack([x[:, 0, 0, 0], jnp.ones(x.shape[0])], axis=-1)
-
-  result = rotated_digits.rot90_invariance(invariant, images)
-  assert result == {"logit_change": 0.0, "pred_change": 0.0}
-  result = rotated_digits.rot90_invariance(corner, images)
-  # Corners of image 1: 9, 11, 17, 15; turns 1, 2, 3 bring 11, 17, 15 to
-  # the top-left. The largest move is 17 - 9 = 8 against max |f(x)| = 9.
-  np.testing.assert_allclose(result["logit_change"], 8.0 / 9.0, rtol=1e-6)
-  # argmax (c, 1): class 1 for image 0 before (0 < 1), class 0 after.
-  assert result["pred_change"] == 0.5
-
-
-def test_rejects_non_square_images():
-  with pytest.raises(ValueError, match="square"):
-    rotated_digits.rot90_invariance(lambda x: x, np.zeros((1, 3, 4, 1)))
 
 
 def test_unknown_model():

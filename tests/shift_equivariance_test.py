@@ -1,152 +1,13 @@
-"""Tests of experiments/shift_equivariance.py, the per-layer shift study.
+"""Tests of experiments/shift_equivariance.py, the per-layer shift study."""
 
-The stage outputs are checked against the CNN written out with
-`lax.conv_general_dilated` and `lax.reduce_window`, and the errors against
-a brute-force minimum over every output shift (the probe finds it with an
-FFT) and the logits of `model.apply` on rolled digits.
-"""
-
-import itertools
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
 
-from equivlab import train
-from equivlab.nn import models
+from equivlab import data, train
 from experiments import shift_equivariance
-
-
-def _tiny_cnn(padding="CIRCULAR"):
-  model = models.get_model(
-    "cnn", padding=padding, features=(3, 4), dense_features=8
-  )
-  x = jax.random.uniform(jax.random.key(0), (4, 16, 16, 1))
-  return model, model.init(jax.random.key(1), x), x
-
-
-def _conv(x, layer, padding):
-  if padding == "CIRCULAR":
-    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="wrap")
-    padding = "VALID"
-  y = jax.lax.conv_general_dilated(
-    x,
-    layer["kernel"],
-    (1, 1),
-    padding,
-    dimension_numbers=("NHWC", "HWIO", "NHWC"),
-  )
-  return y + layer["bias"].reshape(1, 1, 1, -1)
-
-
-def _pool(x):
-  x = jnp.maximum(x, 0.0)
-  return jax.lax.reduce_window(
-    x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
-  )
-
-
-def _stages_by_hand(p, x, padding):
-  conv1 = _conv(x, p["Conv_0"], padding)
-  conv2 = _conv(_pool(conv1), p["Conv_1"], padding)
-  flat = _pool(conv2).reshape(x.shape[0], -1)
-  dense = flat @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"][None, :]
-  logits = jnp.maximum(dense, 0.0) @ p["Dense_1"]["kernel"]
-  logits = logits + p["Dense_1"]["bias"][None, :]
-  return {
-    "conv1": conv1,
-    "pool1": _pool(conv1),
-    "conv2": conv2,
-    "pool2": _pool(conv2),
-    "dense": dense,
-    "logits": logits,
-  }
-
-
-@pytest.mark.parametrize("padding", ["CIRCULAR", "SAME"])
-def test_stage_outputs_match_the_cnn_by_hand(padding):
-  model, variables, x = _tiny_cnn(padding)
-  found = shift_equivariance.stage_outputs(model, variables, x)
-  expected = _stages_by_hand(variables["params"], x, padding)
-  assert list(found) == list(shift_equivariance.STAGES)
-  for name in shift_equivariance.STAGES:
-    np.testing.assert_allclose(
-      found[name], expected[name], rtol=1e-4, atol=1e-5, err_msg=name
-    )
-
-
-def _brute_force_error(before, after):
-  """min over all shifts t of ||after - roll(before, t)|| / ||before||."""
-  before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
-  scale = np.linalg.norm(before)
-  if before.ndim == 2:
-    return np.linalg.norm(after - before) / scale
-  h, w = before.shape[1:3]
-  return min(
-    np.linalg.norm(after - np.roll(before, t, axis=(1, 2))) / scale
-    for t in itertools.product(range(h), range(w))
-  )
-
-
-@pytest.mark.parametrize(
-  ("padding", "shift"), [("CIRCULAR", (0, 1)), ("SAME", (2, 2))]
-)
-def test_layer_errors_against_brute_force(padding, shift):
-  model, variables, x = _tiny_cnn(padding)
-  errors = shift_equivariance.layer_errors(model, variables, x, shift)
-  shifted = jnp.roll(x, shift, axis=(1, 2))
-  before = _stages_by_hand(variables["params"], x, padding)
-  after = _stages_by_hand(variables["params"], shifted, padding)
-  for name in shift_equivariance.STAGES:
-    np.testing.assert_allclose(
-      errors[name]["error"],
-      _brute_force_error(before[name], after[name]),
-      rtol=1e-3,
-      atol=1e-5,
-      err_msg=name,
-    )
-  logits, logits_shifted = (model.apply(variables, v) for v in (x, shifted))
-  changed = np.mean(np.argmax(logits, -1) != np.argmax(logits_shifted, -1))
-  assert errors["prediction_changed"] == changed
-
-
-def test_circular_convs_exact_dense_not():
-  model, variables, x = _tiny_cnn()
-  errors = shift_equivariance.layer_errors(model, variables, x, (2, 2))
-  # Conv layers with circular padding commute with shifts exactly (an even
-  # shift also survives the stride-2 pool: by half as many pixels).
-  assert errors["conv1"]["error"] < 1e-5
-  assert errors["conv1"]["best_shift"] == [2, 2]
-  assert errors["conv2"]["error"] < 1e-5
-  assert errors["conv2"]["best_shift"] == [1, 1]
-  # The dense layer is not shift-equivariant (nor invariant).
-  assert errors["dense"]["error"] > 1e-2
-  assert errors["logits"]["error"] > 1e-2
-
-
-def test_odd_shift_broken_by_pool_stride():
-  model, variables, x = _tiny_cnn()
-  errors = shift_equivariance.layer_errors(model, variables, x, (0, 1))
-  assert errors["conv1"]["error"] < 1e-5
-  assert errors["pool1"]["error"] > 1e-2
-
-
-def test_stage_outputs_rejects_other_structures():
-  model = models.get_model("cnn", features=(1, 1, 1), dense_features=2)
-  x = jnp.zeros((1, 8, 8, 1))
-  with pytest.raises(ValueError, match="two conv blocks"):
-    shift_equivariance.stage_outputs(model, model.init(jax.random.key(0), x), x)
-
-
-def test_parse_shifts():
-  assert shift_equivariance.parse_shifts(["0:1", "-2:3"]) == [(0, 1), (-2, 3)]
-  with pytest.raises(ValueError, match="dy:dx"):
-    shift_equivariance.parse_shifts(["1"])
-  with pytest.raises(ValueError, match="at least one"):
-    shift_equivariance.parse_shifts([])
 
 
 def test_smoke_through_the_flags_measures_the_trained_model(tmp_path, capsys):
@@ -178,7 +39,8 @@ def test_smoke_through_the_flags_measures_the_trained_model(tmp_path, capsys):
   # Recompute from the trained run's variables, by hand.
   run_config, variables = train.load_variables(tmp_path / "runs/CIRCULAR/seed0")
   model = train.build_model(run_config)
-  x, y = shift_equivariance._test_digits(holders.config())
+  x, y = data.load_dataset("embedded", "test")
+  x, y = x[:6], y[:6]
   logits = np.asarray(model.apply(variables, x), np.float64)
   assert entry["accuracy"] == np.mean(np.argmax(logits, -1) == y)
   metrics = json.loads(

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from absl import flags
 
+from equivlab.analysis import ablation as analysis_ablation
 from experiments import training_ablation as ablation
 
 # Two variants, two seeds, one epoch of a very small CNN.
@@ -29,13 +30,6 @@ def _flag_values(argv):
   holders = ablation.define_flags(flag_values)
   flag_values(["training_ablation", *argv])
   return holders
-
-
-def test_epochs_to_fraction():
-  assert ablation.epochs_to_fraction([0.5, 0.9, 0.96, 1.0], 0.95) == 3
-  assert ablation.epochs_to_fraction([0.99], 0.95) == 1
-  with pytest.raises(ValueError, match="at least one epoch"):
-    ablation.epochs_to_fraction([], 0.95)
 
 
 def _train_config(config, name):
@@ -75,42 +69,16 @@ def test_each_variant_changes_its_idea_only():
     ablation.variant(config, "+magic")
 
 
-def _fake_run(curve):
-  history = [
-    {"test_accuracy": a, "train_loss": 1.0 - a, "test_loss": 1.1 - a}
-    for a in curve
-  ]
-  return {**history[-1], "history": history}
-
-
-def test_summarize_means_sample_stds_and_differences():
-  runs = {
-    "mse": [_fake_run([0.5, 0.8]), _fake_run([0.6, 0.9])],
-    "+bn": [_fake_run([0.94, 0.95]), _fake_run([0.7, 0.97])],
-    "+adam": [_fake_run([0.9])],
-  }
-  rows = {r["variant"]: r for r in ablation.summarize(runs)}
-  assert rows["mse"]["test_acc_mean"] == pytest.approx(0.85)
-  # Sample std (ddof=1) of 0.8 and 0.9: 0.05 * sqrt(2).
-  assert rows["mse"]["test_acc_std"] == pytest.approx(0.05 * np.sqrt(2))
-  assert rows["+adam"]["test_acc_std"] == 0.0  # One seed: no spread.
-  assert rows["+bn"]["vs_mse"] == pytest.approx(0.96 - 0.85)
-  assert rows["+bn"]["vs_+bn"] == pytest.approx(0.0)
-  assert rows["+adam"]["vs_+bn"] == pytest.approx(0.9 - 0.96)
-  # 95% of the final accuracy: mse 0.5 < 0.76 and 0.6 < 0.855 (epoch 2
-  # both); +bn 0.94 >= 0.9025 (epoch 1) and 0.7 < 0.9215 (epoch 2).
-  assert rows["mse"]["epochs_to_95pct"] == 2.0
-  assert rows["+bn"]["epochs_to_95pct"] == 1.5
-  assert rows["mse"]["final_test_loss"] == pytest.approx(1.1 - 0.85)
-
-
 def test_run_and_flags_write_the_same_results(tmp_path, capsys):
   results = ablation.run(ablation.Config(**_TINY), tmp_path / "run")
   saved = json.loads((tmp_path / "run" / "results.json").read_text())
   assert saved["table"] == results["table"]
   assert [r["seed"] for r in saved["runs"]["+bn"]] == [3, 4]
   # The rows again from the saved runs (json sorted the variants).
-  again = {r["variant"]: r for r in ablation.summarize(saved["runs"])}
+  again = {
+    r["variant"]: r
+    for r in analysis_ablation.summarize(saved["runs"], ("mse", "+bn"))
+  }
   assert saved["rows"] == [again[v] for v in ("mse", "+bn")]
   bn = next(r for r in saved["rows"] if r["variant"] == "+bn")
   finals = [r["test_accuracy"] for r in saved["runs"]["+bn"]]
