@@ -36,14 +36,8 @@ from typing import Any
 from absl import app, flags, logging
 
 from equivlab import checks
-from equivlab.analysis import metrics
 from equivlab.training import checkpoint, sweeps
 from equivlab.training.config import check_checkpoint_cadence
-
-# The library's names other experiments reach through this module.
-mean_std = metrics.mean_std
-Variant, train_grid = sweeps.Variant, sweeps.train_grid
-to_json, write_results = sweeps.to_json, sweeps.write_results
 
 # Default workdirs live under ./runs (git-ignored), so no folder named
 # after the package appears in a directory Python may start from.

@@ -33,6 +33,7 @@ from equivlab.analysis import tables, viz
 from equivlab.rl import dqn
 from equivlab.rl.dqn import driver
 from equivlab.training import checkpoint, sweeps
+from equivlab.training.config import check_checkpoint_cadence
 from experiments import _common
 
 CHECKPOINT = driver.CHECKPOINT
@@ -79,7 +80,7 @@ class Config(dqn.DQNConfig, _common.SeedOptions):
         f"({self.num_seeds})."
       )
     checks.check_number("target_return", self.target_return)
-    _common.check_checkpoint_cadence(self)
+    check_checkpoint_cadence(self)
 
   def dqn_config(self) -> dqn.DQNConfig:
     """The `dqn.DQNConfig` these settings hold."""

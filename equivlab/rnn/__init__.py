@@ -18,9 +18,12 @@ Weight matrices are stored (out, in), as in the equations, so a cell computes
 Modules: `cells` (cells and their initialisers), `scan` (`unroll`,
 `elman_unroll`, `sequence_mask`), `bptt` (`elman_loss`, `elman_bptt` and
 their batched forms; the label contract under `jit`/`vmap` and the
-`checked=True` path are described there), `tbptt` (truncated BPTT), `probes`
-(`carry_gradient_norms`), `esn` (echo-state networks), `modules` (the flax
-wrapper). Every public name is re-exported here: `rnn.elman_loss(...)`.
+`checked=True` path are described there), `tbptt` (truncated BPTT),
+`gradient_flow` (`carry_gradient_norms`), `esn` (echo-state networks),
+`modules` (the flax wrapper). The public names of these are re-exported
+here: `rnn.elman_loss(...)`. Two applications are imported as modules:
+`language_model` (a character-level language model trained with TBPTT) and
+`tasks` (the delayed-recall memory task).
 """
 
 from equivlab.rnn import esn
