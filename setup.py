@@ -50,7 +50,7 @@ _EXTRAS = {
 
 setuptools.setup(
   name="equivlab",
-  version="0.1.0",
+  version="0.2.0",
   description=(
     "Group-equivariant convolutions, scanned RNNs and DQN as pure, "
     "jitted, tested JAX functions with reproducible experiments."

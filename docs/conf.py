@@ -17,7 +17,10 @@ sys.path.insert(0, str(_DOCS))
 
 import gen_api  # noqa: E402
 
+import equivlab  # noqa: E402
+
 gen_api.write_pages(_DOCS / "api" / "generated")
+release = version = equivlab.__version__
 
 project = "equivlab"
 author = "the equivlab authors"

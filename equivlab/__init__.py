@@ -1,3 +1,3 @@
 """equivlab: equivariant convolutions, scanned RNNs and DQN in pure JAX."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
