@@ -297,6 +297,39 @@ def test_softmax_ce_gradient_is_y_hat_minus_y(kind):
     assert err < 1e-6
 
 
+@pytest.mark.parametrize(
+  "labels",
+  [
+    [0.0, 2.0, 0.0, 0.0, 0.0],  # A one-hot target scaled by 2.
+    [0.5, 1.5, 0.25, 3.0, 0.0],  # Sums to 5.25.
+    [0.1, 0.0, 0.2, 0.0, 0.1],  # Sums to 0.4.
+    [0.0, 0.0, 0.0, 0.0, 0.0],  # No target: the gradient is zero.
+    [1.0, -0.5, 0.0, 0.25, 0.0],  # A negative weight.
+  ],
+)
+def test_softmax_ce_gradient_general_form_for_unnormalised_targets(labels):
+  # dL/dz = y_hat * sum(y) - y; `y_hat - y` alone would be wrong here.
+  with jax.enable_x64(True):
+    logits = jnp.array([0.3, -1.2, 2.0, 0.7, -0.1], jnp.float64)
+    labels = jnp.array(labels, jnp.float64)
+    hand = derivations.softmax_cross_entropy_grad(logits, labels)
+    auto = jax.grad(derivations.softmax_cross_entropy)(logits, labels)
+    np.testing.assert_allclose(hand, auto, rtol=1e-12, atol=1e-14)
+    y_hat = jax.nn.softmax(logits)
+    np.testing.assert_allclose(
+      hand, y_hat * jnp.sum(labels) - labels, rtol=1e-12, atol=1e-15
+    )
+    if float(jnp.sum(labels)) != 1.0:
+      assert not np.allclose(hand, y_hat - labels, atol=1e-3)
+    # The loss is linear in the targets: L(2y) = 2 L(y), and so its gradient.
+    np.testing.assert_allclose(
+      derivations.softmax_cross_entropy_grad(logits, 2 * labels),
+      2 * hand,
+      rtol=1e-12,
+      atol=1e-15,
+    )
+
+
 def test_softmax_ce_stable_for_logits_of_size_1e4():
   logits = jnp.array([1e4, -1e4, 9990.0, 0.0], jnp.float32)
   labels = jnp.array([0.0, 0.0, 1.0, 0.0], jnp.float32)
