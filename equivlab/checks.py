@@ -252,3 +252,44 @@ def float_dtype(name: str, dtype: Any, *, allow_none: bool = False):
       f"'bf16', 'float16', ...), got {got}."
     )
   return resolved
+
+
+def concrete_int(name: str, value: Any) -> int | None:
+  """`value` as a Python int, or None when it is a jax tracer.
+
+  Accepts Python and NumPy integers and 0-d integer arrays (numpy or jax),
+  so the same public function can check a concrete index eagerly and let a
+  traced one through (its value is unknown until run time).
+
+  Raises:
+    TypeError: for anything else (floats, bools, arrays of rank > 0).
+  """
+  if not is_concrete(value):
+    return None
+  if is_int(value):
+    return int(value)
+  if isinstance(value, np.ndarray | jax.Array) and value.ndim == 0:
+    if jnp.issubdtype(value.dtype, jnp.integer):
+      return int(value)
+  raise TypeError(f"{name} must be an integer scalar, got {value!r}.")
+
+
+def check_index(name: str, value: Any, size: int, what: str = "") -> None:
+  """Raises unless a concrete `value` is an integer in `[0, size)`.
+
+  Tracers pass unchecked (see `concrete_int`).
+
+  Args:
+    name: the argument's name.
+    value: what was received.
+    size: the number of valid indices.
+    what: what the index counts, for the message (e.g. "classes").
+
+  Raises:
+    TypeError: if it is not an integer scalar.
+    ValueError: if it lies outside `[0, size)`.
+  """
+  index = concrete_int(name, value)
+  if index is not None and not 0 <= index < size:
+    of = f" ({size} {what})" if what else ""
+    raise ValueError(f"{name} must be in [0, {size - 1}]{of}, got {index}.")
