@@ -421,8 +421,8 @@ def test_seed004_1b_one_sgd_step_lowers_the_loss():
     sq_norm = sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))
     drop = loss - derivations.sigmoid_mlp_loss(new, x, y)
     np.testing.assert_allclose(drop, 0.05 * sq_norm, rtol=0.2)
-    # The sign error of seed 002 (ascending) raises it.
-    up = derivations.sgd_step(params, grads, -0.05)
+    # A step along +grad (the sign error of ascending) raises it.
+    up = derivations.sgd_step(params, jax.tree.map(jnp.negative, grads), 0.05)
     assert derivations.sigmoid_mlp_loss(up, x, y) > loss
 
 
@@ -661,3 +661,34 @@ def test_conv3d_bad_input():
     bwd(x, k, jnp.ones((3, 2, 2, 2), jnp.int32))
   with pytest.raises(ValueError, match="padding must be an int >= 0"):
     bwd(x, k, jnp.ones((3, 2, 2, 2)), padding=-1)
+
+
+@pytest.mark.parametrize(
+  ("learning_rate", "error"),
+  [
+    (-0.05, ValueError),  # Ascends: the sign error a step must not make.
+    (0.0, ValueError),
+    (float("nan"), ValueError),
+    (float("inf"), ValueError),
+    ("0.1", TypeError),
+    (None, TypeError),
+    (jnp.array(-0.1), ValueError),
+  ],
+)
+def test_sgd_step_refuses_step_sizes_outside_their_domain(learning_rate, error):
+  params = {"w": jnp.ones(3)}
+  with pytest.raises(error, match="learning_rate must be a finite number > 0"):
+    derivations.sgd_step(params, params, learning_rate)
+
+
+def test_sgd_step_refuses_grads_unlike_params_and_takes_traced_rates():
+  params = {"w": jnp.ones(3), "b": jnp.zeros(())}
+  with pytest.raises(ValueError, match="structure of params"):
+    derivations.sgd_step(params, {"w": jnp.ones(3)}, 0.1)
+  with pytest.raises(ValueError, match=r"shapes of params, got \(2,\)"):
+    derivations.sgd_step(params, {"w": jnp.ones(2), "b": jnp.zeros(())}, 0.1)
+  step = jax.jit(derivations.sgd_step)(params, params, jnp.float32(0.5))
+  np.testing.assert_allclose(step["w"], 0.5)
+  np.testing.assert_allclose(
+    derivations.sgd_step(params, params, np.float32(0.25))["w"], 0.75
+  )

@@ -24,7 +24,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from equivlab import checks
 from equivlab.fundamentals.conv_derivations import (
   conv3d_backward,
   conv3d_forward,
@@ -133,7 +135,41 @@ def conv1d_backward(
 
 
 def sgd_step(params: PyTree, grads: PyTree, learning_rate: float) -> PyTree:
-  """`theta - learning_rate * grad`: descend, never ascend (seed 002 err)."""
+  """`theta - learning_rate * grad`: a gradient step descends, never ascends.
+
+  Args:
+    params: the parameters, any pytree of arrays.
+    grads: their gradients, a pytree of the same structure and shapes.
+    learning_rate: the step size, a finite number > 0 (a traced value is
+      not checked).
+
+  Returns:
+    The updated parameters.
+
+  Raises:
+    ValueError: if `learning_rate` is not finite and positive (a negative
+      step ascends the loss), or `grads` differs from `params` in structure
+      or shapes.
+    TypeError: if `learning_rate` is not a real number.
+  """
+  if checks.is_concrete(learning_rate):
+    if isinstance(learning_rate, jax.Array | np.ndarray):
+      if learning_rate.ndim == 0:
+        learning_rate = learning_rate.item()
+    checks.check_number(
+      "learning_rate", learning_rate, minimum=0, strict_minimum=True
+    )
+  p_def, g_def = jax.tree.structure(params), jax.tree.structure(grads)
+  if p_def != g_def:
+    raise ValueError(
+      f"grads must have the structure of params, got {g_def} for {p_def}."
+    )
+  for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(grads), strict=True):
+    if np.shape(p) != np.shape(g):
+      raise ValueError(
+        f"grads must have the shapes of params, got {np.shape(g)} for a "
+        f"parameter of shape {np.shape(p)}."
+      )
   return jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
 
 
