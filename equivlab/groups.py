@@ -1,7 +1,7 @@
 """The wallpaper groups p4 and p4m and their actions on arrays.
 
 Cohen & Welling, "Group Equivariant Convolutional Networks" (ICML 2016);
-seed 000 part 1 (the G-correlation and its equivariance proof).
+section 6 (the G-correlation and its equivariance).
 
 Elements. An element is `Element(rotation=r, mirror=m, translation=(ty, tx))`
 and stands for the map of the pixel grid

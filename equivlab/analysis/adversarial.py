@@ -1,9 +1,9 @@
 """Adversarial patches: the smallest square whose content flips a prediction.
 
-Seed 002 problem 2 (3) asks whether covering part of a digit can change the
-classifier's answer; a grey patch slid over the digit rarely does
-(`equivlab.analysis.occlusion.find_flipping_patch`). Here the patch's content is
-optimised instead. For a side `s` and a target class `t`, candidate
+Can covering part of a digit change the classifier's answer? A grey patch
+slid over the digit rarely does
+(`equivlab.analysis.occlusion.find_flipping_patch`). Here the patch's
+content is optimised instead. For a side `s` and a target class `t`, candidate
 positions are searched (a regular grid of top-left corners plus the windows
 where the gradient of the target margin is largest), and at every position
 at once the content starts uniform random from a fixed key and follows

@@ -1,6 +1,7 @@
 """Occlusion sensitivity: what a classifier sees, by covering parts of a digit.
 
-Seed 002, problem 2 (after Zeiler & Fergus 2014): slide a grey square over
+Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks"
+(ECCV 2014): slide a grey square over
 an image and record, for every patch position, (a) the probability of the
 true class, (b) the highest probability and (c) the predicted label; then
 search over patch positions and sizes for a patch that changes the
@@ -184,7 +185,7 @@ def occlusion_maps(
   value: float = 0.5,
   batch_size: int = 1024,
 ) -> dict[str, jax.Array]:
-  """Occlusion sensitivity maps of one image (seed 002 problem 2 (a)-(c)).
+  """Occlusion sensitivity maps of one image (Zeiler & Fergus 2014).
 
   Args:
     apply_fn: images `[B, H, W, C]` -> logits `[B, K]`, e.g.
@@ -251,8 +252,8 @@ def find_flipping_patch(
 ) -> dict[str, Any]:
   """Searches patch sizes and positions for an occlusion that flips the label.
 
-  Seed 002 problem 2 (3) asks whether such a patch exists; this answers it
-  exhaustively over the grid of centres (every `stride` pixels) and `sizes`.
+  Whether such a patch exists is answered exhaustively over the grid of
+  centres (every `stride` pixels) and `sizes`.
 
   Args:
     apply_fn: images `[B, H, W, C]` -> logits `[B, K]`.

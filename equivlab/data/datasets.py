@@ -102,9 +102,8 @@ def load_dataset(
   Names:
   - "embedded": `embedded_digits` (4,000 train / 1,000 test real MNIST).
   - "embedded_shift" or "embedded_shift<k>" (e.g. "embedded_shift6"): every
-    digit moved by up to k pixels along each axis (seed 003's shifted
-    digits; k defaults to `DEFAULT_MAX_SHIFT` and is at most 13, see
-    `largest_random_shift`).
+    digit moved by up to k pixels along each axis; k defaults to
+    `DEFAULT_MAX_SHIFT` and is at most 13, see `largest_random_shift`).
   - "embedded_rot": every digit rotated by a uniform random angle in
     [0, 2 pi) with bilinear interpolation (the mnist-rot protocol).
   - "embedded_rot90": every digit turned by a random multiple of 90 degrees.

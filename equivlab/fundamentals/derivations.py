@@ -5,19 +5,21 @@ course hand-ins derive it, and never a call of `jax.grad`: the tests compare
 each one with `jax.grad` and with central finite differences
 (`equivlab.fundamentals.gradcheck`) in float64.
 
-- Convolution output shapes (seed 001; seed 004 5(a), 5(d), 5(e)):
-  `floor((n + 2p - k) / s) + 1` per spatial axis, and the channel change.
-  Seed 004 writes a ceiling; it is a floor.
-- The 3-D cross-correlation of seed 004 5(e), `conv3d_forward`, and its
+- Convolution output shapes: `floor((n + 2p - k) / s) + 1` per spatial
+  axis (a floor, never a ceiling), and the channel change.
+- The 3-D cross-correlation `conv3d_forward` (layout `[C_in, D, H, W]`,
+  kernels `[C_out, C_in, kd, kh, kw]`) and its
   backward pass `conv3d_backward` (these two and the shapes live in
   `equivlab.fundamentals.conv_derivations` and are re-exported here).
-- 1-D cross-correlation, forward, backward and one SGD step (seed 003).
-  Seed 003 copies `dL/dw_2` as 42 in its update line; it is 72.
-- Batch normalisation forward and backward (seed 001), and the batch
-  variance of seed 004 4(a), which must square the deviations.
-- Softmax with cross-entropy: the gradient is `y_hat - y` (seed 001).
-- The two-sigmoid-layer regression network of seed 004 1(a), its deltas
-  and gradients, and the SGD step of 1(b).
+- 1-D cross-correlation, forward, backward and one SGD step (on the
+  worked example of the tests, `dL/dw_2` is 72).
+- Batch normalisation forward and backward (Ioffe & Szegedy 2015), with
+  the batch variance that squares the deviations.
+- Softmax with cross-entropy: the gradient is `y_hat - y` for targets that
+  sum to one, `y_hat * sum(y) - y` in general.
+- A regression network with two sigmoid hidden layers, its deltas and
+  gradients (backpropagation, Rumelhart, Hinton & Williams 1986), and the
+  SGD step.
 """
 
 from typing import Any
@@ -67,14 +69,12 @@ def _check_rank(**arrays: tuple[jax.Array, int]) -> None:
 
 
 # ---------------------------------------------------------------------------
-# 1-D cross-correlation (seed 003).
+# 1-D cross-correlation.
 # ---------------------------------------------------------------------------
 
 
 def conv1d(x: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
   """Valid 1-D cross-correlation, stride 1: `y_i = sum_j w_j x_{i+j} + b`.
-
-  Seed 003 problem 1.
 
   Args:
     x: the input `[n]`.
@@ -104,7 +104,7 @@ def conv1d_loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
 def conv1d_backward(
   params: dict, x: jax.Array, y: jax.Array
 ) -> tuple[jax.Array, dict]:
-  """The backward pass of seed 003 problem 2, by hand.
+  """The backward pass of `conv1d_loss`, by hand.
 
   With `r = y_hat - y`: `dL/dw_j = sum_i r_i x_{i+j}` (the cross-correlation
   of the input with the residual) and `dL/db = sum_i r_i`.
@@ -174,15 +174,15 @@ def sgd_step(params: PyTree, grads: PyTree, learning_rate: float) -> PyTree:
 
 
 # ---------------------------------------------------------------------------
-# Batch normalisation (seed 001; seed 004 4(a)).
+# Batch normalisation (Ioffe & Szegedy 2015).
 # ---------------------------------------------------------------------------
 
 
 def batch_statistics(z: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The mini-batch mean and (biased) variance over axis 0.
 
-  `sigma^2 = 1/M sum_i (z_i - mu)^2`. Seed 004 4(a) writes the sum without
-  the square, which is identically zero.
+  `sigma^2 = 1/M sum_i (z_i - mu)^2`. The square matters: the sum of the
+  deviations themselves is identically zero.
 
   Args:
     z: `[M, D]`.
@@ -202,7 +202,7 @@ def batch_statistics(z: jax.Array) -> tuple[jax.Array, jax.Array]:
 def batch_norm_forward(
   x: jax.Array, gamma: jax.Array, beta: jax.Array, eps: float = 1e-5
 ) -> tuple[jax.Array, dict]:
-  """Batch norm in training mode (Ioffe & Szegedy 2015; seed 001).
+  """Batch norm in training mode (Ioffe & Szegedy 2015).
 
   Args:
     x: `[M, D]`, statistics over the batch axis 0.
@@ -231,7 +231,7 @@ def batch_norm_forward(
 
 
 def batch_norm_backward(dy: jax.Array, cache: dict) -> dict:
-  """The six derivatives of seed 001's batch norm question, step by step.
+  """The six derivatives of batch norm's backward pass, step by step.
 
   Args:
     dy: `dl/dy` `[M, D]`.
@@ -274,7 +274,7 @@ def batch_norm_backward(dy: jax.Array, cache: dict) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# Softmax and cross-entropy (seed 001).
+# Softmax and cross-entropy.
 # ---------------------------------------------------------------------------
 
 
@@ -308,7 +308,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def softmax_cross_entropy_grad(
   logits: jax.Array, labels: jax.Array
 ) -> jax.Array:
-  """`dL/dz = y_hat - y` (seed 001), by hand.
+  """`dL/dz = y_hat - y` for a label distribution, by hand.
 
   In general `dL/dz = y_hat * sum(y) - y`, which is `y_hat - y` whenever the
   labels are a distribution (one-hot or soft); the general form is returned
@@ -334,12 +334,12 @@ def softmax_cross_entropy_grad(
 
 
 # ---------------------------------------------------------------------------
-# The seed 004 1(a) network: two sigmoid hidden layers, squared loss.
+# A network with two sigmoid hidden layers and a squared loss.
 # ---------------------------------------------------------------------------
 
 
 def sigmoid_mlp_init(key: jax.Array, d: int, d_h: int) -> dict:
-  """Random parameters of seed 004's network (column-vector convention).
+  """Random parameters of the two-sigmoid-layer network (column vectors).
 
   Args:
     key: a PRNG key.
@@ -363,7 +363,7 @@ def sigmoid_mlp_init(key: jax.Array, d: int, d_h: int) -> dict:
 
 def sigmoid_mlp_forward(params: dict, x: jax.Array) -> dict:
   """`Z1 = W1 x + b1, H1 = sigma(Z1), Z2 = W2 H1 + b2, H2 = sigma(Z2),
-  f = W3 H2 + b3` (seed 004 1(a)).
+  f = W3 H2 + b3`.
 
   Args:
     params: see `sigmoid_mlp_init`.
@@ -392,7 +392,7 @@ def sigmoid_mlp_loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
 def sigmoid_mlp_backward(
   params: dict, x: jax.Array, y: jax.Array
 ) -> tuple[jax.Array, dict, dict]:
-  """Seed 004 1(a) by hand: the deltas and every parameter gradient.
+  """Backpropagation by hand: the deltas and every parameter gradient.
 
   `delta4 = 2 (f - y)`; `delta3 = W3^T delta4 * sigma'(Z2)`;
   `delta2 = W2^T delta3 * sigma'(Z1)`; the bias gradients are the deltas and

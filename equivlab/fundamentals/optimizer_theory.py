@@ -1,16 +1,16 @@
-"""Optimiser claims of the seeds, made executable on top of optax.
+"""Optimiser claims made executable on top of optax.
 
-- Adam's moments in closed form (seed 001 (a)):
+- Adam's moments in closed form (Kingma & Ba 2015):
   `m_t = (1 - b1) sum_{i<=t} b1^(t-i) g_i` and
   `v_t = (1 - b2) sum_{i<=t} b2^(t-i) g_i^2`.
-- Seed 001 (b): Adam with `b1 = 0`, `b2 -> 1` and `lr = eta0 / sqrt(t)`
+- Adam with `b1 = 0`, `b2 -> 1` and `lr = eta0 / sqrt(t)`
   approaches AdaGrad(eta0). The limit holds exactly only when both sides drop
   their stabilisers: optax's Adam adds `eps` outside the root (1e-8 by
   default), and optax's AdaGrad starts its accumulator at 0.1 and adds `eps`
   (1e-7) inside the root; `adam_adagrad_gap` measures the gap either way.
-- RMSProp as seed 004 3(a) writes it (eps inside the root), as an optax
+- RMSProp with eps inside the root (Hinton's lecture 6e), as an optax
   `GradientTransformation`.
-- The Robbins-Monro step sizes `alpha_k = C0 / (C1 + k)` of seed 004 2(e),
+- The Robbins-Monro step sizes `alpha_k = C0 / (C1 + k)` (Robbins & Monro 1951),
   as an optax schedule.
 """
 
@@ -31,7 +31,7 @@ def adam_moments_closed_form(
 ) -> tuple[jax.Array, jax.Array]:
   """Adam's first and second moments after every step, in closed form.
 
-  Seed 001 (a): `A = 1 - b1`, `B_i = b1^(t-i)`, `C = 1 - b2`,
+  With `A = 1 - b1`, `B_i = b1^(t-i)`, `C = 1 - b2`,
   `D_i = b2^(t-i)`, with `m_0 = v_0 = 0`.
 
   Args:
@@ -80,7 +80,7 @@ def _check_number(name: str, value, **bounds) -> None:
 
 
 def inverse_sqrt_schedule(eta0: float) -> optax.Schedule:
-  """`eta_t = eta0 / sqrt(t)` for steps `t = 1, 2, ...` (seed 001 (b)).
+  """`eta_t = eta0 / sqrt(t)` for steps `t = 1, 2, ...`.
 
   optax calls a schedule with the number of updates done so far, so step
   `t` sees `count = t - 1`.
@@ -273,7 +273,7 @@ def adam_adagrad_gap(
 
 
 class RmsPropState(NamedTuple):
-  """The running mean of squared gradients `r` of seed 004 3(a)."""
+  """The running mean of squared gradients `r` of `rmsprop`."""
 
   r: PyTree
 
@@ -281,7 +281,7 @@ class RmsPropState(NamedTuple):
 def rmsprop(
   learning_rate: float, decay: float = 0.9, eps: float = 1e-8
 ) -> optax.GradientTransformation:
-  """RMSProp as written in seed 004 3(a) (Hinton's lecture 6e).
+  """RMSProp with eps inside the root (Hinton's lecture 6e).
 
   `r_l = rho r_{l-1} + (1 - rho) g_l^2`,
   `theta_l = theta_{l-1} - eta / sqrt(r_l + eps) * g_l`, with `r_0 = 0`.
@@ -319,7 +319,7 @@ def rmsprop(
 
 
 def robbins_monro_schedule(c0: float, c1: float) -> optax.Schedule:
-  """`alpha_k = C0 / (C1 + k)` for `k = 0, 1, ...` (seed 004 2(e)).
+  """`alpha_k = C0 / (C1 + k)` for `k = 0, 1, ...`.
 
   It meets the Robbins-Monro conditions `sum_k alpha_k = inf` and
   `sum_k alpha_k^2 < inf`. With `C0 = C1 = 1`, SGD on

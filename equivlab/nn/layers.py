@@ -1,7 +1,7 @@
 """flax.linen modules over `equivlab.gconv`: G-convs, pooling, batch norm.
 
 Cohen & Welling, "Group Equivariant Convolutional Networks" (ICML 2016),
-section 8.1 (the P4CNN for rotated MNIST); seed 000 part 1.
+section 8.1 (the P4CNN for rotated MNIST).
 
 Every module keeps the pinned layouts: images `[N, H, W, C]`, group feature
 maps `[N, H, W, C, G]` with G = 4 ("p4") or 8 ("p4m"). Parameters are shared

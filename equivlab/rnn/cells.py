@@ -1,7 +1,7 @@
 """Recurrent cells as pure functions, and their initial parameters.
 
 A cell is `(params, carry, x) -> (carry, output)` on one example: the Elman
-(tanh) recurrence of seed 000, the LSTM and the GRU. Weight matrices are
+(tanh) recurrence (Elman 1990), the LSTM and the GRU. Weight matrices are
 stored (out, in), as in the equations, so a cell computes `W @ x`.
 """
 
@@ -60,7 +60,7 @@ def init_elman(
   recurrent_scale: float = 1.0,
   dtype: Any = jnp.float32,
 ) -> Params:
-  """Initial parameters of an Elman network (seed 000's keys).
+  """Initial parameters of an Elman network (`equivlab.rnn`'s keys).
 
   `W_xh` is LeCun-normal, `W_hh` a random orthogonal matrix times
   `recurrent_scale` (its spectral radius), biases zero.
@@ -105,7 +105,7 @@ def init_elman(
 def elman_cell(
   params: Params, h: jax.Array, x: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-  """One Elman step, `h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h)` (seed 000).
+  """One Elman step, `h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h)` (Elman 1990).
 
   Args:
     params: `W_xh (H, D)`, `W_hh (H, H)`, `b_h (H,)` (other keys ignored).

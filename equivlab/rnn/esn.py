@@ -1,6 +1,6 @@
 """Echo-state networks: a fixed random reservoir and a trained readout.
 
-Seed 002 problem 4: the recurrent weights W and U are what makes an RNN hard
+The recurrent weights W and U are what makes an RNN hard
 to train (gradients through many steps vanish or explode); an echo-state
 network (Jaeger 2001) fixes them at random, scales W to a chosen spectral
 radius below ~1 so the state fades the past smoothly ("echo state
