@@ -49,8 +49,8 @@ def test_conv_output_shape_matches_lax_in_1d_2d_3d(case):
 
 
 @given(_conv_case())
-def test_seed004_ceiling_is_wrong_whenever_stride_does_not_divide(case):
-  # Seed 004 5(a)/(d): ceil((n - k + 2P) / s + 1). It agrees with lax only
+def test_ceiling_output_size_is_wrong_whenever_stride_does_not_divide(case):
+  # The ceiling form ceil((n - k + 2P) / s + 1) agrees with lax only
   # when s divides n + 2P - k; otherwise it counts one window too many.
   in_shape, k_shape, strides, padding = case
   lax_shape = _lax_conv_shape(in_shape, k_shape, strides, padding)
@@ -64,11 +64,11 @@ def test_seed004_ceiling_is_wrong_whenever_stride_does_not_divide(case):
       assert ceiling == lax_shape[1 + axis]
 
 
-def test_seed004_ceiling_counterexample_and_seed004_5d_example():
+def test_ceiling_counterexample_and_a_30x30_example():
   assert derivations.conv_output_size(6, 3, stride=2) == 2
-  assert math.ceil((6 - 3) / 2 + 1) == 3  # seed 004's formula.
+  assert math.ceil((6 - 3) / 2 + 1) == 3  # the ceiling form.
   assert _lax_conv_shape((1, 6, 1), (3, 1, 1), (2,), (0,)) == (1, 2, 1)
-  # Seed 004 5(d): a 30x30 input, 3x3 kernel, stride 1 -> 28x28xC.
+  # A 30x30 input, 3x3 kernel, stride 1 -> 28x28xC.
   shape = derivations.conv_output_shape((1, 30, 30, 3), (3, 3, 3, 7))
   assert shape == (1, 28, 28, 7)
 
@@ -91,18 +91,18 @@ def test_conv_output_shape_bad_input():
 
 
 # ---------------------------------------------------------------------------
-# 1-D cross-correlation (seed 003).
+# 1-D cross-correlation.
 # ---------------------------------------------------------------------------
 
 
-def _seed003():
+def _conv1d_example():
   params = {"w": jnp.array([2.0, 1.0, 3.0]), "b": jnp.array(1.0)}
   return params, jnp.array([1.0, 2.0, 3.0, 4.0]), jnp.array([2.0, 4.0])
 
 
-def test_conv1d_seed003_fixture_forward_backward_and_step():
+def test_conv1d_worked_example_forward_backward_and_step():
   with jax.enable_x64(True):
-    params, x, y = _seed003()
+    params, x, y = _conv1d_example()
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
     y_hat = derivations.conv1d(x, params["w"], params["b"])
     np.testing.assert_allclose(y_hat, [14.0, 20.0], rtol=0, atol=1e-12)
@@ -120,12 +120,12 @@ def test_conv1d_seed003_fixture_forward_backward_and_step():
     )
 
 
-def test_seed003_dl_dw2_is_72_not_42():
+def test_conv1d_dl_dw2_is_72_not_42():
   with jax.enable_x64(True):
-    params, x, y = _seed003()
+    params, x, y = _conv1d_example()
     _, grads = derivations.conv1d_backward(params, x, y)
     assert float(grads["w"][1]) == 72.0
-    # The seed's update line subtracts 0.01 * 42 but writes 0.28: only 72
+    # An update of 0.01 * 42 would not give the updated weight 0.28: only 72
     # gives the updated weight it reports.
     np.testing.assert_allclose(1.0 - 0.01 * 72.0, 0.28, atol=1e-12)
     assert abs((1.0 - 0.01 * 42.0) - 0.28) > 0.2
@@ -153,7 +153,7 @@ def test_conv1d_backward_matches_autodiff_and_finite_differences():
 
 
 def test_conv1d_bad_input():
-  params, x, _ = _seed003()
+  params, x, _ = _conv1d_example()
   with pytest.raises(ValueError, match=r"y must have shape \(2,\)"):
     derivations.conv1d_backward(params, x, jnp.ones(3))
   with pytest.raises(ValueError, match="x must have rank 1"):
@@ -163,7 +163,7 @@ def test_conv1d_bad_input():
 
 
 # ---------------------------------------------------------------------------
-# Batch normalisation (seed 001; seed 004 4(a)).
+# Batch normalisation.
 # ---------------------------------------------------------------------------
 
 
@@ -189,7 +189,7 @@ def test_batch_norm_backward_matches_autodiff_step_by_step():
     hand = derivations.batch_norm_backward(jnp.cos(y) * target, cache)
     mu, var = cache["mu"], cache["var"]
 
-    # Each intermediate as a function of the variables the seed holds free.
+    # Each intermediate as a function of the variables held free.
     def l_of_x_hat(x_hat):
       return _head(gamma[None, :] * x_hat + beta[None, :], target)
 
@@ -244,12 +244,12 @@ def test_batch_norm_forward_normalises():
     np.testing.assert_allclose(cache["x_hat"].var(0), 1.0, rtol=1e-12)
 
 
-def test_seed004_4a_variance_needs_the_square():
+def test_batch_variance_needs_the_square():
   z = jnp.array([[1.0, -2.0], [3.0, 0.0], [8.0, 5.0]])
   mu, var = derivations.batch_statistics(z)
   np.testing.assert_allclose(mu, np.mean(z, axis=0), rtol=1e-6)
   np.testing.assert_allclose(var, np.var(np.asarray(z), axis=0), rtol=1e-6)
-  # Seed 004's formula, 1/M sum (z_i - mu): zero for every batch.
+  # Without the square, 1/M sum (z_i - mu) is zero for every batch.
   unsquared = jnp.mean(z - mu[None, :], axis=0)
   np.testing.assert_allclose(unsquared, 0.0, atol=1e-6)
   assert np.all(var > 1.0)
@@ -269,7 +269,7 @@ def test_batch_norm_bad_input():
 
 
 # ---------------------------------------------------------------------------
-# Softmax with cross-entropy (seed 001).
+# Softmax with cross-entropy.
 # ---------------------------------------------------------------------------
 
 
@@ -356,7 +356,7 @@ def test_softmax_ce_batches_with_vmap_and_rejects_bad_shapes():
 
 
 # ---------------------------------------------------------------------------
-# The seed 004 1(a) network.
+# The network with two sigmoid hidden layers.
 # ---------------------------------------------------------------------------
 
 
@@ -370,7 +370,7 @@ def _mlp_setup():
   return params, x, jnp.array(1.5)
 
 
-def test_seed004_1a_deltas_and_gradients_match_autodiff_and_fd():
+def test_sigmoid_mlp_deltas_and_gradients_match_autodiff_and_fd():
   with jax.enable_x64(True):
     params, x, y = _mlp_setup()
     loss, grads, deltas = derivations.sigmoid_mlp_backward(params, x, y)
@@ -406,12 +406,12 @@ def test_seed004_1a_deltas_and_gradients_match_autodiff_and_fd():
     ):
       want = jax.grad(fn)(acts[name])
       np.testing.assert_allclose(deltas[delta], want, rtol=1e-12, atol=1e-15)
-    # The biases' gradients are the deltas (seed 004 1(a)(ii), (iv), (v)).
+    # The biases' gradients are the deltas.
     np.testing.assert_allclose(grads["b2"], deltas["delta3"], rtol=1e-15)
     np.testing.assert_allclose(grads["b1"], deltas["delta2"], rtol=1e-15)
 
 
-def test_seed004_1b_one_sgd_step_lowers_the_loss():
+def test_sigmoid_mlp_one_sgd_step_lowers_the_loss():
   with jax.enable_x64(True):
     params, x, y = _mlp_setup()
     loss, grads, _ = derivations.sigmoid_mlp_backward(params, x, y)
@@ -433,14 +433,14 @@ def test_sigmoid_mlp_bad_input():
 
 
 # ---------------------------------------------------------------------------
-# 3-D cross-correlation (seed 004 5(e)).
+# 3-D cross-correlation.
 # ---------------------------------------------------------------------------
 
 _DN3 = ("NCDHW", "OIDHW", "NCDHW")
 
 
 def _lax_conv3d(x, k, strides, pads):
-  """The oracle: lax's 3-D convolution in the seed's layout, float64."""
+  """The oracle: lax's 3-D convolution in the `[C, D, H, W]` layout, float64."""
   return jax.lax.conv_general_dilated(
     x[None],
     k,
@@ -493,7 +493,7 @@ def _conv3d_against_lax(x, k, dy, stride, padding):
 def test_conv3d_forward_and_backward_match_lax_conv(case):
   x_shape, k_shape, stride, padding, seed = case
   strides, pads = _triple(stride), _triple(padding)
-  # The output shape is the floor formula's (seed 004 5(e) with s, p).
+  # The output shape is the floor formula's, with stride and padding.
   nhwc = derivations.conv_output_shape(
     (1, *x_shape[1:], x_shape[0]),
     (*k_shape[2:], k_shape[1], k_shape[0]),
@@ -515,7 +515,7 @@ def test_conv3d_forward_and_backward_match_lax_conv(case):
     np.testing.assert_allclose(dk, want_dk, rtol=1e-12, atol=1e-12)
 
 
-def test_conv3d_forward_is_seed004_5e_formula_written_as_loops():
+def test_conv3d_forward_is_the_formula_written_as_loops():
   # Z[p, i, j, q] = sum_{p', m, n, r} K[p, p', m, n, r] I[p', i+m, j+n, q+r].
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 4, 3, 5))

@@ -1,6 +1,6 @@
 """Every flax layer is equivariant; P4CNN/P4MCNN logits are invariant.
 
-Cohen & Welling (ICML 2016); seed 000 part 1. The checks are
+Cohen & Welling (ICML 2016). The checks are
 `equivlab.testing`'s (group actions applied in NumPy on the host, so only
 the layers get compiled), with explicit tolerances on the relative error
 `max |f(g x) - g f(x)| / max |g f(x)|`.

@@ -40,7 +40,7 @@ def test_adam_moments_closed_form_coefficients():
   m, v = optimizer_theory.adam_moments_closed_form(g, 0.5, 0.9)
   np.testing.assert_allclose(m[:, 0], 0.5 * 0.5 ** np.arange(6), rtol=1e-6)
   np.testing.assert_allclose(v[:, 0], 0.1 * 0.9 ** np.arange(6), rtol=1e-5)
-  # b1 = 0: m_t = g_t, the step of seed 001 (b).
+  # b1 = 0: m_t = g_t.
   g = jnp.arange(1.0, 5.0)[:, None]
   np.testing.assert_allclose(
     optimizer_theory.adam_moments_closed_form(g, 0.0, 0.5)[0], g
@@ -77,7 +77,7 @@ def test_adam_as_adagrad_first_step_is_eta0_times_sign():
   np.testing.assert_allclose(updates, [-0.3, 0.3], rtol=1e-6)
 
 
-def test_rmsprop_matches_seed004_equations_and_optax():
+def test_rmsprop_matches_its_equations_and_optax():
   with jax.enable_x64(True):
     ours = optimizer_theory.rmsprop(0.01, decay=0.9, eps=1e-8)
     ref = optax.rmsprop(0.01, decay=0.9, eps=1e-8)
@@ -87,7 +87,7 @@ def test_rmsprop_matches_seed004_equations_and_optax():
     w_hand = w_ours
     for _ in range(30):
       g = _quadratic_grad(w_hand)
-      # Seed 004 3(a), line by line.
+      # The equations, line by line.
       r = 0.9 * r + 0.1 * g**2
       w_hand = w_hand - 0.01 / jnp.sqrt(r + 1e-8) * g
       u, s_ours = ours.update(_quadratic_grad(w_ours), s_ours)
@@ -99,7 +99,7 @@ def test_rmsprop_matches_seed004_equations_and_optax():
 
 
 def test_rmsprop_steps_ignore_the_gradient_scale_unlike_sgd():
-  # Seed 004 3(b): RMSProp adapts the step to the gradient's size.
+  # RMSProp adapts the step to the gradient's size.
   def run(opt, scale):
     w = jnp.array([3.0, -2.0])
     state = opt.init(w)

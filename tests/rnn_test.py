@@ -15,7 +15,7 @@ from equivlab.fundamentals import gradcheck
 
 
 def _problem(seed, t, d, h, k, batch=None, dtype=np.float32):
-  """Random seed 000 parameters and one sequence (or a batch), via NumPy.
+  """Random Elman parameters and one sequence (or a batch), via NumPy.
 
   NumPy keeps test set-up free of XLA compiles (eager jax.random would
   compile each op for each new shape).
@@ -92,7 +92,7 @@ def test_bptt_equals_autodiff_and_finite_differences_float64(t, d, h, k):
     assert grads["W_hh"].dtype == jnp.float64
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-10)
     _assert_tree_allclose(grads, ref, rtol=1e-10, atol=1e-13)
-    # Central differences (seed 002 problem 3's method) through the shared
+    # Central differences through the shared
     # checker; the quotient's own error, not the gradients', sets the bound.
     bptt_grad = lambda *a: _bptt(*a)[1]
     autodiff_grad = lambda *a: _value_and_grad(*a)[1]
