@@ -390,3 +390,22 @@ def test_complex_inputs_are_refused():
     layers.LiftingConv(2).init(_key(0), x)
   with pytest.raises(TypeError, match="expects real group maps"):
     layers.GroupConv(2).init(_key(0), np.ones((1, 5, 5, 1, 4), np.complex64))
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_default_kernels_equal_jaxs_own_he_initialiser(partitionable):
+  # The fast flat draw changes no value: a P4CNN initialises as it would
+  # with jax's variance_scaling, eagerly and in the engine's jitted path.
+  x = np.zeros((1, 7, 7, 1), np.float32)
+  f = np.zeros((1, 7, 7, 2, 4), np.float32)
+  he = functools.partial(
+    jax.nn.initializers.variance_scaling, 2.0, "fan_in", "truncated_normal"
+  )
+  with jax.threefry_partitionable(partitionable):
+    for make, axes, inputs in (
+      (layers.LiftingConv, (0, 1, 2), x),
+      (layers.GroupConv, (0, 1, 2, 3), f),
+    ):
+      ours = make(3).init(_key(8), inputs)
+      theirs = make(3, kernel_init=he(in_axis=axes)).init(_key(8), inputs)
+      chex.assert_trees_all_equal(ours, theirs)
