@@ -409,3 +409,12 @@ def test_default_kernels_equal_jaxs_own_he_initialiser(partitionable):
       ours = make(3).init(_key(8), inputs)
       theirs = make(3, kernel_init=he(in_axis=axes)).init(_key(8), inputs)
       chex.assert_trees_all_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_group_pool_values_are_the_max_or_mean_over_the_group(reduce):
+  # Invariance alone would pass a sum or a min as well: pin the values.
+  f = np.asarray(_normal(9, (2, 3, 3, 2, 8)))
+  got = layers.GroupPool(reduce).apply({}, f)
+  want = f.max(axis=-1) if reduce == "max" else f.mean(axis=-1)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

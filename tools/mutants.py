@@ -120,7 +120,7 @@ MUTANTS = (
     "equivlab/gconv/pool.py",
     "    return jnp.mean(f, axis=-1)",
     "    return jnp.sum(f, axis=-1)",
-    _GCONV,
+    ("tests/gconv_test.py", "tests/layers_test.py", "-k", "group_pool"),
   ),
   Mutant(
     "gconv-8",
