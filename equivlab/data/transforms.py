@@ -1,6 +1,6 @@
 """Image transforms: pure, key first, jittable, on batches `[N, H, W, C]`.
 
-Integer shifts (seed 003's shifted digits) and random crops with zero
+Integer shifts (shifted digits) and random crops with zero
 padding, rotation by any angle with bilinear interpolation (like mnist-rot),
 random quarter turns (`gconv.rotate_z2`'s) and flips. Each checks its
 arguments eagerly and names what it expected: shapes, dtypes and keys always
@@ -134,7 +134,7 @@ def translate(images: jax.Array, shifts: jax.Array) -> jax.Array:
 def random_shift(
   key: jax.Array, images: jax.Array, max_shift: int
 ) -> jax.Array:
-  """Seed 003's shifted digits: each moved by up to `max_shift` pixels.
+  """Shifted digits: each moved by up to `max_shift` pixels.
 
   Each image gets its own `dy` and `dx`, drawn independently and uniformly
   from the integers `-max_shift..max_shift`; the border fills with zeros.

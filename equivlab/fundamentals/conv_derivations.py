@@ -3,10 +3,9 @@
 Re-exported by `equivlab.fundamentals.derivations` (import them from
 there); kept apart so that neither module outgrows its concept.
 
-- Convolution output shapes (seed 001; seed 004 5(a), 5(d), 5(e)):
-  `floor((n + 2p - k) / s) + 1` per spatial axis, and the channel change.
-  Seed 004 writes a ceiling; it is a floor.
-- The 3-D cross-correlation of seed 004 5(e) in the seed's own layout,
+- Convolution output shapes: `floor((n + 2p - k) / s) + 1` per spatial
+  axis (a floor, never a ceiling), and the channel change.
+- The 3-D cross-correlation in the channels-first layout
   `x [C_in, D, H, W]` and `k [C_out, C_in, kd, kh, kw]`, with stride and
   zero padding, and its backward pass by hand (never `jax.grad`).
 """
@@ -19,16 +18,16 @@ import jax.numpy as jnp
 from equivlab import checks
 
 # ---------------------------------------------------------------------------
-# Convolution output shapes (seed 001, seed 004 5).
+# Convolution output shapes.
 # ---------------------------------------------------------------------------
 
 
 def conv_output_size(n: int, k: int, stride: int = 1, padding: int = 0) -> int:
   """The length of one spatial axis after a convolution (cross-correlation).
 
-  `floor((n + 2p - k) / s) + 1` (seed 001). Seed 004 5(a)/(d) writes a
-  ceiling, which overcounts whenever `s` does not divide `n + 2p - k`: the
-  last window would run past the padded input.
+  `floor((n + 2p - k) / s) + 1`. A ceiling in its place overcounts
+  whenever `s` does not divide `n + 2p - k`: the last window would run past
+  the padded input.
 
   Args:
     n: the input length.
@@ -68,7 +67,7 @@ def conv_output_shape(
   """The output shape of an N-D convolution in NHWC / HWIO layout.
 
   Works for 1-D `[B, W, C]`, 2-D `[B, H, W, C]` and 3-D `[B, D, H, W, C]`
-  inputs (seed 004 5(e) is the 3-D case). Each spatial axis follows
+  inputs. Each spatial axis follows
   `conv_output_size`; the channel axis becomes the kernel's output channels.
 
   Args:
@@ -124,7 +123,7 @@ def _per_axis(name: str, value: int | Sequence[int], nd: int) -> tuple:
 
 
 # ---------------------------------------------------------------------------
-# 3-D cross-correlation (seed 004 5(e)).
+# 3-D cross-correlation.
 # ---------------------------------------------------------------------------
 
 _AXES = ("depth", "height", "width")
@@ -206,12 +205,12 @@ def conv3d_forward(
   stride: int | Sequence[int] = 1,
   padding: int | Sequence[int] = 0,
 ) -> jax.Array:
-  """The 3-D cross-correlation of seed 004 5(e), with stride and padding.
+  """The 3-D cross-correlation, with stride and padding.
 
   `Z[p, i, j, q] = sum_{p', m, n, r} K[p, p', m, n, r]
   X_hat[p', i s + m, j s + n, q s + r]`, where `X_hat` is `x` with `padding`
-  zeros on both sides of each spatial axis. (The seed's sums run over
-  `k_y, k_z, k_z`: the three kernel extents `kd, kh, kw` are meant.) Every
+  zeros on both sides of each spatial axis; the sums over `m, n, r` run
+  over the three kernel extents `kd, kh, kw`. Every
   window is gathered once (im2col) and contracted with the kernel in one
   `einsum`: a derivation to read and check, not a fast kernel (its memory is
   `C_in * D' * H' * W' * kd * kh * kw`; use `lax.conv_general_dilated` for

@@ -1,6 +1,6 @@
 """Central finite differences: the reference every hand-written gradient meets.
 
-The method of seed 002 problem 3: perturb one parameter at a time by +-eps,
+The method: perturb one parameter at a time by +-eps,
 take `(f(x + eps) - f(x - eps)) / (2 eps)`, and compare with the analytic
 gradient by the worst element-wise relative error. Use float64 (under
 `jax.enable_x64(True)`) wherever the tolerance matters: in float32 the

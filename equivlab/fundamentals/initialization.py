@@ -1,15 +1,15 @@
 """Weight initialisation studies: He, Xavier, naive N(0, 1) and zeros.
 
-- He et al. 2015 (seed 000 4(b)): `Var[y_l] = n_l Var[w_l] E[x_l^2]` and
+- He et al. 2015: `Var[y_l] = n_l Var[w_l] E[x_l^2]` and
   `E[x_l^2] = Var[y_{l-1}] / 2` under ReLU, so `Var[w] = 2 / fan_in` keeps
   the pre-activation variance constant with depth.
-- Glorot & Bengio 2010 (seed 004 4(c) calls `N(0, 1 / d_in)` "Xavier"; that
-  is LeCun's rule, and Glorot's is `2 / (fan_in + fan_out)`; they coincide
-  for equal widths). It is derived in tanh's linear regime; beyond it the
+- Glorot & Bengio 2010 (`N(0, 1 / d_in)`, often called "Xavier", is
+  LeCun's rule; Glorot's is `2 / (fan_in + fan_out)`; they coincide for
+  equal widths). It is derived in tanh's linear regime; beyond it the
   variance still decays, as a power of depth, which the mean-field
   recursion `q_{l+1} = sigma_w^2 E[tanh(sqrt(q_l) z)^2]` predicts.
-- Seed 004 4(d): with every weight at zero the ReLU regression network's
-  weight gradients are all zero, so only the output bias ever moves.
+- Zero initialisation: with every weight at zero the ReLU regression
+  network's weight gradients are all zero, so only the output bias ever moves.
 """
 
 import functools
@@ -201,7 +201,7 @@ def mean_field_tanh_variance(
 
 
 # ---------------------------------------------------------------------------
-# The seed 004 4(d) network: Z = W x + b1, H = ReLU(Z), f = C^T H + b2.
+# A ReLU regression network: Z = W x + b1, H = ReLU(Z), f = C^T H + b2.
 # ---------------------------------------------------------------------------
 
 

@@ -2,12 +2,12 @@
 
 Pure functions first: cells `(params, carry, x) -> (carry, output)` for the
 Elman (tanh), LSTM and GRU recurrences, one `unroll` over any cell built on
-`jax.lax.scan`, the seed 000 model (`elman_loss`, `elman_bptt`), truncated
+`jax.lax.scan`, the Elman network (`elman_loss`, `elman_bptt`), truncated
 BPTT, a probe of how the gradient of the last loss decays back in time, and
 echo-state networks. The flax module `Recurrent` is a thin wrapper over the
 same functions.
 
-Notation of seed 000 part 2 (one sequence; batch with `jax.vmap`):
+Notation (one sequence; batch with `jax.vmap`):
 
   h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h),  z_t = softmax(W_hz h_t + b_z),
   L = sum_t -log z_t[y_t].

@@ -1,10 +1,11 @@
-"""Seed 000's model: an Elman network, softmax outputs, summed cross-entropy.
+"""An Elman network with softmax outputs and a summed cross-entropy.
 
   h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h),  z_t = softmax(W_hz h_t + b_z),
   L = sum_t -log z_t[y_t].
 
 `elman_loss` is the loss (differentiable with `jax.grad`); `elman_bptt`
-computes the same loss and its gradient by seed 000's backward equations, a
+computes the same loss and its gradient by the hand-derived backward
+equations (backpropagation through time, Werbos 1990), a
 reverse `lax.scan`, with no `jax.grad`. The `_batch` forms vmap both over a
 batch with per-sequence lengths.
 
@@ -102,7 +103,7 @@ def elman_logits(
   *,
   length: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-  """The forward pass of seed 000's network on one sequence.
+  """The forward pass of the Elman network on one sequence.
 
   Args:
     params: `W_xh (H, D)`, `W_hh (H, H)`, `b_h (H,)`, `W_hz (K, H)`, `b_z (K,)`.
@@ -134,7 +135,7 @@ def elman_loss(
   length: jax.Array | None = None,
   checked: bool = False,
 ) -> jax.Array:
-  """Seed 000's loss `L = sum_t -log z_t[y_t]` for one sequence.
+  """The loss `L = sum_t -log z_t[y_t]` for one sequence.
 
   Args:
     params: `W_xh (H, D)`, `W_hh (H, H)`, `b_h (H,)`, `W_hz (K, H)`, `b_z (K,)`.
@@ -179,7 +180,7 @@ def elman_bptt_full(params, xs, ys, h0, length):
   logits = readout(params, hs)
   loss = jnp.sum(mask * cross_entropy(logits, ys, mask))
 
-  # dL/do_t = z_t - onehot(y_t) for the softmax cross-entropy (seed 000).
+  # dL/do_t = z_t - onehot(y_t) for the softmax cross-entropy.
   labels, factor = safe_labels(ys, logits.shape[1], mask, logits.dtype)
   probs = jax.nn.softmax(logits, axis=1)
   onehot = jax.nn.one_hot(labels, logits.shape[1], dtype=logits.dtype)
@@ -216,7 +217,7 @@ def elman_bptt(
   length: jax.Array | None = None,
   checked: bool = False,
 ) -> tuple[jax.Array, Params]:
-  """`elman_loss` and its gradient by seed 000's backward equations.
+  """`elman_loss` and its gradient by the hand-derived backward equations.
 
   A forward `lax.scan` stores h_{t-1} and h_t; a reverse `lax.scan` carries
   `dL/dh_{t+1} dh_{t+1}/dh_t = W_hh^T delta_{t+1}` back in time and adds the

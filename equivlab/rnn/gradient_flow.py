@@ -21,7 +21,7 @@ def carry_gradient_norms(
   loss at the last step, `final_loss(output_T)`, is differentiated with
   respect to all e_t at once: dL_T/de_t = dL_T/dh_t. For an LSTM the norm
   is taken over the whole carry (c_t, h_t). Vanishing gradients show as a
-  geometric decay in T - t (seed 002 problem 4; seed 004 2(c)).
+  geometric decay in T - t (Bengio, Simard & Frasconi 1994).
 
   Args:
     cell_fn: `(params, carry, x) -> (carry, output)`.

@@ -58,7 +58,7 @@ def check_lengths(
 def check_elman_params(
   params: Any, *, readout: bool = True
 ) -> tuple[int, int, int | None]:
-  """Validates seed 000's parameter dict and returns its sizes (H, D, K).
+  """Validates the Elman parameter dict and returns its sizes (H, D, K).
 
   Args:
     params: the parameters to check.
