@@ -15,7 +15,9 @@ pass. It prints each result, the score and the survivors.
   python tools/mutants.py --baseline        # first check the selections pass
 
 A mutant whose text is not found (the code moved) is reported as STALE and
-counts as neither.
+counts as neither; one marked `equivalent` (no behaviour changes, so no
+test can kill it; the reason is written beside it) runs but is left out of
+the score.
 """
 
 import argparse
@@ -36,6 +38,8 @@ class Mutant:
   """One edit: replace `old` (its `occurrence`-th match) by `new` in `path`.
 
   `tests` are pytest arguments (files, `-k` filters) that should kill it.
+  `equivalent` says why no test can kill it (it changes no behaviour);
+  such a mutant is run but left out of the score.
   """
 
   id: str
@@ -44,6 +48,7 @@ class Mutant:
   new: str
   tests: tuple[str, ...]
   occurrence: int = 0
+  equivalent: str = ""
 
 
 _GCONV = (
@@ -178,6 +183,10 @@ MUTANTS = (
     "dh_prev = w_hh.T @ da + (1 - m) * dh",
     "dh_prev = w_hh.T @ da",
     _RNN,
+    equivalent=(
+      "padding only ever follows the valid steps, so dh is zero wherever "
+      "the mask is"
+    ),
   ),
   Mutant(
     "rnn-7",
@@ -421,6 +430,7 @@ MUTANTS = (
     "+ dvar * jnp.sum(-2.0 * centred, axis=0) / m",
     "+ dvar * jnp.sum(-2.0 * centred, axis=0)",
     _DERIV,
+    equivalent="the deviations from the batch mean sum to zero",
   ),
   Mutant(
     "deriv-6",
@@ -576,13 +586,19 @@ def main(argv=None) -> int:
         f"{m.id:<10} {verdict.upper():<8} ({outcome}, {seconds:.0f} s)",
         flush=True,
       )
-  counted = [v for v in results.values() if v != "stale"]
+  by_id = {m.id: m for m in mutants}
+  counted = [
+    v for k, v in results.items() if v != "stale" and not by_id[k].equivalent
+  ]
   killed = sum(v == "killed" for v in counted)
   print(f"\nscore: {killed}/{len(counted)} killed", end="")
-  print(f" ({100 * killed / max(len(counted), 1):.0f}%)")
-  by_id = {m.id: m for m in mutants}
+  print(f" ({100 * killed / max(len(counted), 1):.0f}%)", end="")
+  equivalent = [k for k in results if by_id[k].equivalent]
+  print(f"; {len(equivalent)} equivalent mutants left out")
+  for name in equivalent:
+    print(f"  equivalent {name} ({results[name]}): {by_id[name].equivalent}")
   for name, verdict in results.items():
-    if verdict == "survived":
+    if verdict == "survived" and not by_id[name].equivalent:
       m = by_id[name]
       print(
         f"  survived {name}: {m.path}: {m.old.strip()!r} -> {m.new.strip()!r}"
