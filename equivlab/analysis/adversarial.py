@@ -188,6 +188,34 @@ def _check_step_size(step_size) -> None:
     checks.check_number("step_size", step_size, minimum=0, strict_minimum=True)
 
 
+def _check_optimise(
+  apply_fn, image, target, size, rows, cols, num_steps, step_size
+) -> None:
+  """The arguments of `optimise_patch` (concrete ones by value)."""
+  _check_image(image)
+  if jnp.ndim(rows) != 1 or jnp.shape(rows) != jnp.shape(cols):
+    raise ValueError(
+      f"rows and cols must be positions [P] of one length, got shapes "
+      f"{jnp.shape(rows)} and {jnp.shape(cols)}."
+    )
+  checks.check_int("num_steps", num_steps, minimum=0)
+  _check_step_size(step_size)
+  h, w = image.shape[:2]
+  _check_box(h, w, 0, 0, size)
+  side = checks.concrete_int("size", size) or 1
+  if checks.is_concrete((rows, cols)) and rows.shape[0]:
+    for name, where, limit in (("rows", rows, h), ("cols", cols, w)):
+      where = np.asarray(where)
+      if not np.issubdtype(where.dtype, np.integer):
+        raise TypeError(f"{name} must be integer positions, got {where.dtype}.")
+      if where.min() < 0 or where.max() > limit - side:
+        raise ValueError(
+          f"{name} must lie in [0, {limit - side}] for a patch of side "
+          f"{side}, got values in [{where.min()}, {where.max()}]."
+        )
+  checks.check_index("target", target, _num_classes(apply_fn, image), "classes")
+
+
 def optimise_patch(
   apply_fn: ApplyFn,
   image: jax.Array,
@@ -226,28 +254,9 @@ def optimise_patch(
       `[P]` alike, `num_steps` < 0, `step_size` is not a finite number > 0,
       a concrete patch does not fit, or a concrete `target` is not a class.
   """
-  _check_image(image)
-  if jnp.ndim(rows) != 1 or jnp.shape(rows) != jnp.shape(cols):
-    raise ValueError(
-      f"rows and cols must be positions [P] of one length, got shapes "
-      f"{jnp.shape(rows)} and {jnp.shape(cols)}."
-    )
-  checks.check_int("num_steps", num_steps, minimum=0)
-  _check_step_size(step_size)
-  h, w = image.shape[:2]
-  _check_box(h, w, 0, 0, size)
-  side = checks.concrete_int("size", size) or 1
-  if checks.is_concrete((rows, cols)) and rows.shape[0]:
-    for name, where, limit in (("rows", rows, h), ("cols", cols, w)):
-      where = np.asarray(where)
-      if not np.issubdtype(where.dtype, np.integer):
-        raise TypeError(f"{name} must be integer positions, got {where.dtype}.")
-      if where.min() < 0 or where.max() > limit - side:
-        raise ValueError(
-          f"{name} must lie in [0, {limit - side}] for a patch of side "
-          f"{side}, got values in [{where.min()}, {where.max()}]."
-        )
-  checks.check_index("target", target, _num_classes(apply_fn, image), "classes")
+  _check_optimise(
+    apply_fn, image, target, size, rows, cols, num_steps, step_size
+  )
   num = rows.shape[0]
   start = jax.random.uniform(key, (num, *image.shape), image.dtype)
   paste = jax.vmap(apply_patch, in_axes=(None, 0, 0, 0, None))
