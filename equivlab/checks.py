@@ -197,3 +197,99 @@ def check_floating(name: str, x: Any) -> None:
       f"{name} must have a floating-point dtype (float32, bfloat16, "
       f"float64, ...), got {dtype}."
     )
+
+
+# Short names people write for float dtypes, besides numpy's own names.
+_DTYPE_ALIASES = {
+  "bf16": "bfloat16",
+  "f16": "float16",
+  "fp16": "float16",
+  "half": "float16",
+  "f32": "float32",
+  "fp32": "float32",
+  "float": "float32",
+  "single": "float32",
+  "f64": "float64",
+  "fp64": "float64",
+  "double": "float64",
+}
+
+
+def float_dtype(name: str, dtype: Any, *, allow_none: bool = False):
+  """The float dtype that `dtype` names, or a clear error.
+
+  Accepts a numpy/jax dtype, a scalar type (`jnp.float32`, `np.float16`,
+  Python's `float`), a name ("float32", "bfloat16") or a short alias
+  ("f32", "fp32", "bf16", "f16", "fp16", "half", "single", "double", "f64").
+  Without `jax_enable_x64`, float64 stays float64 here: jax itself narrows
+  arrays to float32 when it creates them.
+
+  Args:
+    name: the argument's name, for the message.
+    dtype: what was received.
+    allow_none: return None for None.
+
+  Returns:
+    A `numpy.dtype` of a floating kind (float16, bfloat16, float32, ...).
+
+  Raises:
+    TypeError: if `dtype` names no dtype, or a dtype that is not a float
+      (int32, bool, complex64, ...).
+  """
+  if dtype is None and allow_none:
+    return None
+  key = dtype.strip().lower() if isinstance(dtype, str) else None
+  if key is not None:
+    dtype = _DTYPE_ALIASES.get(key, key)
+  try:
+    resolved = jnp.dtype(dtype) if dtype is not None else None
+  except (TypeError, ValueError):
+    resolved = None
+  if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
+    got = f"the {resolved} dtype" if resolved is not None else repr(dtype)
+    raise TypeError(
+      f"{name} must be a float dtype (jnp.float32, 'float32', 'bfloat16', "
+      f"'bf16', 'float16', ...), got {got}."
+    )
+  return resolved
+
+
+def concrete_int(name: str, value: Any) -> int | None:
+  """`value` as a Python int, or None when it is a jax tracer.
+
+  Accepts Python and NumPy integers and 0-d integer arrays (numpy or jax),
+  so the same public function can check a concrete index eagerly and let a
+  traced one through (its value is unknown until run time).
+
+  Raises:
+    TypeError: for anything else (floats, bools, arrays of rank > 0).
+  """
+  if not is_concrete(value):
+    return None
+  if is_int(value):
+    return int(value)
+  if isinstance(value, np.ndarray | jax.Array) and value.ndim == 0:
+    if jnp.issubdtype(value.dtype, jnp.integer):
+      return int(value)
+  raise TypeError(f"{name} must be an integer scalar, got {value!r}.")
+
+
+def check_index(name: str, value: Any, size: int, what: str = "") -> None:
+  """Raises unless a concrete `value` is an integer in `[0, size)`.
+
+  Tracers pass unchecked (see `concrete_int`).
+
+  Args:
+    name: the argument's name.
+    value: what was received.
+    size: the number of valid indices.
+    what: what the index counts, for the message (e.g. "classes").
+
+  Raises:
+    TypeError: if it is not an integer scalar.
+    ValueError: if it lies outside `[0, size)`.
+  """
+  index = concrete_int(name, value)
+  if index is not None and not 0 <= index < size:
+    of = f" ({size} {what})" if what else ""
+    raise ValueError(f"{name} must be in [0, {size - 1}]{of}, got {index}.")

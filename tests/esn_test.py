@@ -105,3 +105,17 @@ def test_the_rnn_package_reexports_the_esn_functions():
   assert rnn.init_esn is esn.init_esn
   assert rnn.ridge_readout is esn.ridge_readout
   assert rnn.esn is esn
+
+
+@pytest.mark.parametrize(
+  ("alias", "expected"), [("bf16", jnp.bfloat16), ("float32", jnp.float32)]
+)
+def test_init_esn_takes_dtype_names(alias, expected):
+  params = esn.init_esn(jax.random.key(0), 2, 5, dtype=alias)
+  assert params["W"].dtype == expected and params["leak"].dtype == expected
+
+
+@pytest.mark.parametrize("dtype", ["int32", jnp.int8, "nonsense"])
+def test_init_esn_refuses_non_float_dtypes(dtype):
+  with pytest.raises(TypeError, match="dtype must be a float dtype"):
+    esn.init_esn(jax.random.key(0), 2, 5, dtype=dtype)

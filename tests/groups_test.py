@@ -7,6 +7,7 @@ g", so `act(g, act(h, x)) == act(compose(g, h), x)`.
 import itertools
 
 import hypothesis
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -182,3 +183,41 @@ def test_array_likes_are_accepted():
   np.testing.assert_array_equal(
     groups.act_on_image(_E(1), x.tolist()), groups.act_on_image(_E(1), x)
   )
+
+
+@pytest.mark.parametrize(
+  ("group", "index", "match"),
+  [
+    ("p4", -1, "0..3 for p4, got -1"),
+    ("p4", 4, "0..3 for p4, got 4"),
+    ("p4m", 8, "0..7 for p4m, got 8"),
+    ("p4m", -8, "0..7 for p4m, got -8"),
+    ("p4", 1.0, "integer, got 1.0 of type float"),
+    ("p4", True, "integer, got True of type bool"),
+    ("p4", np.float32(2), "integer"),
+    ("p4", jnp.array([1, 2]), "integer"),
+    ("p4", "1", "integer"),
+  ],
+)
+def test_element_indices_outside_the_group_are_refused(group, index, match):
+  with pytest.raises(ValueError, match=match):
+    groups.element(group, index)
+
+
+def test_element_indices_may_be_concrete_array_scalars():
+  assert groups.element("p4m", np.int64(5)) == _E(1, 1)
+  assert groups.element("p4m", jnp.array(6)) == _E(2, 1)
+  assert groups.element("p4", np.array(3)) == _E(3)
+  # A rotation is any integer number of quarter turns, taken mod 4.
+  assert groups.index(_E(jnp.int32(-1))) == 3 == groups.index(_E(7))
+
+
+def test_traced_element_indices_are_refused_as_static():
+  with pytest.raises(ValueError, match="concrete integer .*static"):
+    jax.jit(lambda i: groups.index(groups.element("p4", i)))(1)
+
+
+@pytest.mark.parametrize("order", [4.0, True, 5, "4", None])
+def test_group_permutation_refuses_orders_other_than_4_and_8(order):
+  with pytest.raises(ValueError, match="group axis must have size 4 or 8"):
+    groups.group_permutation(_E(1), order)

@@ -320,3 +320,101 @@ def test_error_group_axis_of_wrong_size():
 def test_error_images_of_wrong_rank():
   with pytest.raises(ValueError, match=r"\[N, H, .*got shape \(5, 5, 1\)"):
     layers.P4CNN().init(_key(0), np.zeros((5, 5, 1), np.float32))
+
+
+# --- dtypes by name, integer inputs -----------------------------------------
+
+
+@pytest.mark.parametrize("alias", ["bf16", "bfloat16", "BF16", jnp.bfloat16])
+def test_dtype_names_and_aliases_are_accepted(alias):
+  x = np.ones((1, 5, 5, 1), np.float32)
+  conv = layers.LiftingConv(2, dtype=alias, param_dtype="float32")
+  variables = conv.init(_key(0), x)
+  assert variables["params"]["kernel"].dtype == jnp.float32
+  f = conv.apply(variables, x)
+  assert f.dtype == jnp.bfloat16
+  group = layers.GroupConv(2, dtype=alias, param_dtype="f32")
+  assert group.init_with_output(_key(1), f)[0].dtype == jnp.bfloat16
+  norm = layers.Normalization("layer", dtype=alias, param_dtype="fp32")
+  assert norm.init_with_output(_key(2), f)[0].dtype == jnp.bfloat16
+  model = layers.P4CNN(features=2, dtype=alias)
+  logits, _ = model.init_with_output(_key(3), np.ones((1, 28, 28, 1)))
+  assert logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+  "make",
+  [
+    lambda: layers.LiftingConv(2, dtype="int32"),
+    lambda: layers.GroupConv(2, param_dtype=jnp.int8),
+    lambda: layers.Normalization(dtype="bool"),
+    lambda: layers.GroupBatchNorm(param_dtype="complex64"),
+    lambda: layers.P4CNN(dtype="float33"),
+    lambda: layers.P4GapCNN(dtype=3),
+  ],
+)
+def test_non_float_dtypes_are_refused_at_construction(make):
+  with pytest.raises(TypeError, match=r"\.(param_)?dtype must be a float"):
+    make()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.bool_])
+def test_integer_inputs_are_cast_not_rescaled(dtype):
+  pixels = np.arange(2 * 5 * 5).reshape(2, 5, 5, 1) % 3
+  x_int, x_float = pixels.astype(dtype), pixels.astype(dtype).astype(np.float32)
+  conv = layers.LiftingConv(2)
+  variables = conv.init(_key(4), x_float)
+  f = conv.apply(variables, x_int)
+  assert f.dtype == jnp.float32
+  np.testing.assert_array_equal(f, conv.apply(variables, x_float))
+  f_int = np.asarray(f).round().astype(np.int32)
+  gconv_ = layers.GroupConv(2)
+  g_vars = gconv_.init(_key(5), f_int.astype(np.float32))
+  np.testing.assert_array_equal(
+    gconv_.apply(g_vars, f_int), gconv_.apply(g_vars, f_int.astype(np.float32))
+  )
+  # Normalisation of an integer input is float, not truncated back to int.
+  norm = layers.GroupBatchNorm(use_running_average=False)
+  y, _ = norm.init_with_output(_key(6), f_int)
+  assert y.dtype == jnp.float32
+  np.testing.assert_allclose(np.mean(np.asarray(y)), 0.0, atol=1e-5)
+  logits, _ = layers.P4CNN(features=2).init_with_output(
+    _key(7), np.zeros((1, 28, 28, 1), dtype)
+  )
+  assert logits.dtype == jnp.float32
+
+
+def test_complex_inputs_are_refused():
+  x = np.ones((1, 5, 5, 1), np.complex64)
+  with pytest.raises(TypeError, match="expects real images"):
+    layers.LiftingConv(2).init(_key(0), x)
+  with pytest.raises(TypeError, match="expects real group maps"):
+    layers.GroupConv(2).init(_key(0), np.ones((1, 5, 5, 1, 4), np.complex64))
+
+
+@pytest.mark.parametrize("partitionable", [True, False])
+def test_default_kernels_equal_jaxs_own_he_initialiser(partitionable):
+  # The fast flat draw changes no value: a P4CNN initialises as it would
+  # with jax's variance_scaling, eagerly and in the engine's jitted path.
+  x = np.zeros((1, 7, 7, 1), np.float32)
+  f = np.zeros((1, 7, 7, 2, 4), np.float32)
+  he = functools.partial(
+    jax.nn.initializers.variance_scaling, 2.0, "fan_in", "truncated_normal"
+  )
+  with jax.threefry_partitionable(partitionable):
+    for make, axes, inputs in (
+      (layers.LiftingConv, (0, 1, 2), x),
+      (layers.GroupConv, (0, 1, 2, 3), f),
+    ):
+      ours = make(3).init(_key(8), inputs)
+      theirs = make(3, kernel_init=he(in_axis=axes)).init(_key(8), inputs)
+      chex.assert_trees_all_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("reduce", ["max", "mean"])
+def test_group_pool_values_are_the_max_or_mean_over_the_group(reduce):
+  # Invariance alone would pass a sum or a min as well: pin the values.
+  f = np.asarray(_normal(9, (2, 3, 3, 2, 8)))
+  got = layers.GroupPool(reduce).apply({}, f)
+  want = f.max(axis=-1) if reduce == "max" else f.mean(axis=-1)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

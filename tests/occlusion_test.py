@@ -210,3 +210,54 @@ def test_bad_sizes_are_refused_before_any_search(sizes, error, message):
   with pytest.raises(error, match=message):
     occlusion.find_flipping_patch(counting, _image(), 0, sizes=sizes)
   assert not calls
+
+
+@pytest.mark.parametrize(
+  ("args", "error", "message"),
+  [
+    ((6, 0, 1), ValueError, r"row must be in \[0, 5\] \(6 rows\), got 6"),
+    ((0, -1, 1), ValueError, r"col must be in \[0, 5\]"),
+    ((0, 0, -1), ValueError, r"size must be in \[0, 6\] for a 6x6"),
+    ((0, 0, 7), ValueError, r"size must be in \[0, 6\]"),
+    ((0.5, 0, 1), TypeError, "row must be an integer scalar"),
+    ((0, 0, jnp.array([1, 2])), TypeError, "size must be an integer scalar"),
+  ],
+)
+def test_occlude_refuses_positions_and_sizes_outside_the_image(
+  args, error, message
+):
+  with pytest.raises(error, match=message):
+    occlusion.occlude(_image(), *args)
+
+
+def test_occlude_takes_concrete_jax_scalars():
+  out = occlusion.occlude(_image(), jnp.int32(0), np.int64(0), jnp.array(1))
+  assert float(out[0, 0, 0]) == 0.5
+
+
+def test_out_of_range_label_is_refused_before_any_search():
+  calls = []  # Only concrete evaluations: tracing for the shape is free.
+
+  def counting(x):
+    if not isinstance(x, jax.core.Tracer):
+      calls.append(1)
+    return _corner_model(x)
+
+  with pytest.raises(ValueError, match=r"label must be an int in \[0, 1\]"):
+    occlusion.occlusion_maps(counting, _image(), 2, patch_size=2)
+  with pytest.raises(ValueError, match=r"label must be an int in \[0, 1\]"):
+    occlusion.find_flipping_patch(counting, _image(), 5, sizes=(2,))
+  assert not calls
+
+
+@pytest.mark.parametrize(
+  ("images", "batch_size", "message"),
+  [
+    (np.zeros((2, 6, 6, 1), np.float32), 0, "batch_size must be an int >= 1"),
+    (np.zeros((6, 6, 1), np.float32), 2, r"images \[P, H, W, C\]"),
+    (np.zeros((0, 6, 6, 1), np.float32), 2, "at least one image"),
+  ],
+)
+def test_probabilities_bad_input(images, batch_size, message):
+  with pytest.raises(ValueError, match=message):
+    occlusion.probabilities(_corner_model, images, batch_size)

@@ -846,3 +846,15 @@ def test_initialisers_reject_bad_sizes(name):
     rnn.Recurrent(cell=name, hidden_size=0).init(
       jax.random.key(0), jnp.zeros((2, 3))
     )
+
+
+@pytest.mark.parametrize("name", ["elman", "lstm", "gru"])
+def test_initialisers_take_dtype_names_and_refuse_non_floats(name):
+  init = rnn.get_cell(name).init
+  params = init(jax.random.key(0), 3, 4, dtype="bf16")
+  assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype("bfloat16")}
+  params = init(jax.random.key(0), 3, 4, dtype="float32")
+  assert {p.dtype for p in jax.tree.leaves(params)} == {jnp.dtype("float32")}
+  for bad in ("int32", jnp.int8, "fp33"):
+    with pytest.raises(TypeError, match="dtype must be a float dtype"):
+      init(jax.random.key(0), 3, 4, dtype=bad)

@@ -37,11 +37,52 @@ from equivlab.ops import xla_options
 ApplyFn = Callable[[jax.Array], jax.Array]
 
 
+def _check_box(height: int, width: int, row, col, size) -> None:
+  """Raises unless a concrete box of side `size` at (row, col) fits."""
+  side = checks.concrete_int("size", size)
+  if side is not None and not 1 <= side <= min(height, width):
+    raise ValueError(
+      f"size must be in [1, {min(height, width)}] (the patch must fit in "
+      f"the {height}x{width} image), got {side}."
+    )
+  last = side or 1
+  checks.check_index("row", row, height - last + 1, "top rows that fit")
+  checks.check_index("col", col, width - last + 1, "left columns that fit")
+
+
+def _check_image(image) -> None:
+  checks.check_rank("image", image, 3, "one image [H, W, C]")
+  checks.check_floating("image", image)
+
+
+def _num_classes(apply_fn: ApplyFn, image) -> int:
+  """K of `apply_fn`'s logits `[1, K]` for `image[None]` (no compute)."""
+  out = jax.eval_shape(
+    apply_fn, jax.ShapeDtypeStruct((1, *image.shape), image.dtype)
+  )
+  if len(out.shape) != 2 or out.shape[0] != 1:
+    raise ValueError(
+      f"apply_fn must map images [B, H, W, C] to logits [B, K], got shape "
+      f"{out.shape} for a batch of 1."
+    )
+  return out.shape[1]
+
+
 def box_mask(height: int, width: int, row, col, size) -> jax.Array:
   """`[H, W]` bool: True on rows `row..row+size-1`, cols `col..col+size-1`.
 
-  `row`, `col` and `size` may be traced (the top-left corner and the side).
+  `row`, `col` and `size` may be traced (the top-left corner and the side);
+  when concrete they are checked: the box must lie inside the image.
+
+  Raises:
+    ValueError: if `height` or `width` is not an int >= 1, or a concrete
+      box does not fit (`size` in 1..min(H, W), `row` in 0..H - size, `col`
+      in 0..W - size).
+    TypeError: for non-integer positions or sizes.
   """
+  checks.check_int("height", height, minimum=1)
+  checks.check_int("width", width, minimum=1)
+  _check_box(height, width, row, col, size)
   rows = jnp.arange(height)[:, None]
   cols = jnp.arange(width)[None, :]
   inside = (rows >= row) & (rows < row + size)
@@ -60,7 +101,17 @@ def apply_patch(image, content, row, col, size) -> jax.Array:
 
   Returns:
     The patched image, `[H, W, C]`.
+
+  Raises:
+    ValueError: if `image` is not `[H, W, C]`, `content` differs in shape,
+      or a concrete box does not fit in the image.
   """
+  checks.check_rank("image", image, 3, "one image [H, W, C]")
+  if jnp.shape(content) != jnp.shape(image):
+    raise ValueError(
+      f"content must be a canvas of the image's shape {jnp.shape(image)}, "
+      f"got {jnp.shape(content)}."
+    )
   mask = box_mask(image.shape[0], image.shape[1], row, col, size)
   return jnp.where(mask[:, :, None], content.astype(image.dtype), image)
 
@@ -70,7 +121,14 @@ def target_margin(logits: jax.Array, target) -> jax.Array:
 
   Negative when `target` has the largest logit (the prediction is
   `target`), positive otherwise.
+
+  Raises:
+    ValueError: if `logits` is a scalar or a concrete `target` is not a
+      class in `[0, K)`.
   """
+  if jnp.ndim(logits) < 1:
+    raise ValueError(f"logits must be [..., K], got shape {jnp.shape(logits)}.")
+  checks.check_index("target", target, logits.shape[-1], "classes")
   classes = jnp.arange(logits.shape[-1])
   others = jnp.where(classes == target, -jnp.inf, logits)
   return jnp.max(others, axis=-1) - jnp.take(logits, target, axis=-1)
@@ -87,8 +145,20 @@ def candidate_positions(
 
   Returns:
     `(rows, cols)`, int32 `[grid**2 + num_salient]` each.
+
+  Raises:
+    ValueError: if `image` is not `[H, W, C]`, `grid` < 1, `num_salient` is
+      negative or more than the windows of a concrete `size`, the patch does
+      not fit, or a concrete `target` is not a class of `apply_fn`.
   """
+  _check_image(image)
   h, w = image.shape[:2]
+  checks.check_int("grid", grid, minimum=1)
+  _check_box(h, w, 0, 0, size)
+  side = checks.concrete_int("size", size)
+  windows = h * w if side is None else (h - side + 1) * (w - side + 1)
+  checks.check_int("num_salient", num_salient, minimum=0, maximum=windows)
+  checks.check_index("target", target, _num_classes(apply_fn, image), "classes")
   steps = jnp.linspace(0.0, 1.0, grid)
   grid_rows = jnp.round(steps * (h - size)).astype(jnp.int32)
   grid_cols = jnp.round(steps * (w - size)).astype(jnp.int32)
@@ -111,6 +181,39 @@ def candidate_positions(
     rows = jnp.concatenate([rows, (best // w).astype(jnp.int32)])
     cols = jnp.concatenate([cols, (best % w).astype(jnp.int32)])
   return rows, cols
+
+
+def _check_step_size(step_size) -> None:
+  if checks.is_concrete(step_size):
+    checks.check_number("step_size", step_size, minimum=0, strict_minimum=True)
+
+
+def _check_optimise(
+  apply_fn, image, target, size, rows, cols, num_steps, step_size
+) -> None:
+  """The arguments of `optimise_patch` (concrete ones by value)."""
+  _check_image(image)
+  if jnp.ndim(rows) != 1 or jnp.shape(rows) != jnp.shape(cols):
+    raise ValueError(
+      f"rows and cols must be positions [P] of one length, got shapes "
+      f"{jnp.shape(rows)} and {jnp.shape(cols)}."
+    )
+  checks.check_int("num_steps", num_steps, minimum=0)
+  _check_step_size(step_size)
+  h, w = image.shape[:2]
+  _check_box(h, w, 0, 0, size)
+  side = checks.concrete_int("size", size) or 1
+  if checks.is_concrete((rows, cols)) and rows.shape[0]:
+    for name, where, limit in (("rows", rows, h), ("cols", cols, w)):
+      where = np.asarray(where)
+      if not np.issubdtype(where.dtype, np.integer):
+        raise TypeError(f"{name} must be integer positions, got {where.dtype}.")
+      if where.min() < 0 or where.max() > limit - side:
+        raise ValueError(
+          f"{name} must lie in [0, {limit - side}] for a patch of side "
+          f"{side}, got values in [{where.min()}, {where.max()}]."
+        )
+  checks.check_index("target", target, _num_classes(apply_fn, image), "classes")
 
 
 def optimise_patch(
@@ -145,7 +248,15 @@ def optimise_patch(
     "content" `[P, H, W, C]` (the canvases; only each box is used),
     "margin" `[P]` and "label" `[P]` of the patched images, and "steps",
     the number of gradient steps taken.
+
+  Raises:
+    ValueError: if `image` is not `[H, W, C]`, `rows` and `cols` are not
+      `[P]` alike, `num_steps` < 0, `step_size` is not a finite number > 0,
+      a concrete patch does not fit, or a concrete `target` is not a class.
   """
+  _check_optimise(
+    apply_fn, image, target, size, rows, cols, num_steps, step_size
+  )
   num = rows.shape[0]
   start = jax.random.uniform(key, (num, *image.shape), image.dtype)
   paste = jax.vmap(apply_patch, in_axes=(None, 0, 0, 0, None))
@@ -189,7 +300,17 @@ def make_patch_attack(
     `attack`, whose result holds the best position's "row", "col",
     "content" `[H, W, C]`, "patched" `[H, W, C]` image, its "label",
     "probs" `[K]` and "margin", "flipped" (label == target) and "steps".
+    `attack` checks its concrete arguments (the image, a target class of
+    `apply_fn`, a side that fits) before the jitted search.
+
+  Raises:
+    ValueError: if `grid` < 1, `num_salient` < 0, `num_steps` < 0 or
+      `step_size` is not a finite number > 0.
   """
+  checks.check_int("grid", grid, minimum=1)
+  checks.check_int("num_salient", num_salient, minimum=0)
+  checks.check_int("num_steps", num_steps, minimum=0)
+  _check_step_size(step_size)
 
   def attack(image, target, size, key):
     rows, cols = candidate_positions(
@@ -224,7 +345,18 @@ def make_patch_attack(
       "steps": out["steps"],
     }
 
-  return xla_options.jit(attack)
+  jitted = xla_options.jit(attack)
+
+  def checked_attack(image, target, size, key):
+    _check_image(image)
+    h, w = jnp.shape(image)[:2]
+    _check_box(h, w, 0, 0, size)
+    num_classes = _num_classes(apply_fn, image)
+    checks.check_index("target", target, num_classes, "classes")
+    return jitted(image, target, size, key)
+
+  checked_attack._cache_size = jitted._cache_size  # Compilations, for tests.
+  return checked_attack
 
 
 def smallest_patch(

@@ -45,10 +45,19 @@ def occlude(
     The occluded image, `[H, W, C]`.
 
   Raises:
-    ValueError: if `image` is not `[H, W, C]`.
+    ValueError: if `image` is not `[H, W, C]`, or a concrete centre lies
+      outside the image or a concrete `size` outside `0..max(H, W)`.
+    TypeError: for non-integer positions or sizes.
   """
   checks.check_rank("image", image, 3, "one image [H, W, C]")
   h, w = image.shape[:2]
+  checks.check_index("row", row, h, "rows")
+  checks.check_index("col", col, w, "columns")
+  side = checks.concrete_int("size", size)
+  if side is not None and not 0 <= side <= max(h, w):
+    raise ValueError(
+      f"size must be in [0, {max(h, w)}] for a {h}x{w} image, got {side}."
+    )
   top = row - size // 2
   left = col - size // 2
   rows = jnp.arange(h)[:, None]
@@ -89,6 +98,23 @@ def _check_options(image, label, patch_size, stride, value, batch_size):
   checks.check_int("batch_size", batch_size, minimum=1)
 
 
+def _check_label(apply_fn, image, label, stride, batch_size) -> None:
+  """`label` against the K of `apply_fn`'s logits, before any compute.
+
+  The logits' shape comes from `jax.eval_shape` at the batch shape the
+  search will use, so a jitted `apply_fn` traces no other shape.
+  """
+  rows, _ = _centres(image.shape[0], image.shape[1], stride)
+  batch = min(batch_size, rows.size + 1)
+  spec = jax.ShapeDtypeStruct((batch, *image.shape), image.dtype)
+  try:
+    shape = jax.eval_shape(apply_fn, spec).shape
+  except Exception:  # noqa: BLE001 (the model's own error comes later)
+    return
+  if len(shape) == 2 and shape[0] == batch:
+    checks.check_int("label", label, minimum=0, maximum=shape[1] - 1)
+
+
 def check_apply_fn(apply_fn: Any) -> None:
   """Raises TypeError unless `apply_fn` is callable."""
   if not callable(apply_fn):
@@ -119,9 +145,14 @@ def probabilities(
     `[P, K]` probabilities.
 
   Raises:
-    ValueError: if `apply_fn` does not return logits `[B, K]` for a batch
-      of B images, or returns non-finite logits.
+    ValueError: if `images` is not `[P, H, W, C]` with P >= 1,
+      `batch_size` is not an int >= 1, `apply_fn` does not return logits
+      `[B, K]` for a batch of B images, or returns non-finite logits.
   """
+  checks.check_rank("images", images, 4, "images [P, H, W, C]")
+  checks.check_int("batch_size", batch_size, minimum=1)
+  if not np.shape(images)[0]:
+    raise ValueError("images must hold at least one image, got none.")
   n = images.shape[0]
   size = min(batch_size, n)
   chunks = []
@@ -185,6 +216,7 @@ def occlusion_maps(
   check_apply_fn(apply_fn)
   image = check_image(image)
   _check_options(image, label, patch_size, stride, value, batch_size)
+  _check_label(apply_fn, image, label, stride, batch_size)
   rows, cols = _centres(image.shape[0], image.shape[1], stride)
   occluded = jax.vmap(occlude, in_axes=(None, 0, 0, None, None))(
     image,
@@ -250,6 +282,7 @@ def find_flipping_patch(
   checks.check_ints("sizes", sizes, minimum=1)
   for size in sizes:
     _check_options(image, label, size, stride, value, batch_size)
+  _check_label(apply_fn, image, label, stride, batch_size)
   result: dict[str, Any] = {"found": False, "flip_fraction": {}, "labels": {}}
   for size in sorted(set(int(s) for s in sizes)):
     maps = occlusion_maps(

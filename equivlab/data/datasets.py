@@ -75,14 +75,14 @@ def _derived_transform(name: str, kind: str, shift: str | None):
 
 
 @functools.lru_cache(maxsize=8)
-def _derived_split(name: str, split: str, cache_dir: str | None):
+def _derived_split(name: str, split: str):
   """A derived embedded split, computed once per process (read-only).
 
   The runs of a study each load the same rotated or shifted digits; the
   transform (about a second on a CPU) need not run for every one of them.
   """
   transform = _derived_transform(name, *_DERIVED.match(name).groups())
-  images, labels = embedded_digits(split, cache_dir=cache_dir)
+  images, labels = embedded_digits(split)
   key = jax.random.key(_DERIVED_SEEDS[split])
   images = np.asarray(jax.jit(transform)(key, images), np.float32)
   for array in (images, labels):
@@ -119,7 +119,8 @@ def load_dataset(
     split: "train" or "test" for the embedded sets; any tfds split string
       (e.g. "train[:10%]") for tfds sets.
     data_dir: the tfds data directory (default: `$TFDS_DATA_DIR`, else
-      ~/tensorflow_datasets); for embedded sets, the cache directory.
+      ~/tensorflow_datasets); the embedded sets ship inside the package
+      and do not read it.
     download: let tfds download and prepare a missing data set (needs
       internet). With the default False a missing set fails at once.
 
@@ -141,9 +142,8 @@ def load_dataset(
   if name == "embedded" or match:
     transform = match and _derived_transform(name, *match.groups())
     if not transform:
-      return embedded_digits(split, cache_dir=data_dir)
-    cache_dir = None if data_dir is None else os.fspath(data_dir)
-    images, labels = _derived_split(name, split, cache_dir)
+      return embedded_digits(split)
+    images, labels = _derived_split(name, split)
     return images.copy(), labels.copy()
   if name.startswith("embedded"):
     raise ValueError(

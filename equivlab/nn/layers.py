@@ -46,6 +46,47 @@ def _check_conv_module(module) -> None:
       raise ValueError(f"{name}.{field} must be an int >= 1, got {value!r}.")
   groups.group_order(module.group)  # the ValueError for an unknown group
   convolution.resolve_impl(module.conv_impl)  # and for an unknown impl
+  _resolve_dtypes(module, "dtype", "param_dtype")
+
+
+def _resolve_dtypes(module, *fields: str) -> None:
+  """Checks dtype fields; names and aliases ("bf16") become numpy dtypes.
+
+  Call from `__post_init__`, before flax freezes the module; "dtype" may be
+  None (promote), the others must name a float dtype.
+
+  Raises:
+    TypeError: naming the module's field, for a non-float dtype.
+  """
+  name = type(module).__name__
+  for field in fields:
+    given = getattr(module, field)
+    value = checks.float_dtype(
+      f"{name}.{field}", given, allow_none=field == "dtype"
+    )
+    if isinstance(given, str):  # Dtype objects are kept as they came.
+      object.__setattr__(module, field, value)
+
+
+def _float_input(module, x: jax.Array, name: str) -> jax.Array:
+  """`x`, with integer or bool inputs cast to the module's float dtype.
+
+  Images often come as uint8 or int: they are cast (not rescaled) to
+  `module.dtype`, or to `module.param_dtype` when that is None.
+
+  Raises:
+    TypeError: for complex (or other non-real) inputs.
+  """
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.floating):
+    return x
+  if jnp.issubdtype(x.dtype, jnp.integer) or x.dtype == jnp.bool_:
+    dtype = module.dtype or getattr(module, "param_dtype", jnp.float32)
+    return x.astype(dtype)
+  raise TypeError(
+    f"{type(module).__name__} expects real {name} (float, or int/bool to be "
+    f"cast), got dtype {x.dtype}."
+  )
 
 
 def _conv_with_bias(module, conv, x, kernel_shape):
@@ -77,6 +118,9 @@ def _conv_with_bias(module, conv, x, kernel_shape):
 class LiftingConv(nn.Module):
   """Lifting convolution: images `[N, H, W, C]` -> `[N, H', W', F, G]`.
 
+  Integer or bool images (e.g. uint8 pixels) are cast, not rescaled, to
+  `dtype` (`param_dtype` if None); complex ones are a TypeError.
+
   Attributes:
     features: F, the number of output G-channels.
     kernel_size: the square kernel's side.
@@ -85,8 +129,10 @@ class LiftingConv(nn.Module):
     kernel_dilation: the kernel dilation (an int).
     use_bias: add one bias per output G-channel, shared over the group.
     group: "p4" (G = 4) or "p4m" (G = 8).
-    dtype: the computation dtype (None: promote input and parameters).
-    param_dtype: the parameters' dtype.
+    dtype: the computation dtype (None: promote input and parameters); a
+      dtype or a name, "float32", "bfloat16", "bf16", ... (see
+      `checks.float_dtype`).
+    param_dtype: the parameters' dtype (a float dtype or its name).
     kernel_init: initializer of the `[k, k, C, F]` kernel.
     conv_impl: "auto", "xla" or "cpu", how the convolution runs
       (`equivlab.ops.convolution`).
@@ -113,17 +159,20 @@ class LiftingConv(nn.Module):
     conv = _LIFTING.get(self.group)
     if conv is None:
       groups.group_order(self.group)  # raises the ValueError
-    if x.ndim != 4:
+    if jnp.ndim(x) != 4:
       raise ValueError(
         f"LiftingConv expects images [N, H, W, C] of rank 4, got shape "
-        f"{x.shape}."
+        f"{jnp.shape(x)}."
       )
+    x = _float_input(self, x, "images")
     k = self.kernel_size
     return _conv_with_bias(self, conv, x, (k, k, x.shape[-1], self.features))
 
 
 class GroupConv(nn.Module):
   """Group convolution: `[N, H, W, C, G]` -> `[N, H', W', F, G]`.
+
+  Integer or bool maps are cast to `dtype` (`param_dtype` if None).
 
   Attributes:
     features: F, the number of output G-channels.
@@ -133,8 +182,10 @@ class GroupConv(nn.Module):
     kernel_dilation: the kernel dilation (an int).
     use_bias: add one bias per output G-channel, shared over the group.
     group: "p4" (G = 4) or "p4m" (G = 8).
-    dtype: the computation dtype (None: promote input and parameters).
-    param_dtype: the parameters' dtype.
+    dtype: the computation dtype (None: promote input and parameters); a
+      dtype or a name, "float32", "bfloat16", "bf16", ... (see
+      `checks.float_dtype`).
+    param_dtype: the parameters' dtype (a float dtype or its name).
     kernel_init: initializer of the `[k, k, C, G, F]` kernel (He, with the
       input group axis counted in the fan-in).
     conv_impl: "auto", "xla" or "cpu", how the convolution runs
@@ -160,11 +211,12 @@ class GroupConv(nn.Module):
   @nn.compact
   def __call__(self, f: jax.Array) -> jax.Array:
     order = groups.group_order(self.group)
-    if f.ndim != 5 or f.shape[-1] != order:
+    if jnp.ndim(f) != 5 or jnp.shape(f)[-1] != order:
       raise ValueError(
         f"GroupConv({self.group!r}) expects group maps [N, H, W, C, {order}]"
-        f", got shape {f.shape}."
+        f", got shape {jnp.shape(f)}."
       )
+    f = _float_input(self, f, "group maps")
     k = self.kernel_size
     shape = (k, k, f.shape[-2], order, self.features)
     return _conv_with_bias(self, _GROUP[self.group], f, shape)
@@ -188,7 +240,8 @@ class Normalization(nn.Module):
       (may also be given to `__call__`); only "batch" has them.
     momentum: decay of the running averages.
     epsilon: added to the variance.
-    dtype: the computation dtype (None: the input's).
+    dtype: the computation dtype (None: the input's; integer inputs are
+      cast to `param_dtype`); a dtype or a name ("bf16", "float32", ...).
     param_dtype: dtype of scale, bias and statistics.
   """
 
@@ -207,6 +260,7 @@ class Normalization(nn.Module):
       "momentum", self.momentum, minimum=0, maximum=1, strict_maximum=True
     )
     checks.check_number("epsilon", self.epsilon, minimum=0, strict_minimum=True)
+    _resolve_dtypes(self, "dtype", "param_dtype")
     super().__post_init__()
 
   @nn.compact
@@ -216,6 +270,7 @@ class Normalization(nn.Module):
     checks.check_rank(
       "x", x, (2, 4, 5), "[N, C], [N, H, W, C] or [N, H, W, C, G]"
     )
+    x = _float_input(self, x, "inputs")
     channels = x.shape[-2] if x.ndim == 5 else x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (channels,))
     bias = self.param("bias", nn.initializers.zeros, (channels,))
@@ -331,7 +386,8 @@ class P4CNN(nn.Module):
     group: "p4" or "p4m" (P4MCNN).
     rotation_pooling: the paper's "P4CNN rotation pooling": pool over the
       group after every layer, so each next layer lifts the image again.
-    dtype: the computation dtype (None: float32 from the parameters).
+    dtype: the computation dtype (None: float32 from the parameters); a
+      dtype or a name ("bfloat16", "bf16", ...).
   """
 
   num_classes: int = 10
@@ -347,6 +403,7 @@ class P4CNN(nn.Module):
     checks.check_int("num_classes", self.num_classes, minimum=1)
     checks.check_int("features", self.features, minimum=1)
     groups.group_order(self.group)  # The ValueError for an unknown group.
+    _resolve_dtypes(self, "dtype")
     if not isinstance(self.rotation_pooling, bool):
       raise TypeError(
         f"rotation_pooling must be a bool, got {self.rotation_pooling!r}."
@@ -414,7 +471,8 @@ class P4GapCNN(nn.Module):
     group: "p4" or "p4m".
     pool_group: max-pool the group axis before the head (logits invariant
       to rot90); False: the head sees every orientation.
-    dtype: the computation dtype (None: float32 from the parameters).
+    dtype: the computation dtype (None: float32 from the parameters); a
+      dtype or a name ("bfloat16", "bf16", ...).
   """
 
   num_classes: int = 10
@@ -429,6 +487,7 @@ class P4GapCNN(nn.Module):
     checks.check_ints("features", self.features, minimum=1)
     checks.check_ints("dilations", self.dilations, minimum=1)
     groups.group_order(self.group)  # The ValueError for an unknown group.
+    _resolve_dtypes(self, "dtype")
     if len(self.features) != len(self.dilations):
       raise ValueError(
         f"features and dilations must be of one length, got "

@@ -30,6 +30,22 @@ class LSTMState(NamedTuple):
   h: jax.Array
 
 
+def float_dtype(dtype: Any):
+  """A parameter dtype given as a dtype, scalar type or name ("bf16").
+
+  Raises:
+    TypeError: for a dtype that is not a float (see `checks.float_dtype`).
+  """
+  return jax.dtypes.canonicalize_dtype(checks.float_dtype("dtype", dtype))
+
+
+def _orthogonal(key, size: int, dtype) -> jax.Array:
+  """A random orthogonal `[size, size]`; QR runs in float32 at least (XLA
+  has no bfloat16 or float16 QR), then the result is cast to `dtype`."""
+  wide = jnp.promote_types(dtype, jnp.float32)
+  return nn.initializers.orthogonal()(key, (size, size), wide).astype(dtype)
+
+
 def _check_sizes(input_size: Any, hidden_size: Any) -> None:
   checks.check_int("input_size", input_size, minimum=1)
   checks.check_int("hidden_size", hidden_size, minimum=1)
@@ -55,31 +71,33 @@ def init_elman(
     hidden_size: H.
     output_size: K; when None, only the cell's `W_xh, W_hh, b_h` are made.
     recurrent_scale: the gain of the orthogonal `W_hh`.
-    dtype: the parameter dtype.
+    dtype: the parameter dtype, a float dtype or its name ("float32",
+      "bf16", ...).
 
   Returns:
     A dict with `W_xh (H, D)`, `W_hh (H, H)`, `b_h (H,)` and, with an output
     size, `W_hz (K, H)`, `b_z (K,)`.
 
   Raises:
-    TypeError: for sizes that are not ints or a scale that is not a number.
+    TypeError: for sizes that are not ints, a scale that is not a number
+      or a dtype that is not a float.
     ValueError: for sizes below 1 or a scale that is not finite.
   """
   _check_sizes(input_size, hidden_size)
+  dtype = float_dtype(dtype)
   checks.check_int("output_size", output_size, minimum=1, allow_none=True)
   checks.check_number("recurrent_scale", recurrent_scale)
   k_xh, k_hh, k_hz = jax.random.split(key, 3)
   params = {
     "W_xh": jax.random.normal(k_xh, (hidden_size, input_size), dtype)
-    / np.sqrt(input_size),
-    "W_hh": recurrent_scale
-    * nn.initializers.orthogonal()(k_hh, (hidden_size, hidden_size), dtype),
+    / float(np.sqrt(input_size)),
+    "W_hh": recurrent_scale * _orthogonal(k_hh, hidden_size, dtype),
     "b_h": jnp.zeros((hidden_size,), dtype),
   }
   if output_size is not None:
     params["W_hz"] = jax.random.normal(
       k_hz, (output_size, hidden_size), dtype
-    ) / np.sqrt(hidden_size)
+    ) / float(np.sqrt(hidden_size))
     params["b_z"] = jnp.zeros((output_size,), dtype)
   return params
 
@@ -105,10 +123,7 @@ def _stacked_orthogonal(key, hidden_size, num_gates, dtype):
   """`num_gates` orthogonal [H, H] blocks stacked into [num_gates * H, H]."""
   h = hidden_size
   return jnp.concatenate(
-    [
-      nn.initializers.orthogonal()(k, (h, h), dtype)
-      for k in jax.random.split(key, num_gates)
-    ]
+    [_orthogonal(k, h, dtype) for k in jax.random.split(key, num_gates)]
   )
 
 
@@ -130,22 +145,25 @@ def init_lstm(
     input_size: D.
     hidden_size: H.
     forget_bias: the initial bias of the forget gate.
-    dtype: the parameter dtype.
+    dtype: the parameter dtype, a float dtype or its name ("float32",
+      "bf16", ...).
 
   Returns:
     A dict with `W_x (4H, D)`, `W_h (4H, H)` and `b (4H,)`.
 
   Raises:
-    TypeError: for sizes that are not ints or a bias that is not a number.
+    TypeError: for sizes that are not ints, a bias that is not a number or
+      a dtype that is not a float.
     ValueError: for sizes below 1 or a bias that is not finite.
   """
   _check_sizes(input_size, hidden_size)
+  dtype = float_dtype(dtype)
   checks.check_number("forget_bias", forget_bias)
   k_x, k_h = jax.random.split(key)
   h = hidden_size
   return {
     "W_x": jax.random.normal(k_x, (4 * h, input_size), dtype)
-    / np.sqrt(input_size),
+    / float(np.sqrt(input_size)),
     "W_h": _stacked_orthogonal(k_h, h, 4, dtype),
     "b": jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(forget_bias),
   }
@@ -187,21 +205,23 @@ def init_gru(
     key: a PRNG key.
     input_size: D.
     hidden_size: H.
-    dtype: the parameter dtype.
+    dtype: the parameter dtype, a float dtype or its name ("float32",
+      "bf16", ...).
 
   Returns:
     A dict with `W_x (3H, D)`, `W_h (3H, H)`, `b_x (3H,)`, `b_h (3H,)`.
 
   Raises:
-    TypeError: for sizes that are not ints.
+    TypeError: for sizes that are not ints or a dtype that is not a float.
     ValueError: for sizes below 1.
   """
   _check_sizes(input_size, hidden_size)
+  dtype = float_dtype(dtype)
   k_x, k_h = jax.random.split(key)
   h = hidden_size
   return {
     "W_x": jax.random.normal(k_x, (3 * h, input_size), dtype)
-    / np.sqrt(input_size),
+    / float(np.sqrt(input_size)),
     "W_h": _stacked_orthogonal(k_h, h, 3, dtype),
     "b_x": jnp.zeros((3 * h,), dtype),
     "b_h": jnp.zeros((3 * h,), dtype),

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from equivlab import checks
+from equivlab.rnn import cells
 from equivlab.rnn.scan import unroll
 
 Params = dict[str, jax.Array]
@@ -50,13 +51,15 @@ def init_esn(
     input_scale: the input weights are uniform in [-input_scale, input_scale].
     density: the fraction of non-zero recurrent weights.
     leak: the leak rate a in `h' = (1 - a) h + a tanh(...)`, in (0, 1].
-    dtype: the parameter dtype.
+    dtype: the parameter dtype, a float dtype or its name ("float32",
+      "bf16", ...).
 
   Returns:
     A dict with `W_in (N, D)`, `W (N, N)`, `b (N,)` and the scalar `leak`.
 
   Raises:
-    TypeError: for sizes that are not ints or rates that are not numbers.
+    TypeError: for sizes that are not ints, rates that are not numbers or
+      a dtype that is not a float.
     ValueError: for sizes below 1, a non-positive radius, density or leak
       out of range.
   """
@@ -77,6 +80,7 @@ def init_esn(
     raise ValueError(
       f"density and leak must lie in (0, 1], got {density} and {leak}."
     )
+  dtype = cells.float_dtype(dtype)
   w, w_in, b = _draw(key, input_size, reservoir_size, density, dtype)
   radius = compute_spectral_radius(w)
   return {
