@@ -136,3 +136,22 @@ def test_a_workdir_from_another_model_is_refused(tmp_path):
     train.train_and_evaluate(TINY, tmp_path, model=Tiny(width=8))
   again = train.train_and_evaluate(TINY, tmp_path, model=Tiny())
   assert again.history[-1]["epoch"] == 1
+
+
+def test_each_step_draws_its_own_augmentation():
+  # The step's key is the run's key folded with the step number: the same
+  # step draws the same shifts, the next step other ones.
+  config = dataclasses.replace(TINY, augment="shift", max_shift=3)
+  rng = np.random.default_rng(0)
+  batch = {
+    "image": rng.random((32, 28, 28, 1), np.float32),
+    "label": rng.integers(0, 10, 32).astype(np.int32),
+  }
+  state, steps = loop.prepare(config, batch["image"])
+  losses = {}
+  for step in (0, 0, 1, 2):
+    at = state.replace(step=jnp.asarray(step, jnp.asarray(state.step).dtype))
+    _, metrics = steps.train_step(at, batch)
+    losses.setdefault(step, []).append(float(metrics["loss"]))
+  assert losses[0][0] == losses[0][1]
+  assert len({losses[0][0], losses[1][0], losses[2][0]}) == 3

@@ -60,10 +60,9 @@ _RNN = ("tests/rnn_test.py", "-k", "bptt or two_unit or masked")
 _VL = ("tests/value_learning_test.py",)
 _DQN = (
   "tests/dqn_test.py",
+  "tests/dqn_target_test.py",
   "-k",
-  # One LoopTest test calls a `dqn.noise` the package does not export.
-  "(TargetUpdate or Epsilon or TDError or Probe or Loop) and not "
-  "period_resets_in_blocks",
+  "TargetUpdate or Epsilon or TDError or Probe or Loop or target",
 )
 _TRAIN = (
   "tests/train_test.py",
@@ -357,7 +356,12 @@ MUTANTS = (
     "equivlab/training/steps.py",
     "step_key = jax.random.fold_in(state.key, state.step)",
     "step_key = state.key",
-    ("tests/train_test.py", "-k", "augment or same_seed or dropout"),
+    (
+      "tests/train_test.py",
+      "tests/training_inputs_test.py",
+      "-k",
+      "augment or same_seed or dropout",
+    ),
   ),
   Mutant(
     "train-5",
