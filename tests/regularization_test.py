@@ -26,7 +26,7 @@ def test_inverted_dropout_keeps_the_expectation():
   np.testing.assert_allclose((out == 0).mean(), 0.3, atol=0.005)
   # Kept units are scaled by 1 / (1 - rate).
   assert np.all((out == 0) | np.isclose(out, x / 0.7, rtol=1e-6))
-  # Seed 004's mask without rescaling shrinks the expectation by p = 0.7.
+  # A mask without the rescaling shrinks the expectation by p = 0.7.
   masks = jax.vmap(lambda k: jax.random.bernoulli(k, 0.7, x.shape))(keys)
   np.testing.assert_allclose((np.asarray(masks) * x).mean(0), 0.7 * x, 0.025)
 
@@ -118,7 +118,7 @@ def test_l2_penalty_value_and_bad_input():
 
 
 # ---------------------------------------------------------------------------
-# Ensembles (seed 004 4(e)).
+# Ensembles average predictions (Goodfellow, Bengio & Courville 2016, 7.11).
 # ---------------------------------------------------------------------------
 
 

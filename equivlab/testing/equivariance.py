@@ -3,8 +3,8 @@
 Cohen & Welling, "Group Equivariant Convolutional Networks" (ICML 2016):
 a network `fn` is equivariant when `fn(g x) == g fn(x)` for every element g,
 where g acts on the input and on the output in the way each carries (an
-image, a group feature map, or not at all for invariant outputs). Seed 000
-part 1 proves it for the G-correlation; these functions measure it.
+image, a group feature map, or not at all for invariant outputs). The
+paper proves it for the G-correlation; these functions measure it.
 
 Every group action is applied in NumPy on the host with `equivlab.groups`
 (the same code that defines the actions), so only `fn` runs on the

@@ -171,7 +171,7 @@ def module_equivariance_errors(
   equivariance.check_array(x, input, "x")
   xj = jnp.asarray(x)
   init_kwargs = {} if modes == ("apply",) else {train_kwarg: False}
-  # XLA's RngBitGenerator: its inits compile ~10x faster than threefry's.
+  # XLA's RngBitGenerator: its inits compile faster than threefry's.
   key = jax.random.key(seed, impl="rbg")
   variables = jax.jit(lambda k: module.init(k, xj, **init_kwargs))(key)
   mutable = [c for c in variables if c != "params"]

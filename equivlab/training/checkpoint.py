@@ -306,7 +306,7 @@ def _quiet_failed_io(collect: bool = False):
   """Settled event loops and `without_closed_loop_noise` while inside.
 
   Only a failure leaves operations to finalise, and a full collection
-  costs 0.1-1 s in a large process, so it runs on the way out of an
+  is costly in a large process, so it runs on the way out of an
   exception, and on every exit once `collect` is set (a `Checkpointer`
   sets it after its first failure).
   """

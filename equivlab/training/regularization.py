@@ -181,7 +181,7 @@ def ensemble_predict(
 
 
 def average_parameters(params_list: Sequence[PyTree]) -> PyTree:
-  """`1/M sum_m theta_m`: what the seed's question wrote, NOT an ensemble.
+  """`1/M sum_m theta_m`: parameter averaging, NOT an ensemble.
 
   Networks trained from different initialisations compute similar
   functions with differently ordered hidden units (any permutation of a
