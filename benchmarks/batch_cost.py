@@ -48,7 +48,9 @@ _IMAGE_SHAPE = (28, 28, 1)
 _NUM_CLASSES = 10
 
 
-def seed_compute(m: int, num_hidden: int, width: int, d: int, k: int) -> int:
+def hand_count_compute(
+  m: int, num_hidden: int, width: int, d: int, k: int
+) -> int:
   """The hand count of operations of one backward pass.
 
   Args:
@@ -69,7 +71,9 @@ def seed_compute(m: int, num_hidden: int, width: int, d: int, k: int) -> int:
   return m * per_example
 
 
-def seed_memory(m: int, num_hidden: int, width: int, d: int, k: int) -> int:
+def hand_count_memory(
+  m: int, num_hidden: int, width: int, d: int, k: int
+) -> int:
   """The hand count of memory (numbers) of one backward pass.
 
   Args:
@@ -253,30 +257,32 @@ def fit_figures(
   return fits, int(ms[timed].min()), int(ms[large].min())
 
 
-def compare_with_seed(hidden, fits, rows) -> dict[str, float]:
+def compare_with_hand_count(hidden, fits, rows) -> dict[str, float]:
   """The fitted slopes next to the hand count's per-example figures."""
   num_hidden, width = len(hidden), hidden[0]
   d, k = int(np.prod(_IMAGE_SHAPE)), _NUM_CLASSES
-  seed_flops_slope = seed_compute(1, num_hidden, width, d, k)
-  seed_memory_slope = seed_memory(1, num_hidden, width, d, k) - (
-    seed_memory(0, num_hidden, width, d, k)
+  hand_flops_slope = hand_count_compute(1, num_hidden, width, d, k)
+  hand_memory_slope = hand_count_memory(1, num_hidden, width, d, k) - (
+    hand_count_memory(0, num_hidden, width, d, k)
   )
   total_floats = fits["total_bytes"]["slope"] / 4
   return {
-    "seed_compute_per_example": seed_flops_slope,
+    "hand_count_compute_per_example": hand_flops_slope,
     "xla_flops_per_example": fits["flops"]["slope"],
-    "xla_over_seed_compute": fits["flops"]["slope"] / seed_flops_slope,
-    "seed_memory_floats_per_example": seed_memory_slope,
+    "xla_over_hand_count_compute": fits["flops"]["slope"] / hand_flops_slope,
+    "hand_count_memory_floats_per_example": hand_memory_slope,
     "xla_temp_floats_per_example": fits["temp_bytes"]["slope"] / 4,
     "xla_total_floats_per_example": total_floats,
-    "xla_total_over_seed_memory": total_floats / seed_memory_slope,
+    "xla_total_over_hand_count_memory": total_floats / hand_memory_slope,
     "xla_temp_floats_per_example_large_m": (
       fits["temp_bytes_large_m"]["slope"] / 4
     ),
     "xla_total_floats_per_example_large_m": (
       fits["total_bytes_large_m"]["slope"] / 4
     ),
-    "seed_memory_parameters": seed_memory(0, num_hidden, width, d, k),
+    "hand_count_memory_parameters": hand_count_memory(
+      0, num_hidden, width, d, k
+    ),
     "time_per_example_us": fits["ms_per_step"]["slope"] * 1e3,
     "time_at_m1_us": rows[0]["seconds_per_step"] * 1e6,
   }
@@ -369,7 +375,7 @@ def run(
     "fits": fits,
     "time_fit_min_batch": time_min,
     "large_m_fit_min_batch": large_min,
-    "comparison": compare_with_seed(hidden, fits, rows),
+    "comparison": compare_with_hand_count(hidden, fits, rows),
   }
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)

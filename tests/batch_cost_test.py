@@ -22,10 +22,10 @@ def test_hand_count_formulas_hand_computed():
   # = 200 + 8 * 831 + 20 = 6868 per example;
   # (L-1)(d_H^2 + d_H) + d_H (d + K) + K = 72 + 6352 + 10 = 6434 numbers
   # of parameters, plus 2 M d_H = 16 M.
-  assert batch_cost.seed_compute(1, 2, 8, 784, 10) == 6868
-  assert batch_cost.seed_compute(4, 2, 8, 784, 10) == 4 * 6868
-  assert batch_cost.seed_memory(0, 2, 8, 784, 10) == 6434
-  assert batch_cost.seed_memory(3, 2, 8, 784, 10) == 6434 + 48
+  assert batch_cost.hand_count_compute(1, 2, 8, 784, 10) == 6868
+  assert batch_cost.hand_count_compute(4, 2, 8, 784, 10) == 4 * 6868
+  assert batch_cost.hand_count_memory(0, 2, 8, 784, 10) == 6434
+  assert batch_cost.hand_count_memory(3, 2, 8, 784, 10) == 6434 + 48
 
 
 def test_run_measures_the_step_the_hand_count_predicts(tmp_path, capsys):
@@ -68,9 +68,9 @@ def test_run_measures_the_step_the_hand_count_predicts(tmp_path, capsys):
     rtol=1e-9,
   )
   comparison = saved["comparison"]
-  assert comparison["seed_compute_per_example"] == 6868
+  assert comparison["hand_count_compute_per_example"] == 6868
   np.testing.assert_allclose(
-    comparison["xla_over_seed_compute"], slope / 6868, rtol=1e-9
+    comparison["xla_over_hand_count_compute"], slope / 6868, rtol=1e-9
   )
   assert (tmp_path / "batch_cost.md").read_text().startswith("MLP hidden")
   assert (tmp_path / "batch_cost.png").read_bytes()[:4] == b"\x89PNG"
