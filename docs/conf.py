@@ -6,16 +6,20 @@ the results pages are generated from `docs/results/*.json` by
 Nothing is fetched from the network: no intersphinx.
 """
 
+import inspect
 import logging
 import pathlib
 import re
 import sys
+import typing
 
 _DOCS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(_DOCS.parent))
 sys.path.insert(0, str(_DOCS))
 
 import gen_api  # noqa: E402
+from sphinx.errors import PycodeError  # noqa: E402
+from sphinx.pycode import ModuleAnalyzer  # noqa: E402
 
 import equivlab  # noqa: E402
 
@@ -63,6 +67,45 @@ def _markdown_code_spans(app, what, name, obj, options, lines):
   del app, what, name, obj, options
   for i, line in enumerate(lines):
     lines[i] = _CODE_SPAN.sub(r"``\1``", line)
+
+
+def _words(text):
+  return " ".join(text.split())
+
+
+def _data_doc_comments(app, what, name, obj, options, lines):
+  """Module constants: their `#:` comment, never their type's docstring.
+
+  A constant or type alias without a doc comment in the module whose page
+  documents it (a dict re-exported by a package, `dict[str, Array]`)
+  would get the docstring of `dict` itself. Its `#:` comment is looked up
+  in the modules below that one, where it is defined, and without one the
+  docstring stays empty.
+  """
+  del app, what, options
+  if not lines:
+    return
+  inherited = {
+    _words(inspect.getdoc(kind) or "")
+    for kind in (type(obj), typing.get_origin(obj))
+    if kind is not None
+  }
+  if _words(" ".join(lines)) not in inherited - {""}:
+    return
+  modname, attr = name.rsplit(".", 1)
+  for other in sorted(sys.modules):
+    if other != modname and not other.startswith(f"{modname}."):
+      continue
+    if getattr(sys.modules[other], attr, None) is not obj:
+      continue
+    try:
+      comments = ModuleAnalyzer.for_module(other).find_attr_docs()
+    except PycodeError:
+      continue
+    if ("", attr) in comments:
+      lines[:] = list(comments[("", attr)])
+      return
+  lines[:] = []
 
 
 class _DocstringMarkup(logging.Filter):
@@ -113,6 +156,7 @@ def _report_markup(app, exception):
 
 
 def setup(app):
+  app.connect("autodoc-process-docstring", _data_doc_comments, priority=300)
   app.connect("autodoc-process-docstring", _markdown_code_spans, priority=400)
   app.connect("build-finished", _report_markup)
   # First in line, before Sphinx's own filters count the warning.

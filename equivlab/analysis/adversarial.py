@@ -388,9 +388,9 @@ def smallest_patch(
 
   Returns:
     "found", "target"; "tried" (side -> whether it flipped); when found,
-    the smallest flipping "size", its "row", "col", "patch" `[size, size,
-    C]`, "patched" image `[H, W, C]`, "probability" of the target and
-    "steps" (gradient steps of that side's search).
+    the smallest flipping "size", its "row", "col", "patch"
+    `[size, size, C]`, "patched" image `[H, W, C]`, "probability" of the
+    target and "steps" (gradient steps of that side's search).
   """
 
   def probe(size):

@@ -49,7 +49,7 @@ def compare(members, test_x, test_y) -> list[dict[str, Any]]:
   """One record per ensemble size M = 1 .. len(members).
 
   Args:
-    members: trained results (`TrainResult`s) of one model, in seed order.
+    members: trained results (each a `TrainResult`) of one model, in seed order.
     test_x: test images `[N, H, W, C]`.
     test_y: test labels `[N]`.
 

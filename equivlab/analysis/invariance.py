@@ -316,7 +316,7 @@ def mirror_row(
 def mirror_table(
   rows: list[dict], train_set: str, num_seeds: int, num_invariance: int
 ) -> str:
-  """The Markdown table of `mirror_row`s and each model's top mistakes."""
+  """The Markdown table of `mirror_row` rows and each model's top mistakes."""
   columns = [c for c in rows[0] if c not in ("stats", "mistakes")]
   table = tables.format_table(rows, columns) + (
     f"\n(trained on {train_set} digits; errors: mean +- sample "

@@ -10,11 +10,11 @@
 - `logit_changes`, `prediction_changes`: how a network's output moves
   when its input is rotated (and mirrored) by the elements of p4 or p4m.
 
-The invariance measure has one norm everywhere: for an element g,
+The invariance measure has one norm everywhere: for an element g::
 
-    max |f(g x) - f(x)| / max |f(x)|,
+    max |f(g x) - f(x)| / max |f(x)|
 
-the maxima over the whole batch and every logit
+with the maxima over the whole batch and every logit
 (`equivlab.testing.equivariance_error` with an invariant output). An
 invariant network scores float rounding (about 1e-6 in float32).
 """

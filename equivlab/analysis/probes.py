@@ -360,12 +360,12 @@ def make_probe(
     threshold: see `saturated_fraction`.
 
   Returns:
-    `probe(variables, images, labels) -> {"grad_norms": layer -> ||dL/dW||
-    (every kernel, the output layer's included, by `layer_gradient_norms`
-    of `loss_gradients`), "saturation": hidden layer -> saturated
-    fraction, "mean_slope": hidden layer -> mean act'(z)}`, the values
-    float32 scalars; pre-activations as `pre_activations` reads them in
-    training mode.
+    `probe(variables, images, labels)`, returning a dict: "grad_norms"
+    (layer -> `||dL/dW||` of every kernel, the output layer's included,
+    by `layer_gradient_norms` of `loss_gradients`), "saturation" (hidden
+    layer -> saturated fraction) and "mean_slope" (hidden layer -> mean
+    `act'(z)`), the values float32 scalars; pre-activations as
+    `pre_activations` reads them in training mode.
 
   Raises:
     ValueError: for an unknown activation, or none given and the model

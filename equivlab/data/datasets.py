@@ -99,7 +99,8 @@ def load_dataset(
 ) -> tuple[np.ndarray, np.ndarray]:
   """A whole split of a named data set as numpy arrays.
 
-  Names:
+  The names:
+
   - "embedded": `embedded_digits` (4,000 train / 1,000 test real MNIST).
   - "embedded_shift" or "embedded_shift<k>" (e.g. "embedded_shift6"): every
     digit moved by up to k pixels along each axis (a test of translation
@@ -112,6 +113,7 @@ def load_dataset(
     "name/config:version"), read with `tfds.data_source` (no TensorFlow),
     including the project's own "equivlab_digits" (the embedded digits as
     tfds array_record files; `download=True` writes them offline).
+
   The random variants are fixed by a per-split seed: the same on every call.
 
   Args:

@@ -252,16 +252,22 @@ def conv3d_backward(
 ) -> tuple[jax.Array, jax.Array]:
   """The backward pass of `conv3d_forward`, by the chain rule.
 
-  With `G = dL/dZ` (`dy`) and the forward's windows:
-  - `dL/dK[p, p', m, n, r] = sum_{i, j, q} G[p, i, j, q]
-    X_hat[p', i s + m, j s + n, q s + r]`: each kernel tap correlates the
-    input it read with the output gradient.
-  - `dL/dX_hat[p', a, b, c] = sum K[p, p', m, n, r] G[p, i, j, q]` over every
-    `(p, i, j, q, m, n, r)` with `(i s + m, j s + n, q s + r) = (a, b, c)`:
-    each input position collects the gradient of every window that read it
-    (a scatter-add, the adjoint of the forward's gather). `dL/dx` is its
-    interior, the padding cropped off. Positions no window reads (the last
-    rows when the stride does not divide `D + 2p - kd`) get zero.
+  With `G = dL/dZ` (`dy`) and the forward's windows, each kernel tap
+  correlates the input it read with the output gradient::
+
+    dL/dK[p, p', m, n, r] = sum_{i, j, q} G[p, i, j, q]
+                            X_hat[p', i s + m, j s + n, q s + r]
+
+  and each input position collects the gradient of every window that read
+  it (a scatter-add, the adjoint of the forward's gather)::
+
+    dL/dX_hat[p', a, b, c] = sum K[p, p', m, n, r] G[p, i, j, q]
+
+  over every `(p, i, j, q, m, n, r)` with
+  `(i s + m, j s + n, q s + r) = (a, b, c)`. `dL/dx` is its interior, the
+  padding cropped off. Positions no window reads (the last rows when the
+  stride does not divide `D + 2p - kd`) get zero.
+
   Equivalently `dL/dx` is the full correlation of the stride-dilated `G`
   with the flipped, channel-transposed kernel (the test checks that too).
 
@@ -273,8 +279,8 @@ def conv3d_backward(
     padding: as in `conv3d_forward`.
 
   Returns:
-    `(dx, dk)`: `dL/dx [C_in, D, H, W]` and `dL/dk [C_out, C_in, kd, kh,
-    kw]`, in the promoted dtype of `x`, `k` and `dy`.
+    `(dx, dk)`: `dL/dx` `[C_in, D, H, W]` and `dL/dk`
+    `[C_out, C_in, kd, kh, kw]`, in the promoted dtype of `x`, `k` and `dy`.
 
   Raises:
     ValueError: as `conv3d_forward`, and if `dy` is not shaped like its

@@ -348,8 +348,9 @@ def sigmoid_mlp_init(key: jax.Array, d: int, d_h: int) -> dict:
     d_h: the hidden width.
 
   Returns:
-    `{"W1": [d_h, d], "b1": [d_h], "W2": [d_h, d_h], "b2": [d_h],
-    "W3": [1, d_h], "b3": [1]}` with LeCun-normal weights and zero biases.
+    A dict of "W1" `[d_h, d]`, "b1" `[d_h]`, "W2" `[d_h, d_h]`, "b2"
+    `[d_h]`, "W3" `[1, d_h]` and "b3" `[1]`, with LeCun-normal weights and
+    zero biases.
   """
   k1, k2, k3 = jax.random.split(key, 3)
   return {

@@ -32,7 +32,7 @@ PyTree = Any
 def init_dense_stack(
   key: jax.Array, widths: tuple[int, ...], scheme: str
 ) -> list[dict]:
-  """A stack of dense layers `widths[0] -> ... -> widths[-1]`, zero biases.
+  """A stack of dense layers from `widths[0]` to `widths[-1]`, zero biases.
 
   Args:
     key: a PRNG key.
@@ -180,8 +180,9 @@ def mean_field_tanh_variance(
 ) -> np.ndarray:
   """The mean-field pre-activation variances of a deep tanh network.
 
-  `q_1 = sigma_w^2 q0` and `q_{l+1} = sigma_w^2 E_{z~N(0,1)}[tanh(sqrt(q_l)
-  z)^2]` (Poole et al. 2016), by Gauss-Hermite quadrature.
+  `q_1 = sigma_w^2 q0` and
+  `q_{l+1} = sigma_w^2 E_{z~N(0,1)}[tanh(sqrt(q_l) z)^2]` (Poole et al.
+  2016), by Gauss-Hermite quadrature.
 
   Args:
     q0: the input variance.

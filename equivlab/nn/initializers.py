@@ -19,7 +19,7 @@ from equivlab import checks
 __all__ = ["ACTIVATIONS", "SCHEMES", "kernel_initializer", "weight_std"]
 
 SCHEMES = ("he", "xavier", "lecun", "naive", "normal", "zero")
-# The activations of every study and model that picks one by name.
+#: The activations of every study and model that picks one by name.
 ACTIVATIONS = {
   "relu": jax.nn.relu,
   "tanh": jnp.tanh,

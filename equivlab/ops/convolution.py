@@ -4,30 +4,35 @@ Every convolution of equivlab (the lifting and group convolutions of
 `equivlab.gconv`, the flax `nn.Conv` layers of `equivlab.nn.models`) goes
 through `conv2d` (NHWC inputs, HWIO kernels). Two implementations:
 
-  "xla"  one `lax.conv_general_dilated`, forward and backward as XLA
-         differentiates it. What accelerators get: a single cuDNN-style
-         convolution per call.
-  "cpu"  the same function, arranged around two slow spots of XLA:CPU's
-         YNNPACK convolutions (`benchmarks/gconv.py` measures both):
-         - a convolution without any padding ("VALID") takes a slower path
-           than a padded one of the same size, so it runs with one extra
-           zero row and column at the high end and the extra output is
-           cropped (same values: those outputs are never kept);
-         - the filter gradient is a convolution whose window is the whole
-           image, which XLA:CPU runs far below its matrix-product speed;
-           here it is `kh` matrix products per chunk of a few images
-           (`lax.scan`) on the images' `kw` column shifts laid side by side
-           (`filter_gradient`), through a custom VJP. Used where the
-           products are big enough to win (`kh * kw * Cin >= 80` and at
-           least 100 output pixels per image); below that XLA's own
-           gradient is kept.
-  "auto" (the default): "cpu" when `jax.default_backend()` is "cpu" and the
-         call is one the fast path covers (float32 or float64, 2-D, no
-         input dilation, no feature groups), else "xla". Inside
-         `auto_impl(impl)` (which `equivlab.ops.xla_options.jit` enters while
-         it traces) "auto" means `impl`. The environment variable
-         `EQUIVLAB_CONV_IMPL` ("xla" or "cpu") overrides both, for a whole
-         process (set it before the first trace).
+"xla"
+  one `lax.conv_general_dilated`, forward and backward as XLA
+  differentiates it. What accelerators get: a single cuDNN-style
+  convolution per call.
+
+"cpu"
+  the same function, arranged around two slow spots of XLA:CPU's
+  YNNPACK convolutions (`benchmarks/gconv.py` measures both):
+
+  - a convolution without any padding ("VALID") takes a slower path
+    than a padded one of the same size, so it runs with one extra
+    zero row and column at the high end and the extra output is
+    cropped (same values: those outputs are never kept);
+  - the filter gradient is a convolution whose window is the whole
+    image, which XLA:CPU runs far below its matrix-product speed;
+    here it is `kh` matrix products per chunk of a few images
+    (`lax.scan`) on the images' `kw` column shifts laid side by side
+    (`filter_gradient`), through a custom VJP. Used where the
+    products are big enough to win (`kh * kw * Cin >= 80` and at
+    least 100 output pixels per image); below that XLA's own
+    gradient is kept.
+
+"auto" (the default)
+  "cpu" when `jax.default_backend()` is "cpu" and the call is one the
+  fast path covers (float32 or float64, 2-D, no input dilation, no
+  feature groups), else "xla". Inside `auto_impl(impl)` (which
+  `equivlab.ops.xla_options.jit` enters while it traces) "auto" means
+  `impl`. The environment variable `EQUIVLAB_CONV_IMPL` ("xla" or "cpu")
+  overrides both, for a whole process (set it before the first trace).
 
 Which is faster depends on the compiler options. The slow spots above are
 those of XLA:CPU's YNNPACK convolutions, on by default in jaxlib. With

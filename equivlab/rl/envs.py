@@ -51,8 +51,9 @@ class ChainMDP(environment.Environment[ChainState, ChainParams]):
   Positions are `0 .. num_states - 1`; the right end `num_states - 1` is
   terminal. Action index 0 moves by -1 (the left end is a wall: moving left
   from 0 stays at 0), action index 1 moves by +1. Every step costs -1, so
-  with `gamma = 1` the optimal value of position `s` is `-(num_states - 1 -
-  s)`. Observations are one-hot positions, float32 `[num_states]`.
+  with `gamma = 1` the optimal value of position `s` is
+  `-(num_states - 1 - s)`. Observations are one-hot positions, float32
+  `[num_states]`.
   """
 
   def __init__(self, num_states: int = 6):

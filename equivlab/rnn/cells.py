@@ -17,6 +17,7 @@ import numpy as np
 from equivlab import checks
 
 PyTree = Any
+#: A cell's parameters, its arrays by name.
 Params = dict[str, jax.Array]
 CellFn = Callable[[Params, PyTree, jax.Array], tuple[PyTree, jax.Array]]
 
@@ -278,6 +279,7 @@ def _zeros_lstm(hidden_size, batch_shape=(), dtype=jnp.float32):
   return LSTMState(z, z)
 
 
+#: The cells by name ("elman", "lstm" and "gru").
 CELLS = {
   "elman": Cell(init_elman, elman_cell, _zeros_h),
   "lstm": Cell(init_lstm, lstm_cell, _zeros_lstm),

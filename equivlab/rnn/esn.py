@@ -22,6 +22,7 @@ from equivlab import checks
 from equivlab.rnn import cells
 from equivlab.rnn.scan import unroll
 
+#: An echo-state network's parameters, its arrays by name.
 Params = dict[str, jax.Array]
 
 
@@ -47,7 +48,7 @@ def init_esn(
     key: a PRNG key.
     input_size: D.
     reservoir_size: N.
-    spectral_radius: the target largest |eigenvalue| of `W`.
+    spectral_radius: the target largest `abs(eigenvalue)` of `W`.
     input_scale: the input weights are uniform in [-input_scale, input_scale].
     density: the fraction of non-zero recurrent weights.
     leak: the leak rate a in `h' = (1 - a) h + a tanh(...)`, in (0, 1].

@@ -1,5 +1,7 @@
 """Equivariance property tests for your own models, chex-style.
 
+For example::
+
     from equivlab import testing
 
     testing.assert_equivariant(jax.jit(my_layer), x, group="p4m",
@@ -13,13 +15,14 @@ the (H, W) axes move), "p4" / "p4m" (group maps `[N, H, W, C, G]`: the
 (H, W) axes move and the group axis is permuted exactly as
 `equivlab.groups.act_on_map` and `equivlab.gconv.rotate_p4` define it) or
 "invariant" (the output does not move). `shifts` adds circular
-translations. Failures are `AssertionError`s naming the worst element
+translations. Failures are an `AssertionError` naming the worst element
 ("rot 270", "mirror then rot 90", "shift (2, 3)"), its relative error and
 the tolerance.
 
-When a network is not equivariant, `equivariance_report(model, variables,
-x)` measures every submodule's output and names the first layer that
-breaks the symmetry, and why ("stride 2 on an even input").
+When a network is not equivariant,
+`equivariance_report(model, variables, x)` measures every submodule's
+output and names the first layer that breaks the symmetry, and why
+("stride 2 on an even input").
 
 Hypothesis strategies (images, group maps, group elements, convolution
 shapes on which `gconv.is_exactly_equivariant` holds) live in

@@ -238,9 +238,11 @@ def assert_module_equivariant(
     testing.assert_module_equivariant(MyBlock(8), f, input="p4",
                                       output="p4")
 
+  The arguments `module`, `x`, `group`, `input`, `output`, `elements`,
+  `shifts`, `steps`, `optimizer`, `loss_fn`, `modes`, `train_kwarg` and
+  `seed` are as in `module_equivariance_errors`.
+
   Args:
-    module, x, group, input, output, elements, shifts, steps, optimizer,
-      loss_fn, modes, train_kwarg, seed: as `module_equivariance_errors`.
     rtol: as `assert_equivariant` (None: from the dtypes).
 
   Returns:

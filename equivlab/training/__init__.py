@@ -1,6 +1,7 @@
 """The supervised training engine: any flax model in, trained state out.
 
 Modules by concern:
+
 - `config`: `TrainConfig`, checked when made.
 - `optimizers`: the optimizer and learning-rate schedule of a config.
 - `state`: `TrainState` (a pure pytree) and `create_train_state`.

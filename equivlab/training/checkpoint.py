@@ -407,8 +407,8 @@ class Checkpointer:
     """The newest checkpoint that restores, or None (see the module doc).
 
     Args:
-      target: the state's structure (`jax.ShapeDtypeStruct`s with their
-        shardings), or None to restore the arrays as saved.
+      target: the state's structure (`jax.ShapeDtypeStruct` leaves with
+        their shardings), or None to restore the arrays as saved.
       check_meta: called with the metadata of the newest readable
         checkpoint before its arrays are read; what it raises (e.g. "this
         workdir holds another run") propagates and is not taken for damage.

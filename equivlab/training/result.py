@@ -29,7 +29,7 @@ class TrainResult(Mapping):
 
   Reads as a mapping of the final metrics, as `train_and_evaluate` has
   always returned them ("train_loss", "train_accuracy", "test_loss",
-  "test_accuracy", "<name>/test_..." per extra data set, "step", "epoch",
+  "test_accuracy", `"<name>/test_..."` per extra data set, "step", "epoch",
   "num_params", "history"), plus "params" and "batch_stats". Two results
   are equal when their metrics, history and arrays are bitwise equal.
 

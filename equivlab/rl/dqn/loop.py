@@ -4,11 +4,12 @@
 `lax.scan`, so seeds batch with `jax.jit(jax.vmap(train))(keys)`. One
 iteration of the loop reads as the algorithm:
 
-  `act`            epsilon-greedy actions in `num_envs` parallel environments;
-  `step_envs`      one step of every environment (auto-reset);
-  `store`          the transitions into the replay buffer, episode returns;
-  `maybe_learn`    one gradient step on a sampled batch when due (`learn`);
-  `update_target`  the target network when a period boundary is crossed;
+- `act`: epsilon-greedy actions in `num_envs` parallel environments;
+- `step_envs`: one step of every environment (auto-reset);
+- `store`: the transitions into the replay buffer, episode returns;
+- `maybe_learn`: one gradient step on a sampled batch when due (`learn`);
+- `update_target`: the target network when a period boundary is crossed;
+
 and after every `eval_every` env steps, `evaluate` runs greedy episodes.
 Mnih et al. (2015); double DQN from van Hasselt, Guez & Silver (2016); the
 `make_train` layout follows purejaxrl.
@@ -586,18 +587,19 @@ def make_train(config: DQNConfig) -> Callable[[chex.PRNGKey], dict]:
     rebound or consumed; every stream derives from it. Metrics, with
     `I = total_env_steps // num_envs` iterations and
     `E = total_env_steps // eval_every` evaluations:
-      "eval_env_steps" `[E]`: env steps at each greedy evaluation;
-      "eval_return" `[E]`: mean greedy return of `eval_episodes` episodes;
-      "epsilon" `[I]`: the exploration probability each iteration used;
-      "loss" `[I]`: the loss of that iteration's gradient step (0 if none);
-      "updated" `[I]`: whether a gradient step was taken;
-      "target_updated" `[I]`: whether the target network was updated;
-      "episode_return_sum" `[I]`, "episodes" `[I]`: the summed returns and
-        the count of training episodes that ended in the iteration;
-      "finite" `[I]`: the loss and the acting Q-values were all finite;
-      "diverged" `[]`: some iteration was not finite. Check it (or call
-        `raise_if_diverged(metrics)`) before trusting the returns: a NaN
-        network acts greedily with action 0 and trains on.
+
+    - "eval_env_steps" `[E]`: env steps at each greedy evaluation;
+    - "eval_return" `[E]`: mean greedy return of `eval_episodes` episodes;
+    - "epsilon" `[I]`: the exploration probability each iteration used;
+    - "loss" `[I]`: the loss of that iteration's gradient step (0 if none);
+    - "updated" `[I]`: whether a gradient step was taken;
+    - "target_updated" `[I]`: whether the target network was updated;
+    - "episode_return_sum" `[I]`, "episodes" `[I]`: the summed returns and
+      the count of training episodes that ended in the iteration;
+    - "finite" `[I]`: the loss and the acting Q-values were all finite;
+    - "diverged" `[]`: some iteration was not finite. Check it (or call
+      `raise_if_diverged(metrics)`) before trusting the returns: a NaN
+      network acts greedily with action 0 and trains on.
 
   Raises:
     TypeError, ValueError: for a bad config, an unknown environment or
