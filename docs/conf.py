@@ -7,7 +7,6 @@ Nothing is fetched from the network: no intersphinx.
 """
 
 import inspect
-import logging
 import pathlib
 import re
 import sys
@@ -108,57 +107,6 @@ def _data_doc_comments(app, what, name, obj, options, lines):
   lines[:] = []
 
 
-class _DocstringMarkup(logging.Filter):
-  """Keeps markup warnings inside docstrings out of the failing warnings.
-
-  Docstrings are written for `help()` and the source reader first; where
-  their layout is not valid reStructuredText (an indented formula after a
-  paragraph line, say) the page still renders, and the problem is listed
-  in `_build/docstring_markup.txt` of the output folder instead of failing
-  the build. Markup problems anywhere else (the guides, the generated
-  pages) stay errors under `-W`.
-  """
-
-  def __init__(self):
-    super().__init__()
-    self.messages = {}  # In order, each once (every handler asks).
-
-  def filter(self, record):
-    location = getattr(record, "location", None)
-    if isinstance(location, tuple):
-      where = str(location[0])
-    elif hasattr(location, "source"):
-      where = str(location.source)
-    else:
-      where = str(location or "")
-    is_docutils = getattr(record, "type", None) == "docutils"
-    if is_docutils and ("docstring of" in where or "<autosummary>" in where):
-      self.messages[f"{where}: {record.getMessage()}"] = None
-      return False
-    return True
-
-
-_MARKUP = _DocstringMarkup()
-
-
-def _report_markup(app, exception):
-  del exception
-  out = pathlib.Path(app.outdir) / "_build"
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "docstring_markup.txt").write_text(
-    "".join(f"{m}\n" for m in _MARKUP.messages), encoding="utf-8"
-  )
-  if _MARKUP.messages:
-    print(
-      f"{len(_MARKUP.messages)} markup problems inside docstrings "
-      f"(not fatal): {out / 'docstring_markup.txt'}"
-    )
-
-
 def setup(app):
   app.connect("autodoc-process-docstring", _data_doc_comments, priority=300)
   app.connect("autodoc-process-docstring", _markdown_code_spans, priority=400)
-  app.connect("build-finished", _report_markup)
-  # First in line, before Sphinx's own filters count the warning.
-  for handler in logging.getLogger("sphinx").handlers:
-    handler.filters.insert(0, _MARKUP)

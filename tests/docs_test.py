@@ -120,33 +120,19 @@ def test_api_pages_cover_every_public_name(tmp_path):
 
 
 class _Links(html.parser.HTMLParser):
-  """The links and the element ids of one page.
-
-  A docstring markup problem (listed by the build, not fatal) renders as a
-  link to its own system message, `<a href="#idN"><span
-  class="problematic">`; those links are left out.
-  """
+  """The links and the element ids of one page."""
 
   def __init__(self):
     super().__init__()
     self.links, self.ids = [], set()
-    self._last_tag = None
 
   def handle_starttag(self, tag, attrs):
     attrs = dict(attrs)
     if attrs.get("id"):
       self.ids.add(attrs["id"])
-    if (
-      tag == "span"
-      and "problematic" in (attrs.get("class") or "").split()
-      and self._last_tag == "a"
-    ):
-      self.links.pop()
-    self._last_tag = None
     for key in ("href", "src"):
       if tag in ("a", "img", "link", "script") and attrs.get(key):
         self.links.append(attrs[key])
-        self._last_tag = tag
 
 
 @pytest.fixture(scope="session")
