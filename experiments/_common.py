@@ -109,8 +109,8 @@ class TrainingOptions:
     from equivlab import train  # noqa: PLC0415 (jax and flax are slow)
 
     names = [f.name for f in dataclasses.fields(TrainingOptions)]
-    fields = {name: getattr(self, name) for name in names}
-    return train.TrainConfig(**{**fields, **overrides})
+    shared = {name: getattr(self, name) for name in names}
+    return train.TrainConfig.from_fields(shared, **overrides)
 
   def test_digits(self, name: str | None = None) -> tuple[Any, Any]:
     """The "test" split of `name` (default `dataset`), cut to test_limit.
